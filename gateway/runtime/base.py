@@ -1,0 +1,85 @@
+"""The runtime protocol: every engine (docker, local, kubernetes, fake) speaks only this.
+
+The gateway's services never call an engine's SDK directly; they call a `Runtime`. Every method is
+idempotent: stopping a stopped instance or removing a missing one is success (404/409 count as done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+# Labels every engine puts on what it creates, so orphans can be found after a gateway restart.
+LABEL_MANAGED_BY = "io.aistudio-fleet.managed-by"
+LABEL_INSTANCE_ID = "io.aistudio-fleet.instance-id"
+LABEL_INSTANCE_NAME = "io.aistudio-fleet.instance-name"
+MANAGED_BY_VALUE = "aistudio-fleet"
+
+RuntimePhase = Literal["missing", "created", "running", "exited"]
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What an engine needs to run one instance."""
+
+    instance_id: str
+    name: str
+    token: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """What an engine knows of one instance right now."""
+
+    instance_id: str
+    phase: RuntimePhase
+    handle: str | None = None  # container id, pid, pod name
+    endpoint: str | None = None  # base URL the gateway uses, e.g. http://127.0.0.1:49153
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class RuntimeError_(Exception):
+    """An engine call failed for a reason specific to one instance."""
+
+
+class RuntimeUnavailable(Exception):
+    """The engine itself cannot be reached (Docker daemon down, API server gone)."""
+
+    def __init__(self, engine: str, reason: str) -> None:
+        super().__init__(f"{engine} engine unavailable: {reason}")
+        self.engine = engine
+        self.reason = reason
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """One engine that runs instances. All methods are safe to call from the event loop."""
+
+    name: str
+
+    async def setup(self) -> None:
+        """Connect to the engine; called once at gateway start."""
+
+    async def close(self) -> None:
+        """Release clients; never stops instances (they outlive the gateway)."""
+
+    async def start(self, spec: InstanceSpec) -> RuntimeState:
+        """Create the instance's container/process/pod if missing and start it."""
+
+    async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        """Stop it and let its volume stay; stopping a stopped or missing instance is fine."""
+
+    async def remove(self, instance_id: str, *, remove_volume: bool) -> None:
+        """Remove the container/process/pod, and its volume when asked; missing is fine."""
+
+    async def inspect(self, instance_id: str) -> RuntimeState:
+        """Current state; phase `missing` when the engine has nothing for this id."""
+
+    async def list_managed(self) -> dict[str, RuntimeState]:
+        """Everything this engine runs for the fleet, by instance id (labels, not names)."""
+
+    def logs(self, instance_id: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
+        """Log lines of the instance, oldest first; with follow, keeps yielding until it stops."""
