@@ -1,0 +1,328 @@
+"""The instance's HTTP face (docs/instance-api.md): thin handlers over the browser host and driver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, put, websocket
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers import BaseRouteHandler
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from playwright.async_api import Error as PlaywrightError
+
+from instance import __version__
+from instance.browser import BrowserHost
+from instance.driver import Driver, GenerationRequest, GenerationResult
+from instance.errors import BadInput
+from instance.images import decode_reference
+from instance.liveview import serve_liveview
+from instance.session_store import SessionFormatError, SessionStore, normalize_session
+from instance.settings import ASPECT_RATIOS, InstanceSettings
+
+log = logging.getLogger("instance")
+
+
+class InstanceState:
+    """Everything the handlers share: settings, the browser host, the driver and the one-task gate."""
+
+    def __init__(self, settings: InstanceSettings) -> None:
+        self.settings = settings
+        self.host = BrowserHost(settings, SessionStore(settings.storage_state_path))
+        self.driver = Driver(self.host, settings)
+        self.busy = False
+        self.current_task: str | None = None
+        self.counters = {"tasks": 0, "succeeded": 0, "failed": 0}
+        self.started_at = datetime.now(UTC)
+        self._tasks_since_save = 0
+        self._last_save = time.monotonic()
+        self._background: list[asyncio.Task] = []
+
+    def claim(self, task_id: str) -> bool:
+        """Take the one task slot; no await between check and set, so two requests cannot both win."""
+        if self.busy:
+            return False
+        self.busy, self.current_task = True, task_id
+        return True
+
+    def release(self, result: GenerationResult | None) -> None:
+        self.busy, self.current_task = False, None
+        if result is not None:
+            self.counters["tasks"] += 1
+            self.counters["succeeded" if result.success else "failed"] += 1
+            self._tasks_since_save += 1
+
+    def session_save_due(self) -> bool:
+        s = self.settings
+        return self._tasks_since_save >= s.session_save_every_tasks or (
+            time.monotonic() - self._last_save >= s.session_save_every_s
+        )
+
+    async def save_session(self) -> None:
+        self._tasks_since_save, self._last_save = 0, time.monotonic()
+        await self.host.save_session()
+
+
+# ---- access ------------------------------------------------------------------------------------
+
+
+def require_token(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Bearer token on every endpoint but /healthz; WebSockets may pass it as ?token=."""
+    expected = connection.app.state.instance.settings.api_token
+    if not expected or handler.opt.get("public"):
+        return
+    header = connection.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else connection.query_params.get("token", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise NotAuthorizedException("a valid bearer token is required")
+
+
+def _state(request: Request | WebSocket) -> InstanceState:
+    return request.app.state.instance
+
+
+# ---- request parsing -----------------------------------------------------------------------------
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    raw = await request.body()
+    if len(raw) > limit:
+        raise BadInput(f"request body is larger than {limit} bytes", 413)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"request body is not valid JSON: {exc}", 400) from None
+
+
+def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest:
+    if not isinstance(body, dict):
+        raise BadInput("request body must be a JSON object")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadInput("'prompt' must be a non-empty string")
+    if len(prompt) > settings.max_prompt_chars:
+        raise BadInput(f"'prompt' is longer than {settings.max_prompt_chars} characters")
+    ratio = body.get("aspect_ratio") or "Auto"
+    if ratio not in ASPECT_RATIOS:
+        raise BadInput(f"unknown aspect_ratio {ratio!r}; use one of {', '.join(ASPECT_RATIOS)}")
+    refs = body.get("reference_images_b64") or []
+    if not isinstance(refs, list):
+        raise BadInput("'reference_images_b64' must be a list of base64 strings")
+    if len(refs) > settings.max_reference_images:
+        raise BadInput(f"at most {settings.max_reference_images} reference images are allowed")
+    references = [decode_reference(r, i, settings.max_reference_bytes) for i, r in enumerate(refs)]
+    task_id = body.get("task_id")
+    task_id = task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else uuid.uuid4().hex
+    return GenerationRequest(prompt=prompt, aspect_ratio=ratio, references=references, task_id=task_id)
+
+
+def _result_body(task_id: str, result: GenerationResult) -> dict[str, Any]:
+    return {
+        "success": result.success,
+        "task_id": task_id,
+        "images_b64": [base64.b64encode(png).decode("ascii") for png in result.images_png],
+        "text": result.text,
+        "error": result.error.to_dict() if result.error else None,
+        "timings": result.timings,
+    }
+
+
+def _error(status: int, detail: str, **extra: Any) -> Response:
+    return Response({"detail": detail, **extra}, status_code=status)
+
+
+# ---- handlers ------------------------------------------------------------------------------------
+
+
+@get("/healthz", opt={"public": True}, sync_to_thread=False)
+def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    st = _state(request)
+    host = st.host
+    return {
+        "ready": host.ready and host.browser_state == "up",
+        "browser": host.browser_state,
+        "login_state": host.login_state,
+        "busy": st.busy,
+        "current_task": st.current_task,
+        "page_url": host.page_url,
+        "counters": {**st.counters, "browser_restarts": host.restarts},
+        "version": __version__,
+        "selectors_version": host.selectors.version,
+        "started_at": st.started_at.isoformat(),
+    }
+
+
+@post("/generate")
+async def generate(request: Request) -> Response:
+    st = _state(request)
+    gen = parse_generation(await _json_body(request, st.settings.max_body_bytes), st.settings)
+    if not st.claim(gen.task_id):
+        return _error(409, "this instance is already running a task", current_task=st.current_task)
+    result: GenerationResult | None = None
+    try:
+        if not await _wait_browser(st.host, st.settings.page_load_timeout_s):
+            return _error(503, "the browser is not running", retry_safe=True)
+        log.info("task %s: start (ratio %s, %d reference(s))", gen.task_id, gen.aspect_ratio, len(gen.references))
+        result = await st.driver.run(gen)
+    finally:
+        st.release(result)
+    outcome = "ok" if result.success else result.error.code
+    log.info("task %s: %s in %d ms", gen.task_id, outcome, result.timings.get("total_ms", 0))
+    if st.session_save_due():
+        st._background.append(asyncio.create_task(st.save_session()))
+    return Response(_result_body(gen.task_id, result), status_code=200)
+
+
+async def _wait_browser(host: BrowserHost, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while host.browser_state != "up" or not host.ready:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+@get("/session")
+async def export_session(request: Request) -> dict[str, Any]:
+    return await _state(request).host.export_session()
+
+
+@put("/session")
+async def import_session(request: Request) -> Response:
+    st = _state(request)
+    payload = await _json_body(request, st.settings.max_session_bytes)
+    try:
+        state = normalize_session(payload)
+    except SessionFormatError as exc:
+        raise BadInput(f"unreadable session: {exc}") from None
+    if not st.claim("session-import"):
+        return _error(409, "this instance is running a task; import the session when it is idle")
+    try:
+        await st.host.replace_session(state)
+    finally:
+        st.release(None)
+    return Response({"ok": True, "cookies": len(state["cookies"]), "login_state": st.host.login_state})
+
+
+@post("/navigate")
+async def navigate(request: Request) -> Response:
+    st = _state(request)
+    body = await _json_body(request, 64 * 1024)
+    if not isinstance(body, dict):
+        raise BadInput("request body must be a JSON object")
+    target = body.get("target")
+    url = {"signin": st.settings.signin_page_url, "home": st.settings.new_chat_url}.get(target) or body.get("url")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        raise BadInput("give 'target' ('signin' or 'home') or an http(s) 'url'")
+    if st.busy:
+        return _error(409, "this instance is running a task")
+    await st.host.page.goto(url, wait_until="domcontentloaded", timeout=st.settings.page_load_timeout_s * 1000)
+    return Response({"ok": True, "url": st.host.page.url, "login_state": st.host.login_state})
+
+
+@get("/screenshot")
+async def screenshot(request: Request, format: str = "png") -> Response:
+    kind = "jpeg" if format in ("jpeg", "jpg") else "png"
+    data = await _state(request).host.page.screenshot(type=kind, **({"quality": 70} if kind == "jpeg" else {}))
+    return Response(data, media_type=f"image/{kind}")
+
+
+@post("/selectors/reload")
+async def reload_selectors(request: Request) -> dict[str, str]:
+    book = _state(request).host.reload_selectors()
+    return {"version": book.version, "source": book.source}
+
+
+@websocket("/liveview")
+async def liveview(socket: WebSocket) -> None:
+    await serve_liveview(socket, _state(socket).host)
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+def _bad_input(_: Request, exc: BadInput) -> Response:
+    return _error(exc.status_code, exc.message, error={"code": "bad_input", "message": exc.message})
+
+
+def _browser_failure(_: Request, exc: PlaywrightError) -> Response:
+    return _error(503, f"browser failure: {str(exc).splitlines()[0]}", retry_safe=True)
+
+
+def _unexpected(_: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, exc.detail)
+    log.exception("unexpected error")
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal error in the instance service")
+
+
+# ---- wiring --------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    st: InstanceState = app.state.instance
+    starter = asyncio.create_task(_start_browser(st.host))
+    saver = asyncio.create_task(_periodic_save(st))
+    try:
+        yield
+    finally:
+        for task in (starter, saver, *st._background):
+            task.cancel()
+        await asyncio.gather(starter, saver, return_exceptions=True)
+        await st.host.close()
+
+
+async def _start_browser(host: BrowserHost) -> None:
+    """Runs beside the server so /healthz answers while Chromium starts."""
+    try:
+        await host.start()
+    except Exception as exc:
+        log.error("browser start failed: %s", exc)
+
+
+async def _periodic_save(st: InstanceState) -> None:
+    while True:
+        await asyncio.sleep(min(60.0, st.settings.session_save_every_s))
+        if st.host.browser_state == "up" and not st.busy and st.session_save_due():
+            await st.save_session()
+
+
+def create_app(settings: InstanceSettings | None = None) -> Litestar:
+    settings = settings or InstanceSettings()
+    return Litestar(
+        route_handlers=[
+            healthz,
+            status,
+            generate,
+            export_session,
+            import_session,
+            navigate,
+            screenshot,
+            reload_selectors,
+            liveview,
+        ],
+        guards=[require_token],
+        lifespan=[_lifespan],
+        exception_handlers={BadInput: _bad_input, PlaywrightError: _browser_failure, Exception: _unexpected},
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"instance": InstanceState(settings)}),
+        openapi_config=None,
+    )

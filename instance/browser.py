@@ -1,0 +1,260 @@
+"""The one Chromium of this instance: launch, login-state tracking, session reloads, crash restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
+from playwright.async_api import Error as PlaywrightError
+
+from instance.selectors import SelectorBook, load_selectors
+from instance.session_store import SessionStore, auth_cookies_expired
+from instance.settings import InstanceSettings
+
+log = logging.getLogger(__name__)
+
+# Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-blink-features=AutomationControlled",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--mute-audio",
+    "--password-store=basic",
+    "--renderer-process-limit=2",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication",
+)
+
+HIDE_WEBDRIVER = "Object.defineProperty(Navigator.prototype, 'webdriver', {get: () => undefined});"
+
+LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = "unknown", "logged_in", "needs_login"
+
+
+def is_signin_url(url: str) -> bool:
+    """Google's sign-in lives on accounts.google.com, or under /ServiceLogin or /signin paths."""
+    parts = urlsplit(url)
+    path = parts.path.lower()
+    return parts.hostname == "accounts.google.com" or "/servicelogin" in path or "/signin" in path
+
+
+class BrowserHost:
+    """Owns Playwright, the browser, its one context and its one page. Replaced wholesale on crash."""
+
+    def __init__(self, settings: InstanceSettings, store: SessionStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.selectors: SelectorBook = load_selectors(settings.selectors_override_path)
+        self.browser_state = "starting"
+        self.login_state = LOGIN_UNKNOWN
+        self.ready = False
+        self.restarts = 0
+        self.page_generation = 0  # bumps whenever `page` is a new object (live views re-attach)
+        self.page_changed = asyncio.Event()
+        self._pw: Playwright | None = None
+        self._browser: Browser | None = None
+        self._context: BrowserContext | None = None
+        self._page: Page | None = None
+        self._closing = False
+        self._restart_task: asyncio.Task | None = None
+        self._reset_task: asyncio.Task | None = None
+        self._save_lock = asyncio.Lock()
+        self._user_agent: str | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pw = await async_playwright().start()
+        await self._launch()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._restart_task, self._reset_task):
+            if task:
+                task.cancel()
+        if self._context is not None and self.browser_state == "up":
+            await self.save_session()
+        if self._browser is not None:
+            try:
+                await self._browser.close()
+            except PlaywrightError:
+                pass
+        if self._pw is not None:
+            await self._pw.stop()
+
+    async def _launch(self) -> None:
+        self.browser_state, self.ready = "starting", False
+        started = time.monotonic()
+        self._browser = await self._pw.chromium.launch(
+            executable_path=self.settings.chromium_path,
+            headless=self.settings.headless,
+            args=list(CHROMIUM_ARGS),
+        )
+        self._browser.on("disconnected", self._on_disconnected)
+        # Headless Chromium announces itself in its user agent; present the ordinary desktop one.
+        self._user_agent = (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            f"Chrome/{self._browser.version} Safari/537.36"
+        )
+        await self._open_context(self.store.load())
+        self.browser_state = "up"
+        log.info("browser up in %.0f ms (Chromium %s)", (time.monotonic() - started) * 1000, self._browser.version)
+        await self.load_home()
+
+    async def _open_context(self, state: dict[str, Any]) -> None:
+        self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
+        self._context = await self._browser.new_context(
+            viewport={"width": self.settings.viewport_width, "height": self.settings.viewport_height},
+            storage_state=state,
+            user_agent=self._user_agent,
+            locale="en-US",
+        )
+        await self._context.add_init_script(HIDE_WEBDRIVER)
+        await self._new_page()
+
+    async def _new_page(self) -> None:
+        page = await self._context.new_page()
+        page.on("framenavigated", self._on_navigated)
+        page.on("crash", lambda _page: asyncio.get_running_loop().create_task(self._replace_crashed_page()))
+        self._set_page(page)
+
+    def _set_page(self, page: Page) -> None:
+        self._page = page
+        self.page_generation += 1
+        self.page_changed.set()
+        self.page_changed = asyncio.Event()
+
+    def _on_disconnected(self, _browser: Browser) -> None:
+        if self._closing:
+            return
+        log.error("browser disconnected; restarting it")
+        self.browser_state, self.ready = "down", False
+        if self._restart_task is None or self._restart_task.done():
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        delay = self.settings.browser_restart_delay_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                self.restarts += 1
+                await self._launch()
+                return
+            except Exception as exc:  # any launch failure: try again, slower
+                log.error("browser restart failed: %s", exc)
+                self.browser_state = "down"
+                delay = min(delay * 2, 30.0)
+
+    async def _replace_crashed_page(self) -> None:
+        log.error("page crashed; opening a new one")
+        try:
+            await self._page.close()
+        except PlaywrightError:
+            pass
+        await self._new_page()
+        await self.load_home()
+
+    # ---- the page --------------------------------------------------------------------------------
+
+    @property
+    def page(self) -> Page:
+        if self._page is None or self.browser_state != "up":
+            raise PlaywrightError("browser is not running")
+        return self._page
+
+    @property
+    def page_url(self) -> str | None:
+        return self._page.url if self._page is not None else None
+
+    async def load_home(self) -> None:
+        """Open the new-chat page, retrying a few times; records login state from where it lands."""
+        last_exc: Exception | None = None
+        for attempt in range(1, self.settings.page_load_attempts + 1):
+            try:
+                await self.page.goto(
+                    self.settings.new_chat_url,
+                    wait_until="domcontentloaded",
+                    timeout=self.settings.page_load_timeout_s * 1000,
+                )
+                self.ready = True
+                self._update_login_state(self.page.url)
+                return
+            except PlaywrightError as exc:
+                last_exc = exc
+                log.warning("loading %s failed (attempt %d): %s", self.settings.new_chat_url, attempt, exc)
+        self.ready = True  # the browser is up even if AI Studio is not reachable; tasks will report it
+        raise last_exc
+
+    def _on_navigated(self, frame) -> None:
+        if frame.parent_frame is None:
+            self._update_login_state(frame.url)
+
+    def _update_login_state(self, url: str) -> None:
+        if not url.startswith("http"):
+            return
+        if is_signin_url(url):
+            new_state = NEEDS_LOGIN
+        elif urlsplit(url).netloc == urlsplit(self.settings.aistudio_url).netloc:
+            new_state = LOGGED_IN
+        else:
+            return
+        if new_state != self.login_state:
+            log.info("login state %s -> %s", self.login_state, new_state)
+            previous, self.login_state = self.login_state, new_state
+            if previous == NEEDS_LOGIN and new_state == LOGGED_IN:
+                # A person just signed in through the live view: keep that login.
+                asyncio.get_running_loop().create_task(self.save_session())
+
+    def schedule_reset(self) -> None:
+        """Go back to a fresh new chat after a task, off the request's critical path."""
+        self._reset_task = asyncio.get_running_loop().create_task(self._reset())
+
+    async def _reset(self) -> None:
+        try:
+            await self.load_home()
+        except PlaywrightError as exc:
+            log.warning("page reset failed: %s", exc)
+
+    async def wait_reset(self) -> None:
+        if self._reset_task is not None and not self._reset_task.done():
+            await asyncio.shield(self._reset_task)
+
+    # ---- login state -----------------------------------------------------------------------------
+
+    async def save_session(self) -> None:
+        async with self._save_lock:
+            try:
+                state = await self._context.storage_state()
+            except PlaywrightError as exc:
+                log.warning("could not read storage state: %s", exc)
+                return
+            await asyncio.to_thread(self.store.save, state)
+            log.info("session saved (%d cookies)", len(state.get("cookies", [])))
+
+    async def export_session(self) -> dict[str, Any]:
+        return await self._context.storage_state()
+
+    async def replace_session(self, state: dict[str, Any]) -> None:
+        """Imported login: persist it, then reload the context with it."""
+        await asyncio.to_thread(self.store.save, state)
+        old = self._context
+        await self._open_context(state)
+        try:
+            await old.close()
+        except PlaywrightError:
+            pass
+        await self.load_home()
+
+    def reload_selectors(self) -> SelectorBook:
+        self.selectors = load_selectors(self.settings.selectors_override_path)
+        return self.selectors

@@ -1,0 +1,62 @@
+"""Instance settings: `INSTANCE_*` environment variables, read once at start and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The ratios the Gemini image chat accepts (AISTUDIO.md); "Auto" is the page's default.
+ASPECT_RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9")
+
+
+class InstanceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INSTANCE_", extra="ignore")
+
+    aistudio_url: str = "https://aistudio.google.com"
+    model: str = "gemini-2.5-flash-image"
+    # Where "sign in" sends the page; {continue} is the new-chat URL, URL-encoded.
+    signin_url: str = "https://accounts.google.com/ServiceLogin?continue={continue}"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_token: str | None = None
+    data_dir: Path = Path("/data")
+    chromium_path: str = "/usr/bin/chromium"
+    headless: bool = True
+    viewport_width: int = 1440
+    viewport_height: int = 900
+    selectors_file: Path | None = None  # overrides the packaged selectors; default <data_dir>/selectors.json
+
+    max_prompt_chars: int = 10_000
+    max_reference_images: int = 4
+    max_reference_bytes: int = 8 * 1024 * 1024  # per image, decoded
+    max_body_bytes: int = 48 * 1024 * 1024
+    max_session_bytes: int = 5 * 1024 * 1024
+
+    page_load_timeout_s: float = 30.0
+    page_load_attempts: int = 3
+    element_timeout_s: float = 5.0
+    generation_timeout_s: float = 120.0
+    poll_interval_s: float = 0.1
+
+    session_save_every_tasks: int = 10
+    session_save_every_s: float = 1800.0
+    browser_restart_delay_s: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def new_chat_url(self) -> str:
+        return f"{self.aistudio_url.rstrip('/')}/prompts/new_chat?model={self.model}"
+
+    @property
+    def signin_page_url(self) -> str:
+        return self.signin_url.replace("{continue}", quote(self.new_chat_url, safe=""))
+
+    @property
+    def storage_state_path(self) -> Path:
+        return self.data_dir / "storage_state.json"
+
+    @property
+    def selectors_override_path(self) -> Path:
+        return self.selectors_file or self.data_dir / "selectors.json"
