@@ -31,8 +31,12 @@ _POLL_JS = """
     for (const img of turn.querySelectorAll(sel.generated_image)) {
       if (img.complete && (img.currentSrc || img.src)) images++; else pending++;
     }
-    for (const t of (sel.model_text ? turn.querySelectorAll(sel.model_text) : [])) {
-      const s = t.textContent.trim(); if (s) texts.push(s);
+    // Text candidates may nest (a chunk inside a turn-content): take the first candidate that matches.
+    for (const candidate of sel.model_text) {
+      const found = Array.from(turn.querySelectorAll(candidate));
+      if (!found.length) continue;
+      for (const t of found) { const s = t.textContent.trim(); if (s) texts.push(s); }
+      break;
     }
   }
   const textsOf = (s) => all(s).map((e) => e.textContent.trim()).filter(Boolean);
@@ -269,7 +273,7 @@ class Driver:
         return {
             "model_turn": book.css_union("model_turn"),
             "generated_image": book.css_union("generated_image"),
-            "model_text": book.css_union("model_text"),
+            "model_text": list(book.candidates("model_text")),
             "busy": book.css_union("busy_indicator"),
             "callouts": book.css_union("error_callout"),
             "toasts": book.css_union("toast"),
