@@ -1,0 +1,88 @@
+"""Run the simulator as a real HTTP server for browser tests.
+
+Use `start_simulator()` directly, or the pytest fixtures below from a conftest:
+`from tests.simulator.fixtures import simulator_server, simulator_url  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def control(base_url: str, path: str, body: Any = None) -> Any:
+    """Call the control API: POST with a JSON body when one is given, GET otherwise."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base_url + path, data=data, method="GET" if body is None else "POST")
+    request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _wait_until_up(base_url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"simulator exited with {process.returncode}:\n{log_path.read_text()}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            control(base_url, "/_sim/record")
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"simulator did not answer within {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def start_simulator(host: str = "127.0.0.1", port: int | None = None, timeout: float = 20) -> Iterator[str]:
+    """Run `python -m tests.simulator` in a subprocess; yields its base URL, kills it on exit."""
+    port = port or free_port()
+    base_url = f"http://{host}:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "simulator.log"
+        with log_path.open("wb") as log:
+            command = [sys.executable, "-m", "tests.simulator", "--host", host, "--port", str(port)]
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                _wait_until_up(base_url, process, log_path, timeout)
+                yield base_url
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[str]:
+    """One simulator for the whole test session."""
+    with start_simulator() as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def simulator_url(simulator_server: str) -> str:
+    """The session's simulator, reset to its defaults for this test."""
+    control(simulator_server, "/_sim/reset", {})
+    return simulator_server

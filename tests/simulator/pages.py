@@ -1,0 +1,95 @@
+"""The pages a browser sees: the new-chat app page and the sign-in page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+from litestar.response.base import ASGIResponse
+
+from .session import current_account, redirect, safe_continue, session_cookies, signin_url
+from .state import SimState
+
+STATIC_DIR = Path(__file__).parent / "static"
+CONFIG_PLACEHOLDER = "__SIM_CONFIG__"
+NO_STORE = {"cache-control": "no-store"}
+
+
+def _html(name: str, replacements: dict[str, str] | None = None) -> ASGIResponse:
+    # ASGIResponse everywhere on pages, since a page handler may also answer with a redirect
+    text = (STATIC_DIR / name).read_text(encoding="utf-8")
+    for placeholder, value in (replacements or {}).items():
+        text = text.replace(placeholder, value)
+    return ASGIResponse(body=text.encode("utf-8"), media_type="text/html; charset=utf-8", headers=NO_STORE)
+
+
+def _script_json(data: dict[str, Any]) -> str:
+    # safe inside <script>: no "</script>" or "<!--" can appear
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _page_config(sim: SimState, account: str, model: str | None) -> dict[str, Any]:
+    config = sim.effective_config(account)
+    return {
+        "account": account,
+        "model": model or "gemini-2.5-flash-image",
+        "markup": config["markup"],
+        "missing_roles": config["missing_roles"],
+        "dialogs": config["dialogs"],
+        "dialog_delay_ms": config["dialog_delay_ms"],
+        "copyright_dialog": config["copyright_dialog"],
+        "image_stagger_ms": config["image_stagger_ms"],
+        # region block shows on load; peeking does not count against mode_times
+        "region_blocked": config["mode"] == "region",
+    }
+
+
+def _render_app(request: Request, sim: SimState) -> ASGIResponse:
+    account = current_account(request, sim)
+    if account is None:
+        return redirect(signin_url(str(request.url)))
+    sim.count_page_load(account)
+    page_config = _page_config(sim, account, request.query_params.get("model"))
+    return _html("new_chat.html", {CONFIG_PLACEHOLDER: _script_json(page_config)})
+
+
+@get(["/", "/prompts/new_chat", "/prompts/new_image"], include_in_schema=False)
+async def app_page(request: Request, state: State) -> ASGIResponse:
+    return _render_app(request, state.sim)
+
+
+@get("/u/{user_index:int}/prompts/{page:str}", include_in_schema=False)
+async def account_scoped_app_page(request: Request, state: State, page: FromPath[str]) -> ASGIResponse:
+    if page not in ("new_chat", "new_image"):
+        raise NotFoundException()
+    return _render_app(request, state.sim)
+
+
+@get("/ServiceLogin", include_in_schema=False)
+async def signin_page() -> ASGIResponse:
+    return _html("signin.html")
+
+
+@post("/_signin", include_in_schema=False)
+async def signin_submit(request: Request, state: State) -> ASGIResponse:
+    form = await request.form()
+    account = (form.get("identifier") or "").strip()
+    continue_url = safe_continue(form.get("continue"))
+    if not account or not form.get("Passwd"):
+        return redirect(signin_url(continue_url) + "&error=1", status_code=303)
+    state.sim.sign_in(account)
+    return redirect(continue_url, status_code=303, set_cookies=session_cookies(account))
+
+
+@get("/Logout", include_in_schema=False)
+async def logout(request: Request) -> ASGIResponse:
+    # handy when trying the simulator by hand; expires the cookies
+    return redirect(signin_url(safe_continue(request.query_params.get("continue"))), set_cookies=session_cookies("", 0))
+
+
+ROUTES = [app_page, account_scoped_app_page, signin_page, signin_submit, logout]

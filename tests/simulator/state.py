@@ -1,0 +1,154 @@
+"""Everything the simulator remembers: config, accounts, and what happened (for GET /_sim/record)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import default_config, validate
+
+ANONYMOUS = "anonymous"  # account name used when signin_required is false and there is no cookie
+
+
+@dataclass
+class Upload:
+    name: str
+    mime: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Generation:
+    account: str
+    prompt: str
+    aspect_ratio: str
+    model: str | None
+    uploads: list[Upload]
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    outcome: str | None = None  # None while in flight
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "prompt": self.prompt,
+            "aspect_ratio": self.aspect_ratio,
+            "model": self.model,
+            "uploads": [vars(upload) for upload in self.uploads],
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome,
+        }
+
+
+class SimState:
+    """Shared by all requests; a lock keeps it consistent even if a handler ever runs in a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.config = default_config()
+            self.account_config: dict[str, dict[str, Any]] = {}
+            self.revoked: set[str] = set()
+            self.generations: list[Generation] = []
+            self.in_flight: dict[str, int] = {}
+            self.max_concurrent: dict[str, int] = {}
+            self.page_loads = 0
+            self.page_loads_by_account: dict[str, int] = {}
+
+    # --- config ---
+
+    def update_config(self, patch: Any, account: str | None = None) -> None:
+        clean = validate(patch)
+        with self._lock:
+            target = self.config if account is None else self.account_config.setdefault(account, {})
+            target.update(clean)
+
+    def effective_config(self, account: str | None) -> dict[str, Any]:
+        with self._lock:
+            return {**self.config, **self.account_config.get(account or "", {})}
+
+    def config_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"global": dict(self.config), "accounts": {k: dict(v) for k, v in self.account_config.items()}}
+
+    def take_mode(self, account: str) -> str:
+        """The mode of one generation, counting it against mode_times.
+
+        The account's override is used (and counted) when it sets "mode"; otherwise the global one.
+        """
+        with self._lock:
+            scope = self.account_config.get(account, {})
+            if "mode" not in scope:
+                scope = self.config
+            mode = scope.get("mode", "ok")
+            times = scope.get("mode_times")
+            if mode == "ok" or times is None:
+                return mode
+            if times <= 0:
+                scope.update(mode="ok", mode_times=None)
+                return "ok"
+            scope["mode_times"] = times - 1
+            if times - 1 == 0:
+                scope.update(mode="ok", mode_times=None)
+            return mode
+
+    # --- accounts ---
+
+    def revoke(self, account: str) -> None:
+        with self._lock:
+            self.revoked.add(account)
+
+    def sign_in(self, account: str) -> None:
+        # a fresh sign-in makes a revoked account usable again
+        with self._lock:
+            self.revoked.discard(account)
+
+    def is_revoked(self, account: str) -> bool:
+        with self._lock:
+            return account in self.revoked
+
+    def session_account(self, sid: str | None) -> str | None:
+        """The account a SID cookie stands for, or None when the visitor counts as logged out."""
+        if sid:
+            return None if self.is_revoked(sid) else sid
+        return None if self.config["signin_required"] else ANONYMOUS
+
+    # --- record ---
+
+    def count_page_load(self, account: str) -> None:
+        with self._lock:
+            self.page_loads += 1
+            self.page_loads_by_account[account] = self.page_loads_by_account.get(account, 0) + 1
+
+    def start_generation(self, generation: Generation) -> None:
+        with self._lock:
+            self.generations.append(generation)
+            count = self.in_flight.get(generation.account, 0) + 1
+            self.in_flight[generation.account] = count
+            self.max_concurrent[generation.account] = max(count, self.max_concurrent.get(generation.account, 0))
+
+    def end_generation(self, generation: Generation, outcome: str) -> None:
+        with self._lock:
+            generation.ended_at = time.time()
+            generation.outcome = outcome
+            # a generation started before a reset no longer counts
+            if any(g is generation for g in self.generations):
+                self.in_flight[generation.account] -= 1
+
+    def record(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "generations": [g.to_json() for g in self.generations],
+                "max_concurrent_by_account": dict(self.max_concurrent),
+                "in_flight_by_account": dict(self.in_flight),
+                "page_loads": self.page_loads,
+                "page_loads_by_account": dict(self.page_loads_by_account),
+                "revoked": sorted(self.revoked),
+            }
