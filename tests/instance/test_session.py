@@ -1,0 +1,185 @@
+"""Login state: detection, imports, the session file on the volume, and sign-in through the live view."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.instance.conftest import sim
+from tests.instance.harness import TOKEN, signed_in_state, start_instance
+
+AUTH = ("SID", "HSID", "SSID", "APISID", "SAPISID")
+
+
+def _cookie_export(sim_url: str, account: str) -> list[dict]:
+    """What a browser extension (EditThisCookie / Cookie-Editor) exports."""
+    host = httpx.URL(sim_url).host
+    return [
+        {"domain": host, "expirationDate": time.time() + 86400, "hostOnly": True, "httpOnly": True, "name": n,
+         "path": "/", "sameSite": "no_restriction", "secure": False, "session": False, "storeId": "0",
+         "value": account, "id": i}
+        for i, n in enumerate(AUTH)
+    ]
+
+
+def _saved_sid(data_dir) -> str | None:
+    state = json.loads((data_dir / "storage_state.json").read_text())
+    return next((c["value"] for c in state["cookies"] if c["name"] == "SID"), None)
+
+
+def test_no_session_means_needs_login_and_a_retry_safe_refusal(simulator_url, fresh_dir):
+    with start_instance(simulator_url, fresh_dir) as inst:
+        status = inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        assert "/ServiceLogin" in status["page_url"]
+        answer = inst.generate("hello").json()
+        assert answer["error"]["code"] == "needs_login"
+        assert answer["error"]["retry_safe"] is True
+        assert sim(simulator_url, "/_sim/record")["generations"] == []
+
+
+@pytest.mark.parametrize("shape", ["storage_state", "cookie_list", "extension_export"])
+def test_session_import_shapes_sign_the_instance_in(simulator_url, fresh_dir, shape):
+    state = signed_in_state(simulator_url, f"acct-{shape}")
+    payload = {
+        "storage_state": state,
+        "cookie_list": state["cookies"],
+        "extension_export": _cookie_export(simulator_url, f"acct-{shape}"),
+    }[shape]
+    with start_instance(simulator_url, fresh_dir) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        answer = inst.client.put("/session", json=payload)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["login_state"] == "logged_in"
+        assert _saved_sid(fresh_dir) == f"acct-{shape}"
+        exported = inst.client.get("/session").json()
+        assert {c["name"] for c in exported["cookies"]} >= set(AUTH)
+        assert inst.generate("after import").json()["success"]
+        assert sim(simulator_url, "/_sim/record")["generations"][0]["account"] == f"acct-{shape}"
+
+
+def test_bad_session_uploads_change_nothing(simulator_url, fresh_dir):
+    session = signed_in_state(simulator_url, "acct-keep")
+    with start_instance(simulator_url, fresh_dir, session=session, INSTANCE_MAX_SESSION_BYTES="4096") as inst:
+        inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        before = (fresh_dir / "storage_state.json").read_bytes()
+        for body in (b"not json", b'{"cookies": "nope"}', b'[{"name": "SID"}]', b"42"):
+            answer = inst.client.put("/session", content=body)
+            assert answer.status_code in (400, 422), answer.text
+            assert answer.json()["detail"]
+        huge = inst.client.put("/session", json=[{"name": "x", "value": "y" * 8000, "domain": "a"}])
+        assert huge.status_code == 413
+        assert (fresh_dir / "storage_state.json").read_bytes() == before
+        assert inst.status()["login_state"] == "logged_in"
+
+
+@pytest.mark.parametrize("content", [b'{"cookies": [{"name": "SID", "val', b"\x00\xff garbage", b""])
+def test_corrupt_or_truncated_session_file_is_set_aside(simulator_url, fresh_dir, content):
+    fresh_dir.mkdir(parents=True)
+    (fresh_dir / "storage_state.json").write_bytes(content)
+    with start_instance(simulator_url, fresh_dir) as inst:
+        status = inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        assert status["browser"] == "up"
+        assert list(fresh_dir.glob("storage_state.json.corrupt-*"))
+
+
+def test_expired_google_auth_cookies_mean_needs_login(simulator_url, fresh_dir):
+    state = signed_in_state(simulator_url, "acct-old")
+    for cookie in state["cookies"]:
+        cookie["expires"] = time.time() - 3600
+    with start_instance(simulator_url, fresh_dir, session=state) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        assert inst.generate("x").json()["error"]["code"] == "needs_login"
+
+
+def test_session_revoked_at_google_is_detected_on_the_next_task(simulator_url, fresh_dir):
+    with start_instance(simulator_url, fresh_dir, session=signed_in_state(simulator_url, "acct-gone")) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        sim(simulator_url, "/_sim/accounts/acct-gone/revoke", {})
+        inst.client.post("/navigate", json={"target": "home"})
+        answer = inst.generate("x").json()
+        assert answer["error"]["code"] == "needs_login"
+        assert inst.status()["login_state"] == "needs_login"
+
+
+def test_session_is_written_back_at_shutdown(simulator_url, fresh_dir):
+    with start_instance(simulator_url, fresh_dir) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        (fresh_dir / "storage_state.json").unlink(missing_ok=True)
+    # The process saved its (empty) state on SIGTERM, atomically: no temp files left behind.
+    assert json.loads((fresh_dir / "storage_state.json").read_text())["cookies"] == []
+    assert not list(fresh_dir.glob(".storage_state.*"))
+
+
+def _element_centres(sim_url: str) -> dict[str, tuple[float, float]]:
+    """Where the sign-in page's fields are at the instance's viewport, measured in a second browser."""
+    from playwright.sync_api import sync_playwright
+
+    from instance.settings import InstanceSettings
+
+    centres = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=InstanceSettings().chromium_executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(sim_url + "/ServiceLogin?continue=%2F")
+        for name, selector in (("email", "input[type=email]"), ("next1", "#identifierNext button")):
+            box = page.locator(selector).bounding_box()
+            centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.fill("input[type=email]", "someone")
+        page.click("#identifierNext button")
+        for name, selector in (("password", "input[type=password]"), ("next2", "#passwordNext button")):
+            page.locator(selector).wait_for()
+            box = page.locator(selector).bounding_box()
+            centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        browser.close()
+    return centres
+
+
+def _click(ws, point) -> None:
+    ws.send(json.dumps({"type": "mouse", "event": "click", "x": point[0], "y": point[1]}))
+
+
+def test_sign_in_through_the_live_view(simulator_url, fresh_dir):
+    centres = _element_centres(simulator_url)
+    with start_instance(simulator_url, fresh_dir) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "needs_login", what="needs_login")
+        ws_url = inst.base_url.replace("http", "ws") + f"/liveview?token={TOKEN}"
+        with connect(ws_url, max_size=16 * 1024 * 1024) as ws:
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["type"] == "frame"
+            assert base64.b64decode(frame["data"])[:3] == b"\xff\xd8\xff"  # JPEG
+            assert frame["width"] == 1440
+            _click(ws, centres["email"])
+            ws.send(json.dumps({"type": "text", "text": "acct-live"}))
+            _click(ws, centres["next1"])
+            time.sleep(0.5)
+            _click(ws, centres["password"])
+            ws.send(json.dumps({"type": "text", "text": "密码-secret"}))
+            ws.send(json.dumps({"type": "key", "event": "press", "key": "Tab"}))
+            _click(ws, centres["next2"])
+            inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in after live sign-in")
+            frames_after = sum(1 for _ in range(3) if json.loads(ws.recv(timeout=10))["type"] == "frame")
+            assert frames_after == 3
+        deadline = time.monotonic() + 10
+        while _saved_sid(fresh_dir) != "acct-live" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _saved_sid(fresh_dir) == "acct-live"
+        assert inst.generate("signed in by hand").json()["success"]
+        assert sim(simulator_url, "/_sim/record")["generations"][0]["account"] == "acct-live"
+
+
+def test_navigate_to_signin_and_screenshot(inst):
+    shot = inst.client.get("/screenshot")
+    assert shot.headers["content-type"] == "image/png"
+    assert shot.content[:8] == b"\x89PNG\r\n\x1a\n"
+    jpeg = inst.client.get("/screenshot", params={"format": "jpeg"})
+    assert jpeg.content[:3] == b"\xff\xd8\xff"
+    answer = inst.client.post("/navigate", json={"target": "signin"}).json()
+    assert "/ServiceLogin" in answer["url"]
+    assert inst.client.post("/navigate", json={"url": "javascript:alert(1)"}).status_code == 422
+    inst.client.post("/navigate", json={"target": "home"})
+    inst.wait_for(lambda s: s["login_state"] == "logged_in", what="back home")
