@@ -1,0 +1,587 @@
+"""The `docker` engine: one container per instance, through the Docker SDK.
+
+Each instance is a container named `<name_prefix><instance_id>` with the fleet labels, a named volume
+`<volume_prefix><instance_id>` at `/data`, resource limits, a non-root user and no restart policy (the
+reconciler restarts). The SDK is blocking, so every call runs in this runtime's own thread pool; the
+event loop never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import hashlib
+import json
+import logging
+import re
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from gateway.runtime.base import (
+    LABEL_INSTANCE_ID,
+    LABEL_INSTANCE_NAME,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+    InstanceSpec,
+    RuntimeError_,
+    RuntimePhase,
+    RuntimeState,
+    RuntimeUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Which gateway a container belongs to: its name prefix. A test gateway and a production gateway on one
+# engine then never adopt (or remove as orphans) each other's containers.
+LABEL_NAMESPACE = "io.aistudio-fleet.namespace"
+# Hash of what the container was created from; a stopped container with another hash is recreated.
+LABEL_SPEC_HASH = "io.aistudio-fleet.spec-hash"
+
+INSTANCE_PORT = 8000
+DATA_PATH = "/data"
+# Docker's container name grammar; the instance id becomes part of the name.
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+_END = object()  # end of a followed log stream
+
+
+class DockerRuntime:
+    """Runs each instance as a Docker container; see the module docstring."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        network: str | None,
+        image: str,
+        publish_host: str | None = "127.0.0.1",
+        mem_limit: str = "1g",
+        nano_cpus: int = 1_000_000_000,
+        pids_limit: int = 512,
+        shm_size: str = "512m",
+        volume_prefix: str = "aistudio-fleet-data-",
+        connect_mode: str = "auto",
+        name_prefix: str = "aistudio-fleet-",
+        *,
+        docker_host: str | None = None,
+        user: str = "10001:10001",
+        cap_drop_all: bool = True,
+        init: bool = False,
+        api_timeout: float = 60.0,
+        max_workers: int = 16,
+    ) -> None:
+        """`publish_host` None publishes on every interface; `connect_mode` is `auto`, `network` or
+        `host`; `docker_host` overrides DOCKER_HOST (e.g. `unix:///var/run/docker.sock`)."""
+        if connect_mode not in ("auto", "network", "host"):
+            raise ValueError(f"connect_mode must be auto, network or host, not {connect_mode!r}")
+        if connect_mode == "network" and not network:
+            raise ValueError("connect_mode 'network' needs a network")
+        self.network = network or None
+        self.image = image
+        self.publish_host = publish_host
+        self.mem_limit = mem_limit
+        self.nano_cpus = nano_cpus
+        self.pids_limit = pids_limit
+        self.shm_size = shm_size
+        self.volume_prefix = volume_prefix
+        self.connect_mode = connect_mode
+        self.name_prefix = name_prefix
+        self.docker_host = docker_host
+        self.user = user
+        self.cap_drop_all = cap_drop_all
+        self.init = init
+        self.api_timeout = api_timeout
+        self.max_workers = max_workers
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="docker-runtime"
+        )
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        # `network` or `host` once known; `auto` is resolved on the first successful connection.
+        self._resolved_mode: str | None = None if connect_mode == "auto" else connect_mode
+        # One change at a time per instance: two starts must not race to create its container.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Connect and resolve the connect mode. Raises RuntimeUnavailable when the engine is down;
+        the runtime stays usable and connects again on the next call."""
+        await self._run(self._connected)
+
+    async def close(self) -> None:
+        """Close the client; containers keep running."""
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def endpoint_mode(self) -> str | None:
+        """`network` (by container name) or `host` (published port); None until first connected."""
+        return self._resolved_mode
+
+    # ---- names -----------------------------------------------------------------------------------
+
+    def container_name(self, instance_id: str) -> str:
+        return f"{self.name_prefix}{_checked_id(instance_id)}"
+
+    def volume_name(self, instance_id: str) -> str:
+        return f"{self.volume_prefix}{_checked_id(instance_id)}"
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    def _base_filters(self) -> list[str]:
+        return [f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}", f"{LABEL_NAMESPACE}={self.name_prefix}"]
+
+    # ---- protocol --------------------------------------------------------------------------------
+
+    async def start(self, spec: InstanceSpec) -> RuntimeState:
+        async with self._lock(spec.instance_id):
+            return await self._run(self._start_sync, spec)
+
+    async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        async with self._lock(instance_id):
+            await self._run(self._stop_sync, instance_id, timeout)
+
+    async def remove(self, instance_id: str, *, remove_volume: bool) -> None:
+        async with self._lock(instance_id):
+            await self._run(self._remove_sync, instance_id, remove_volume)
+
+    async def inspect(self, instance_id: str) -> RuntimeState:
+        return await self._run(self._inspect_sync, instance_id)
+
+    async def list_managed(self) -> dict[str, RuntimeState]:
+        return await self._run(self._list_sync)
+
+    async def logs(self, instance_id: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
+        container = await self._run(self._find, instance_id)
+        if container is None:
+            raise RuntimeError_(f"no container for instance {instance_id}")
+        if not follow:
+            raw: bytes = await self._run(
+                lambda: _mapped(lambda: container.logs(tail=tail, stream=False, follow=False))
+            )
+            for line in raw.decode("utf-8", "replace").splitlines():
+                yield line
+            return
+        async for line in self._follow(container, tail):
+            yield line
+
+    # ---- blocking parts (run in the pool) --------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _connected(self) -> docker.DockerClient:
+        """The shared client, connecting (and resolving the connect mode) on first use."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    # As many pooled connections as threads that may call at once.
+                    options = {"timeout": int(self.api_timeout), "max_pool_size": self.max_workers}
+                    if self.docker_host:
+                        client = docker.DockerClient(base_url=self.docker_host, **options)
+                    else:
+                        client = docker.DockerClient.from_env(**options)
+                    client.ping()
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                    raise RuntimeUnavailable("docker", _reason(e)) from e
+                self._client = client
+                if self._resolved_mode is None:
+                    self._resolved_mode = self._detect_mode(client)
+                    log.info("docker runtime reaches instances by %s", self._resolved_mode)
+            return self._client
+
+    def _detect_mode(self, client: docker.DockerClient) -> str:
+        """`network` when this process runs in a container attached to `self.network`, else `host`."""
+        if not self.network:
+            return "host"
+        own = _own_container_id_candidates()
+        if not own:
+            return "host"
+        for candidate in own:
+            try:
+                attrs = client.api.inspect_container(candidate)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError:
+                continue
+            networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+            if self.network in networks:
+                return "network"
+            # Attached by network id rather than name.
+            if any(n.get("NetworkID", "").startswith(self.network) for n in networks.values()):
+                return "network"
+            return "host"
+        return "host"
+
+    def _spec_hash(self, spec: InstanceSpec) -> str:
+        material = {
+            "image": self.image,
+            "env": self._environment(spec),
+            "network": self.network,
+            "publish": self._publishes() and self.publish_host,
+            "limits": [self.mem_limit, self.nano_cpus, self.pids_limit, self.shm_size],
+            "user": self.user,
+            "cap_drop_all": self.cap_drop_all,
+            "init": self.init,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _environment(self, spec: InstanceSpec) -> dict[str, str]:
+        env = dict(spec.env)
+        env["INSTANCE_API_TOKEN"] = spec.token
+        return env
+
+    def _publishes(self) -> bool:
+        # The port is published unless the gateway certainly reaches instances by name.
+        return self._resolved_mode != "network"
+
+    def _find(self, instance_id: str) -> Container | None:
+        """The container of this instance, found by labels; None when there is none."""
+        client = self._connected()
+        filters = {"label": [*self._base_filters(), f"{LABEL_INSTANCE_ID}={instance_id}"]}
+        found = _mapped(lambda: client.containers.list(all=True, filters=filters, ignore_removed=True))
+        if not found:
+            return None
+        if len(found) > 1:
+            # Should not happen (names are unique); prefer the one with our name.
+            named = [c for c in found if c.name == self.container_name(instance_id)]
+            found = named or found
+        return found[0]
+
+    def _start_sync(self, spec: InstanceSpec) -> RuntimeState:
+        client = self._connected()
+        name = self.container_name(spec.instance_id)
+        wanted_hash = self._spec_hash(spec)
+        container = self._find(spec.instance_id)
+        if container is not None:
+            status = container.status
+            if status == "running":
+                return self._state(container)
+            if status == "paused":
+                _mapped(container.unpause)
+                container = _mapped(lambda: client.containers.get(container.id))
+                return self._state(container)
+            if container.labels.get(LABEL_SPEC_HASH) != wanted_hash or status in ("dead", "removing"):
+                log.info("recreating container %s (spec changed or %s)", name, status)
+                self._remove_container(container)
+                container = None
+        if container is None:
+            container = self._create(client, spec, name, wanted_hash)
+        try:
+            _mapped(container.start)
+        except docker.errors.APIError as e:
+            raise RuntimeError_(f"container {name} failed to start: {_reason(e)}") from e
+        container = _mapped(lambda: client.containers.get(container.id))
+        return self._state(container)
+
+    def _create(
+        self, client: docker.DockerClient, spec: InstanceSpec, name: str, spec_hash: str
+    ) -> Container:
+        if self.network:
+            try:
+                _mapped(lambda: client.networks.get(self.network))
+            except docker.errors.NotFound as e:
+                raise RuntimeError_(
+                    f"docker network {self.network!r} does not exist; create it "
+                    f"(docker network create {self.network}) or unset the network setting"
+                ) from e
+        labels = {
+            LABEL_MANAGED_BY: MANAGED_BY_VALUE,
+            LABEL_NAMESPACE: self.name_prefix,
+            LABEL_INSTANCE_ID: spec.instance_id,
+            LABEL_INSTANCE_NAME: spec.name,
+        }
+        volume = self.volume_name(spec.instance_id)
+        try:
+            _mapped(lambda: client.volumes.get(volume))
+        except docker.errors.NotFound:
+            _mapped(lambda: client.volumes.create(name=volume, labels=labels))
+        kwargs: dict[str, Any] = dict(
+            image=self.image,
+            name=name,
+            labels={**labels, LABEL_SPEC_HASH: spec_hash},
+            environment=self._environment(spec),
+            volumes={volume: {"bind": DATA_PATH, "mode": "rw"}},
+            mem_limit=self.mem_limit,
+            memswap_limit=self.mem_limit,  # no swap beyond the memory limit
+            nano_cpus=self.nano_cpus,
+            pids_limit=self.pids_limit,
+            shm_size=self.shm_size,
+            security_opt=["no-new-privileges"],
+            user=self.user,
+            restart_policy={"Name": "no"},
+            detach=True,
+        )
+        if self.init:  # the image's own entrypoint is tini; Docker's init only for images without one
+            kwargs["init"] = True
+        if self.cap_drop_all:
+            kwargs["cap_drop"] = ["ALL"]
+        if self.network:
+            kwargs["network"] = self.network
+        if self._publishes():
+            kwargs["ports"] = {f"{INSTANCE_PORT}/tcp": (self.publish_host or "", None)}
+        try:
+            return _mapped(lambda: client.containers.create(**kwargs))
+        except docker.errors.ImageNotFound as e:
+            raise RuntimeError_(
+                f"image {self.image!r} is not on this engine; build it (deploy/build-images.sh)"
+            ) from e
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                # Created meanwhile by another caller (or a leftover with our name but not our labels).
+                existing = self._find(spec.instance_id)
+                if existing is not None:
+                    return existing
+                raise RuntimeError_(
+                    f"a container named {name} exists but is not managed by this gateway; remove it"
+                ) from e
+            raise RuntimeError_(f"cannot create container {name}: {_reason(e)}") from e
+
+    def _stop_sync(self, instance_id: str, timeout: float) -> None:
+        container = self._find(instance_id)
+        if container is None or container.status not in ("running", "paused", "restarting"):
+            return
+        try:
+            _mapped(lambda: container.stop(timeout=max(0, int(round(timeout)))))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code in (304, 409):
+                return
+            raise RuntimeError_(f"cannot stop {container.name}: {_reason(e)}") from e
+
+    def _remove_sync(self, instance_id: str, remove_volume: bool) -> None:
+        container = self._find(instance_id)
+        if container is not None:
+            self._remove_container(container)
+        if remove_volume:
+            self._remove_volume(self.volume_name(instance_id))
+
+    def _remove_container(self, container: Container) -> None:
+        try:
+            _mapped(lambda: container.remove(force=True, v=False))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # removal already in progress
+                self._wait_gone(container.id)
+                return
+            raise RuntimeError_(f"cannot remove {container.name}: {_reason(e)}") from e
+
+    def _wait_gone(self, container_id: str, timeout: float = 15.0) -> None:
+        client = self._connected()
+        try:
+            client.api.wait(container_id, timeout=timeout, condition="removed")
+        except (docker.errors.NotFound, requests.exceptions.ReadTimeout):
+            pass
+        except requests.exceptions.ConnectionError as e:
+            raise RuntimeUnavailable("docker", _reason(e)) from e
+        except docker.errors.APIError as e:
+            if e.status_code != 404:
+                raise RuntimeError_(f"cannot remove {container_id[:12]}: {_reason(e)}") from e
+
+    def _remove_volume(self, volume: str) -> None:
+        client = self._connected()
+        for attempt in range(20):
+            try:
+                _mapped(lambda: client.api.remove_volume(volume, force=True))
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as e:
+                # 409: still in use by a container that is being removed; try again shortly.
+                if e.status_code != 409 or attempt == 19:
+                    raise RuntimeError_(f"cannot remove volume {volume}: {_reason(e)}") from e
+                threading.Event().wait(0.25)
+
+    def _inspect_sync(self, instance_id: str) -> RuntimeState:
+        container = self._find(instance_id)
+        if container is None:
+            return RuntimeState(instance_id=instance_id, phase="missing")
+        return self._state(container)
+
+    def _list_sync(self) -> dict[str, RuntimeState]:
+        client = self._connected()
+        filters = {"label": self._base_filters()}
+        containers = _mapped(lambda: client.containers.list(all=True, filters=filters, ignore_removed=True))
+        states: dict[str, RuntimeState] = {}
+        for c in containers:
+            instance_id = c.labels.get(LABEL_INSTANCE_ID)
+            if instance_id:
+                states[instance_id] = self._state(c)
+        return states
+
+    def _state(self, container: Container) -> RuntimeState:
+        attrs = container.attrs
+        state = attrs.get("State") or {}
+        status = state.get("Status") or container.status
+        instance_id = container.labels.get(LABEL_INSTANCE_ID, "")
+        phase: RuntimePhase
+        detail = status
+        if status in ("running", "paused", "restarting"):
+            phase = "running"
+        elif status == "created":
+            phase = "created"
+        else:  # exited, dead, removing
+            phase = "exited"
+        exit_code = None
+        if phase == "exited":
+            exit_code = state.get("ExitCode")
+            if state.get("OOMKilled"):
+                detail = "killed: out of memory (raise the memory limit)"
+            elif state.get("Error"):
+                detail = f"{status}: {state['Error']}"
+            else:
+                detail = f"{status} with code {exit_code}"
+        return RuntimeState(
+            instance_id=instance_id,
+            phase=phase,
+            handle=container.id,
+            endpoint=self._endpoint(container, attrs) if phase == "running" else None,
+            exit_code=exit_code,
+            detail=detail,
+        )
+
+    def _endpoint(self, container: Container, attrs: dict[str, Any]) -> str | None:
+        if self._resolved_mode == "network":
+            return f"http://{container.name}:{INSTANCE_PORT}"
+        ports = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{INSTANCE_PORT}/tcp")
+        if not ports:
+            return None
+        # Prefer the IPv4 binding; 0.0.0.0 and :: mean every interface, loopback included.
+        binding = next((p for p in ports if ":" not in (p.get("HostIp") or "")), ports[0])
+        host = binding.get("HostIp") or ""
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{binding['HostPort']}"
+
+    # ---- following logs --------------------------------------------------------------------------
+
+    async def _follow(self, container: Container, tail: int) -> AsyncIterator[str]:
+        """Yield lines of a followed log stream read by a dedicated thread.
+
+        The pump gets its own thread (not the pool) because it blocks for as long as the consumer
+        follows; a bounded queue keeps a slow consumer from buffering without limit.
+        """
+        loop = asyncio.get_running_loop()
+        stream = await self._run(lambda: _mapped(lambda: container.logs(stream=True, follow=True, tail=tail)))
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        stopped = threading.Event()
+
+        def deliver(item: Any) -> bool:
+            """Hand one item to the loop; False once the consumer has gone."""
+            if stopped.is_set():
+                return False
+            try:
+                fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            except RuntimeError:  # loop closed
+                return False
+            while True:
+                try:
+                    fut.result(timeout=0.5)
+                    return True
+                except concurrent.futures.TimeoutError:
+                    if stopped.is_set():
+                        fut.cancel()
+                        return False
+                except (concurrent.futures.CancelledError, RuntimeError):
+                    return False
+
+        def pump() -> None:
+            buffer = b""
+            try:
+                for chunk in stream:
+                    if stopped.is_set():
+                        return
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if not deliver(line.decode("utf-8", "replace").rstrip("\r")):
+                            return
+                if buffer and not stopped.is_set():
+                    deliver(buffer.decode("utf-8", "replace"))
+            except Exception as e:  # noqa: BLE001 - reported to the consumer, which re-raises
+                if not stopped.is_set():
+                    deliver(e)
+            finally:
+                deliver(_END)
+
+        thread = threading.Thread(target=pump, name=f"docker-logs-{container.name}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise RuntimeError_(f"log stream of {container.name} broke: {_reason(item)}")
+                yield item
+        finally:
+            stopped.set()
+            try:
+                stream.close()  # unblocks the pump's read
+            except Exception:  # noqa: BLE001 - already closed or engine gone
+                pass
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _checked_id(instance_id: str) -> str:
+    if not _NAME_RE.match(instance_id) or len(instance_id) > 128:
+        raise RuntimeError_(f"instance id {instance_id!r} cannot be part of a container name")
+    return instance_id
+
+
+def _mapped(call: Callable[[], T]) -> T:
+    """Run one SDK call, turning "the engine cannot be reached" into RuntimeUnavailable."""
+    try:
+        return call()
+    except docker.errors.APIError:
+        raise
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise RuntimeUnavailable("docker", _reason(e)) from e
+    except docker.errors.DockerException as e:  # e.g. "Error while fetching server API version"
+        raise RuntimeUnavailable("docker", _reason(e)) from e
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, docker.errors.APIError):
+        return str(e.explanation or e)
+    text = str(e) or type(e).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _own_container_id_candidates() -> list[str]:
+    """Ids (or names) that may identify the container this process runs in, best first."""
+    in_container = Path("/.dockerenv").exists()
+    candidates: list[str] = []
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            # /var/lib/docker/containers/<id>/hostname is bind-mounted into every container.
+            if "/containers/" in line and ("/hostname " in line or "/hosts " in line):
+                m = _CONTAINER_ID_RE.search(line)
+                if m and m.group(0) not in candidates:
+                    candidates.append(m.group(0))
+                    in_container = True
+    except OSError:
+        pass
+    if in_container:
+        candidates.append(socket.gethostname())
+    return candidates
