@@ -4,7 +4,7 @@
 #   deploy/test.sh [pytest args...]          e.g. deploy/test.sh tests/gateway -k docker
 #
 # Uses .venv/bin/python when the checkout has one (PYTHON=... overrides), and runs
-#   python -m pytest -q -p no:cacheprovider -rs [args]
+#   python -m pytest -q -p no:cacheprovider -rfEs [args]   (-rfEs: failures, errors and skips summarized)
 # Fails when pytest fails, when it collected no test (exit 5), and, with AISTUDIO_REQUIRE_ALL=1, when a
 # test was skipped for a reason that mentions Docker, Postgres, Chromium or the browser (the tests turn
 # those skips into failures themselves under AISTUDIO_REQUIRE_ALL=1; this is the safety net).
@@ -24,7 +24,7 @@ fi
 OUT="$(mktemp /tmp/aistudio-pytest.XXXXXX.log)"
 trap 'rm -f "$OUT"' EXIT
 set +e
-"$PYTHON" -m pytest -q -p no:cacheprovider -rs "$@" 2>&1 | tee "$OUT"
+"$PYTHON" -m pytest -q -p no:cacheprovider -rfEs "$@" 2>&1 | tee "$OUT"
 rc=${PIPESTATUS[0]}
 set -e
 
