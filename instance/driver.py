@@ -20,29 +20,46 @@ from instance.settings import InstanceSettings
 
 log = logging.getLogger(__name__)
 
-# Polled inside the page in one round trip: what the model turns, spinner and messages show now.
-_POLL_JS = """
-([sel, turnsBefore]) => {
+# Waits inside the page, checking every `interval` ms, until the model turn is complete, an error shows, or
+# `budget` ms pass. Complete: no spinner, images loaded, and either as many images as the GenerateContent
+# response carried (`expected`, when it was seen) or the same counts for `settle` ms. One round trip.
+_WAIT_JS = """
+async ([sel, turnsBefore, interval, budget, expected, settle]) => {
   const all = (s) => (s ? Array.from(document.querySelectorAll(s)) : []);
-  const turns = all(sel.model_turn).slice(turnsBefore);
-  let images = 0, pending = 0;
-  const texts = [];
-  for (const turn of turns) {
-    for (const img of turn.querySelectorAll(sel.generated_image)) {
-      if (img.complete && (img.currentSrc || img.src)) images++; else pending++;
-    }
-    // Text candidates may nest (a chunk inside a turn-content): take the first candidate that matches.
-    for (const candidate of sel.model_text) {
-      const found = Array.from(turn.querySelectorAll(candidate));
-      if (!found.length) continue;
-      for (const t of found) { const s = t.textContent.trim(); if (s) texts.push(s); }
-      break;
-    }
-  }
   const textsOf = (s) => all(s).map((e) => e.textContent.trim()).filter(Boolean);
-  return {url: location.href, busy: all(sel.busy).length > 0, turns: turns.length,
-          images, pending, text: texts.join("\\n"),
-          callouts: textsOf(sel.callouts), toasts: textsOf(sel.toasts)};
+  const snapshot = () => {
+    const turns = all(sel.model_turn).slice(turnsBefore);
+    let images = 0, pending = 0;
+    const texts = [];
+    for (const turn of turns) {
+      for (const img of turn.querySelectorAll(sel.generated_image)) {
+        if (img.complete && (img.currentSrc || img.src)) images++; else pending++;
+      }
+      // Text candidates may nest (a chunk inside a turn-content): take the first candidate that matches.
+      for (const candidate of sel.model_text) {
+        const found = Array.from(turn.querySelectorAll(candidate));
+        if (!found.length) continue;
+        for (const t of found) { const s = t.textContent.trim(); if (s) texts.push(s); }
+        break;
+      }
+    }
+    return {url: location.href, busy: all(sel.busy).length > 0, turns: turns.length, images, pending,
+            text: texts.join("\\n"), callouts: textsOf(sel.callouts), toasts: textsOf(sel.toasts)};
+  };
+  const started = performance.now();
+  let previous = null, since = 0;
+  for (;;) {
+    const state = snapshot();
+    const now = performance.now();
+    const settled = state.turns > 0 && !state.busy && state.pending === 0;
+    const key = JSON.stringify([state.turns, state.images, state.text]);
+    if (state.callouts.length || state.toasts.length) return {...state, done: false};
+    if (settled && expected !== null && state.images >= expected) return {...state, done: true};
+    if (!settled || key !== previous) { previous = settled ? key : null; since = now; }
+    else if (now - since >= settle) return {...state, done: true};
+    if (now - started > budget) return {...state, done: false};
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
 }
 """
 
@@ -85,6 +102,36 @@ class GenerationResult:
     text: str | None = None
     error: GenerationError | None = None
     timings: dict[str, int] = field(default_factory=dict)
+
+
+class _AnswerWatch:
+    """Counts the images in the page's GenerateContent response, so completion needs no settle window."""
+
+    def __init__(self, page: Page, url_part: str) -> None:
+        self.page = page
+        self.url_part = url_part
+        self.expected: int | None = None
+        self.seen = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+        page.on("response", self._on_response)
+
+    def _on_response(self, response) -> None:
+        if self.url_part in response.url and response.request.method == "POST" and self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._count(response))
+
+    async def _count(self, response) -> None:
+        try:
+            body = await response.body()
+        except PlaywrightError:
+            return  # body gone (navigation): fall back to the settle window
+        # Both AI Studio's ["image/png", "<b64>"] pairs and mime fields name each image's type once.
+        self.expected = body.count(b'"image/') if response.ok else 0
+        self.seen.set()
+
+    def close(self) -> None:
+        self.page.remove_listener("response", self._on_response)
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
 
 
 class _Clock:
@@ -136,6 +183,7 @@ class Driver:
     async def _generate(self, request: GenerationRequest, clock: _Clock) -> tuple[list[bytes], str]:
         page = await self._fresh_page()
         prompt_box = await self._find(page, "prompt_textarea", self.settings.page_load_timeout_s)
+        clock.lap("page_ms")
         await self._dismiss_dialogs(page)
         if request.aspect_ratio != "Auto":
             await self._choose_aspect_ratio(page, request.aspect_ratio)
@@ -145,8 +193,12 @@ class Driver:
         clock.lap("upload_ms")
         turns_before = await page.locator(self.book.css_union("model_turn")).count()
         await self._fill_prompt(prompt_box, request.prompt)
-        await self._click_run(page)
-        state = await self._wait_for_answer(page, turns_before)
+        answer = _AnswerWatch(page, self.settings.generate_content_url_part)
+        try:
+            await self._click_run(page)
+            state = await self._wait_for_answer(page, turns_before, answer)
+        finally:
+            answer.close()
         clock.lap("generate_ms")
         if state["images"] == 0:
             raise GenerationError(
@@ -190,6 +242,8 @@ class Driver:
 
     async def _present(self, page: Page, role: str) -> Locator | None:
         """A visible element of `role` right now, without waiting."""
+        if not await page.locator(self.book.css_union(role)).count():
+            return None  # the usual case, answered in one round trip
         for selector in self.book.candidates(role):
             loc = page.locator(selector).first
             if await loc.count() and await loc.is_visible():
@@ -279,30 +333,48 @@ class Driver:
             "toasts": book.css_union("toast"),
         }
 
-    async def _wait_for_answer(self, page: Page, turns_before: int) -> dict:
-        """Until the model turn holds its images (stable over two polls, no spinner) or an error shows."""
-        selectors = self._poll_selectors()
+    async def _wait_for_answer(self, page: Page, turns_before: int, answer: "_AnswerWatch") -> dict:
+        """Until the model turn is complete or an error shows; re-checks at once when the response lands."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
-        previous: tuple | None = None
         while time.monotonic() < deadline:
-            await asyncio.sleep(self.settings.poll_interval_s)
-            try:
-                state = await page.evaluate(_POLL_JS, [selectors, turns_before])
-            except PlaywrightError as exc:
-                if "Execution context was destroyed" in str(exc) or "navigation" in str(exc).lower():
-                    continue  # the page is navigating (e.g. to sign-in); look again
-                raise
+            budget_ms = min(2000, max(0, round((deadline - time.monotonic()) * 1000)))
+            check = asyncio.ensure_future(self._check_answer(page, turns_before, answer.expected, budget_ms))
+            waits = {check}
+            if answer.expected is None:
+                waits.add(asyncio.ensure_future(answer.seen.wait()))
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if check not in done:
+                continue  # the response just arrived: check again knowing how many images it carried
+            state = check.result()
+            if state is None:
+                continue
             self._raise_for_page_error(state)
-            settled = state["turns"] > 0 and not state["busy"] and state["pending"] == 0
-            snapshot = (state["turns"], state["images"], state["text"])
-            if settled and snapshot == previous:
+            if state["done"]:
                 return state
-            previous = snapshot if settled else None
         raise GenerationError(
             ErrorCode.TIMEOUT,
             f"no answer within {self.settings.generation_timeout_s:.0f} s",
             retry_safe=False,
         )
+
+    async def _check_answer(self, page: Page, turns_before: int, expected: int | None, budget_ms: int) -> dict | None:
+        args = [
+            self._poll_selectors(),
+            turns_before,
+            round(self.settings.poll_interval_s * 1000),
+            budget_ms,
+            expected,
+            round(self.settings.settle_s * 1000),
+        ]
+        try:
+            return await page.evaluate(_WAIT_JS, args)
+        except PlaywrightError as exc:
+            if "Execution context was destroyed" in str(exc) or "navigation" in str(exc).lower():
+                await asyncio.sleep(self.settings.poll_interval_s)
+                return None  # the page is navigating (e.g. to sign-in); look again
+            raise
 
     def _raise_for_page_error(self, state: dict) -> None:
         if is_signin_url(state["url"]):

@@ -40,7 +40,10 @@ class InstanceSettings(BaseSettings):
     page_load_attempts: int = 3
     element_timeout_s: float = 5.0
     generation_timeout_s: float = 120.0
-    poll_interval_s: float = 0.1
+    poll_interval_s: float = 0.03
+    # Completion without a GenerateContent response seen: image counts unchanged for this long.
+    settle_s: float = 0.5
+    generate_content_url_part: str = "GenerateContent"
 
     session_save_every_tasks: int = 10
     session_save_every_s: float = 1800.0
