@@ -1,0 +1,78 @@
+"""`python -m gateway` / `aistudio-fleet-gateway`: one process, two listeners, one Fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+from litestar import Litestar
+
+from gateway.app import create_admin_app, create_api_app, open_fleet
+from gateway.db.migrate import SchemaMismatch
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to `serve` below, which stops both servers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app: Litestar, host: str, port: int, settings: Settings) -> _Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, log_level=settings.log_level.lower(), lifespan="on"
+    )
+    return _Server(config)
+
+
+async def serve(settings: Settings) -> None:
+    async with open_fleet(settings) as fleet:
+        servers = [
+            _server(create_api_app(settings, fleet=fleet), settings.api_host, settings.api_port, settings),
+            _server(create_admin_app(settings, fleet=fleet), settings.admin_host, settings.admin_port, settings),
+        ]
+
+        def stop_all() -> None:
+            for server in servers:
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_all)
+
+        async def run(server: _Server) -> None:
+            try:
+                await server.serve()
+            finally:
+                stop_all()  # one listener down (or failed to bind) takes the other with it
+
+        log.info(
+            "generation API on http://%s:%s, management on http://%s:%s, runtime %s",
+            settings.api_host, settings.api_port, settings.admin_host, settings.admin_port, settings.runtime,
+        )
+        await asyncio.gather(*(run(server) for server in servers))
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except SchemaMismatch as exc:
+        log.error("refusing to start: %s", exc)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

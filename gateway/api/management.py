@@ -1,0 +1,171 @@
+"""The management API on the admin listener (:8813): thin handlers over the instance service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from litestar import Controller, MediaType, Request, Response, delete, get, post, put
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from gateway.api.errors import request_language
+from gateway.api.schemas import (
+    CreateInstanceIn,
+    CreateInstanceOut,
+    DeleteInstanceOut,
+    EventsOut,
+    InstanceActionOut,
+    InstanceListOut,
+    InstanceOut,
+    LogsOut,
+    SessionImportOut,
+    StatsOut,
+)
+from gateway.db.models import Status
+from gateway.errors import FleetError, TooLarge
+from gateway.i18n import translate
+from gateway.services.instances import InstanceService
+
+
+def provide_instances(state: State) -> InstanceService:
+    return state.fleet.instances
+
+
+def provide_language(request: Request[Any, Any, Any]) -> str:
+    return request_language(request)
+
+
+def provide_max_session_bytes(state: State) -> int:
+    return state.settings.max_session_bytes
+
+
+DEPENDENCIES = {
+    "instances": Provide(provide_instances, sync_to_thread=False),
+    "language": Provide(provide_language, sync_to_thread=False),
+}
+
+
+class InstanceController(Controller):
+    path = "/api/instances"
+    tags = ["instances"]
+    dependencies = DEPENDENCIES
+
+    @get("/", operation_id="listInstances", summary="All instances, oldest first")
+    async def list_instances(self, instances: InstanceService) -> InstanceListOut:
+        views = await instances.list()
+        running = sum(1 for v in views if v.status == Status.RUNNING)
+        return InstanceListOut(instances=views, concurrency_count=running, total_count=len(views))
+
+    @post("/", operation_id="createInstance", status_code=200, summary="Create a stopped instance")
+    async def create_instance(self, data: CreateInstanceIn, instances: InstanceService, language: str) -> CreateInstanceOut:
+        view = await instances.create(data.name)
+        message = translate("instance_created", language, name=view.name)
+        return CreateInstanceOut(instance_id=view.instance_id, message=message, instance=view)
+
+    @get("/{instance_id:str}", operation_id="getInstance")
+    async def get_instance(self, instance_id: str, instances: InstanceService) -> InstanceOut:
+        return InstanceOut(instance=await instances.get(instance_id))
+
+    @delete("/{instance_id:str}", operation_id="deleteInstance", status_code=200, summary="Delete a stopped instance")
+    async def delete_instance(self, instance_id: str, instances: InstanceService, language: str) -> DeleteInstanceOut:
+        view = await instances.delete(instance_id)
+        message = translate("instance_deleted", language, name=view.name)
+        return DeleteInstanceOut(instance_id=view.instance_id, message=message)
+
+    @post("/{instance_id:str}/start", operation_id="startInstance", status_code=200, summary="Ask for running; idempotent")
+    async def start_instance(self, instance_id: str, instances: InstanceService, language: str) -> InstanceActionOut:
+        view, changed = await instances.start(instance_id)
+        key = "instance_start_requested" if changed else "instance_already_running"
+        return InstanceActionOut(message=translate(key, language, name=view.name), changed=changed, instance=view)
+
+    @post("/{instance_id:str}/stop", operation_id="stopInstance", status_code=200, summary="Ask for stopped; idempotent")
+    async def stop_instance(self, instance_id: str, instances: InstanceService, language: str) -> InstanceActionOut:
+        view, changed = await instances.stop(instance_id)
+        key = "instance_stop_requested" if changed else "instance_already_stopped"
+        return InstanceActionOut(message=translate(key, language, name=view.name), changed=changed, instance=view)
+
+    @get("/{instance_id:str}/events", operation_id="listInstanceEvents", summary="What happened to it, newest first")
+    async def list_events(
+        self, instance_id: str, instances: InstanceService, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+    ) -> EventsOut:
+        return EventsOut(instance_id=instance_id, events=await instances.events(instance_id, limit=limit))
+
+    @get("/{instance_id:str}/logs", operation_id="getInstanceLogs", summary="Container logs; follow=1 streams them as SSE")
+    async def get_logs(
+        self,
+        instance_id: str,
+        instances: InstanceService,
+        language: str,
+        tail: Annotated[int, Parameter(ge=0, le=100_000)] = 200,
+        follow: bool = False,
+    ) -> Response[Any]:
+        if not follow:
+            return Response(LogsOut(instance_id=instance_id, lines=await instances.logs(instance_id, tail=tail)))
+        lines = await instances.follow_logs(instance_id, tail=tail)
+        return ServerSentEvent(_log_events(lines, language))
+
+    @get("/{instance_id:str}/session", operation_id="exportInstanceSession", summary="The instance's storage state")
+    async def export_session(self, instance_id: str, instances: InstanceService) -> Response[bytes]:
+        body = await instances.export_session(instance_id)
+        return Response(body, media_type=MediaType.JSON, headers={"Cache-Control": "no-store"})
+
+    @put(
+        "/{instance_id:str}/session",
+        operation_id="importInstanceSession",
+        summary="Storage state, a cookie list or an extension export, passed to the instance",
+        dependencies={"max_bytes": Provide(provide_max_session_bytes, sync_to_thread=False)},
+    )
+    async def import_session(
+        self, instance_id: str, request: Request[Any, Any, Any], instances: InstanceService, language: str, max_bytes: int
+    ) -> SessionImportOut:
+        body = await _read_limited(request, max_bytes)
+        result = await instances.import_session(instance_id, body)
+        view = await instances.get(instance_id)
+        cookies = result.get("cookies") if isinstance(result.get("cookies"), int) else None
+        login_state = str(result.get("login_state", "unknown"))
+        message = translate("session_imported", language, name=view.name, cookies=cookies, login_state=login_state)
+        return SessionImportOut(message=message, cookies=cookies, login_state=login_state)
+
+
+class StatsController(Controller):
+    path = "/api/stats"
+    tags = ["instances"]
+    dependencies = DEPENDENCIES
+
+    @get("/", operation_id="getStats", summary="Counts of the pool: total, running, available, busy, ...")
+    async def get_stats(self, instances: InstanceService) -> StatsOut:
+        return StatsOut(stats=await instances.stats())
+
+
+async def _read_limited(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` (not after reading all of it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge("session_too_large", size=int(declared), limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge("session_too_large", size=f">{limit}", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _log_events(lines: AsyncIterator[str], language: str) -> AsyncIterator[ServerSentEventMessage]:
+    try:
+        async for line in lines:
+            yield ServerSentEventMessage(data=line, event="log")
+    except FleetError as exc:
+        yield ServerSentEventMessage(data=translate(exc.key, language, **exc.params), event="error")
+        return
+    except Exception as exc:  # the engine failed mid-stream; the stream ends with a readable reason
+        yield ServerSentEventMessage(data=f"{type(exc).__name__}: {exc}", event="error")
+        return
+    yield ServerSentEventMessage(data="", event="end")
+
+
+MANAGEMENT_CONTROLLERS = [InstanceController, StatsController]

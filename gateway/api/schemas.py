@@ -1,0 +1,67 @@
+"""Request and response bodies of the management API, in the old system's envelopes."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.services.views import EventView, InstanceView, StatsView
+
+
+class CreateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+
+
+class InstanceListOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instances: list[InstanceView]
+    concurrency_count: int
+    total_count: int
+
+
+class CreateInstanceOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instance_id: str
+    message: str
+    instance: InstanceView
+
+
+class InstanceOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instance: InstanceView
+
+
+class InstanceActionOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    message: str
+    changed: bool  # false when the instance already was where it was asked to go
+    instance: InstanceView
+
+
+class DeleteInstanceOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instance_id: str
+    message: str
+
+
+class StatsOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    stats: StatsView
+
+
+class EventsOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instance_id: str
+    events: list[EventView]
+
+
+class LogsOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    instance_id: str
+    lines: list[str]
+
+
+class SessionImportOut(msgspec.Struct, kw_only=True):
+    success: bool = True
+    message: str
+    cookies: int | None
+    login_state: str | None

@@ -1,0 +1,123 @@
+"""One place wires the gateway: the Fleet (settings, database, runtime, services, reconciler) and its two apps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway import __version__
+from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.health import HealthController
+from gateway.api.management import MANAGEMENT_CONTROLLERS
+from gateway.db.engine import create_db_engine, create_sessionmaker
+from gateway.db.migrate import prepare_schema
+from gateway.reconciler import Reconciler
+from gateway.runtime import Runtime, RuntimeUnavailable, build_runtime
+from gateway.runtime.health import EngineHealth
+from gateway.services.instance_client import InstanceClient
+from gateway.services.instances import InstanceService
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fleet:
+    """Everything the gateway's faces share; opened once per process and closed once."""
+
+    settings: Settings
+    db: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    runtime: Runtime
+    engine_health: EngineHealth
+    client: InstanceClient
+    instances: InstanceService
+    reconciler: Reconciler
+
+    @classmethod
+    async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
+        db = create_db_engine(settings.database_url)
+        try:
+            revision = await prepare_schema(db, upgrade=settings.migrate_on_start)
+            log.info("database %s at schema revision %s", db.url.render_as_string(hide_password=True), revision)
+            runtime = runtime if runtime is not None else build_runtime(settings)
+            health = EngineHealth(runtime.name)
+            try:
+                await runtime.setup()
+            except RuntimeUnavailable as exc:
+                health.mark_down(exc.reason)  # keep serving reads; the reconciler retries every pass
+            sessions = create_sessionmaker(db)
+            # An engine whose instances are not on the network (the fake) hands over its own transport.
+            client = InstanceClient(timeout=30.0, transport=getattr(runtime, "http_transport", None))
+            reconciler = Reconciler(sessions, runtime, client, settings, health)
+            instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
+        except BaseException:
+            await db.dispose()
+            raise
+        fleet = cls(settings, db, sessions, runtime, health, client, instances, reconciler)
+        if reconcile:
+            reconciler.start()
+        return fleet
+
+    async def close(self) -> None:
+        """Stops the gateway's own work; instances keep running and are adopted on the next start."""
+        try:
+            await self.reconciler.close()
+            await self.client.close()
+            await self.runtime.close()
+        finally:
+            await self.db.dispose()
+
+
+@asynccontextmanager
+async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> AsyncIterator[Fleet]:
+    fleet = await Fleet.open(settings, runtime=runtime, reconcile=reconcile)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
+    """The admin listener (:8813): management API now, the panel later (issue 5)."""
+    return _create_app(settings, fleet, runtime, MANAGEMENT_CONTROLLERS, title="AI Studio Fleet management API")
+
+
+def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
+    """The generation listener (:8812): /health now; /generate and friends come with the dispatcher."""
+    return _create_app(settings, fleet, runtime, [HealthController], title="AI Studio Fleet generation API")
+
+
+def _create_app(
+    settings: Settings, fleet: Fleet | None, runtime: Runtime | None, handlers: Sequence[Any], *, title: str
+) -> Litestar:
+    """With a `fleet`, the app borrows it (its owner closes it); without, the app's lifespan owns one."""
+    lifespan = []
+    if fleet is None:
+
+        @asynccontextmanager
+        async def own_fleet(app: Litestar) -> AsyncIterator[None]:
+            async with open_fleet(settings, runtime=runtime) as opened:
+                app.state.fleet = opened
+                yield
+
+        lifespan.append(own_fleet)
+    state = State({"settings": settings, **({"fleet": fleet} if fleet is not None else {})})
+    return Litestar(
+        route_handlers=list(handlers),
+        state=state,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title=title, version=__version__),
+        request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,215 @@
+"""SQLAlchemy models: instances, their event log, tasks, and one-off markers.
+
+Every model change ships a migration in `migrations/versions/`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+    and_,
+    or_,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.db.types import UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NAME_MAX_LENGTH = 64
+
+
+class Target(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Status(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+class LoginState(StrEnum):
+    UNKNOWN = "unknown"
+    LOGGED_IN = "logged_in"
+    NEEDS_LOGIN = "needs_login"
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EventKind(StrEnum):
+    CREATED = "created"
+    START_REQUESTED = "start_requested"
+    STOP_REQUESTED = "stop_requested"
+    STARTED = "started"
+    READY = "ready"
+    START_FAILED = "start_failed"
+    LOGIN_STATE_CHANGED = "login_state_changed"
+    DIED = "died"
+    RESTARTING = "restarting"
+    GAVE_UP = "gave_up"
+    STOPPED = "stopped"
+    REMOVED = "removed"
+    ADOPTED = "adopted"
+    ORPHAN_REMOVED = "orphan_removed"
+    SESSION_IMPORTED = "session_imported"
+    ENGINE_DOWN = "engine_down"
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), uuid.UUID: Uuid(), dict[str, Any]: JSON()}
+
+
+class Instance(Base):
+    """One browser instance: the API sets `target`, only the reconciler moves `status` toward it."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        CheckConstraint(_in("target", Target), name="target"),
+        CheckConstraint(_in("status", Status), name="status"),
+        CheckConstraint(_in("login_state", LoginState), name="login_state"),
+        Index("ix_instances_status_login_state", "status", "login_state"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
+    target: Mapped[str] = mapped_column(String(16), default=Target.STOPPED)
+    status: Mapped[str] = mapped_column(String(16), default=Status.STOPPED)
+    login_state: Mapped[str] = mapped_column(String(16), default=LoginState.UNKNOWN)
+    # What the instance itself last said on /status; the lease below is the gateway's own view.
+    busy: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_task_id: Mapped[uuid.UUID | None]
+    lease_expires_at: Mapped[datetime | None]
+    cooldown_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Consecutive crashes or failed starts; the reconciler gives up above settings.max_restarts.
+    restart_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_restart_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_used_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    # Runtime handle: what the engine calls it, where it listens, and the bearer token it was started with.
+    handle: Mapped[str | None] = mapped_column(String(255))
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    token: Mapped[str | None] = mapped_column(String(128))
+    # A session waiting to be delivered once the instance is ready (the legacy migration).
+    pending_session: Mapped[str | None] = mapped_column(Text, deferred=True)
+
+
+class InstanceEvent(Base):
+    """What happened to an instance and why; no foreign key, so the history outlives a deleted row."""
+
+    __tablename__ = "instance_events"
+    __table_args__ = (Index("ix_instance_events_instance_id_id", "instance_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    instance_id: Mapped[uuid.UUID]
+    instance_name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), default="")
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    """One generation request and its outcome (the dispatcher fills it); never any image bytes."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(_in("status", TaskStatus), name="status"),
+        Index("ix_tasks_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED)
+    mode: Mapped[str] = mapped_column(String(16), default="sync")  # sync (held request) or async (POST /tasks)
+    prompt: Mapped[str] = mapped_column(Text)
+    aspect_ratio: Mapped[str] = mapped_column(String(16), default="Auto")
+    reference_count: Mapped[int] = mapped_column(Integer, default=0)
+    instance_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"), index=True
+    )
+    instance_name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    image_count: Mapped[int] = mapped_column(Integer, default=0)
+    result_path: Mapped[str | None] = mapped_column(String(512))  # async results live in files
+    timings: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class FleetMarker(Base):
+    """One-off facts the gateway must remember, e.g. that a legacy session file was already migrated."""
+
+    __tablename__ = "fleet_markers"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def lease_active(now: datetime) -> ColumnElement[bool]:
+    """The gateway holds an unexpired lease on the instance."""
+    return and_(Instance.lease_task_id.is_not(None), Instance.lease_expires_at > now)
+
+
+def cooling_down(now: datetime) -> ColumnElement[bool]:
+    return and_(Instance.cooldown_until.is_not(None), Instance.cooldown_until > now)
+
+
+def is_busy(now: datetime) -> ColumnElement[bool]:
+    return or_(Instance.busy.is_(True), lease_active(now))
+
+
+def is_available(now: datetime) -> ColumnElement[bool]:
+    """Running, logged in, not busy, not cooling down: the one definition the dispatcher and stats share."""
+    return and_(
+        Instance.status == Status.RUNNING,
+        Instance.login_state == LoginState.LOGGED_IN,
+        ~is_busy(now),
+        ~cooling_down(now),
+    )
+
+
+def new_event(instance_id: uuid.UUID, name: str, kind: EventKind, message: str) -> InstanceEvent:
+    return InstanceEvent(instance_id=instance_id, instance_name=name, kind=kind, message=message, created_at=utcnow())

@@ -1,0 +1,64 @@
+"""Domain errors raised by the gateway's services; `gateway.api.errors` maps them to HTTP in one place.
+
+Each error carries a message key and its parameters, so the same error reads in Chinese or English.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FleetError(Exception):
+    """Base of every error a person may read; `key` names the message in `gateway/locales/*.json`."""
+
+    status_code = 400
+    key = "bad_request"
+
+    def __init__(self, key: str | None = None, **params: Any) -> None:
+        self.key = key or type(self).key
+        self.params = params
+        super().__init__(f"{self.key} {params}" if params else self.key)
+
+
+class NotFound(FleetError):
+    status_code = 404
+    key = "not_found"
+
+
+class Conflict(FleetError):
+    status_code = 409
+    key = "conflict"
+
+
+class Invalid(FleetError):
+    status_code = 422
+    key = "invalid"
+
+
+class TooLarge(FleetError):
+    status_code = 413
+    key = "too_large"
+
+
+class EngineDown(FleetError):
+    """The runtime engine (Docker, the local supervisor, ...) cannot be reached."""
+
+    status_code = 503
+    key = "engine_down"
+
+    def __init__(self, engine: str, reason: str) -> None:
+        super().__init__(engine=engine, reason=reason)
+
+
+class InstanceUnavailable(FleetError):
+    """The instance's own HTTP server cannot be reached or answered with an error we cannot pass on."""
+
+    status_code = 502
+    key = "instance_unreachable"
+
+
+class RuntimeFailed(FleetError):
+    """The engine answered but could not do what was asked for this one instance."""
+
+    status_code = 502
+    key = "runtime_failed"

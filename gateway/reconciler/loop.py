@@ -1,0 +1,485 @@
+"""The reconcile loop: one pass lists the engine once, loads every row once, and acts per instance.
+
+Starts and stops can take seconds, so they run as background actions (one per instance at most); probes of
+running instances run concurrently within the pass, bounded. Every step is idempotent, so a gateway killed
+at any point picks up where it was on its next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import EventKind, Instance, LoginState, Status, new_event
+from gateway.db.types import utcnow
+from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide, describe_exit
+from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState, RuntimeUnavailable
+from gateway.runtime.health import EngineHealth
+from gateway.services.instance_client import (
+    InstanceAddress,
+    InstanceClient,
+    InstanceRejected,
+    InstanceStatus,
+    InstanceUnreachable,
+)
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Event = tuple[EventKind, str]
+
+
+class StartFailed(Exception):
+    """The instance did not become ready; the message is the reason shown to operators."""
+
+
+@dataclass
+class PassReport:
+    duration: float = 0.0
+    engine_ok: bool = True
+    instances: int = 0
+    probed: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+    orphans_removed: int = 0
+
+
+@dataclass
+class _ProbeOutcome:
+    row: InstanceRow
+    values: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    crashed: str | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        runtime: Runtime,
+        client: InstanceClient,
+        settings: Settings,
+        engine_health: EngineHealth,
+    ) -> None:
+        self._sessions = sessions
+        self._runtime = runtime
+        self._client = client
+        self._settings = settings
+        self._health = engine_health
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._actions: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._finished_during_pass: set[uuid.UUID] = set()
+        self._probe_failures: dict[uuid.UUID, int] = {}
+        self._suspects: set[uuid.UUID] = set()
+        # Running instances this reconciler started or has seen healthy; any other running one is adopted.
+        self._known_running: set[uuid.UUID] = set()
+        self._start_slots = asyncio.Semaphore(settings.start_concurrency)
+        self._probe_slots = asyncio.Semaphore(settings.probe_concurrency)
+        self._next_due: float | None = None
+        self.last_report: PassReport | None = None
+
+    # Lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="reconciler")
+
+    async def close(self) -> None:
+        """Stops the loop and cancels running actions; instances keep running and are adopted next time."""
+        tasks = [t for t in (self._loop_task, *self._actions.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+
+    def wake(self) -> None:
+        """Run a pass now (a target changed)."""
+        self._wake.set()
+
+    def suspect(self, instance_id: uuid.UUID) -> None:
+        """Someone (the dispatcher) could not reach this instance: probe it now, one failure is enough."""
+        self._suspects.add(instance_id)
+        self.wake()
+
+    async def drain(self) -> None:
+        """Wait for every background start/stop to finish (tests and shutdown)."""
+        while self._actions:
+            await asyncio.gather(*list(self._actions.values()), return_exceptions=True)
+
+    @property
+    def busy_instances(self) -> set[uuid.UUID]:
+        return set(self._actions)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self.last_report = await self.reconcile_once()
+            except Exception:  # a bug in one pass must not end reconciliation
+                log.exception("reconcile pass failed")
+            timeout = self._settings.reconcile_interval
+            if self._next_due is not None:
+                timeout = max(0.0, min(timeout, self._next_due - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # One pass ------------------------------------------------------------------------------------
+
+    async def reconcile_once(self) -> PassReport:
+        began = time.perf_counter()
+        report = PassReport()
+        self._finished_during_pass.clear()
+        skip = set(self._actions)
+        try:
+            # The engine first, the rows second: a container that exists was started from a row loaded here.
+            states = await self._runtime.list_managed()
+        except RuntimeUnavailable as exc:
+            self._health.mark_down(exc.reason)
+            report.engine_ok = False
+            report.duration = time.perf_counter() - began
+            return report
+        self._health.mark_up()
+        rows = await self._load_rows()
+        report.instances = len(rows)
+        now = utcnow()
+        self._next_due = None
+        report.orphans_removed = await self._remove_orphans(states, {str(row.id) for row in rows})
+        probes: list[Coroutine[Any, Any, _ProbeOutcome]] = []
+        for row in rows:
+            if row.id in skip or row.id in self._actions or row.id in self._finished_during_pass:
+                continue
+            state = states.get(str(row.id))
+            action = decide(row, state, now, self._settings.max_restarts)
+            report.actions[action] = report.actions.get(action, 0) + 1
+            if action == Action.PROBE:
+                assert state is not None
+                probes.append(self._probe(row, state, now))
+            elif action == Action.CRASHED:
+                await self._failed(row.id, row.name, describe_exit(state), EventKind.DIED)
+            elif action == Action.START:
+                token = await self._begin_start(row)
+                if token is not None:
+                    self._spawn(row.id, self._start(row, token))
+            elif action == Action.AWAIT_READY:
+                self._spawn(row.id, self._resume_start(row, state))
+            elif action == Action.STOP:
+                self._spawn(row.id, self._stop(row))
+            elif action == Action.MARK_STOPPED:
+                await self._write(row.id, row.name, {"status": Status.STOPPED}, (EventKind.STOPPED, "stopped as requested"))
+            elif action == Action.WAIT and row.next_restart_at is not None:
+                self._due_at(row.next_restart_at, now)
+        if probes:
+            outcomes = await asyncio.gather(*probes)
+            report.probed = len(outcomes)
+            await self._apply_probes(outcomes)
+        report.duration = time.perf_counter() - began
+        return report
+
+    async def _load_rows(self) -> list[InstanceRow]:
+        query = select(
+            Instance.id,
+            Instance.name,
+            Instance.target,
+            Instance.status,
+            Instance.login_state,
+            Instance.busy,
+            Instance.restart_count,
+            Instance.next_restart_at,
+            Instance.started_at,
+            Instance.endpoint,
+            Instance.token,
+        )
+        async with self._sessions() as session:
+            return [InstanceRow(*row) for row in (await session.execute(query)).all()]
+
+    def _spawn(self, instance_id: uuid.UUID, action: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(action, name=f"reconcile-{instance_id}")
+        self._actions[instance_id] = task
+
+        def finished(_task: asyncio.Task[None]) -> None:
+            self._actions.pop(instance_id, None)
+            self._finished_during_pass.add(instance_id)
+            if not _task.cancelled() and _task.exception() is not None:
+                log.error("reconcile action for %s failed", instance_id, exc_info=_task.exception())
+            self.wake()  # its outcome (e.g. a restart scheduled) may need the next pass
+
+        task.add_done_callback(finished)
+
+    def _due_at(self, when: datetime, now: datetime) -> None:
+        due = time.monotonic() + max(0.0, (when - now).total_seconds())
+        self._next_due = due if self._next_due is None else min(self._next_due, due)
+
+    # Orphans -------------------------------------------------------------------------------------
+
+    async def _remove_orphans(self, states: dict[str, RuntimeState], owned: set[str]) -> int:
+        removed = 0
+        for instance_id in states.keys() - owned:
+            try:
+                # The container only: a gateway pointed at the wrong database must not wipe everyone's logins.
+                await self._runtime.remove(instance_id, remove_volume=False)
+            except (RuntimeError_, RuntimeUnavailable) as exc:
+                log.warning("cannot remove orphan container of %s: %s", instance_id, exc)
+                continue
+            removed += 1
+            log.info("removed orphan container of unknown instance %s", instance_id)
+            try:
+                orphan_id = uuid.UUID(instance_id)
+            except ValueError:
+                continue
+            async with self._sessions.begin() as session:
+                message = "labeled container that no instance owns removed (its volume is kept)"
+                session.add(new_event(orphan_id, "", EventKind.ORPHAN_REMOVED, message))
+        return removed
+
+    # Start ---------------------------------------------------------------------------------------
+
+    async def _begin_start(self, row: InstanceRow) -> str | None:
+        """Mark it starting with a fresh token before any engine call, so a gateway killed mid-start can adopt
+        what it started; None when the row is gone."""
+        token = secrets.token_urlsafe(32)
+        values = {"status": Status.STARTING, "token": token, "endpoint": None, "login_state": LoginState.UNKNOWN, "busy": False}
+        return token if await self._write(row.id, row.name, values) else None
+
+    async def _start(self, row: InstanceRow, token: str) -> None:
+        async with self._start_slots:
+            try:
+                state = await self._runtime.inspect(str(row.id))
+                if state.phase != "missing":
+                    # A stale container carries an old token in its environment: replace it, keep the volume.
+                    await self._runtime.remove(str(row.id), remove_volume=False)
+                state = await self._runtime.start(self._spec(row, token))
+                started = {"handle": state.handle, "endpoint": state.endpoint}
+                await self._write(row.id, row.name, started, (EventKind.STARTED, f"started as {state.handle}"))
+                deadline = time.monotonic() + self._settings.start_timeout
+                status = await self._await_ready(row.id, state.endpoint, token, deadline)
+            except (StartFailed, RuntimeError_) as exc:
+                await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED)
+                return
+            except RuntimeUnavailable as exc:
+                await self._engine_lost(row, exc)
+                return
+            await self._became_ready(row, status, "ready")
+
+    async def _resume_start(self, row: InstanceRow, state: RuntimeState | None) -> None:
+        """A start was under way when the gateway stopped: wait for that same container instead of a new one."""
+        endpoint = (state.endpoint if state else None) or row.endpoint
+        try:
+            deadline = time.monotonic() + self._settings.start_timeout
+            status = await self._await_ready(row.id, endpoint, row.token, deadline)
+        except (StartFailed, RuntimeError_) as exc:
+            await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED)
+            return
+        except RuntimeUnavailable as exc:
+            await self._engine_lost(row, exc)
+            return
+        await self._became_ready(row, status, "adopted: a start in progress before the gateway restarted")
+
+    def _spec(self, row: InstanceRow, token: str) -> InstanceSpec:
+        env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}
+        return InstanceSpec(instance_id=str(row.id), name=row.name, token=token, env=env)
+
+    async def _await_ready(
+        self, instance_id: uuid.UUID, endpoint: str | None, token: str | None, deadline: float
+    ) -> InstanceStatus:
+        """Probe /status until it says ready; fail early when the container exits or rejects our token."""
+        pause = 0.05
+        last_problem = "no answer yet"
+        while True:
+            if endpoint:
+                remaining = max(0.1, deadline - time.monotonic())
+                try:
+                    status = await self._client.status(
+                        InstanceAddress(endpoint, token), timeout=min(self._settings.probe_timeout, remaining)
+                    )
+                    if status.ready:
+                        return status
+                    last_problem = f"browser {status.browser}"
+                except InstanceRejected as exc:
+                    if exc.status_code == 401:
+                        raise StartFailed("the instance rejected the gateway's token") from exc
+                    last_problem = str(exc)
+                except (InstanceUnreachable, msgspec.DecodeError) as exc:
+                    last_problem = str(exc)
+            state = await self._runtime.inspect(str(instance_id))
+            if state.phase != "running":
+                raise StartFailed(f"{describe_exit(state)} before it was ready")
+            if state.endpoint and state.endpoint != endpoint:
+                endpoint = state.endpoint
+                await self._write(instance_id, None, {"endpoint": endpoint})
+            if time.monotonic() >= deadline:
+                raise StartFailed(f"not ready after {self._settings.start_timeout:g}s ({last_problem})")
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 1.0)
+
+    async def _became_ready(self, row: InstanceRow, status: InstanceStatus, how: str) -> None:
+        values = {
+            "status": Status.RUNNING,
+            "login_state": _login_state(status.login_state),
+            "busy": status.busy,
+            "started_at": utcnow(),
+            "last_error": None,
+            "next_restart_at": None,
+        }
+        kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
+        if await self._write(row.id, row.name, values, (kind, f"{how}; login state {status.login_state}")):
+            self._known_running.add(row.id)
+            self._probe_failures.pop(row.id, None)
+            await self._deliver_pending_session(row)
+
+    async def _deliver_pending_session(self, row: InstanceRow) -> None:
+        """The legacy session waits in the row until the instance can take it."""
+        async with self._sessions() as session:
+            pending = await session.scalar(select(Instance.pending_session).where(Instance.id == row.id))
+            address = (await session.execute(select(Instance.endpoint, Instance.token).where(Instance.id == row.id))).first()
+        if not pending or address is None or not address.endpoint:
+            return
+        try:
+            result = await self._client.put_session(InstanceAddress(address.endpoint, address.token), pending.encode())
+        except InstanceUnreachable as exc:
+            log.warning("legacy session for %s not delivered yet: %s", row.name, exc)
+            return
+        except InstanceRejected as exc:
+            # The instance cannot read it: it never will, so it is dropped with the reason.
+            await self._write(row.id, row.name, {"pending_session": None}, (EventKind.SESSION_IMPORTED, f"legacy session rejected: {exc}"))
+            return
+        values = {"pending_session": None, "login_state": _login_state(str(result.get("login_state", "unknown")))}
+        message = f"legacy session imported: {result.get('cookies', '?')} cookies"
+        await self._write(row.id, row.name, values, (EventKind.SESSION_IMPORTED, message))
+
+    # Failure and restart -------------------------------------------------------------------------
+
+    async def _failed(self, instance_id: uuid.UUID, name: str, reason: str, kind: EventKind) -> None:
+        """A crash or a failed start: schedule a restart with backoff, or give up after max_restarts."""
+        self._known_running.discard(instance_id)
+        self._probe_failures.pop(instance_id, None)
+        async with self._sessions() as session:
+            count = await session.scalar(select(Instance.restart_count).where(Instance.id == instance_id))
+        if count is None:
+            return
+        failures = count + 1
+        settings = self._settings
+        values: dict[str, Any] = {"status": Status.ERROR, "restart_count": failures, "busy": False, "endpoint": None}
+        log.warning("instance %s: %s", name, reason)
+        if failures > settings.max_restarts:
+            message = f"{reason}; gave up after {settings.max_restarts} restarts"
+            values.update(last_error=message, next_restart_at=None)
+            await self._write(instance_id, name, values, (kind, reason), (EventKind.GAVE_UP, message))
+            await self._stop_quietly(instance_id)
+            return
+        delay = backoff_delay(failures, settings.restart_backoff_base, settings.restart_backoff_max)
+        now = utcnow()
+        values.update(last_error=reason, next_restart_at=now + timedelta(seconds=delay))
+        restarting = (EventKind.RESTARTING, f"restart {failures}/{settings.max_restarts} in {delay:.2f}s")
+        await self._write(instance_id, name, values, (kind, reason), restarting)
+        self._due_at(values["next_restart_at"], now)
+
+    async def _engine_lost(self, row: InstanceRow, exc: RuntimeUnavailable) -> None:
+        """The engine went away mid-start: not the instance's fault, so no restart is counted."""
+        self._health.mark_down(exc.reason)
+        retry_at = utcnow() + timedelta(seconds=max(self._settings.restart_backoff_base, 1.0))
+        values = {"status": Status.ERROR, "last_error": str(exc), "next_restart_at": retry_at}
+        await self._write(row.id, row.name, values, (EventKind.ENGINE_DOWN, str(exc)))
+
+    async def _stop_quietly(self, instance_id: uuid.UUID) -> None:
+        try:
+            await self._runtime.stop(str(instance_id), timeout=self._settings.stop_timeout)
+        except (RuntimeError_, RuntimeUnavailable) as exc:
+            log.warning("cannot stop %s after giving up: %s", instance_id, exc)
+
+    # Stop ----------------------------------------------------------------------------------------
+
+    async def _stop(self, row: InstanceRow) -> None:
+        if row.status != Status.STOPPING:
+            await self._write(row.id, row.name, {"status": Status.STOPPING})
+        try:
+            await self._runtime.stop(str(row.id), timeout=self._settings.stop_timeout)
+        except RuntimeUnavailable as exc:
+            self._health.mark_down(exc.reason)
+            return  # still `stopping`; the next pass tries again
+        except RuntimeError_ as exc:
+            await self._write(row.id, row.name, {"status": Status.ERROR, "last_error": f"stop failed: {exc}"}, (EventKind.STOPPED, f"stop failed: {exc}"))
+            return
+        self._known_running.discard(row.id)
+        values = {"status": Status.STOPPED, "busy": False, "endpoint": None, "token": None}
+        await self._write(row.id, row.name, values, (EventKind.STOPPED, "stopped as requested"))
+
+    # Probes --------------------------------------------------------------------------------------
+
+    async def _probe(self, row: InstanceRow, state: RuntimeState, now: datetime) -> _ProbeOutcome:
+        outcome = _ProbeOutcome(row)
+        endpoint = state.endpoint or row.endpoint
+        if not endpoint:
+            outcome.crashed = "the engine reports no address for the instance"
+            return outcome
+        try:
+            async with self._probe_slots:
+                status = await self._client.status(InstanceAddress(endpoint, row.token), timeout=self._settings.probe_timeout)
+        except (InstanceUnreachable, InstanceRejected, msgspec.DecodeError) as exc:
+            failures = self._probe_failures.get(row.id, 0) + 1
+            self._probe_failures[row.id] = failures
+            rejected_token = isinstance(exc, InstanceRejected) and exc.status_code == 401
+            suspected = row.id in self._suspects
+            if rejected_token or suspected or failures >= self._settings.probe_failures_before_restart:
+                outcome.crashed = f"not answering /status ({exc})"
+            self._suspects.discard(row.id)
+            return outcome
+        self._suspects.discard(row.id)
+        self._probe_failures.pop(row.id, None)
+        if endpoint != row.endpoint:
+            outcome.values["endpoint"] = endpoint
+        if status.busy != row.busy:
+            outcome.values["busy"] = status.busy
+        login_state = _login_state(status.login_state)
+        if status.ready and login_state != row.login_state:
+            outcome.values["login_state"] = login_state
+            outcome.events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state}"))
+        stable_for = (now - row.started_at).total_seconds() if row.started_at else 0.0
+        if row.restart_count and stable_for >= self._settings.restart_reset_after:
+            outcome.values["restart_count"] = 0
+        if row.id not in self._known_running:
+            self._known_running.add(row.id)
+            outcome.events.append((EventKind.ADOPTED, f"found running after a gateway restart; kept (login state {login_state})"))
+        return outcome
+
+    async def _apply_probes(self, outcomes: list[_ProbeOutcome]) -> None:
+        """All healthy probes' changes in one transaction; crashes go through the restart path."""
+        changed = [o for o in outcomes if o.crashed is None and (o.values or o.events)]
+        if changed:
+            async with self._sessions.begin() as session:
+                for outcome in changed:
+                    if outcome.values:
+                        await session.execute(update(Instance).where(Instance.id == outcome.row.id).values(**outcome.values))
+                    for kind, message in outcome.events:
+                        session.add(new_event(outcome.row.id, outcome.row.name, kind, message))
+        for outcome in outcomes:
+            if outcome.crashed is not None:
+                await self._failed(outcome.row.id, outcome.row.name, outcome.crashed, EventKind.DIED)
+
+    # Writes --------------------------------------------------------------------------------------
+
+    async def _write(self, instance_id: uuid.UUID, name: str | None, values: dict[str, Any], *events: Event) -> bool:
+        """Update one row and log its events in one transaction; False when the row is gone (deleted)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+            if result.rowcount != 1:
+                return False
+            for kind, message in events:
+                session.add(new_event(instance_id, name or "", kind, message))
+        return True
+
+
+def _login_state(value: str) -> str:
+    return value if value in LoginState._value2member_map_ else LoginState.UNKNOWN

@@ -1,0 +1,65 @@
+"""Runtimes: the engines that run instances, all behind `gateway.runtime.base.Runtime`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.runtime.base import (
+    LABEL_INSTANCE_ID,
+    LABEL_INSTANCE_NAME,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+    InstanceSpec,
+    Runtime,
+    RuntimeError_,
+    RuntimeState,
+    RuntimeUnavailable,
+)
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+__all__ = [
+    "LABEL_INSTANCE_ID",
+    "LABEL_INSTANCE_NAME",
+    "LABEL_MANAGED_BY",
+    "MANAGED_BY_VALUE",
+    "InstanceSpec",
+    "Runtime",
+    "RuntimeError_",
+    "RuntimeState",
+    "RuntimeUnavailable",
+    "build_runtime",
+]
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The engine named by `settings.runtime`; imported lazily so only the chosen engine's SDK is needed."""
+    if settings.runtime == "docker":
+        from gateway.runtime.docker import DockerRuntime
+
+        return DockerRuntime(
+            network=settings.docker_network,
+            image=settings.instance_image,
+            publish_host=settings.docker_publish_host,
+            mem_limit=settings.instance_memory,
+            nano_cpus=settings.instance_nano_cpus,
+            pids_limit=settings.instance_pids_limit,
+            shm_size=settings.instance_shm_size,
+            volume_prefix=settings.docker_volume_prefix,
+            connect_mode=settings.docker_connect_mode,
+        )
+    if settings.runtime == "local":
+        from gateway.runtime.local import LocalRuntime
+
+        assert settings.local_base_dir is not None  # filled in by Settings
+        return LocalRuntime(
+            base_dir=settings.local_base_dir,
+            python=settings.local_python,
+            port_range_start=settings.local_port_range_start,
+        )
+    if settings.runtime == "fake":
+        from gateway.runtime.fake import FakeRuntime
+
+        return FakeRuntime()
+    raise ValueError(f"unknown runtime {settings.runtime!r}")

@@ -1,0 +1,307 @@
+"""A fake runtime for tests: in-process "containers" that answer the instance HTTP contract.
+
+Nothing here is real: no container, no browser. The gateway reaches the fake instances through
+`FakeRuntime.http_transport` (an httpx transport), so the reconciler's probes and the session
+pass-through run over the same client code as with a real engine. Faults are injected by methods
+whose names say what they break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway.runtime.base import InstanceSpec, RuntimeError_, RuntimeState, RuntimeUnavailable
+
+# A 1x1 transparent PNG, the fake's screenshot and generated image.
+TINY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+FAKE_DOMAIN = "fake-instance.invalid"
+
+
+@dataclass
+class FakeContainer:
+    """One fake instance: its "container" state and what its HTTP server would answer."""
+
+    instance_id: str
+    name: str
+    token: str
+    env: dict[str, str]
+    phase: str = "running"
+    exit_code: int | None = None
+    ready_at: float = 0.0  # monotonic time when /status turns ready
+    login_state: str = "logged_in"
+    busy: bool = False
+    hang_http: bool = False  # accepts connections but never answers
+    log_lines: list[str] = field(default_factory=list)
+    log_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.instance_id}.{FAKE_DOMAIN}"
+
+    def log(self, line: str) -> None:
+        self.log_lines.append(line)
+        self.log_changed.set()
+        self.log_changed = asyncio.Event()
+
+
+class FakeRuntime:
+    """Implements the runtime protocol in memory, with fault injection."""
+
+    name = "fake"
+
+    def __init__(self, *, ready_delay: float = 0.0, start_delay: float = 0.0, login_state: str = "logged_in") -> None:
+        self.ready_delay = ready_delay  # how long a started instance answers ready=false
+        self.start_delay = start_delay  # how long start() itself takes
+        self.default_login_state = login_state
+        self.containers: dict[str, FakeContainer] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
+        self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
+        self.generate_delay = 0.0
+        self._engine_down_reason: str | None = None
+        self._start_failures: dict[str | None, list[str]] = {}
+        self._exit_on_start: set[str] = set()
+        self._never_ready: set[str] = set()
+        self.http_transport = httpx.MockTransport(self._handle)
+
+    # Fault injection -----------------------------------------------------------------------------
+
+    def engine_down(self, reason: str = "injected engine outage") -> None:
+        self._engine_down_reason = reason
+
+    def engine_up(self) -> None:
+        self._engine_down_reason = None
+
+    def fail_next_starts(self, count: int = 1, *, instance_id: str | None = None, reason: str = "injected start failure") -> None:
+        """The next `count` starts (of one instance, or of any) raise RuntimeError_."""
+        self._start_failures.setdefault(instance_id, []).extend([reason] * count)
+
+    def exit_on_start(self, instance_id: str) -> None:
+        """The instance's process dies right after its container starts (exit code 1)."""
+        self._exit_on_start.add(instance_id)
+
+    def never_ready(self, instance_id: str) -> None:
+        self._never_ready.add(instance_id)
+
+    def kill(self, instance_id: str, exit_code: int = 137) -> None:
+        """The container dies, as if killed from outside."""
+        container = self.containers[instance_id]
+        container.phase, container.exit_code = "exited", exit_code
+        container.log(f"killed, exit code {exit_code}")
+
+    def vanish(self, instance_id: str) -> None:
+        """The container disappears, as if removed from outside."""
+        self.containers.pop(instance_id, None)
+
+    def hang(self, instance_id: str, hang: bool = True) -> None:
+        """The instance's HTTP server stops answering (its requests time out)."""
+        self.containers[instance_id].hang_http = hang
+
+    def set_login_state(self, instance_id: str, login_state: str) -> None:
+        self.containers[instance_id].login_state = login_state
+
+    def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
+        """A labeled container the gateway did not start, e.g. left over from a deleted row."""
+        container = FakeContainer(instance_id, "planted", token, {}, login_state=self.default_login_state)
+        container.phase = "running" if running else "exited"
+        self.containers[instance_id] = container
+        return container
+
+    def starts(self, instance_id: str | None = None) -> int:
+        return sum(1 for method, iid in self.calls if method == "start" and instance_id in (None, iid))
+
+    # Runtime protocol ----------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self._check_engine()
+
+    async def close(self) -> None:
+        """Instances outlive the gateway: nothing is stopped."""
+
+    async def start(self, spec: InstanceSpec) -> RuntimeState:
+        self._check_engine()
+        self.calls.append(("start", spec.instance_id))
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
+        self._check_engine()
+        failure = self._pop_start_failure(spec.instance_id)
+        if failure:
+            raise RuntimeError_(failure)
+        existing = self.containers.get(spec.instance_id)
+        if existing is not None and existing.phase == "running":
+            return self._state(existing)
+        container = FakeContainer(
+            spec.instance_id,
+            spec.name,
+            spec.token,
+            dict(spec.env),
+            login_state=self.volumes.get(spec.instance_id, {}).get("login_state", self.default_login_state),
+        )
+        never = spec.instance_id in self._never_ready
+        container.ready_at = float("inf") if never else time.monotonic() + self.ready_delay
+        container.log(f"instance {spec.name} starting")
+        if spec.instance_id in self._exit_on_start:
+            container.phase, container.exit_code = "exited", 1
+            container.log("browser failed to launch, exit code 1")
+        self.containers[spec.instance_id] = container
+        self.volumes.setdefault(spec.instance_id, {})
+        return self._state(container)
+
+    async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        self._check_engine()
+        self.calls.append(("stop", instance_id))
+        container = self.containers.get(instance_id)
+        if container is not None and container.phase == "running":
+            container.phase, container.exit_code = "exited", 0
+            container.log("stopped")
+
+    async def remove(self, instance_id: str, *, remove_volume: bool) -> None:
+        self._check_engine()
+        self.calls.append(("remove", instance_id))
+        container = self.containers.pop(instance_id, None)
+        if container is not None:
+            container.phase = "missing"
+            container.log_changed.set()
+        if remove_volume:
+            self.volumes.pop(instance_id, None)
+
+    async def inspect(self, instance_id: str) -> RuntimeState:
+        self._check_engine()
+        container = self.containers.get(instance_id)
+        return self._state(container) if container else RuntimeState(instance_id, "missing")
+
+    async def list_managed(self) -> dict[str, RuntimeState]:
+        self._check_engine()
+        return {iid: self._state(c) for iid, c in self.containers.items()}
+
+    async def logs(self, instance_id: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
+        self._check_engine()
+        container = self.containers.get(instance_id)
+        if container is None:
+            return
+        sent = max(0, len(container.log_lines) - tail)
+        while True:
+            changed = container.log_changed
+            for line in container.log_lines[sent:]:
+                yield line
+            sent = len(container.log_lines)
+            if not follow or container.phase != "running":
+                return
+            await changed.wait()
+
+    # Internals -----------------------------------------------------------------------------------
+
+    def _check_engine(self) -> None:
+        if self._engine_down_reason is not None:
+            raise RuntimeUnavailable(self.name, self._engine_down_reason)
+
+    def _pop_start_failure(self, instance_id: str) -> str | None:
+        for key in (instance_id, None):
+            pending = self._start_failures.get(key)
+            if pending:
+                return pending.pop(0)
+        return None
+
+    def _state(self, container: FakeContainer) -> RuntimeState:
+        running = container.phase == "running"
+        return RuntimeState(
+            container.instance_id,
+            container.phase,  # type: ignore[arg-type]
+            handle=f"fake-{container.instance_id[:12]}",
+            endpoint=container.endpoint if running else None,
+            exit_code=container.exit_code,
+        )
+
+    # The fake instance's HTTP server -------------------------------------------------------------
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        instance_id = request.url.host.removesuffix(f".{FAKE_DOMAIN}")
+        container = self.containers.get(instance_id)
+        if container is None or container.phase != "running":
+            raise httpx.ConnectError("connection refused", request=request)
+        if container.hang_http:
+            await asyncio.sleep(3600)
+        path, method = request.url.path, request.method
+        if path == "/healthz":
+            return httpx.Response(200, json={"ok": True})
+        if request.headers.get("authorization") != f"Bearer {container.token}":
+            return httpx.Response(401, json={"detail": "missing or wrong token"})
+        route = _ROUTES.get((method, path))
+        if route is None:
+            return httpx.Response(404, json={"detail": "not found"})
+        return await route(self, container, request)
+
+    async def _status(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        ready = time.monotonic() >= container.ready_at
+        return httpx.Response(
+            200,
+            json={
+                "ready": ready,
+                "browser": "up" if ready else "starting",
+                "login_state": container.login_state if ready else "unknown",
+                "busy": container.busy,
+                "current_task": None,
+                "version": "fake",
+            },
+        )
+
+    async def _get_session(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        stored = self.volumes.get(container.instance_id, {}).get("session", {"cookies": [], "origins": []})
+        return httpx.Response(200, json=stored)
+
+    async def _put_session(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        if container.busy:
+            return httpx.Response(409, json={"detail": "busy"})
+        try:
+            body = json.loads(request.content)
+        except ValueError as exc:
+            return httpx.Response(422, json={"detail": f"not JSON: {exc}"})
+        cookies = body if isinstance(body, list) else body.get("cookies") if isinstance(body, dict) else None
+        if not isinstance(cookies, list):
+            return httpx.Response(422, json={"detail": "no cookie list found"})
+        state = {"cookies": cookies, "origins": body.get("origins", []) if isinstance(body, dict) else []}
+        container.login_state = "logged_in" if cookies else "needs_login"
+        volume = self.volumes.setdefault(container.instance_id, {})
+        volume.update(session=state, login_state=container.login_state)
+        return httpx.Response(200, json={"ok": True, "cookies": len(cookies), "login_state": container.login_state})
+
+    async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=TINY_PNG, headers={"content-type": "image/png"})
+
+    async def _navigate(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409 if container.busy else 200, json={"ok": not container.busy})
+
+    async def _generate(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        if container.busy:
+            return httpx.Response(409, json={"detail": "busy"})
+        task_id = json.loads(request.content or b"{}").get("task_id")
+        container.busy = True
+        try:
+            await asyncio.sleep(self.generate_delay)
+        finally:
+            container.busy = False
+        image = base64.b64encode(TINY_PNG).decode()
+        return httpx.Response(
+            200,
+            json={"success": True, "task_id": task_id, "images_b64": [image], "text": None, "error": None,
+                  "timings": {"total_ms": int(self.generate_delay * 1000)}},
+        )
+
+
+_ROUTES = {
+    ("GET", "/status"): FakeRuntime._status,
+    ("GET", "/session"): FakeRuntime._get_session,
+    ("PUT", "/session"): FakeRuntime._put_session,
+    ("GET", "/screenshot"): FakeRuntime._screenshot,
+    ("POST", "/navigate"): FakeRuntime._navigate,
+    ("POST", "/generate"): FakeRuntime._generate,
+}

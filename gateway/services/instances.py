@@ -1,0 +1,409 @@
+"""The instance service: what the management API and the panel can do to instances.
+
+It sets `target` and never `status` (the reconciler's alone), and wakes the reconciler when a target changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, exists, func, case, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import (
+    NAME_MAX_LENGTH,
+    EventKind,
+    FleetMarker,
+    Instance,
+    InstanceEvent,
+    LoginState,
+    Status,
+    Target,
+    Task,
+    TaskStatus,
+    cooling_down,
+    is_available,
+    is_busy,
+    new_event,
+)
+from gateway.db.types import utcnow
+from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
+from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
+from gateway.runtime.health import EngineHealth
+from gateway.services.instance_client import (
+    InstanceAddress,
+    InstanceClient,
+    InstanceRejected,
+    InstanceUnreachable,
+)
+from gateway.services.views import EngineView, EventView, InstanceView, StatsView
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Letters and digits of any script (CJK included), "-" and "_"; the container name derives from the id.
+NAME_PATTERN = re.compile(rf"^[\w-]{{1,{NAME_MAX_LENGTH}}}$")
+LEGACY_MARKER_PREFIX = "legacy_session:"
+
+_VIEW_COLUMNS = (
+    Instance.id,
+    Instance.name,
+    Instance.status,
+    Instance.target,
+    Instance.login_state,
+    Instance.created_at,
+    Instance.last_used_at,
+    Instance.last_error,
+    Instance.cooldown_until,
+    Instance.started_at,
+    Instance.tasks_done,
+    Instance.tasks_failed,
+    Instance.restart_count,
+    Instance.next_restart_at,
+    Instance.handle,
+)
+
+
+class InstanceService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        runtime: Runtime,
+        client: InstanceClient,
+        settings: Settings,
+        engine_health: EngineHealth,
+        on_target_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sessions = sessions
+        self._runtime = runtime
+        self._client = client
+        self._settings = settings
+        self._engine_health = engine_health
+        self._on_target_changed = on_target_changed
+
+    # Reads ---------------------------------------------------------------------------------------
+
+    async def list(self) -> list[InstanceView]:
+        now = utcnow()
+        query = _view_query(now).order_by(Instance.created_at, Instance.id)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [_to_view(row) for row in rows]
+
+    async def get(self, instance_id: str) -> InstanceView:
+        uid = _parse_id(instance_id)
+        async with self._sessions() as session:
+            row = (await session.execute(_view_query(utcnow()).where(Instance.id == uid))).first()
+        if row is None:
+            raise NotFound("instance_not_found", instance_id=instance_id)
+        return _to_view(row)
+
+    async def stats(self) -> StatsView:
+        now = utcnow()
+
+        def count(condition: Any) -> Any:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        def tasks_in(status: TaskStatus) -> Any:
+            return select(func.count()).select_from(Task).where(Task.status == status).scalar_subquery()
+
+        running = Instance.status == Status.RUNNING
+        query = select(
+            func.count(Instance.id),
+            count(running),
+            count(is_available(now)),
+            count(running & is_busy(now)),
+            count(Instance.status == Status.STARTING),
+            count(Instance.status == Status.STOPPED),
+            count(Instance.status == Status.ERROR),
+            count(running & (Instance.login_state == LoginState.NEEDS_LOGIN)),
+            count(running & cooling_down(now)),
+            tasks_in(TaskStatus.RUNNING),
+            tasks_in(TaskStatus.QUEUED),
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(query)).one()
+        total, running_n, available, busy, starting, stopped, error, needs_login, cooling, active, queued = (
+            int(value or 0) for value in row
+        )
+        health = self._engine_health
+        return StatsView(
+            total_instances=total,
+            running_instances=running_n,
+            available_instances=available,
+            busy_instances=busy,
+            concurrency_capacity=running_n,
+            starting_instances=starting,
+            stopped_instances=stopped,
+            error_instances=error,
+            needs_login_instances=needs_login,
+            cooling_down_instances=cooling,
+            active_tasks=active,
+            queued_tasks=queued,
+            engine=EngineView(name=health.engine, ok=health.ok, reason=health.reason, since=health.since),
+        )
+
+    async def events(self, instance_id: str, *, limit: int = 100) -> list[EventView]:
+        uid = _parse_id(instance_id)
+        query = (
+            select(InstanceEvent)
+            .where(InstanceEvent.instance_id == uid)
+            .order_by(InstanceEvent.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            events = (await session.scalars(query)).all()
+            # The history outlives the row; unknown only when there is neither.
+            if not events and not await session.scalar(select(exists().where(Instance.id == uid))):
+                raise NotFound("instance_not_found", instance_id=instance_id)
+        return [
+            EventView(
+                id=e.id,
+                instance_id=str(e.instance_id),
+                instance_name=e.instance_name,
+                kind=e.kind,
+                message=e.message,
+                created_at=e.created_at,
+            )
+            for e in events
+        ]
+
+    async def logs(self, instance_id: str, *, tail: int) -> list[str]:
+        await self.get(instance_id)
+        try:
+            return [line async for line in self._runtime.logs(str(_parse_id(instance_id)), tail=tail)]
+        except RuntimeUnavailable as exc:
+            raise EngineDown(exc.engine, exc.reason) from exc
+        except RuntimeError_ as exc:
+            raise RuntimeFailed(engine=self._runtime.name, reason=str(exc)) from exc
+
+    async def follow_logs(self, instance_id: str, *, tail: int) -> AsyncIterator[str]:
+        """Checks the instance and the engine now, so the caller can still answer 404/503; then streams."""
+        await self.get(instance_id)
+        uid = str(_parse_id(instance_id))
+        await self._engine_call(self._runtime.inspect(uid))
+        return self._runtime.logs(uid, tail=tail, follow=True)
+
+    # Targets -------------------------------------------------------------------------------------
+
+    async def create(self, name: str) -> InstanceView:
+        name = _valid_name(name)
+        legacy = await self._read_legacy_session()
+        for with_legacy in (True, False):
+            try:
+                instance_id = await self._insert(name, legacy if with_legacy else None)
+                break
+            except IntegrityError:
+                if await self._name_taken(name):
+                    raise Conflict("instance_name_taken", name=name) from None
+                if not (with_legacy and legacy):
+                    raise
+                # Another create consumed the same legacy file in between: create without it.
+        return await self.get(str(instance_id))
+
+    async def start(self, instance_id: str) -> tuple[InstanceView, bool]:
+        """Asks for `running`; returns the state and whether anything changed (False: it already was)."""
+        view = await self.get(instance_id)
+        if view.target == Target.RUNNING and view.status in (Status.RUNNING, Status.STARTING):
+            return view, False
+        await self._engine_call(self._runtime.inspect(view.instance_id))
+        # A manual start also retries an instance the reconciler gave up on.
+        values = {"target": Target.RUNNING, "restart_count": 0, "next_restart_at": None}
+        await self._set_target(view, values, EventKind.START_REQUESTED, "start requested through the API")
+        return await self.get(instance_id), True
+
+    async def stop(self, instance_id: str) -> tuple[InstanceView, bool]:
+        view = await self.get(instance_id)
+        if view.target == Target.STOPPED and view.status == Status.STOPPED:
+            return view, False
+        await self._engine_call(self._runtime.inspect(view.instance_id))
+        await self._set_target(view, {"target": Target.STOPPED}, EventKind.STOP_REQUESTED, "stop requested through the API")
+        return await self.get(instance_id), True
+
+    async def delete(self, instance_id: str) -> InstanceView:
+        view = await self.get(instance_id)
+        if not _deletable(view.target, view.status):
+            raise Conflict("instance_delete_running", name=view.name, status=view.status)
+        remove_volume = self._settings.remove_volume_on_delete
+        await self._engine_call(self._runtime.remove(view.instance_id, remove_volume=remove_volume))
+        uid = uuid.UUID(view.instance_id)
+        async with self._sessions.begin() as session:
+            # Conditional, so a start that slipped in after the check wins over the delete.
+            deleted = await session.execute(
+                delete(Instance).where(
+                    Instance.id == uid,
+                    Instance.target == Target.STOPPED,
+                    Instance.status.in_((Status.STOPPED, Status.ERROR)),
+                )
+            )
+            if deleted.rowcount != 1:
+                raise Conflict("instance_delete_running", name=view.name, status="starting")
+            volume = "removed" if remove_volume else "kept"
+            session.add(new_event(uid, view.name, EventKind.REMOVED, f"deleted through the API; volume {volume}"))
+        return view
+
+    # Sessions ------------------------------------------------------------------------------------
+
+    async def export_session(self, instance_id: str) -> bytes:
+        view, address = await self._running_address(instance_id)
+        return await self._instance_call(view, self._client.get_session(address))
+
+    async def import_session(self, instance_id: str, body: bytes) -> dict[str, Any]:
+        if len(body) > self._settings.max_session_bytes:
+            raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
+        view, address = await self._running_address(instance_id)
+        result = await self._instance_call(view, self._client.put_session(address, body))
+        message = f"session imported through the API: {result.get('cookies', '?')} cookies"
+        async with self._sessions.begin() as session:
+            session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
+        return result
+
+    # Internals -----------------------------------------------------------------------------------
+
+    async def _insert(self, name: str, legacy: tuple[str, str, bytes] | None) -> uuid.UUID:
+        instance_id = uuid.uuid4()
+        async with self._sessions.begin() as session:
+            session.add(Instance(id=instance_id, name=name))
+            # Flush first, so a taken name fails before the legacy marker is written.
+            await session.flush()
+            session.add(new_event(instance_id, name, EventKind.CREATED, "created through the API"))
+            if legacy is not None:
+                marker, path, content = legacy
+                session.add(FleetMarker(key=marker, value=str(instance_id)))
+                await session.execute(
+                    update(Instance).where(Instance.id == instance_id).values(pending_session=content.decode())
+                )
+                message = f"legacy session {path} will be imported once the instance is ready"
+                session.add(new_event(instance_id, name, EventKind.SESSION_IMPORTED, message))
+        return instance_id
+
+    async def _name_taken(self, name: str) -> bool:
+        async with self._sessions() as session:
+            return bool(await session.scalar(select(exists().where(Instance.name == name))))
+
+    async def _read_legacy_session(self) -> tuple[str, str, bytes] | None:
+        """The old system's session file when it is there and not migrated yet: (marker key, path, bytes)."""
+        path = self._settings.legacy_session_file
+        if path is None:
+            return None
+        content = await asyncio.to_thread(_read_if_file, path)
+        if content is None:
+            return None
+        if len(content) > self._settings.max_session_bytes:
+            log.warning("legacy session %s is larger than max_session_bytes; not migrated", path)
+            return None
+        try:
+            content.decode()
+        except UnicodeDecodeError:
+            log.warning("legacy session %s is not UTF-8 text; not migrated", path)
+            return None
+        marker = LEGACY_MARKER_PREFIX + hashlib.sha256(content).hexdigest()
+        async with self._sessions() as session:
+            if await session.get(FleetMarker, marker) is not None:
+                return None
+        return marker, str(path), content
+
+    async def _set_target(self, view: InstanceView, values: dict[str, Any], kind: EventKind, message: str) -> None:
+        uid = uuid.UUID(view.instance_id)
+        async with self._sessions.begin() as session:
+            result = await session.execute(update(Instance).where(Instance.id == uid).values(**values))
+            if result.rowcount != 1:
+                raise NotFound("instance_not_found", instance_id=view.instance_id)
+            session.add(new_event(uid, view.name, kind, message))
+        self._on_target_changed()
+
+    async def _engine_call(self, call: Any) -> Any:
+        try:
+            return await call
+        except RuntimeUnavailable as exc:
+            raise EngineDown(exc.engine, exc.reason) from exc
+        except RuntimeError_ as exc:
+            raise RuntimeFailed(engine=self._runtime.name, reason=str(exc)) from exc
+
+    async def _running_address(self, instance_id: str) -> tuple[InstanceView, InstanceAddress]:
+        view = await self.get(instance_id)
+        async with self._sessions() as session:
+            endpoint, token = (
+                await session.execute(
+                    select(Instance.endpoint, Instance.token).where(Instance.id == uuid.UUID(view.instance_id))
+                )
+            ).one()
+        if view.status != Status.RUNNING or not endpoint:
+            raise Conflict("instance_not_running", name=view.name, status=view.status)
+        return view, InstanceAddress(endpoint, token)
+
+    async def _instance_call(self, view: InstanceView, call: Any) -> Any:
+        """Runs a call to the instance and turns its failures into domain errors a person can read."""
+        try:
+            return await call
+        except InstanceUnreachable as exc:
+            raise InstanceUnavailable(name=view.name, reason=str(exc)) from exc
+        except InstanceRejected as exc:
+            if exc.status_code == 413:
+                raise TooLarge("session_too_large", size="?", limit=self._settings.max_session_bytes) from exc
+            if exc.status_code in (400, 422):
+                raise Invalid("session_invalid", reason=exc.detail) from exc
+            if exc.status_code == 409:
+                raise Conflict("instance_busy", name=view.name) from exc
+            raise InstanceUnavailable("instance_rejected", name=view.name, reason=str(exc)) from exc
+
+
+def _view_query(now: datetime) -> Any:
+    return select(*_VIEW_COLUMNS, is_busy(now).label("is_busy"), is_available(now).label("available"))
+
+
+def _to_view(row: Any) -> InstanceView:
+    return InstanceView(
+        instance_id=str(row.id),
+        name=row.name,
+        status=row.status,
+        created_at=row.created_at,
+        last_used=row.last_used_at,
+        error_message=row.last_error,
+        is_busy=bool(row.is_busy),
+        target=row.target,
+        login_state=row.login_state,
+        available=bool(row.available),
+        cooldown_until=row.cooldown_until,
+        started_at=row.started_at,
+        tasks_done=row.tasks_done,
+        tasks_failed=row.tasks_failed,
+        restart_count=row.restart_count,
+        next_restart_at=row.next_restart_at,
+        handle=row.handle,
+    )
+
+
+def _parse_id(instance_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(instance_id)
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound("instance_not_found", instance_id=str(instance_id)[:80]) from None
+
+
+def _valid_name(name: str) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not NAME_PATTERN.fullmatch(name):
+        raise Invalid("instance_name_invalid", name=name[:80])
+    return name
+
+
+def _deletable(target: str, status: str) -> bool:
+    return target == Target.STOPPED and status in (Status.STOPPED, Status.ERROR)
+
+
+def _read_if_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() else None
+    except OSError as exc:
+        log.warning("cannot read legacy session %s: %s", path, exc)
+        return None

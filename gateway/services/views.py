@@ -1,0 +1,61 @@
+"""What the services hand to the API and the panel: msgspec Structs in the old system's field names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class InstanceView(msgspec.Struct, kw_only=True):
+    # The old system's fields first: clients in the field read these.
+    instance_id: str
+    name: str
+    status: str
+    created_at: datetime
+    last_used: datetime | None
+    error_message: str | None
+    is_busy: bool
+    # Added by the fleet.
+    target: str
+    login_state: str
+    available: bool
+    cooldown_until: datetime | None
+    started_at: datetime | None
+    tasks_done: int
+    tasks_failed: int
+    restart_count: int
+    next_restart_at: datetime | None
+    handle: str | None
+
+
+class EngineView(msgspec.Struct, kw_only=True):
+    name: str
+    ok: bool | None
+    reason: str
+    since: datetime
+
+
+class StatsView(msgspec.Struct, kw_only=True):
+    total_instances: int
+    running_instances: int
+    available_instances: int
+    busy_instances: int
+    concurrency_capacity: int
+    starting_instances: int
+    stopped_instances: int
+    error_instances: int
+    needs_login_instances: int
+    cooling_down_instances: int
+    active_tasks: int
+    queued_tasks: int
+    engine: EngineView
+
+
+class EventView(msgspec.Struct, kw_only=True):
+    id: int
+    instance_id: str
+    instance_name: str
+    kind: str
+    message: str
+    created_at: datetime
