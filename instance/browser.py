@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ CHROMIUM_ARGS = (
     "--mute-audio",
     "--password-store=basic",
     "--renderer-process-limit=2",
-    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,BackForwardCache",
     # Fewer processes for a one-tab browser: each helper process costs tens of MiB.
     "--no-zygote",
     "--in-process-gpu",
@@ -73,10 +74,13 @@ class BrowserHost:
         self._reset_task: asyncio.Task | None = None
         self._save_lock = asyncio.Lock()
         self._user_agent: str | None = None
+        self._tasks_on_page = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Playwright's Node.js driver inherits this; a small young generation keeps its idle heap small.
+        os.environ.setdefault("NODE_OPTIONS", self.settings.driver_node_options)
         self._pw = await async_playwright().start()
         await self._launch()
 
@@ -223,7 +227,14 @@ class BrowserHost:
         self._reset_task = asyncio.get_running_loop().create_task(self._reset())
 
     async def _reset(self) -> None:
+        # A new tab now and then: Playwright keeps every request of a page (uploads included) until it closes.
+        self._tasks_on_page += 1
         try:
+            if self._tasks_on_page >= self.settings.recycle_tab_every_tasks:
+                self._tasks_on_page = 0
+                old = self._page
+                await self._new_page()
+                await old.close()
             await self.load_home()
         except PlaywrightError as exc:
             log.warning("page reset failed: %s", exc)

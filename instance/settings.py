@@ -48,6 +48,8 @@ class InstanceSettings(BaseSettings):
     session_save_every_tasks: int = 10
     session_save_every_s: float = 1800.0
     browser_restart_delay_s: float = 1.0
+    recycle_tab_every_tasks: int = 5
+    driver_node_options: str = "--max-semi-space-size=2 --max-old-space-size=96"
     log_level: str = "INFO"
 
     @property

@@ -28,7 +28,10 @@ def _cookie_export(sim_url: str, account: str) -> list[dict]:
 
 
 def _saved_sid(data_dir) -> str | None:
-    state = json.loads((data_dir / "storage_state.json").read_text())
+    path = data_dir / "storage_state.json"
+    if not path.exists():
+        return None  # written in the background after the login is seen
+    state = json.loads(path.read_text())
     return next((c["value"] for c in state["cookies"] if c["name"] == "SID"), None)
 
 
