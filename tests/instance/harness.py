@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.conftest import skip_or_fail
 from tests.simulator.fixtures import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +26,8 @@ TOKEN = "test-token-0123456789"
 
 def require_chromium() -> None:
     """Tests that drive the browser need Debian's Chromium; in CI a missing one is a failure."""
-    if shutil.which("chromium") or Path("/usr/bin/chromium-headless-shell").exists():
-        return
-    if os.environ.get("AISTUDIO_REQUIRE_ALL") == "1":
-        pytest.fail("Chromium is required (AISTUDIO_REQUIRE_ALL=1) but not installed")
-    pytest.skip("Chromium is not installed")
+    if not (shutil.which("chromium") or Path("/usr/bin/chromium-headless-shell").exists()):
+        skip_or_fail("Chromium is not installed")
 
 
 def signed_in_state(sim_url: str, account: str) -> dict:
