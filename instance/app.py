@@ -48,7 +48,7 @@ class InstanceState:
         self.started_at = datetime.now(UTC)
         self._tasks_since_save = 0
         self._last_save = time.monotonic()
-        self._background: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
 
     def claim(self, task_id: str) -> bool:
         """Take the one task slot; no await between check and set, so two requests cannot both win."""
@@ -73,6 +73,12 @@ class InstanceState:
     async def save_session(self) -> None:
         self._tasks_since_save, self._last_save = 0, time.monotonic()
         await self.host.save_session()
+
+    def in_background(self, coro) -> None:
+        """Run after the answer is sent; kept referenced until done so it is not garbage-collected."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 # ---- access ------------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ async def generate(request: Request) -> Response:
     outcome = "ok" if result.success else result.error.code
     log.info("task %s: %s in %d ms", gen.task_id, outcome, result.timings.get("total_ms", 0))
     if st.session_save_due():
-        st._background.append(asyncio.create_task(st.save_session()))
+        st.in_background(st.save_session())
     return Response(_result_body(gen.task_id, result), status_code=200)
 
 

@@ -186,3 +186,18 @@ def test_navigate_to_signin_and_screenshot(inst):
     assert inst.client.post("/navigate", json={"url": "javascript:alert(1)"}).status_code == 422
     inst.client.post("/navigate", json={"target": "home"})
     inst.wait_for(lambda s: s["login_state"] == "logged_in", what="back home")
+
+
+def test_session_is_written_back_every_n_tasks(simulator_url, fresh_dir):
+    session = signed_in_state(simulator_url, "acct-periodic")
+    with start_instance(simulator_url, fresh_dir, session=session, INSTANCE_SESSION_SAVE_EVERY_TASKS="2") as inst:
+        inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        (fresh_dir / "storage_state.json").unlink()
+        assert inst.generate("one").json()["success"]
+        time.sleep(0.5)
+        assert _saved_sid(fresh_dir) is None  # not after one task
+        assert inst.generate("two").json()["success"]
+        deadline = time.monotonic() + 10
+        while _saved_sid(fresh_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _saved_sid(fresh_dir) == "acct-periodic"
