@@ -41,8 +41,10 @@ class Settings(BaseSettings):
     # Docker engine.
     docker_network: str | None = None
     docker_publish_host: str | None = "127.0.0.1"
-    docker_connect_mode: Literal["auto", "network", "publish"] = "auto"
+    docker_connect_mode: Literal["auto", "network", "host"] = "auto"  # host: by the port published on the host
     docker_volume_prefix: str = "aistudio-fleet-data-"
+    # Container name prefix and namespace label: gateways with different prefixes never touch each other's.
+    docker_name_prefix: str = "aistudio-fleet-"
 
     # Local engine (instance processes on this host).
     local_base_dir: Path | None = None  # default: data_dir / "local"

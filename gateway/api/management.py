@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from litestar import Controller, MediaType, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.api.errors import request_language
@@ -42,6 +42,10 @@ def provide_max_session_bytes(state: State) -> int:
     return state.settings.max_session_bytes
 
 
+Instances = NamedDependency[InstanceService]
+Language = NamedDependency[str]
+InstanceId = FromPath[str]
+
 DEPENDENCIES = {
     "instances": Provide(provide_instances, sync_to_thread=False),
     "language": Provide(provide_language, sync_to_thread=False),
@@ -54,53 +58,53 @@ class InstanceController(Controller):
     dependencies = DEPENDENCIES
 
     @get("/", operation_id="listInstances", summary="All instances, oldest first")
-    async def list_instances(self, instances: InstanceService) -> InstanceListOut:
+    async def list_instances(self, instances: Instances) -> InstanceListOut:
         views = await instances.list()
         running = sum(1 for v in views if v.status == Status.RUNNING)
         return InstanceListOut(instances=views, concurrency_count=running, total_count=len(views))
 
     @post("/", operation_id="createInstance", status_code=200, summary="Create a stopped instance")
-    async def create_instance(self, data: CreateInstanceIn, instances: InstanceService, language: str) -> CreateInstanceOut:
+    async def create_instance(self, data: JSONBody[CreateInstanceIn], instances: Instances, language: Language) -> CreateInstanceOut:
         view = await instances.create(data.name)
         message = translate("instance_created", language, name=view.name)
         return CreateInstanceOut(instance_id=view.instance_id, message=message, instance=view)
 
     @get("/{instance_id:str}", operation_id="getInstance")
-    async def get_instance(self, instance_id: str, instances: InstanceService) -> InstanceOut:
+    async def get_instance(self, instance_id: InstanceId, instances: Instances) -> InstanceOut:
         return InstanceOut(instance=await instances.get(instance_id))
 
     @delete("/{instance_id:str}", operation_id="deleteInstance", status_code=200, summary="Delete a stopped instance")
-    async def delete_instance(self, instance_id: str, instances: InstanceService, language: str) -> DeleteInstanceOut:
+    async def delete_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> DeleteInstanceOut:
         view = await instances.delete(instance_id)
         message = translate("instance_deleted", language, name=view.name)
         return DeleteInstanceOut(instance_id=view.instance_id, message=message)
 
     @post("/{instance_id:str}/start", operation_id="startInstance", status_code=200, summary="Ask for running; idempotent")
-    async def start_instance(self, instance_id: str, instances: InstanceService, language: str) -> InstanceActionOut:
+    async def start_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> InstanceActionOut:
         view, changed = await instances.start(instance_id)
         key = "instance_start_requested" if changed else "instance_already_running"
         return InstanceActionOut(message=translate(key, language, name=view.name), changed=changed, instance=view)
 
     @post("/{instance_id:str}/stop", operation_id="stopInstance", status_code=200, summary="Ask for stopped; idempotent")
-    async def stop_instance(self, instance_id: str, instances: InstanceService, language: str) -> InstanceActionOut:
+    async def stop_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> InstanceActionOut:
         view, changed = await instances.stop(instance_id)
         key = "instance_stop_requested" if changed else "instance_already_stopped"
         return InstanceActionOut(message=translate(key, language, name=view.name), changed=changed, instance=view)
 
     @get("/{instance_id:str}/events", operation_id="listInstanceEvents", summary="What happened to it, newest first")
     async def list_events(
-        self, instance_id: str, instances: InstanceService, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+        self, instance_id: InstanceId, instances: Instances, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
     ) -> EventsOut:
         return EventsOut(instance_id=instance_id, events=await instances.events(instance_id, limit=limit))
 
     @get("/{instance_id:str}/logs", operation_id="getInstanceLogs", summary="Container logs; follow=1 streams them as SSE")
     async def get_logs(
         self,
-        instance_id: str,
-        instances: InstanceService,
-        language: str,
-        tail: Annotated[int, Parameter(ge=0, le=100_000)] = 200,
-        follow: bool = False,
+        instance_id: InstanceId,
+        instances: Instances,
+        language: Language,
+        tail: Annotated[int, QueryParameter(ge=0, le=100_000)] = 200,
+        follow: FromQuery[bool] = False,
     ) -> Response[Any]:
         if not follow:
             return Response(LogsOut(instance_id=instance_id, lines=await instances.logs(instance_id, tail=tail)))
@@ -108,7 +112,7 @@ class InstanceController(Controller):
         return ServerSentEvent(_log_events(lines, language))
 
     @get("/{instance_id:str}/session", operation_id="exportInstanceSession", summary="The instance's storage state")
-    async def export_session(self, instance_id: str, instances: InstanceService) -> Response[bytes]:
+    async def export_session(self, instance_id: InstanceId, instances: Instances) -> Response[bytes]:
         body = await instances.export_session(instance_id)
         return Response(body, media_type=MediaType.JSON, headers={"Cache-Control": "no-store"})
 
@@ -119,7 +123,7 @@ class InstanceController(Controller):
         dependencies={"max_bytes": Provide(provide_max_session_bytes, sync_to_thread=False)},
     )
     async def import_session(
-        self, instance_id: str, request: Request[Any, Any, Any], instances: InstanceService, language: str, max_bytes: int
+        self, instance_id: InstanceId, request: Request[Any, Any, Any], instances: Instances, language: Language, max_bytes: NamedDependency[int]
     ) -> SessionImportOut:
         body = await _read_limited(request, max_bytes)
         result = await instances.import_session(instance_id, body)
@@ -136,7 +140,7 @@ class StatsController(Controller):
     dependencies = DEPENDENCIES
 
     @get("/", operation_id="getStats", summary="Counts of the pool: total, running, available, busy, ...")
-    async def get_stats(self, instances: InstanceService) -> StatsOut:
+    async def get_stats(self, instances: Instances) -> StatsOut:
         return StatsOut(stats=await instances.stats())
 
 

@@ -48,6 +48,7 @@ def build_runtime(settings: Settings) -> Runtime:
             shm_size=settings.instance_shm_size,
             volume_prefix=settings.docker_volume_prefix,
             connect_mode=settings.docker_connect_mode,
+            name_prefix=settings.docker_name_prefix,
         )
     if settings.runtime == "local":
         from gateway.runtime.local import LocalRuntime
