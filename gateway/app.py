@@ -20,6 +20,7 @@ from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
 from gateway.reconciler import Reconciler
+from gateway.reconciler.leader import LeaderLock
 from gateway.runtime import Runtime, RuntimeUnavailable, build_runtime
 from gateway.runtime.health import EngineHealth
 from gateway.services.instance_client import InstanceClient
@@ -57,7 +58,7 @@ class Fleet:
             sessions = create_sessionmaker(db)
             # An engine whose instances are not on the network (the fake) hands over its own transport.
             client = InstanceClient(timeout=30.0, transport=getattr(runtime, "http_transport", None))
-            reconciler = Reconciler(sessions, runtime, client, settings, health)
+            reconciler = Reconciler(sessions, runtime, client, settings, health, leader=LeaderLock(db))
             instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
         except BaseException:
             await db.dispose()

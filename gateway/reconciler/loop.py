@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import EventKind, Instance, LoginState, Status, new_event
 from gateway.db.types import utcnow
+from gateway.reconciler.leader import LeaderLock
 from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide, describe_exit
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
@@ -70,7 +71,9 @@ class Reconciler:
         client: InstanceClient,
         settings: Settings,
         engine_health: EngineHealth,
+        leader: LeaderLock | None = None,
     ) -> None:
+        self._leader = leader  # None: always lead (tests driving passes by hand)
         self._sessions = sessions
         self._runtime = runtime
         self._client = client
@@ -102,6 +105,8 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        if self._leader is not None:
+            await self._leader.release()
 
     def wake(self) -> None:
         """Run a pass now (a target changed)."""
@@ -121,11 +126,16 @@ class Reconciler:
     def busy_instances(self) -> set[uuid.UUID]:
         return set(self._actions)
 
+    @property
+    def is_leader(self) -> bool:
+        return self._leader is not None and self._leader.held
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                self.last_report = await self.reconcile_once()
+                if self._leader is None or await self._leader.acquire():
+                    self.last_report = await self.reconcile_once()
             except Exception:  # a bug in one pass must not end reconciliation
                 log.exception("reconcile pass failed")
             timeout = self._settings.reconcile_interval
@@ -289,6 +299,8 @@ class Reconciler:
 
     def _spec(self, row: InstanceRow, token: str) -> InstanceSpec:
         env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}
+        if self._settings.signin_url:
+            env["INSTANCE_SIGNIN_URL"] = self._settings.signin_url
         return InstanceSpec(instance_id=str(row.id), name=row.name, token=token, env=env)
 
     async def _await_ready(

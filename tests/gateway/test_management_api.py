@@ -227,7 +227,7 @@ async def test_session_import_and_export_pass_through_to_the_instance(admin: Cli
     assert exported.status_code == 200 and exported.json()["cookies"] == cookies
     assert exported.headers["cache-control"] == "no-store"
     events = (await admin.get(f"/api/instances/{instance_id}/events")).json()["events"]
-    assert events[0]["kind"] == "session_imported" and "abc" not in json.dumps(events)  # never logged
+    assert "session_imported" in [e["kind"] for e in events] and "abc" not in json.dumps(events)  # never logged
 
     unreadable = await admin.put(f"/api/instances/{instance_id}/session", content=b"{broken", headers=EN)
     assert unreadable.status_code == 422 and unreadable.json()["error"] == "session_invalid"

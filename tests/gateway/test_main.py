@@ -1,0 +1,71 @@
+"""`python -m gateway`: one process, two listeners, stopped cleanly by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 15.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+        try:
+            return httpx.get(url, timeout=1.0)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"{url} never answered"
+            time.sleep(0.1)
+
+
+def test_two_listeners_in_one_process_and_sigterm(tmp_path: Path) -> None:
+    api_port, admin_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(tmp_path), GATEWAY_API_PORT=str(api_port),
+        GATEWAY_ADMIN_PORT=str(admin_port), GATEWAY_RECONCILE_INTERVAL="0.1",
+    )
+    process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    try:
+        health = wait_until_up(f"http://127.0.0.1:{api_port}/health", process)
+        assert health.json()["status"] == "healthy"
+        created = httpx.post(f"http://127.0.0.1:{admin_port}/api/instances", json={"name": "one"})
+        assert created.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health").json()["browser_instances"]["total"] == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert b"Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (tmp_path / "gateway.db").is_file()
+
+
+def test_refuses_a_newer_schema_with_a_clear_message(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "gateway.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0999_future')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(tmp_path), GATEWAY_API_PORT="0", GATEWAY_ADMIN_PORT="0")
+    result = subprocess.run([sys.executable, "-m", "gateway"], cwd=REPO, env=env, capture_output=True, timeout=30)
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "refusing to start" in message and "0999_future" in message and "Traceback" not in message

@@ -1,0 +1,50 @@
+"""Settings come from GATEWAY_* variables; messages follow Accept-Language."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.i18n import catalog, pick_language, translate
+from gateway.settings import Settings
+
+
+def test_settings_read_gateway_variables_and_default_to_sqlite_under_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in ("GATEWAY_DATABASE_URL", "GATEWAY_LEGACY_SESSION_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("GATEWAY_RUNTIME", "local")
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("GATEWAY_ADMIN_PORT", "9913")
+    monkeypatch.setenv("GATEWAY_INSTANCE_CPUS", "1.5")
+    settings = Settings()
+    assert settings.runtime == "local" and settings.admin_port == 9913
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path.as_posix()}/gateway.db"
+    assert settings.local_base_dir == tmp_path / "local"
+    assert settings.instance_nano_cpus == 1_500_000_000
+    assert (settings.api_host, settings.api_port, settings.admin_host) == ("127.0.0.1", 8812, "127.0.0.1")
+    assert settings.instance_image == "aistudio-fleet-instance:latest" and settings.language == "zh"
+
+
+def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_RUNTIME", "podman")
+    with pytest.raises(ValueError, match="runtime"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [(None, "zh"), ("", "zh"), ("en-US,en;q=0.9", "en"), ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+     ("fr-FR", "zh"), ("fr, en;q=0.5", "en"), ("en;q=0, zh;q=0.1", "zh"), ("en;q=0.2, zh;q=0.8", "zh"),
+     ("en;q=abc", "zh")],
+)
+def test_language_follows_accept_language(header: str | None, expected: str) -> None:
+    assert pick_language(header, "zh") == expected
+
+
+def test_every_message_exists_in_both_languages() -> None:
+    assert catalog("zh").keys() == catalog("en").keys()
+    assert translate("engine_down", "en", engine="docker", reason="gone") == "The docker engine is unavailable: gone"
+    assert translate("engine_down", "zh", engine="docker") .startswith("运行引擎")  # a missing parameter never breaks
