@@ -21,7 +21,7 @@ import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.db.models import EventKind, Instance, LoginState, Status, new_event
+from gateway.db.models import EventKind, Instance, LoginState, Status, Target, new_event
 from gateway.db.types import utcnow
 from gateway.reconciler.leader import LeaderLock
 from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide, describe_exit
@@ -43,6 +43,10 @@ Event = tuple[EventKind, str]
 
 class StartFailed(Exception):
     """The instance did not become ready; the message is the reason shown to operators."""
+
+
+class StartAborted(Exception):
+    """The target changed to stopped while waiting for readiness: the next pass stops it."""
 
 
 @dataclass
@@ -178,7 +182,7 @@ class Reconciler:
                 assert state is not None
                 probes.append(self._probe(row, state, now))
             elif action == Action.CRASHED:
-                await self._failed(row.id, row.name, describe_exit(state), EventKind.DIED)
+                await self._failed(row.id, row.name, describe_exit(state), EventKind.DIED, await self._last_words(row.id))
             elif action == Action.START:
                 token = await self._begin_start(row)
                 if token is not None:
@@ -276,10 +280,12 @@ class Reconciler:
                 deadline = time.monotonic() + self._settings.start_timeout
                 status = await self._await_ready(row.id, state.endpoint, token, deadline)
             except (StartFailed, RuntimeError_) as exc:
-                await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED)
+                await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED, await self._last_words(row.id))
                 return
             except RuntimeUnavailable as exc:
                 await self._engine_lost(row, exc)
+                return
+            except StartAborted:
                 return
             await self._became_ready(row, status, "ready")
 
@@ -294,6 +300,8 @@ class Reconciler:
             return
         except RuntimeUnavailable as exc:
             await self._engine_lost(row, exc)
+            return
+        except StartAborted:
             return
         await self._became_ready(row, status, "adopted: a start in progress before the gateway restarted")
 
@@ -333,8 +341,14 @@ class Reconciler:
                 await self._write(instance_id, None, {"endpoint": endpoint})
             if time.monotonic() >= deadline:
                 raise StartFailed(f"not ready after {self._settings.start_timeout:g}s ({last_problem})")
+            if await self._target_of(instance_id) != Target.RUNNING:
+                raise StartAborted
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 1.5, 1.0)
+
+    async def _target_of(self, instance_id: uuid.UUID) -> str | None:
+        async with self._sessions() as session:
+            return await session.scalar(select(Instance.target).where(Instance.id == instance_id))
 
     async def _became_ready(self, row: InstanceRow, status: InstanceStatus, how: str) -> None:
         values = {
@@ -373,7 +387,17 @@ class Reconciler:
 
     # Failure and restart -------------------------------------------------------------------------
 
-    async def _failed(self, instance_id: uuid.UUID, name: str, reason: str, kind: EventKind) -> None:
+    async def _last_words(self, instance_id: uuid.UUID, lines: int = 20) -> str:
+        """The end of a dead container's log, kept in its event: the restart replaces the container."""
+        try:
+            tail = [line async for line in self._runtime.logs(str(instance_id), tail=lines)]
+        except (RuntimeError_, RuntimeUnavailable) as exc:
+            return f"(logs unavailable: {exc})"
+        return "\n".join(tail)
+
+    async def _failed(
+        self, instance_id: uuid.UUID, name: str, reason: str, kind: EventKind, last_words: str = ""
+    ) -> None:
         """A crash or a failed start: schedule a restart with backoff, or give up after max_restarts."""
         self._known_running.discard(instance_id)
         self._probe_failures.pop(instance_id, None)
@@ -388,20 +412,20 @@ class Reconciler:
         if failures > settings.max_restarts:
             message = f"{reason}; gave up after {settings.max_restarts} restarts"
             values.update(last_error=message, next_restart_at=None)
-            await self._write(instance_id, name, values, (kind, reason), (EventKind.GAVE_UP, message))
+            await self._write(instance_id, name, values, (kind, _with_log(reason, last_words)), (EventKind.GAVE_UP, message))
             await self._stop_quietly(instance_id)
             return
         delay = backoff_delay(failures, settings.restart_backoff_base, settings.restart_backoff_max)
         now = utcnow()
         values.update(last_error=reason, next_restart_at=now + timedelta(seconds=delay))
         restarting = (EventKind.RESTARTING, f"restart {failures}/{settings.max_restarts} in {delay:.2f}s")
-        await self._write(instance_id, name, values, (kind, reason), restarting)
+        await self._write(instance_id, name, values, (kind, _with_log(reason, last_words)), restarting)
         self._due_at(values["next_restart_at"], now)
 
     async def _engine_lost(self, row: InstanceRow, exc: RuntimeUnavailable) -> None:
         """The engine went away mid-start: not the instance's fault, so no restart is counted."""
         self._health.mark_down(exc.reason)
-        retry_at = utcnow() + timedelta(seconds=max(self._settings.restart_backoff_base, 1.0))
+        retry_at = utcnow() + timedelta(seconds=self._settings.restart_backoff_base)
         values = {"status": Status.ERROR, "last_error": str(exc), "next_restart_at": retry_at}
         await self._write(row.id, row.name, values, (EventKind.ENGINE_DOWN, str(exc)))
 
@@ -491,6 +515,10 @@ class Reconciler:
             for kind, message in events:
                 session.add(new_event(instance_id, name or "", kind, message))
         return True
+
+
+def _with_log(reason: str, last_words: str) -> str:
+    return f"{reason}\n--- last log lines ---\n{last_words}" if last_words else reason
 
 
 def _login_state(value: str) -> str:

@@ -297,3 +297,27 @@ def _fleet(settings, fake: FakeRuntime, reconcile: bool = False):  # type: ignor
     from gateway.app import open_fleet
 
     return open_fleet(settings, runtime=fake, reconcile=reconcile)
+
+
+async def test_stop_during_a_slow_start_aborts_the_wait(fleet: Fleet, fake: FakeRuntime) -> None:
+    instance_id = (await fleet.instances.create("slow")).instance_id
+    fake.never_ready(instance_id)
+    await fleet.instances.start(instance_id)
+    await fleet.reconciler.reconcile_once()
+    await asyncio.sleep(0.1)
+    await fleet.instances.stop(instance_id)
+    began = time.monotonic()
+    await passes_until(fleet, lambda: status_is(fleet, instance_id, "stopped"))
+    assert time.monotonic() - began < 1.5  # not held until start_timeout (2 s)
+    kinds = await event_kinds(fleet, instance_id)
+    assert "start_failed" not in kinds and kinds[-1] == "stopped"
+
+
+async def test_a_dead_containers_last_log_lines_are_kept_in_its_event(fleet: Fleet, fake: FakeRuntime) -> None:
+    instance_id = await running(fleet)
+    fake.containers[instance_id].log("Chromium: out of memory")
+    fake.kill(instance_id)
+    await fleet.reconciler.reconcile_once()
+    died = [e for e in await fleet.instances.events(instance_id) if e.kind == "died"]
+    assert "Chromium: out of memory" in died[0].message and "exited with code 137" in died[0].message
+    assert (await fleet.instances.get(instance_id)).error_message == "container exited with code 137"
