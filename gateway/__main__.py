@@ -65,6 +65,9 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if problem := settings.admin_exposure_problem():
+        log.error("refusing to start: %s", problem)
+        sys.exit(2)
     try:
         asyncio.run(serve(settings))
     except SchemaMismatch as exc:

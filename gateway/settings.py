@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     # What every instance gets.
     instance_image: str = "aistudio-fleet-instance:latest"
     aistudio_url: str = "https://aistudio.google.com"
+    # Forwarded as INSTANCE_SIGNIN_URL ({continue} = the new-chat URL); unset: the instance's default (Google).
+    signin_url: str | None = None
     instance_memory: str = "1g"
     instance_cpus: float = Field(1.0, gt=0)
     instance_pids_limit: int = Field(512, gt=0)
@@ -44,7 +47,9 @@ class Settings(BaseSettings):
     docker_connect_mode: Literal["auto", "network", "host"] = "auto"  # host: by the port published on the host
     docker_volume_prefix: str = "aistudio-fleet-data-"
     # Container name prefix and namespace label: gateways with different prefixes never touch each other's.
-    docker_name_prefix: str = "aistudio-fleet-"
+    # At most 27 characters: with the 36-character instance id, a container name must fit one DNS label
+    # (63), or the gateway cannot resolve it on the network.
+    docker_name_prefix: str = Field("aistudio-fleet-", min_length=1, max_length=27)
 
     # Local engine (instance processes on this host).
     local_base_dir: Path | None = None  # default: data_dir / "local"
@@ -71,6 +76,9 @@ class Settings(BaseSettings):
 
     # People.
     admin_token: SecretStr | None = None
+    admin_session_hours: float = Field(12.0, gt=0)  # how long a panel sign-in lasts
+    # Signs the panel's cookies (session, CSRF); unset: generated once and kept in data_dir/secret_key.
+    secret_key: SecretStr | None = None
     language: Language = "zh"
     log_level: str = "INFO"
 
@@ -83,9 +91,33 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def admin_credential(self) -> str | None:
+        """The admin token when one is set (an empty value counts as none)."""
+        value = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        return value or None
+
+    def admin_exposure_problem(self) -> str | None:
+        """Why the admin listener must not start as configured, or None: beyond loopback it needs a credential."""
+        if self.admin_credential or _is_loopback(self.admin_host):
+            return None
+        return (
+            f"the admin panel and management API would listen on {self.admin_host}:{self.admin_port}, beyond "
+            "loopback, with no credential: set GATEWAY_ADMIN_TOKEN, or bind GATEWAY_ADMIN_HOST=127.0.0.1"
+        )
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
     @property
     def instance_nano_cpus(self) -> int:
         return int(self.instance_cpus * 1_000_000_000)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name (or "", all interfaces): assume it is reachable from outside
