@@ -70,6 +70,24 @@ class Settings(BaseSettings):
     restart_reset_after: float = Field(300.0, ge=0)  # running this long clears the crash count
     remove_volume_on_delete: bool = True
 
+    # Dispatcher: the generation API's queue, leases, retries and results.
+    queue_max: int = Field(100, ge=0)  # requests waiting for an instance, per gateway process
+    queue_wait_timeout: float = Field(120.0, gt=0)  # how long POST /generate may wait for an instance
+    task_wait_timeout: float = Field(1800.0, gt=0)  # the same for POST /tasks (asynchronous) tasks
+    queue_poll_interval: float = Field(0.5, gt=0)  # waiters re-check the pool this often without a wake-up
+    generation_timeout: float = Field(180.0, gt=0)  # one attempt on one instance; above the instance's own
+    lease_margin: float = Field(30.0, ge=0)  # a lease outlives its attempt by this much
+    cooldown_quota: float = Field(5 * 3600.0, ge=0)  # an instance whose account ran out of quota rests
+    cooldown_rate_limit: float = Field(300.0, ge=0)
+    max_attempts: int = Field(2, ge=1)  # 2: one retry on another instance
+    api_keys: SecretStr | None = None  # comma-separated keys for :8812; unset or empty: open
+    task_result_ttl: float = Field(3600.0, gt=0)  # generated images are kept (as files) this long
+    store_sync_results: bool = True  # also keep POST /generate results for GET /tasks/{id}
+    max_prompt_chars: int = Field(10_000, gt=0)
+    max_reference_images: int = Field(4, ge=0)
+    max_reference_bytes: int = Field(8 * 1024 * 1024, gt=0)  # per image, decoded
+    max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
+
     # Sessions.
     legacy_session_file: Path | None = None
     max_session_bytes: int = Field(5 * 1024 * 1024, gt=0)
@@ -104,6 +122,12 @@ class Settings(BaseSettings):
             f"the admin panel and management API would listen on {self.admin_host}:{self.admin_port}, beyond "
             "loopback, with no credential: set GATEWAY_ADMIN_TOKEN, or bind GATEWAY_ADMIN_HOST=127.0.0.1"
         )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The generation API's keys; empty means the API is open."""
+        value = self.api_keys.get_secret_value() if self.api_keys is not None else ""
+        return [key.strip() for key in value.split(",") if key.strip()]
 
     @property
     def is_sqlite(self) -> bool:
