@@ -11,18 +11,24 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins import PluginProtocol
+from litestar.plugins.htmx import HTMXPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import __version__
+from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.health import HealthController
+from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
+from gateway.panel.plugin import PanelPlugin
 from gateway.reconciler import Reconciler
 from gateway.reconciler.leader import LeaderLock
 from gateway.runtime import Runtime, RuntimeUnavailable, build_runtime
 from gateway.runtime.health import EngineHealth
+from gateway.services.history import TaskHistoryService
 from gateway.services.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
 from gateway.settings import Settings
@@ -42,6 +48,7 @@ class Fleet:
     client: InstanceClient
     instances: InstanceService
     reconciler: Reconciler
+    history: TaskHistoryService
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
@@ -63,7 +70,7 @@ class Fleet:
         except BaseException:
             await db.dispose()
             raise
-        fleet = cls(settings, db, sessions, runtime, health, client, instances, reconciler)
+        fleet = cls(settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions))
         if reconcile:
             reconciler.start()
         return fleet
@@ -88,8 +95,10 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 
 
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
-    """The admin listener (:8813): management API now, the panel later (issue 5)."""
-    return _create_app(settings, fleet, runtime, MANAGEMENT_CONTROLLERS, title="AI Studio Fleet management API")
+    """The admin listener (:8813): the management API under /api, the admin panel at /."""
+    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS]
+    plugins = [HTMXPlugin(), PanelPlugin(settings)]
+    return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins)
 
 
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
@@ -98,7 +107,13 @@ def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: R
 
 
 def _create_app(
-    settings: Settings, fleet: Fleet | None, runtime: Runtime | None, handlers: Sequence[Any], *, title: str
+    settings: Settings,
+    fleet: Fleet | None,
+    runtime: Runtime | None,
+    handlers: Sequence[Any],
+    *,
+    title: str,
+    plugins: Sequence[PluginProtocol] = (),
 ) -> Litestar:
     """With a `fleet`, the app borrows it (its owner closes it); without, the app's lifespan owns one."""
     lifespan = []
@@ -117,6 +132,7 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        plugins=list(plugins),
         openapi_config=OpenAPIConfig(title=title, version=__version__),
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,

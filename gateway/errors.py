@@ -20,6 +20,18 @@ class FleetError(Exception):
         super().__init__(f"{self.key} {params}" if params else self.key)
 
 
+class Unauthorized(FleetError):
+    """No valid admin credential (bearer token or panel session)."""
+
+    status_code = 401
+    key = "unauthorized"
+
+
+class Forbidden(FleetError):
+    status_code = 403
+    key = "forbidden"
+
+
 class NotFound(FleetError):
     status_code = 404
     key = "not_found"

@@ -8,6 +8,12 @@ from typing import Any
 
 import httpx
 import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+
+# A live-view frame is a base64 JPEG of the instance's viewport: well under this.
+LIVEVIEW_MAX_MESSAGE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,21 @@ class InstanceClient:
     async def navigate(self, address: InstanceAddress, *, url: str | None = None, target: str | None = None) -> None:
         body = {"url": url} if url else {"target": target or "home"}
         await self._request("POST", address, "/navigate", json=body)
+
+    async def open_liveview(self, address: InstanceAddress, *, open_timeout: float = 10.0) -> ClientConnection:
+        """The instance's live-view WebSocket (frames out, input in), opened with its token; the caller closes it."""
+        url = "ws" + address.endpoint.rstrip("/").removeprefix("http") + "/liveview"
+        headers = {"Authorization": f"Bearer {address.token}"} if address.token else None
+        try:
+            # Straight to the instance (never an environment proxy); JPEG frames do not compress.
+            return await connect(
+                url, additional_headers=headers, open_timeout=open_timeout, proxy=None, compression=None,
+                max_size=LIVEVIEW_MAX_MESSAGE, ping_interval=20, close_timeout=2,
+            )
+        except InvalidStatus as exc:
+            raise InstanceRejected(exc.response.status_code, "live view refused") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise InstanceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def generate(
         self, address: InstanceAddress, payload: dict[str, Any], *, timeout: float | None = None

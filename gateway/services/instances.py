@@ -6,6 +6,7 @@ It sets `target` and never `status` (the reconciler's alone), and wakes the reco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -40,6 +41,7 @@ from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, N
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.services.instance_client import (
+    ClientConnection,
     InstanceAddress,
     InstanceClient,
     InstanceRejected,
@@ -257,15 +259,50 @@ class InstanceService:
         view, address = await self._running_address(instance_id)
         return await self._instance_call(view, self._client.get_session(address))
 
-    async def import_session(self, instance_id: str, body: bytes) -> dict[str, Any]:
+    async def import_session(self, instance_id: str, body: bytes, *, origin: str = "through the API") -> dict[str, Any]:
         if len(body) > self._settings.max_session_bytes:
             raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
         view, address = await self._running_address(instance_id)
         result = await self._instance_call(view, self._client.put_session(address, body))
-        message = f"session imported through the API: {result.get('cookies', '?')} cookies"
+        message = f"session imported {origin}: {result.get('cookies', '?')} cookies"
         async with self._sessions.begin() as session:
             session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
+        self._on_target_changed()  # a pass probes it now, so its new login state shows at once
         return result
+
+    async def copy_session(self, source_id: str, target_id: str) -> dict[str, Any]:
+        """Signs `target` in with `source`'s current login (both running)."""
+        if _parse_id(source_id) == _parse_id(target_id):
+            raise Invalid("session_copy_same")
+        source = await self.get(source_id)
+        body = await self.export_session(source_id)
+        return await self.import_session(target_id, body, origin=f"from instance {source.name}")
+
+    # The instance's browser ---------------------------------------------------------------------
+
+    async def screenshot(self, instance_id: str) -> tuple[bytes, str]:
+        """A PNG of the instance's page now, and its media type."""
+        view, address = await self._running_address(instance_id)
+        return await self._instance_call(view, self._client.screenshot(address))
+
+    async def navigate(self, instance_id: str, *, target: str | None = None, url: str | None = None) -> None:
+        """Moves the instance's page to its sign-in page, its AI Studio home, or an http(s) URL (manual sign-in)."""
+        if (target is None) == (url is None) or target not in (None, "signin", "home"):
+            raise Invalid("navigate_invalid")
+        if url is not None and not re.match(r"^https?://", url):
+            raise Invalid("navigate_invalid")
+        view, address = await self._running_address(instance_id)
+        await self._instance_call(view, self._client.navigate(address, url=url, target=target))
+
+    @contextlib.asynccontextmanager
+    async def liveview(self, instance_id: str) -> AsyncIterator[ClientConnection]:
+        """The instance's live view (its token stays here): frames from it, mouse and keyboard to it."""
+        view, address = await self._running_address(instance_id)
+        upstream = await self._instance_call(view, self._client.open_liveview(address))
+        try:
+            yield upstream
+        finally:
+            await upstream.close()
 
     # Internals -----------------------------------------------------------------------------------
 

@@ -1,0 +1,169 @@
+"""Admin access on the admin listener: the panel's signed session cookie and the API's bearer token.
+
+With `GATEWAY_ADMIN_TOKEN` set, every path but the sign-in page and static files needs either
+`Authorization: Bearer <token>` or the panel's session cookie. The cookie authorizes the panel's own
+pages and actions (CSRF-checked), and only safe methods and the live view on `/api`: an unsafe API call
+needs the bearer token, which a browser never adds on its own. Without a token (loopback only, see
+`Settings.admin_exposure_problem`) everything is open, but a request from another site's page (a
+mismatched `Origin`) is still refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar.datastructures import Cookie
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import Forbidden, Unauthorized
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "fleet_admin"
+SECRET_FILE = "secret_key"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PUBLIC_PREFIXES = ("/login", "/static/", "/lang", "/favicon.ico")
+API_PREFIXES = ("/api/", "/api", "/schema")
+
+
+class LoginRequired(Unauthorized):
+    """A panel page without a session: the panel answers with its sign-in page instead of an error."""
+
+
+def load_secret(settings: Settings) -> str:
+    """The key that signs the panel's cookies: configured, else made once and kept in the data folder, so
+    sessions and CSRF tokens survive a restart (a fresh key would leave open pages with dead tokens)."""
+    if settings.secret_key is not None and settings.secret_key.get_secret_value():
+        return settings.secret_key.get_secret_value()
+    path = Path(settings.data_dir) / SECRET_FILE
+    try:
+        return path.read_text().strip() or _write_secret(path)
+    except FileNotFoundError:
+        return _write_secret(path)
+    except OSError as exc:
+        log.warning("cannot read %s (%s); panel sessions end when the gateway restarts", path, exc)
+        return secrets.token_hex(32)
+
+
+def _write_secret(path: Path) -> str:
+    secret = secrets.token_hex(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secret)
+    except FileExistsError:
+        return path.read_text().strip()  # another process wrote it first
+    except OSError as exc:
+        log.warning("cannot keep the panel key in %s (%s); panel sessions end when the gateway restarts", path, exc)
+    return secret
+
+
+class AdminAuth:
+    """Checks credentials; the session cookie is `<expiry>.<nonce>.<hmac>`, keyed by the secret and the token
+    (so changing the token signs everyone out)."""
+
+    def __init__(self, token: str | None, secret: str, session_seconds: float) -> None:
+        self.token = token
+        self.session_seconds = session_seconds
+        self._key = hmac.new(secret.encode(), b"admin-session:" + (token or "").encode(), hashlib.sha256).digest()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secret: str) -> AdminAuth:
+        return cls(settings.admin_credential, secret, settings.admin_session_hours * 3600)
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None
+
+    def token_matches(self, given: str) -> bool:
+        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def bearer_ok(self, authorization: str | None) -> bool:
+        scheme, _, value = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and self.token_matches(value.strip())
+
+    def new_session(self, *, secure: bool) -> Cookie:
+        expires = int(time.time() + self.session_seconds)
+        body = f"{expires}.{secrets.token_urlsafe(16)}"
+        return Cookie(
+            key=SESSION_COOKIE, value=f"{body}.{self._sign(body)}", max_age=int(self.session_seconds),
+            httponly=True, samesite="strict", secure=secure, path="/",
+        )
+
+    def session_ok(self, value: str | None) -> bool:
+        body, _, signature = (value or "").rpartition(".")
+        expires, _, _nonce = body.partition(".")
+        if not (expires.isdigit() and signature) or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(signature, self._sign(body))
+
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+
+class AdminAccessMiddleware:
+    """Applies `AdminAuth` to every HTTP request and WebSocket on the admin listener (see the module doc)."""
+
+    def __init__(self, app: ASGIApp, auth: AdminAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
+            check_access(self.auth, scope)
+        await self.app(scope, receive, send)
+
+
+def check_access(auth: AdminAuth, scope: Scope) -> None:
+    headers = _headers(scope)
+    path: str = scope["path"]
+    is_api = path.startswith(API_PREFIXES)
+    websocket = scope["type"] == ScopeType.WEBSOCKET
+    unsafe = websocket or scope.get("method", "GET") not in SAFE_METHODS
+    if unsafe and (origin := headers.get("origin")) and not _same_origin(origin, headers):
+        raise Forbidden("origin_mismatch", origin=origin[:100])
+    if not auth.required or path.startswith(PUBLIC_PREFIXES) or auth.bearer_ok(headers.get("authorization")):
+        return
+    if auth.session_ok(_cookie(headers.get("cookie", ""), SESSION_COOKIE)):
+        # The cookie rides along on any request the browser makes: on the API it only reads.
+        if is_api and unsafe and not websocket:
+            raise Unauthorized()
+        return
+    raise Unauthorized() if is_api or websocket else LoginRequired()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
+def _same_origin(origin: str, headers: dict[str, str]) -> bool:
+    """The page that sent it was served by this listener (or by the proxy in front of it)."""
+    netloc = urlsplit(origin).netloc.lower()
+    hosts = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()}
+    return bool(netloc) and netloc in hosts
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def safe_next(target: Any) -> str:
+    """Where to go after signing in: a path on this site only (never `//elsewhere` or a URL)."""
+    if isinstance(target, str) and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"

@@ -1,0 +1,183 @@
+"""A real gateway (`python -m gateway`) for browser tests and the panel benchmark, and a real Chromium to drive it.
+
+The gateway runs as a subprocess with its own data folder and ports. With the `local` runtime its instances
+are real `python -m instance` processes on this host; they outlive a gateway by design, so `start_gateway`
+stops every instance through the API before it stops the gateway, and kills what is left of them (by the
+process groups the local runtime recorded) as a last resort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.simulator.fixtures import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "panel-test-token-0123456789"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+
+
+def chromium_executable() -> str:
+    """The same Chromium the instances use: Debian's headless shell when installed, else Debian's chromium."""
+    from instance.settings import InstanceSettings
+
+    return InstanceSettings().chromium_executable
+
+
+def launch_browser(playwright: Any) -> Any:
+    return playwright.chromium.launch(executable_path=chromium_executable(), args=CHROMIUM_ARGS)
+
+
+@dataclass
+class Gateway:
+    admin_url: str
+    api_url: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    token: str | None
+    api: httpx.Client  # the management API, with the bearer token
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        return self.api.get(f"/api/instances/{instance_id}").json()["instance"]
+
+    def wait_instance(self, instance_id: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60, what: str = "") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            view = self.instance(instance_id)
+            if predicate(view):
+                return view
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what or 'instance'}; last {view}\n{self.log_tail()}")
+
+    def create_running(self, name: str, *, timeout: float = 90) -> str:
+        """An instance created and started through the API, once it runs."""
+        instance_id = self.api.post("/api/instances", json={"name": name}).json()["instance_id"]
+        self.api.post(f"/api/instances/{instance_id}/start")
+        self.wait_instance(instance_id, lambda v: v["status"] == "running", timeout=timeout, what=f"{name} running")
+        return instance_id
+
+    def instance_token(self, instance_id: str) -> tuple[str, str]:
+        """The instance's endpoint and bearer token, from the gateway's database (what the gateway itself uses)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.data_dir / "gateway.db")) as db:
+            endpoint, token = db.execute(
+                "SELECT endpoint, token FROM instances WHERE id = ?", (instance_id.replace("-", ""),)
+            ).fetchone()
+        return endpoint, token
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def start_gateway(
+    data_dir: Path, aistudio_url: str, *, runtime: str = "local", token: str | None = ADMIN_TOKEN, **env: str
+) -> Iterator[Gateway]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    admin_port, api_port = free_port(), free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "GATEWAY_RUNTIME": runtime,
+        "GATEWAY_DATA_DIR": str(data_dir),
+        "GATEWAY_ADMIN_PORT": str(admin_port),
+        "GATEWAY_API_PORT": str(api_port),
+        "GATEWAY_AISTUDIO_URL": aistudio_url,
+        "GATEWAY_SIGNIN_URL": aistudio_url.rstrip("/") + "/ServiceLogin?continue={continue}",
+        "GATEWAY_RECONCILE_INTERVAL": "0.5",
+        "GATEWAY_LOCAL_PORT_RANGE_START": str(20000 + (os.getpid() * 7) % 20000),
+        **({"GATEWAY_ADMIN_TOKEN": token} if token else {}),
+        **env,
+    }
+    log_path = data_dir / "gateway.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    admin_url, api_url = f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{api_port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    api = httpx.Client(base_url=admin_url, headers=headers, timeout=30, trust_env=False)
+    gateway = Gateway(admin_url, api_url, data_dir, log_path, process, token, api)
+    try:
+        _wait_until_up(gateway)
+        yield gateway
+    finally:
+        try:
+            _stop_instances(gateway)
+        finally:
+            api.close()
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            _kill_local_leftovers(data_dir / "local")
+
+
+def _wait_until_up(gateway: Gateway, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gateway.process.returncode}:\n{gateway.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if gateway.api.get("/api/stats").status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway did not answer within {timeout}s:\n{gateway.log_tail()}")
+
+
+def _stop_instances(gateway: Gateway) -> None:
+    if gateway.process.poll() is not None:
+        return
+    with contextlib.suppress(httpx.HTTPError):
+        instances = gateway.api.get("/api/instances").json()["instances"]
+        for view in instances:
+            gateway.api.post(f"/api/instances/{view['instance_id']}/stop")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            views = gateway.api.get("/api/instances").json()["instances"]
+            if all(v["status"] in ("stopped", "error") for v in views):
+                return
+            time.sleep(0.2)
+
+
+def _kill_local_leftovers(base_dir: Path) -> None:
+    """Instance processes this test's gateway started and did not stop: their recorded process groups."""
+    for state_file in base_dir.glob("*/runtime.json"):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(state_file.read_text())
+            pgid = record.get("pgid") if record.get("pid") else None
+            # Only while the group leader is still the process recorded (same start time), never a reused pid.
+            if pgid and _start_time(int(pgid)) == record.get("proc_start"):
+                os.killpg(int(pgid), signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def login(page: Any, gateway: Gateway) -> None:
+    """Signs the browser page in through the panel's form."""
+    page.goto(gateway.admin_url + "/login")
+    page.fill("[data-login-token]", gateway.token or "")
+    page.click("[data-action=login]")
+    page.wait_for_url(gateway.admin_url + "/")
