@@ -10,12 +10,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATION_LOCK_KEY = 0x41495347  # distinct from the reconciler's leader lock
 
 
 class SchemaMismatch(Exception):
@@ -35,11 +37,21 @@ async def prepare_schema(engine: AsyncEngine, *, upgrade: bool, migrations_dir: 
     """Upgrade to head (when asked) after checking the database is not ahead of us; returns the revision."""
     config = alembic_config(migrations_dir)
     async with engine.connect() as connection:
-        current = await connection.run_sync(_check_known, config, upgrade)
-        if upgrade:
-            await connection.run_sync(_upgrade, config)
-            await connection.commit()
-            current = await connection.run_sync(_current_heads)
+        exclusive = connection.dialect.name == "postgresql"
+        if exclusive:
+            # Gateways starting together on one Postgres migrate one after the other, not over each other.
+            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            current = await connection.run_sync(_check_known, config, upgrade)
+            if upgrade:
+                await connection.run_sync(_upgrade, config)
+                await connection.commit()
+                current = await connection.run_sync(_current_heads)
+        finally:
+            await connection.rollback()
+            if exclusive:
+                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                await connection.commit()
     return ",".join(sorted(current)) or "base"
 
 

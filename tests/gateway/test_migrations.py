@@ -66,3 +66,20 @@ async def test_gateway_without_migrate_on_start_refuses_an_old_schema(database_u
         tables = await connection.run_sync(lambda c: c.dialect.get_table_names(c))
     await engine.dispose()
     assert "instances" not in tables
+
+
+async def test_gateways_starting_together_migrate_one_after_the_other(postgres_url: str, tmp_path: Path) -> None:
+    """Replicas share a Postgres (SQLite is one process by design)."""
+    import asyncio
+
+    settings = make_settings(postgres_url, tmp_path)
+    fleets = await asyncio.gather(
+        *(Fleet.open(settings, runtime=FakeRuntime(), reconcile=False) for _ in range(3)), return_exceptions=True
+    )
+    try:
+        assert not [f for f in fleets if isinstance(f, BaseException)], fleets
+        assert (await fleets[0].instances.create("after-migration")).name == "after-migration"  # type: ignore[union-attr]
+    finally:
+        for fleet in fleets:
+            if isinstance(fleet, Fleet):
+                await fleet.close()
