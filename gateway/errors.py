@@ -14,9 +14,10 @@ class FleetError(Exception):
     status_code = 400
     key = "bad_request"
 
-    def __init__(self, key: str | None = None, **params: Any) -> None:
+    def __init__(self, key: str | None = None, *, headers: dict[str, str] | None = None, **params: Any) -> None:
         self.key = key or type(self).key
         self.params = params
+        self.headers = dict(headers or {})  # e.g. Retry-After, WWW-Authenticate
         super().__init__(f"{self.key} {params}" if params else self.key)
 
 
@@ -74,3 +75,31 @@ class RuntimeFailed(FleetError):
 
     status_code = 502
     key = "runtime_failed"
+
+
+class BadRequest(FleetError):
+    """A body that cannot be read at all (not JSON, not an object), as opposed to one with invalid values."""
+
+    status_code = 400
+    key = "bad_request"
+
+
+class Gone(FleetError):
+    """It existed but is no longer kept (a task's images after their time)."""
+
+    status_code = 410
+    key = "gone"
+
+
+class QueueFull(FleetError):
+    """Every instance is busy and the wait queue is full; `Retry-After` says when to come back."""
+
+    status_code = 429
+    key = "queue_full"
+
+
+class Unavailable(FleetError):
+    """No instance can take the task: none runs, none is signed in, all rest, or the wait was too long."""
+
+    status_code = 503
+    key = "unavailable"

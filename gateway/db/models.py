@@ -84,6 +84,9 @@ class EventKind(StrEnum):
     ORPHAN_REMOVED = "orphan_removed"
     SESSION_IMPORTED = "session_imported"
     ENGINE_DOWN = "engine_down"
+    # Written by the dispatcher: what a task found wrong with the instance.
+    UNREACHABLE = "unreachable"
+    COOLING_DOWN = "cooling_down"
 
 
 def _in(column: str, values: type[StrEnum]) -> str:
