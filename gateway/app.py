@@ -1,4 +1,5 @@
-"""One place wires the gateway: the Fleet (settings, database, runtime, services, reconciler) and its two apps."""
+"""One place wires the gateway: the Fleet (settings, database, runtime, services, reconciler, dispatcher) and
+its two apps."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway import __version__
 from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.generation import generation_router
 from gateway.api.health import HealthController
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
+from gateway.api.metrics import MetricsController
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
+from gateway.dispatcher import Dispatcher
 from gateway.panel.plugin import PanelPlugin
 from gateway.reconciler import Reconciler
 from gateway.reconciler.leader import LeaderLock
@@ -49,6 +53,7 @@ class Fleet:
     instances: InstanceService
     reconciler: Reconciler
     history: TaskHistoryService
+    dispatcher: Dispatcher
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
@@ -67,10 +72,15 @@ class Fleet:
             client = InstanceClient(timeout=30.0, transport=getattr(runtime, "http_transport", None))
             reconciler = Reconciler(sessions, runtime, client, settings, health, leader=LeaderLock(db))
             instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
+            # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
+            dispatcher = Dispatcher.build(sessions, client, settings, suspect=reconciler.suspect)
         except BaseException:
             await db.dispose()
             raise
-        fleet = cls(settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions))
+        fleet = cls(
+            settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher
+        )
+        dispatcher.start()
         if reconcile:
             reconciler.start()
         return fleet
@@ -78,6 +88,7 @@ class Fleet:
     async def close(self) -> None:
         """Stops the gateway's own work; instances keep running and are adopted on the next start."""
         try:
+            await self.dispatcher.close()
             await self.reconciler.close()
             await self.client.close()
             await self.runtime.close()
@@ -102,8 +113,10 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
 
 
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
-    """The generation listener (:8812): /health now; /generate and friends come with the dispatcher."""
-    return _create_app(settings, fleet, runtime, [HealthController], title="AI Studio Fleet generation API")
+    """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health, and
+    /metrics."""
+    handlers = [HealthController, generation_router(settings), MetricsController]
+    return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet generation API")
 
 
 def _create_app(

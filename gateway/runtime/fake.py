@@ -27,6 +27,52 @@ TINY_PNG = base64.b64decode(
 FAKE_DOMAIN = "fake-instance.invalid"
 
 
+@dataclass(frozen=True)
+class FakeOutcome:
+    """What one fake generation does: succeed, fail with an instance error code, answer an HTTP error,
+    drop the connection mid-task (`reset`), refuse it (`refused`), or take `delay` seconds first."""
+
+    kind: str = "ok"  # ok | error | http | reset | refused
+    code: str | None = None
+    retry_safe: bool = False
+    status: int = 200
+    delay: float | None = None  # None: the container's, else the runtime's generate_delay
+
+    @classmethod
+    def ok(cls, delay: float | None = None) -> FakeOutcome:
+        return cls("ok", delay=delay)
+
+    @classmethod
+    def error(cls, code: str, *, retry_safe: bool, delay: float | None = None) -> FakeOutcome:
+        return cls("error", code=code, retry_safe=retry_safe, delay=delay)
+
+    @classmethod
+    def http(cls, status: int) -> FakeOutcome:
+        return cls("http", status=status)
+
+    @classmethod
+    def reset(cls, delay: float | None = None) -> FakeOutcome:
+        return cls("reset", delay=delay)
+
+    @classmethod
+    def refused(cls) -> FakeOutcome:
+        return cls("refused")
+
+
+@dataclass
+class FakeGeneration:
+    """One generation a fake instance ran (for assertions on spread and overlap)."""
+
+    instance_id: str
+    task_id: str | None
+    started: float
+    outcome: str
+    ended: float | None = None
+    prompt: str = ""
+    aspect_ratio: str = ""
+    references: list[str] = field(default_factory=list)
+
+
 @dataclass
 class FakeContainer:
     """One fake instance: its "container" state and what its HTTP server would answer."""
@@ -41,6 +87,8 @@ class FakeContainer:
     login_state: str = "logged_in"
     busy: bool = False
     hang_http: bool = False  # accepts connections but never answers
+    generate_delay: float | None = None  # None: the runtime's generate_delay
+    script: list[FakeOutcome] = field(default_factory=list)  # outcomes of the next generations, in order
     log_lines: list[str] = field(default_factory=list)
     log_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -67,6 +115,8 @@ class FakeRuntime:
         self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
         self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
         self.generate_delay = 0.0
+        self.generations: list[FakeGeneration] = []
+        self.busy_rejections = 0  # /generate calls that found the instance busy (the gateway's lease was bypassed)
         self._engine_down_reason: str | None = None
         self._start_failures: dict[str | None, list[str]] = {}
         self._exit_on_start: set[str] = set()
@@ -105,6 +155,13 @@ class FakeRuntime:
     def hang(self, instance_id: str, hang: bool = True) -> None:
         """The instance's HTTP server stops answering (its requests time out)."""
         self.containers[instance_id].hang_http = hang
+
+    def script_generations(self, instance_id: str, *outcomes: FakeOutcome) -> None:
+        """The instance's next generations do these, in order; then it succeeds again."""
+        self.containers[instance_id].script.extend(outcomes)
+
+    def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
+        self.containers[instance_id].generate_delay = delay
 
     def set_login_state(self, instance_id: str, login_state: str) -> None:
         self.containers[instance_id].login_state = login_state
@@ -282,19 +339,54 @@ class FakeRuntime:
 
     async def _generate(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
         if container.busy:
-            return httpx.Response(409, json={"detail": "busy"})
-        task_id = json.loads(request.content or b"{}").get("task_id")
+            self.busy_rejections += 1
+            return httpx.Response(409, json={"detail": "this instance is already running a task"})
+        body = json.loads(request.content or b"{}")
+        task_id = body.get("task_id")
+        outcome = container.script.pop(0) if container.script else FakeOutcome.ok()
+        if outcome.kind == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        if outcome.kind == "http":
+            return httpx.Response(outcome.status, json={"detail": f"injected HTTP {outcome.status}"})
+        delay = next(d for d in (outcome.delay, container.generate_delay, self.generate_delay) if d is not None)
+        record = FakeGeneration(
+            container.instance_id, task_id, time.monotonic(), outcome.code or outcome.kind,
+            prompt=body.get("prompt", ""), aspect_ratio=body.get("aspect_ratio", ""),
+            references=list(body.get("reference_images_b64") or []),
+        )
+        self.generations.append(record)
         container.busy = True
         try:
-            await asyncio.sleep(self.generate_delay)
+            await self._generating(container, delay, request)
+            if outcome.kind == "reset":
+                raise httpx.ReadError("connection reset by peer", request=request)
         finally:
             container.busy = False
+            record.ended = time.monotonic()
+        timings = {"total_ms": int(delay * 1000)}
+        if outcome.kind == "error":
+            if outcome.code == "needs_login":
+                container.login_state = "needs_login"  # as a real instance notices on its page
+            error = {"code": outcome.code, "message": f"injected {outcome.code}", "retry_safe": outcome.retry_safe}
+            body = {"success": False, "task_id": task_id, "images_b64": [], "text": None, "error": error, "timings": timings}
+            return httpx.Response(200, json=body)
         image = base64.b64encode(TINY_PNG).decode()
         return httpx.Response(
             200,
-            json={"success": True, "task_id": task_id, "images_b64": [image], "text": None, "error": None,
-                  "timings": {"total_ms": int(self.generate_delay * 1000)}},
+            json={"success": True, "task_id": task_id, "images_b64": [image], "text": "fake text", "error": None,
+                  "timings": timings},
         )
+
+    async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:
+        """Sleeps through the generation; a container killed or removed meanwhile drops the connection."""
+        deadline = time.monotonic() + delay
+        while True:
+            if self.containers.get(container.instance_id) is not container or container.phase != "running":
+                raise httpx.ReadError("connection reset by peer (container gone)", request=request)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.01))
 
 
 _ROUTES = {

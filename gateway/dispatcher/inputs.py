@@ -1,0 +1,154 @@
+"""Generation requests as clients send them, checked at the gateway before anything is dispatched.
+
+The limits mirror the instance's own (docs/instance-api.md), so a request the gateway accepts is one an
+instance accepts; the gateway never imports the instance package, it only shares the contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import BadRequest, Invalid, TooLarge
+from gateway.settings import Settings
+
+# The ratios the Gemini image chat offers; "Auto" is the page's default (same list as the instance).
+ASPECT_RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9")
+
+# Magic numbers of the formats AI Studio's upload accepts.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    max_prompt_chars: int
+    max_reference_images: int
+    max_reference_bytes: int
+    max_body_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputLimits:
+        return cls(
+            settings.max_prompt_chars,
+            settings.max_reference_images,
+            settings.max_reference_bytes,
+            settings.max_body_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A checked request: reference images are base64 without any data-URL prefix, ready for an instance."""
+
+    prompt: str
+    aspect_ratio: str
+    references_b64: tuple[str, ...] = ()
+
+    def instance_payload(self, task_id: str) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "aspect_ratio": self.aspect_ratio,
+            "reference_images_b64": list(self.references_b64),
+            "task_id": task_id,
+        }
+
+
+def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
+    """POST /generate and POST /tasks: the old JSON body, with one or several reference images."""
+    if len(raw) > limits.max_body_bytes:
+        raise TooLarge("body_too_large", limit=limits.max_body_bytes)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body_not_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body_not_object")
+    prompt = _prompt(body.get("prompt"), limits)
+    ratio = _aspect_ratio(body.get("aspect_ratio"))
+    encoded = _reference_strings(body.get("reference_image_b64"), body.get("reference_images_b64"), limits)
+    references = tuple(_checked_base64(text, index, limits) for index, text in enumerate(encoded))
+    return GenerationRequest(prompt, ratio, references)
+
+
+def form_request(prompt: Any, aspect_ratio: Any, files: list[bytes], limits: InputLimits) -> GenerationRequest:
+    """POST /generate-with-file: form fields and uploaded files (already read) under `reference_images`."""
+    checked_prompt = _prompt(prompt, limits)
+    ratio = _aspect_ratio(aspect_ratio)
+    if len(files) > limits.max_reference_images:
+        raise Invalid("too_many_references", limit=limits.max_reference_images)
+    references = tuple(_checked_image(data, index, limits) for index, data in enumerate(files))
+    return GenerationRequest(checked_prompt, ratio, tuple(base64.b64encode(data).decode("ascii") for data in references))
+
+
+def _prompt(value: Any, limits: InputLimits) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise Invalid("prompt_missing")
+    if not isinstance(value, str):
+        raise Invalid("field_type", field="prompt", expected="string")
+    if len(value) > limits.max_prompt_chars:
+        raise Invalid("prompt_too_long", limit=limits.max_prompt_chars, length=len(value))
+    return value
+
+
+def _aspect_ratio(value: Any) -> str:
+    if value is None or value == "":
+        return "Auto"
+    if not isinstance(value, str):
+        raise Invalid("field_type", field="aspect_ratio", expected="string")
+    if value not in ASPECT_RATIOS:
+        raise Invalid("aspect_ratio_unknown", value=value[:40], choices=", ".join(ASPECT_RATIOS))
+    return value
+
+
+def _reference_strings(single: Any, several: Any, limits: InputLimits) -> list[str]:
+    """`reference_image_b64` (the old single field) and `reference_images_b64` (a list), in that order."""
+    found: list[Any] = []
+    if single is not None and single != "":
+        found.append(single)
+    if several is not None:
+        if not isinstance(several, list):
+            raise Invalid("field_type", field="reference_images_b64", expected="list of base64 strings")
+        found.extend(several)
+    if len(found) > limits.max_reference_images:
+        raise Invalid("too_many_references", limit=limits.max_reference_images)
+    for index, item in enumerate(found):
+        if not isinstance(item, str):
+            raise Invalid("reference_not_string", index=index + 1)
+    return found
+
+
+def _checked_base64(text: str, index: int, limits: InputLimits) -> str:
+    payload = text.strip()
+    if payload.startswith("data:"):
+        header, sep, payload = payload.partition(",")
+        if not sep or ";base64" not in header:
+            raise Invalid("reference_not_base64", index=index + 1)
+    payload = "".join(payload.split())
+    if not payload:
+        raise Invalid("reference_empty", index=index + 1)
+    # Bounded before decoding, so a huge string is refused without allocating its bytes.
+    if len(payload) * 3 // 4 > limits.max_reference_bytes + 3:
+        raise TooLarge("reference_too_large", index=index + 1, limit=limits.max_reference_bytes)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("reference_not_base64", index=index + 1) from None
+    _checked_image(data, index, limits)
+    return payload
+
+
+def _checked_image(data: bytes, index: int, limits: InputLimits) -> bytes:
+    if not data:
+        raise Invalid("reference_empty", index=index + 1)
+    if len(data) > limits.max_reference_bytes:
+        raise TooLarge("reference_too_large", index=index + 1, limit=limits.max_reference_bytes)
+    if not _is_image(data):
+        raise Invalid("reference_not_image", index=index + 1)
+    return data
+
+
+def _is_image(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")

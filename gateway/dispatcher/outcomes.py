@@ -1,0 +1,108 @@
+"""What one attempt on one instance came to, and what the dispatcher does about it: a pure classification.
+
+The instance answers 200 whether its generation worked or not (docs/instance-api.md); the gateway's own
+failures to reach it are exceptions of the instance client. Both become an `Attempt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway.services.instance_client import InstanceCallError, InstanceRejected, InstanceUnreachable
+
+# Error codes the gateway itself gives a task (the instance's own are in docs/instance-api.md).
+UNREACHABLE = "instance_unreachable"  # refused, reset, container gone, 5xx
+BUSY = "instance_busy"  # the instance was running something else (409)
+TIMEOUT = "timeout"  # no answer within generation_timeout
+BAD_ANSWER = "instance_bad_answer"  # an answer that does not follow the contract
+BAD_INPUT = "bad_input"
+QUEUE_TIMEOUT = "queue_timeout"  # waited for an instance longer than allowed
+NO_INSTANCE = "no_instance"  # nothing could run it
+CLIENT_GONE = "client_disconnected"  # the client left while the task waited
+SHUTDOWN = "gateway_shutdown"
+ABANDONED = "abandoned"  # left queued/running by a gateway that died
+
+QUOTA = "quota_exhausted"
+RATE_LIMITED = "rate_limited"
+NEEDS_LOGIN = "needs_login"
+
+
+@dataclass
+class Attempt:
+    """One attempt's outcome; the flags say what the dispatcher must do next."""
+
+    success: bool
+    images_b64: list[str] = field(default_factory=list)
+    text: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retry: bool = False  # another instance may run the same prompt
+    cooldown: float | None = None  # seconds this instance rests
+    suspect: bool = False  # the reconciler should probe this instance now
+    bounced: bool = False  # the instance was busy: nothing ran, so it does not count as an attempt
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cooldowns:
+    quota: float
+    rate_limit: float
+
+
+def from_answer(body: Any, cooldowns: Cooldowns) -> Attempt:
+    """The instance's 200 answer."""
+    if not isinstance(body, dict) or not isinstance(body.get("success"), bool):
+        return Attempt(False, error_code=BAD_ANSWER, error_message="the instance's answer does not follow its contract")
+    timings = body.get("timings") if isinstance(body.get("timings"), dict) else {}
+    text = body.get("text") if isinstance(body.get("text"), str) else None
+    if body["success"]:
+        images = body.get("images_b64")
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            return Attempt(False, error_code=BAD_ANSWER, error_message="the instance answered success without images")
+        return Attempt(True, images_b64=images, text=text, timings=timings)
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    code = str(error.get("code") or "internal_error")
+    attempt = Attempt(
+        False,
+        text=text,
+        error_code=code,
+        error_message=str(error.get("message") or code),
+        retry=error.get("retry_safe") is True,
+        timings=timings,
+    )
+    if code == QUOTA:
+        attempt.cooldown = cooldowns.quota
+    elif code == RATE_LIMITED:
+        attempt.cooldown = cooldowns.rate_limit
+    elif code == NEEDS_LOGIN:
+        attempt.suspect = True  # the probe records the login state the instance reports
+    return attempt
+
+
+def from_error(exc: InstanceCallError) -> Attempt:
+    """The instance could not be reached, or refused the call."""
+    if isinstance(exc, InstanceRejected):
+        return _rejected(exc)
+    if isinstance(exc, InstanceUnreachable) and _timed_out(exc):
+        # It took the prompt and never answered: hung, or AI Studio is slow. Running it again could spend twice.
+        return Attempt(False, error_code=TIMEOUT, error_message=str(exc), suspect=True)
+    return Attempt(False, error_code=UNREACHABLE, error_message=str(exc), retry=True, suspect=True)
+
+
+def _rejected(exc: InstanceRejected) -> Attempt:
+    if exc.status_code == 409:
+        return Attempt(False, error_code=BUSY, error_message=exc.detail, retry=True, bounced=True)
+    if exc.status_code in (400, 413, 422):
+        return Attempt(False, error_code=BAD_INPUT, error_message=exc.detail)
+    # 5xx (browser down, crashed handler), 401 (a token from another start), 404: the instance is not well.
+    return Attempt(False, error_code=UNREACHABLE, error_message=str(exc), retry=True, suspect=True)
+
+
+def _timed_out(exc: InstanceUnreachable) -> bool:
+    cause = exc.__cause__
+    if isinstance(cause, httpx.ConnectTimeout):
+        return False  # never got to send anything
+    return isinstance(cause, TimeoutError | httpx.TimeoutException)

@@ -1,0 +1,114 @@
+"""Helpers for the generation API's tests: a Fleet on the fake runtime with running instances, and its API
+served by uvicorn on the test's own event loop (Litestar's test client runs the app on a loop of its own,
+which a Fleet opened by the test cannot share, and it serves one request at a time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from litestar import Litestar
+from sqlalchemy import func, select
+
+from gateway.app import Fleet, create_api_app
+from gateway.db.models import Task
+from gateway.runtime.fake import FakeRuntime
+from tests.gateway.conftest import make_settings
+
+# Queue wake-ups fast enough for tests; generation timeouts short enough for timeouts to be tested.
+DISPATCH_FAST = {"queue_poll_interval": 0.05, "generation_timeout": 5.0, "lease_margin": 1.0}
+
+
+@dataclass
+class Pool:
+    fleet: Fleet
+    fake: FakeRuntime
+    http: httpx.AsyncClient
+    url: str
+    instance_ids: list[str]
+
+    @property
+    def by_name(self) -> dict[str, str]:
+        return {f"i{n}": iid for n, iid in enumerate(self.instance_ids)}
+
+    def lru_order(self) -> list[str]:
+        """The order a fresh pool hands instances out: never used, so by id."""
+        return sorted(self.instance_ids, key=uuid.UUID)
+
+    async def generate(self, **body: Any) -> httpx.Response:
+        return await self.http.post("/generate", json={"prompt": "一只猫", **body})
+
+    async def task_rows(self) -> list[Task]:
+        async with self.fleet.sessions() as session:
+            return list((await session.scalars(select(Task).order_by(Task.created_at))).all())
+
+    async def task_count(self) -> int:
+        async with self.fleet.sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(Task)) or 0)
+
+    def ran_on(self, instance_id: str) -> list[str | None]:
+        return [g.task_id for g in self.fake.generations if g.instance_id == instance_id]
+
+
+async def start_instances(fleet: Fleet, count: int, *, timeout: float = 10.0) -> list[str]:
+    ids = []
+    for n in range(count):
+        view = await fleet.instances.create(f"i{n}")
+        await fleet.instances.start(view.instance_id)
+        ids.append(view.instance_id)
+    await wait_for(lambda: _all_ready(fleet, ids), timeout=timeout)
+    return ids
+
+
+async def _all_ready(fleet: Fleet, ids: list[str]) -> bool:
+    views = [await fleet.instances.get(i) for i in ids]
+    return all(v.status == "running" and v.login_state == "logged_in" for v in views)
+
+
+async def wait_for(check: Any, *, timeout: float = 5.0, pause: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout}s")
+        await asyncio.sleep(pause)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[str]:
+    """Serve an app with uvicorn on this loop, on a free loopback port; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def open_pool(
+    database_url: str, data_dir: Path, fake: FakeRuntime, instances: int = 2, **overrides: Any
+) -> AsyncIterator[Pool]:
+    settings = make_settings(database_url, data_dir, **{**DISPATCH_FAST, **overrides})
+    fleet = await Fleet.open(settings, runtime=fake)
+    try:
+        ids = await start_instances(fleet, instances)
+        async with serve(create_api_app(settings, fleet=fleet)) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                yield Pool(fleet, fake, http, url, ids)
+    finally:
+        await fleet.close()
