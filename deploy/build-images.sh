@@ -3,12 +3,13 @@
 #   aistudio-fleet-instance:latest   Dockerfile.instance
 #   aistudio-fleet-simulator:latest  deploy/simulator.Dockerfile (needs tests/simulator/)
 #   aistudio-fleet-gateway:latest    Dockerfile.gateway (only if that file exists)
+#   aistudio-fleet-postgres:15       deploy/postgres.Dockerfile (Debian's PostgreSQL 15, for deploy/compose.yaml)
 #
 # Environment:
 #   BASE_IMAGE   base for the Debian images (default debian:bookworm-slim). If it is neither local nor
 #                pullable, deploy/base-image.sh makes aistudio-fleet-base:bookworm with debootstrap.
 #   IMAGE_TAG    tag for the built images (default latest)
-#   ONLY         space-separated subset of: instance simulator gateway
+#   ONLY         space-separated subset of: instance simulator gateway postgres
 #   NO_CACHE=1   build without Docker's layer cache
 #   AISTUDIO_BUILD_NETWORK  network for RUN steps (e.g. host, when dockerd runs with --iptables=false)
 # Build-time extras go to deploy/.build/ (git-ignored by its own .gitignore, never in an image's final
@@ -19,7 +20,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 TAG="${IMAGE_TAG:-latest}"
-ONLY="${ONLY:-instance simulator gateway}"
+ONLY="${ONLY:-instance simulator gateway postgres}"
 export DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}"   # Debian's engine + a client without buildx: legacy builder
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
@@ -96,6 +97,9 @@ if want gateway; then
   else
     log "skipping aistudio-fleet-gateway: Dockerfile.gateway does not exist"
   fi
+fi
+if want postgres; then
+  build "aistudio-fleet-postgres:15" deploy/postgres.Dockerfile
 fi
 
 # dangling images left by our own rebuilds (only ours: they carry the label)

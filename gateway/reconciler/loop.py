@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 Event = tuple[EventKind, str]
 
+# Readiness is probed this often (at most) during a start: a ready instance is noticed within 0.2 s.
+START_PROBE_PAUSE_MAX = 0.2
+
 
 class StartFailed(Exception):
     """The instance did not become ready; the message is the reason shown to operators."""
@@ -317,7 +320,9 @@ class Reconciler:
         """Probe /status until it says ready; fail early when the container exits or rejects our token."""
         pause = 0.05
         last_problem = "no answer yet"
+        next_engine_check = 0.0
         while True:
+            answered = False
             if endpoint:
                 remaining = max(0.1, deadline - time.monotonic())
                 try:
@@ -326,6 +331,7 @@ class Reconciler:
                     )
                     if status.ready:
                         return status
+                    answered = True
                     last_problem = f"browser {status.browser}"
                 except InstanceRejected as exc:
                     if exc.status_code == 401:
@@ -333,18 +339,22 @@ class Reconciler:
                     last_problem = str(exc)
                 except (InstanceUnreachable, msgspec.DecodeError) as exc:
                     last_problem = str(exc)
-            state = await self._runtime.inspect(str(instance_id))
-            if state.phase != "running":
-                raise StartFailed(f"{describe_exit(state)} before it was ready")
-            if state.endpoint and state.endpoint != endpoint:
-                endpoint = state.endpoint
-                await self._write(instance_id, None, {"endpoint": endpoint})
+            # An instance that answers runs; silence may mean it exited: ask the engine, at most once a second
+            # (it serves every start at once, and this loop probes every START_PROBE_PAUSE_MAX).
+            if not answered and time.monotonic() >= next_engine_check:
+                next_engine_check = time.monotonic() + 1.0
+                state = await self._runtime.inspect(str(instance_id))
+                if state.phase != "running":
+                    raise StartFailed(f"{describe_exit(state)} before it was ready")
+                if state.endpoint and state.endpoint != endpoint:
+                    endpoint = state.endpoint
+                    await self._write(instance_id, None, {"endpoint": endpoint})
             if time.monotonic() >= deadline:
                 raise StartFailed(f"not ready after {self._settings.start_timeout:g}s ({last_problem})")
             if await self._target_of(instance_id) != Target.RUNNING:
                 raise StartAborted
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 1.5, 1.0)
+            pause = min(pause * 1.5, START_PROBE_PAUSE_MAX)
 
     async def _target_of(self, instance_id: uuid.UUID) -> str | None:
         async with self._sessions() as session:

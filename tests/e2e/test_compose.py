@@ -1,0 +1,214 @@
+"""deploy/compose.yaml + deploy/compose.simulator.yaml brought up for real, as the README tells a newcomer:
+Postgres, the gateway in its container (Docker socket mounted), the simulator; an instance created and
+started through the management API runs on the fleet network and is logged in. Then deploy/down.sh -v,
+and nothing of it is left on the engine.
+
+A project, network, namespace and ports of its own, so a fleet a developer runs on the same engine (the
+default `aistudio-fleet` project) is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import httpx
+import pytest
+
+from tests.conftest import skip_or_fail
+from tests.e2e.harness import (
+    E2E_PREFIX,
+    INSTANCE_IMAGE,
+    SIMULATOR_IMAGE,
+    container_of,
+    engine_problem,
+    fleet_containers,
+    fleet_volumes,
+    new_namespace,
+    remove_namespace,
+    wait_for,
+)
+from tests.simulator.fixtures import free_port
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+GATEWAY_IMAGE = os.environ.get("AISTUDIO_GATEWAY_IMAGE", "aistudio-fleet-gateway:latest")
+POSTGRES_IMAGE = os.environ.get("AISTUDIO_POSTGRES_IMAGE", "aistudio-fleet-postgres:15")
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+def _compose_command() -> list[str] | None:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+@dataclass
+class ComposeFleet:
+    project: str
+    namespace: str
+    network: str
+    env: dict[str, str]
+    admin_url: str
+    api_url: str
+    command: list[str]
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        files = ["-f", str(DEPLOY / "compose.yaml"), "-f", str(DEPLOY / "compose.simulator.yaml")]
+        return subprocess.run(
+            [*self.command, "--env-file", self.env["FLEET_ENV_FILE"], *files, *args],
+            env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail=60").stdout
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeFleet]:
+    command = _compose_command()
+    if command is None:
+        skip_or_fail("neither `docker compose` nor `docker-compose` is installed")
+    problem = engine_problem(INSTANCE_IMAGE, SIMULATOR_IMAGE, GATEWAY_IMAGE, POSTGRES_IMAGE)
+    if problem:
+        skip_or_fail(problem)
+    tag = uuid.uuid4().hex[:6]
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"  # a developer's deploy/.env stays out
+    env_file.write_text("")
+    api_port, admin_port = free_port(), free_port()
+    project, namespace, network = (f"{E2E_PREFIX}compose-{tag}", new_namespace("co"), f"{E2E_PREFIX}compose-net-{tag}")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "FLEET_", "POSTGRES_", "COMPOSE_"))}
+    env = {
+        **inherited,
+        "FLEET_ENV_FILE": str(env_file),
+        "COMPOSE_PROJECT_NAME": project,
+        "GATEWAY_ADMIN_TOKEN": f"compose-token-{tag}",
+        "POSTGRES_PASSWORD": f"pw{tag}",
+        "FLEET_NETWORK": network,
+        "FLEET_NAMESPACE": namespace,
+        "FLEET_API_PORT": str(api_port),
+        "FLEET_ADMIN_PORT": str(admin_port),
+        "FLEET_SIMULATOR_PORT": str(free_port()),
+        "FLEET_GATEWAY_IMAGE": GATEWAY_IMAGE,
+        "FLEET_INSTANCE_IMAGE": INSTANCE_IMAGE,
+        "FLEET_SIMULATOR_IMAGE": SIMULATOR_IMAGE,
+        "FLEET_POSTGRES_IMAGE": POSTGRES_IMAGE,
+    }
+    fleet = ComposeFleet(
+        project, namespace, network, env, f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{api_port}", command
+    )
+    engine = docker.from_env(timeout=60)
+    try:
+        up = fleet.compose("up", "-d")
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield fleet
+    finally:
+        down = subprocess.run(
+            ["bash", str(DEPLOY / "down.sh"), "-v"], env=fleet.env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        if down.returncode != 0:
+            print(down.stdout, down.stderr)
+        _remove_leftovers(engine, fleet)  # in case down.sh failed: never leave anything behind
+        engine.close()
+    assert down.returncode == 0, down.stdout + down.stderr
+
+
+def _project_objects(engine: docker.DockerClient, fleet: ComposeFleet) -> list[str]:
+    label = {"label": f"{PROJECT_LABEL}={fleet.project}"}
+    return [
+        *(f"container {c.name}" for c in engine.containers.list(all=True, filters=label)),
+        *(f"volume {v.name}" for v in engine.volumes.list(filters=label)),
+        *(f"network {n.name}" for n in engine.networks.list(filters=label)),
+        *(f"container {c.name}" for c in fleet_containers(engine, fleet.namespace)),
+        *(f"volume {v.name}" for v in fleet_volumes(engine, fleet.namespace)),
+    ]
+
+
+def _remove_leftovers(engine: docker.DockerClient, fleet: ComposeFleet) -> None:
+    remove_namespace(engine, fleet.namespace)
+    label = {"label": f"{PROJECT_LABEL}={fleet.project}"}
+    for container in engine.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for volume in engine.volumes.list(filters=label):
+        volume.remove(force=True)
+    for network in engine.networks.list(filters=label):
+        network.remove()
+
+
+def _admin(fleet: ComposeFleet) -> httpx.Client:
+    token = fleet.env["GATEWAY_ADMIN_TOKEN"]
+    return httpx.Client(base_url=fleet.admin_url, timeout=30, trust_env=False,
+                        headers={"Authorization": f"Bearer {token}", "Accept-Language": "en"})
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=3, trust_env=False).json().get("database") == "ok"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFleet) -> None:
+    engine = docker.from_env(timeout=60)
+    try:
+        wait_for(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=f"the gateway\n{fleet.logs()}")
+        # The admin listener binds every interface in its container, so the token compose sets is required.
+        assert httpx.get(f"{fleet.admin_url}/api/instances", trust_env=False).status_code == 401
+        with _admin(fleet) as admin:
+            created = admin.post("/api/instances", json={"name": "compose-1"})
+            assert created.status_code == 200, created.text
+            instance_id = created.json()["instance_id"]
+            assert admin.post(f"/api/instances/{instance_id}/start").status_code == 200
+
+            def running() -> dict | None:
+                view = admin.get(f"/api/instances/{instance_id}").json()["instance"]
+                assert view["status"] != "error", f"{view['error_message']}\n{fleet.logs()}"
+                return view if view["status"] == "running" and view["login_state"] == "logged_in" else None
+
+            wait_for(running, timeout=120, what="the instance running and logged in")
+            health = httpx.get(f"{fleet.api_url}/health", trust_env=False).json()
+            assert health["browser_instances"]["available"] == 1
+            assert health["engine"] == {"name": "docker", "ok": True, "reason": ""}
+
+        instance = container_of(engine, fleet.namespace, instance_id)
+        assert instance is not None and instance.status == "running"
+        # On the fleet network only, reached by name: nothing of the instance is published on the host.
+        assert list(instance.attrs["NetworkSettings"]["Networks"]) == [fleet.network]
+        assert not instance.attrs["HostConfig"].get("PortBindings")
+        gateway = engine.containers.list(filters={"label": [f"{PROJECT_LABEL}={fleet.project}",
+                                                            "com.docker.compose.service=gateway"]})[0]
+        top = gateway.top(ps_args="-o pid,uid,args")
+        uids = {row[1] for row in top["Processes"]}
+        assert uids == {"10002"}, top  # tini and the gateway; root was its entrypoint's only, to join the socket's group
+        assert sorted(gateway.attrs["NetworkSettings"]["Networks"]) == sorted([fleet.network, f"{fleet.project}_backend"])
+        postgres = engine.containers.list(filters={"label": [f"{PROJECT_LABEL}={fleet.project}",
+                                                             "com.docker.compose.service=postgres"]})[0]
+        assert fleet.network not in postgres.attrs["NetworkSettings"]["Networks"]  # instances cannot reach it
+    finally:
+        engine.close()
+
+
+def test_down_removes_everything(fleet: ComposeFleet) -> None:
+    """Runs last in this module: the fixture's own teardown (deploy/down.sh -v) is what it checks."""
+    engine = docker.from_env(timeout=60)
+    try:
+        assert _project_objects(engine, fleet)  # the fleet is up: there is something to remove
+        down = subprocess.run(["bash", str(DEPLOY / "down.sh"), "-v"], env=fleet.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert _project_objects(engine, fleet) == []
+        with pytest.raises(docker.errors.NotFound):
+            engine.networks.get(fleet.network)
+    finally:
+        engine.close()
