@@ -49,27 +49,32 @@ files=(-f "$DEPLOY/compose.yaml")
 if [ "$simulator" = 1 ]; then files+=(-f "$DEPLOY/compose.simulator.yaml"); fi
 compose "${files[@]}" up -d "${extra[@]}"
 
+# A 2xx answer (a TCP connect is not enough: Docker's proxy accepts before the gateway listens).
+http_ok() {
+  if command -v curl >/dev/null; then curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null
+  elif command -v wget >/dev/null; then wget -q -O /dev/null -T 2 "$1" 2>/dev/null
+  else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
+  fi
+}
+
 admin="http://127.0.0.1:${FLEET_ADMIN_PORT:-8813}"
 api="http://127.0.0.1:${FLEET_API_PORT:-8812}"
 printf 'deploy/up.sh: waiting for the gateway' >&2
 for _ in $(seq 1 120); do
-  if python3 - "$api/health" <<'PY' 2>/dev/null
-import sys, urllib.request
-urllib.request.urlopen(sys.argv[1], timeout=2)
-PY
-  then
+  if http_ok "$api/health"; then
     printf ' up\n' >&2
     cat <<EOF
 
   generation API   $api          (POST /generate, GET /health)
-  management API   $admin/api    (Authorization: Bearer \$GATEWAY_ADMIN_TOKEN from deploy/.env)
+  admin panel      $admin/       (sign in with GATEWAY_ADMIN_TOKEN from ${ENV_FILE#"$REPO"/})
+  management API   $admin/api    (Authorization: Bearer <the same token>)
 $( [ "$simulator" = 1 ] && echo "  simulator        http://127.0.0.1:${FLEET_SIMULATOR_PORT:-9000}/" )
 
-  token=\$(grep ^GATEWAY_ADMIN_TOKEN= deploy/.env | cut -d= -f2)
+  token=\$(grep ^GATEWAY_ADMIN_TOKEN= ${ENV_FILE#"$REPO"/} | cut -d= -f2)
   curl -s -H "Authorization: Bearer \$token" -H 'Content-Type: application/json' \\
        -d '{"name": "first"}' $admin/api/instances          # create one (stopped)
   curl -s -H "Authorization: Bearer \$token" -X POST $admin/api/instances/<instance_id>/start
-  curl -s $api/health
+  curl -s -H 'Content-Type: application/json' -d '{"prompt": "a red square"}' $api/generate
 
   logs: $(compose_hint "${files[@]}") logs -f gateway      stop: deploy/down.sh
 EOF
