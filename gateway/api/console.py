@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Response, WebSocket, get, post, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath, JSONBody
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -51,12 +53,12 @@ class ConsoleController(Controller):
     dependencies = DEPENDENCIES
 
     @get("/screenshot", operation_id="getInstanceScreenshot", summary="PNG of the instance's page now")
-    async def screenshot(self, instance_id: str, instances: InstanceService) -> Response[bytes]:
+    async def screenshot(self, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Response[bytes]:
         image, media_type = await instances.screenshot(instance_id)
         return Response(image, media_type=media_type, headers={"Cache-Control": "no-store"})
 
     @post("/navigate", operation_id="navigateInstance", status_code=200, summary="Open its sign-in page or home")
-    async def navigate(self, instance_id: str, data: NavigateIn, instances: InstanceService, language: str) -> ActionOut:
+    async def navigate(self, instance_id: FromPath[str], data: JSONBody[NavigateIn], instances: NamedDependency[InstanceService], language: NamedDependency[str]) -> ActionOut:
         await instances.navigate(instance_id, target=data.target, url=data.url)
         view = await instances.get(instance_id)
         return ActionOut(message=translate("instance_navigated", language, name=view.name))
@@ -66,14 +68,14 @@ class ConsoleController(Controller):
         summary="Sign this instance in with another instance's session",
     )
     async def copy_session(
-        self, instance_id: str, data: CopySessionIn, instances: InstanceService, language: str
+        self, instance_id: FromPath[str], data: JSONBody[CopySessionIn], instances: NamedDependency[InstanceService], language: NamedDependency[str]
     ) -> ActionOut:
         result = await instances.copy_session(data.source_instance_id, instance_id)
         source, target = await instances.get(data.source_instance_id), await instances.get(instance_id)
         return ActionOut(message=session_copied_message(language, source.name, target.name, result))
 
     @websocket("/liveview", operation_id="instanceLiveView")
-    async def liveview(self, socket: WebSocket[Any, Any, Any], instance_id: str, instances: InstanceService) -> None:
+    async def liveview(self, socket: WebSocket[Any, Any, Any], instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> None:
         await socket.accept()
         try:
             async with instances.liveview(instance_id) as upstream:

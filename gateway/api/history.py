@@ -7,8 +7,8 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, Parameter
 
 from gateway.services.history import TaskHistoryService, TaskView
 
@@ -30,9 +30,9 @@ class TaskHistoryController(Controller):
     @get("/", operation_id="listTasks", summary="Recent tasks, newest first; filter by outcome and instance")
     async def list_tasks(
         self,
-        history: TaskHistoryService,
-        outcome: str | None = None,
-        instance_id: str | None = None,
+        history: NamedDependency[TaskHistoryService],
+        outcome: FromQuery[str | None] = None,
+        instance_id: FromQuery[str | None] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> TaskListOut:
         return TaskListOut(tasks=await history.recent(limit=limit, outcome=outcome, instance_id=instance_id))

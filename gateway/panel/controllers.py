@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from jinja2_fragments.litestar import HTMXBlockTemplate
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State, UploadFile
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromPath, FromQuery
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
-from jinja2_fragments.litestar import HTMXBlockTemplate
 from markupsafe import escape
 
 from gateway.api.errors import LANGUAGE_COOKIE, describe_error, request_language
@@ -106,12 +107,12 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", name="panel:overview")
-    async def overview(self, request: HTMXRequest, watcher: PoolWatcher) -> Template:
+    async def overview(self, request: HTMXRequest, watcher: NamedDependency[PoolWatcher]) -> Template:
         snapshot = await watcher.current()
         return page(request, "overview.html", pool_context(snapshot), block="pool")
 
     @get("/instances/{instance_id:str}", name="panel:instance")
-    async def instance(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def instance(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         view = await instances.get(instance_id)
         snapshot = await watcher.current()
         values = {
@@ -124,8 +125,8 @@ class PagesController(Controller):
 
     @get("/tasks", name="panel:tasks")
     async def tasks(
-        self, request: HTMXRequest, history: TaskHistoryService, watcher: PoolWatcher,
-        outcome: str | None = None, instance_id: str | None = None,
+        self, request: HTMXRequest, history: NamedDependency[TaskHistoryService], watcher: NamedDependency[PoolWatcher],
+        outcome: FromQuery[str | None] = None, instance_id: FromQuery[str | None] = None,
     ) -> Template:
         outcome, instance_id = outcome or None, instance_id or None
         tasks = await history.recent(limit=TASKS_SHOWN, outcome=outcome, instance_id=instance_id)
@@ -137,7 +138,7 @@ class PagesController(Controller):
         return page(request, "tasks.html", values, block="tasks")
 
     @get("/instances/{instance_id:str}/logs.txt", name="panel:logs-download")
-    async def logs_download(self, instance_id: str, instances: InstanceService) -> Response[str]:
+    async def logs_download(self, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Response[str]:
         view = await instances.get(instance_id)
         lines = await instances.logs(instance_id, tail=LOG_DOWNLOAD_LINES)
         filename = quote(f"{view.name}-{utcnow():%Y%m%d-%H%M%S}.log")
@@ -155,26 +156,26 @@ class ActionsController(Controller):
     include_in_schema = False
 
     @post("/instances", name="panel:create")
-    async def create(self, request: HTMXRequest, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def create(self, request: HTMXRequest, instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         form = await request.form()
         view = await instances.create(str(form.get("name") or ""))
         watcher.poke()
         return flash(request, said(request, "instance_created", name=view.name))
 
     @post("/instances/{instance_id:str}/start", name="panel:start")
-    async def start(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def start(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         view, changed = await instances.start(instance_id)
         watcher.poke()
         return flash(request, said(request, "instance_start_requested" if changed else "instance_already_running", name=view.name))
 
     @post("/instances/{instance_id:str}/stop", name="panel:stop")
-    async def stop(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def stop(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         view, changed = await instances.stop(instance_id)
         watcher.poke()
         return flash(request, said(request, "instance_stop_requested" if changed else "instance_already_stopped", name=view.name))
 
     @delete("/instances/{instance_id:str}", name="panel:delete", status_code=200)
-    async def delete(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def delete(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         view = await instances.delete(instance_id)
         watcher.poke()
         # Deleted from its own page: nothing is left to show there.
@@ -182,14 +183,14 @@ class ActionsController(Controller):
         return flash(request, said(request, "instance_deleted", name=view.name), headers={"HX-Redirect": "/"} if on_its_page else None)
 
     @post("/instances/{instance_id:str}/navigate", name="panel:navigate")
-    async def navigate(self, request: HTMXRequest, instance_id: str, instances: InstanceService) -> Template:
+    async def navigate(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Template:
         form = await request.form()
         await instances.navigate(instance_id, target=str(form.get("target") or ""))
         view = await instances.get(instance_id)
         return flash(request, said(request, "instance_navigated", name=view.name))
 
     @post("/instances/{instance_id:str}/session", name="panel:session-import")
-    async def import_session(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def import_session(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         form = await request.form()
         upload = form.get("file")
         body = await upload.read() if isinstance(upload, UploadFile) else b""
@@ -202,7 +203,7 @@ class ActionsController(Controller):
         return flash(request, message)
 
     @post("/instances/{instance_id:str}/session/copy", name="panel:session-copy")
-    async def copy_session(self, request: HTMXRequest, instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> Template:
+    async def copy_session(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         form = await request.form()
         source_id = str(form.get("source") or "")
         result = await instances.copy_session(source_id, instance_id)
@@ -226,11 +227,11 @@ class LiveController(Controller):
     include_in_schema = False
 
     @get("/pool", name="panel:live-pool")
-    async def pool(self, request: Request[Any, Any, Any], watcher: PoolWatcher) -> ServerSentEvent:
+    async def pool(self, request: Request[Any, Any, Any], watcher: NamedDependency[PoolWatcher]) -> ServerSentEvent:
         return ServerSentEvent(_pool_stream(request, watcher), headers={"Cache-Control": "no-store"})
 
     @get("/instances/{instance_id:str}", name="panel:live-instance")
-    async def instance(self, request: Request[Any, Any, Any], instance_id: str, instances: InstanceService, watcher: PoolWatcher) -> ServerSentEvent:
+    async def instance(self, request: Request[Any, Any, Any], instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> ServerSentEvent:
         view = await instances.get(instance_id)  # an unknown id is a 404 now, not a stream that ends at once
         return ServerSentEvent(_instance_stream(request, view.instance_id, instances, watcher), headers={"Cache-Control": "no-store"})
 
@@ -286,13 +287,13 @@ class SessionController(Controller):
     include_in_schema = False
 
     @get("/login", name="panel:login")
-    async def login_form(self, request: HTMXRequest, auth: AdminAuth, next: str = "/") -> Template | Redirect:
+    async def login_form(self, request: HTMXRequest, auth: NamedDependency[AdminAuth], next: FromQuery[str] = "/") -> Template | Redirect:
         if not auth.required:
             return Redirect(safe_next(next))
         return page(request, "login.html", {"next": safe_next(next), "failed": False})
 
     @post("/login", name="panel:login-submit")
-    async def login(self, request: HTMXRequest, auth: AdminAuth) -> Template | Redirect:
+    async def login(self, request: HTMXRequest, auth: NamedDependency[AdminAuth]) -> Template | Redirect:
         form = await request.form()
         target = safe_next(form.get("next"))
         if not auth.required:

@@ -78,16 +78,18 @@ async def served(app: Litestar) -> AsyncIterator[str]:
 # Browser tests ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway(simulator_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:  # noqa: F811
-    """One real gateway for the browser tests: local runtime (real instance processes), the simulator."""
+    """One real gateway for a module of browser tests: local runtime (real instance processes), the simulator."""
     require_chromium()
     with start_gateway(tmp_path_factory.mktemp("panel-gateway"), simulator_server) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(gateway: Gateway) -> Iterator[Any]:
+    """Module-scoped: Playwright's sync driver runs an event loop in this thread while it lives, which the
+    async tests of other modules must not meet."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -116,11 +118,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     setattr(item, f"rep_{report.when}", report)
 
 
-def save_screenshot(page: Any, name: str, *, for_readme: bool = False) -> Path:
-    """Kept under tests/artifacts/panel (ignored by git); the README's ones also go to docs/screenshots."""
+def save_screenshot(target: Any, name: str, *, for_readme: bool = False) -> Path:
+    """A page (whole) or one element of it, kept under tests/artifacts/panel (ignored by git); the README's
+    ones also go to docs/screenshots."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if hasattr(target, "goto"):
+        target.screenshot(path=str(path), full_page=True)
+    else:
+        target.screenshot(path=str(path))
     if for_readme:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / f"{name}.png")

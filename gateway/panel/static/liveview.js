@@ -90,9 +90,10 @@
   }
   const BUTTONS = ["left", "middle", "right"];
   canvas.addEventListener("pointerdown", function (event) {
-    canvas.focus();
+    const point = at(event);
+    canvas.focus({ preventScroll: true });   // keys go to the instance now; the page must not move under the pointer
     canvas.setPointerCapture(event.pointerId);
-    send(Object.assign({ type: "mouse", event: "down", button: BUTTONS[event.button] || "left" }, at(event)));
+    send(Object.assign({ type: "mouse", event: "down", button: BUTTONS[event.button] || "left" }, point));
     event.preventDefault();
   });
   canvas.addEventListener("pointerup", function (event) {
