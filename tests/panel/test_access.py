@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -164,6 +165,19 @@ async def test_action_errors_come_back_as_messages_and_change_nothing(panel: Asy
     unknown = await panel.post("/instances/nope/stop", headers=headers)
     assert unknown.status_code == 404 and "does not exist" in unknown.text
     assert (await panel.get("/api/instances")).json()["total_count"] == 1
+
+
+async def test_logs_download_as_a_text_file_named_after_the_instance(panel: AsyncTestClient[Any]) -> None:
+    instance_id = (await panel.post("/api/instances", json={"name": "日志-1"})).json()["instance_id"]
+    await panel.post(f"/api/instances/{instance_id}/start")
+    for _ in range(100):
+        if (await panel.get(f"/api/instances/{instance_id}")).json()["instance"]["status"] == "running":
+            break
+        await asyncio.sleep(0.02)
+    response = await panel.get(f"/instances/{instance_id}/logs.txt")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert "attachment; filename*=UTF-8''%E6%97%A5%E5%BF%97-1-" in response.headers["content-disposition"]
+    assert "instance 日志-1 starting" in response.text
 
 
 async def test_an_unknown_instance_page_says_so(panel: AsyncTestClient[Any]) -> None:

@@ -201,7 +201,10 @@ def test_copy_a_session_from_another_instance(page: Any, gateway: Gateway, simul
     page.click("[data-action=copy-session]")
     expect(page.locator("#flash")).to_contain_text("studio-source")
     expect(page.locator("#summary [data-login]")).to_have_attribute("data-login", "logged_in", timeout=LONG)
-    copied = json.loads(gateway.api.get(f"/api/instances/{target}/session").content)
+    with page.expect_download() as download:  # the panel's own link, with the session cookie
+        page.click("[data-action=download-session]")
+    assert download.value.suggested_filename == "studio-target-session.json"
+    copied = json.loads(Path(download.value.path()).read_text())
     assert {c["name"]: c["value"] for c in copied["cookies"]}["SID"] == "acct-copied"
     for instance_id in (source, target):
         gateway.api.post(f"/api/instances/{instance_id}/stop")
