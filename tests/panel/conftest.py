@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -120,14 +121,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 def save_screenshot(target: Any, name: str, *, for_readme: bool = False) -> Path:
     """A page (whole) or one element of it, kept under tests/artifacts/panel (ignored by git); the README's
-    ones also go to docs/screenshots."""
+    ones also go to docs/screenshots when AISTUDIO_UPDATE_SCREENSHOTS=1 (so test runs leave the tree clean)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     if hasattr(target, "goto"):
         target.screenshot(path=str(path), full_page=True)
     else:
         target.screenshot(path=str(path))
-    if for_readme:
+    if for_readme and os.environ.get("AISTUDIO_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
     return path
