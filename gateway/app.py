@@ -73,7 +73,7 @@ class Fleet:
             reconciler = Reconciler(sessions, runtime, client, settings, health, leader=LeaderLock(db))
             instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
-            dispatcher = Dispatcher.build(sessions, client, settings, suspect=reconciler.suspect)
+            dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect)
         except BaseException:
             await db.dispose()
             raise

@@ -7,9 +7,7 @@ error mapping (429 queue full, 503 nothing to run it, with `Retry-After`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Request, Response, Router, get, post
@@ -33,8 +31,7 @@ class GenerationController(Controller):
     @post("/generate", operation_id="generate", status_code=200, summary="Generate, waiting for the result (old API)")
     async def generate(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         generation = parse_json_request(await request.body(), _limits(request))
-        async with _client_presence(request) as gone:
-            result = await _dispatcher(request).generate(generation, client_gone=gone)
+        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
         return Response(task_body(result, request_language(request)))
 
     @post(
@@ -45,8 +42,7 @@ class GenerationController(Controller):
     )
     async def generate_with_file(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         generation = await _form_generation(request)
-        async with _client_presence(request) as gone:
-            result = await _dispatcher(request).generate(generation, client_gone=gone)
+        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
         return Response(task_body(result, request_language(request)))
 
 
@@ -147,20 +143,12 @@ async def _form_generation(request: Request[Any, Any, Any]) -> Any:
     return form_request(form.get("prompt"), form.get("aspect_ratio"), files, _limits(request))
 
 
-@contextlib.asynccontextmanager
-async def _client_presence(request: Request[Any, Any, Any]) -> AsyncIterator[asyncio.Event]:
-    """An event set when the client disconnects. The body is read already, so the only message the server
+def _disconnect_of(request: Request[Any, Any, Any]) -> Callable[[], Awaitable[None]]:
+    """Returns once the client has disconnected. The body is read already, so the only message the server
     can still send is `http.disconnect` (when the client leaves, or once our answer is complete)."""
-    gone = asyncio.Event()
 
-    async def watch() -> None:
+    async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        gone.set()
 
-    watcher = asyncio.create_task(watch())
-    try:
-        yield gone
-    finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+    return disconnected

@@ -14,11 +14,13 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.models import EventKind, TaskStatus, new_event
 from gateway.db.types import utcnow
@@ -36,6 +38,7 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
+ClientWatch = Callable[[], Awaitable[None]]
 MAX_BOUNCES = 3  # busy (409) answers a task may meet; they run nothing, so they are not attempts
 RETRY_AFTER_MAX = 600
 
@@ -151,7 +154,6 @@ class Dispatcher:
         self._cooldowns = Cooldowns(settings.cooldown_quota, settings.cooldown_rate_limit)
         self._queue = WaitQueue(self._lease_for, ledger.release_unused, poll_interval=settings.queue_poll_interval)
         self.metrics.track_queue(self.queue_length)
-        self._admitting = 0  # admissions under way: a newcomer queues behind them
         self._claimed = 0  # queue places taken by admissions not yet in the queue
         # Instances a task just found unreachable or signed out, skipped until the reconciler has had a look.
         self._avoid: dict[uuid.UUID, float] = {}
@@ -168,9 +170,11 @@ class Dispatcher:
         )
 
     @classmethod
-    def build(cls, sessions: Any, client: InstanceClient, settings: Settings, *, suspect: Callable[[uuid.UUID], None]) -> Dispatcher:
+    def build(
+        cls, engine: AsyncEngine, client: InstanceClient, settings: Settings, *, suspect: Callable[[uuid.UUID], None]
+    ) -> Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
-        ledger = Ledger(sessions, lease_seconds=lease_seconds, origin=secrets.token_hex(6))
+        ledger = Ledger(engine, lease_seconds=lease_seconds, origin=secrets.token_hex(6))
         return cls(ledger, client, settings, suspect=suspect, listener_url=settings.database_url)
 
     # Lifecycle -----------------------------------------------------------------------------------
@@ -207,11 +211,12 @@ class Dispatcher:
 
     # Public operations ---------------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest, *, client_gone: asyncio.Event | None = None) -> TaskResult:
+    async def generate(self, request: GenerationRequest, *, client_left: ClientWatch | None = None) -> TaskResult:
         """Runs a task while the caller waits. Raises QueueFull or Unavailable when it cannot be run;
-        a generation that fails is a result (the old clients read `success: false`), not an exception."""
+        a generation that fails is a result (the old clients read `success: false`), not an exception.
+        `client_left()` returns once the client has disconnected; watched only while the task waits."""
         progress, lease = await self._admit(request, "sync")
-        return await self._drive(progress, request, lease, client_gone, self._settings.queue_wait_timeout)
+        return await self._drive(progress, request, lease, client_left, self._settings.queue_wait_timeout)
 
     async def submit(self, request: GenerationRequest) -> TaskResult:
         """Admits a task and runs it in the background; answers at once with its id and status."""
@@ -260,7 +265,8 @@ class Dispatcher:
     async def _admit(self, request: GenerationRequest, mode: str) -> tuple[_Progress, Lease | None]:
         if self._closing:
             raise Unavailable("gateway_stopping", headers=self._retry_after(5))
-        behind_others = len(self._queue) + self._admitting > 0  # first in, first out: no overtaking
+        # First in, first out: nobody overtakes a waiting task (arrivals at the same moment race for leases).
+        behind_others = len(self._queue) > 0
         if behind_others and self._queue_room() <= 0:
             raise self._queue_full()
         progress = _Progress(uuid.uuid4(), mode)
@@ -273,13 +279,11 @@ class Dispatcher:
             self._claimed += claimed
             return claimed
 
-        self._admitting += 1
         try:
             lease, snapshot = await self._ledger.admit(
                 task, avoid=self._avoiding(), try_lease=not behind_others, may_queue=claim_place
             )
         finally:
-            self._admitting -= 1
             self._claimed -= claimed  # the caller enqueues it before its next await
         if lease is not None:
             return progress, lease
@@ -317,14 +321,14 @@ class Dispatcher:
         progress: _Progress,
         request: GenerationRequest,
         lease: Lease | None,
-        client_gone: asyncio.Event | None,
+        client_left: ClientWatch | None,
         wait_limit: float,
         waiter: Waiter | None = None,
     ) -> TaskResult:
         try:
             while True:
                 if lease is None:
-                    lease = await self._wait(progress, waiter or self._enqueue(progress), client_gone, wait_limit)
+                    lease = await self._wait(progress, waiter or self._enqueue(progress), client_left, wait_limit)
                     waiter = None
                 end = await self._attempt(progress, request, lease)
                 lease = None
@@ -353,8 +357,8 @@ class Dispatcher:
         self._queue.enqueue(waiter, front=bool(progress.tried))
         return waiter
 
-    async def _wait(self, progress: _Progress, waiter: Waiter, client_gone: asyncio.Event | None, limit: float) -> Lease:
-        gone = asyncio.ensure_future(client_gone.wait()) if client_gone is not None else None
+    async def _wait(self, progress: _Progress, waiter: Waiter, client_left: ClientWatch | None, limit: float) -> Lease:
+        gone = asyncio.ensure_future(client_left()) if client_left is not None else None
         began = time.monotonic()
         try:
             await asyncio.wait([waiter.future, *([gone] if gone else [])], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
@@ -371,7 +375,8 @@ class Dispatcher:
         if lease is not None:
             return lease
         await self._abandon(waiter)
-        raise _WaitEnded(outcomes.CLIENT_GONE if client_gone is not None and client_gone.is_set() else outcomes.QUEUE_TIMEOUT)
+        left = gone is not None and gone.done() and not gone.cancelled() and gone.exception() is None
+        raise _WaitEnded(outcomes.CLIENT_GONE if left else outcomes.QUEUE_TIMEOUT)
 
     async def _abandon(self, waiter: Waiter) -> None:
         self._queue.remove(waiter)
@@ -407,19 +412,29 @@ class Dispatcher:
         self.metrics.attempts.labels(attempt.error_code or "succeeded").inc()
         if attempt.success:
             self._typical_run = 0.8 * self._typical_run + 0.2 * seconds
-        again = await self._goes_on(progress, attempt)
-        end = None if again else await self._final(progress, attempt)
-        events = self._events_for(lease, attempt)
-        await self._ledger.finish_attempt(
-            lease, Release(attempt.success, attempt.cooldown, counts=not attempt.bounced), end, attempts=progress.attempts, events=events
-        )
-        self._queue.wake()  # the freed instance may suit someone waiting here
         if attempt.suspect:
-            await self._report_suspect(lease.instance_id)
-        if again:
+            self._avoid[lease.instance_id] = time.monotonic() + self._avoid_seconds
+        if await self._goes_on(progress, attempt):
+            await self._settle(progress, lease, attempt, None)  # released before the task looks elsewhere
             self.metrics.retries.labels(attempt.error_code or "unknown").inc()
             log.info("task %s: %s on %s; trying another instance", progress.task_id, attempt.error_code, lease.name)
+            return None
+        end = self._final(progress, attempt)
+        await self._settle(progress, lease, attempt, end)
         return end
+
+    async def _settle(self, progress: _Progress, lease: Lease, attempt: Attempt, end: TaskEnd | None) -> None:
+        """Keeps the result (when asked), releases the instance, writes the task row, reports trouble."""
+        try:
+            if end is not None and attempt.success and self._keeps(progress.mode):
+                end = replace(end, result_path=await self._save(progress, attempt))
+            release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced)
+            events = self._events_for(lease, attempt)
+            await self._ledger.finish_attempt(lease, release, end, attempts=progress.attempts, events=events)
+        finally:
+            self._queue.wake()  # the freed instance may suit someone waiting here
+        if attempt.suspect:
+            await self._report_suspect(lease.instance_id)
 
     async def _call(self, lease: Lease, request: GenerationRequest) -> Attempt:
         payload = request.instance_payload(str(lease.task_id))
@@ -442,16 +457,20 @@ class Dispatcher:
         snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding())
         return not snapshot.empty
 
-    async def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:
+    def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:
         if not attempt.success:
             return progress.end(TaskStatus.FAILED, attempt.error_code, attempt.error_message)
-        path = None
-        if progress.mode == "async" or self._settings.store_sync_results:
-            try:
-                path = await self.results.save(progress.task_id, attempt.images_b64, attempt.text)
-            except OSError as exc:
-                log.error("cannot keep the result of task %s: %s", progress.task_id, exc)
-        return progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64), path)
+        return progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64))
+
+    def _keeps(self, mode: str) -> bool:
+        return mode == "async" or self._settings.store_sync_results
+
+    async def _save(self, progress: _Progress, attempt: Attempt) -> str | None:
+        try:
+            return await self.results.save(progress.task_id, attempt.images_b64, attempt.text)
+        except OSError as exc:
+            log.error("cannot keep the result of task %s: %s", progress.task_id, exc)
+            return None
 
     async def _end_waiting(self, progress: _Progress, code: str) -> TaskResult:
         """The task stopped waiting. A retry that found no instance ends with what the last attempt said;
@@ -490,7 +509,6 @@ class Dispatcher:
     async def _report_suspect(self, instance_id: uuid.UUID) -> None:
         """The reconciler probes it now and records what it finds (crashed: error and a restart; signed out:
         needs_login). With replicas, the one whose reconciler leads hears it through the database."""
-        self._avoid[instance_id] = time.monotonic() + self._avoid_seconds
         self._suspect_locally(instance_id)
         try:
             await self._ledger.suspect(instance_id)

@@ -1,28 +1,30 @@
-"""The dispatcher's database work: leases on instances and the task rows, a transaction per step.
+"""The dispatcher's database work: leases on instances and the task rows.
 
-A lease is one conditional UPDATE whose target comes from a sub-select of the least recently used free
-instance. On Postgres the sub-select locks its row `FOR UPDATE SKIP LOCKED`, so concurrent gateways pick
-different rows instead of queueing on one; on SQLite the database's single writer makes the statement
-atomic. Either way the outer WHERE re-checks that the lease is free, and RETURNING says whether we won.
+Two steps per task on the request path: a lease (with the task's row) and a release (with the task's end).
+Each is one round trip on Postgres and one short transaction on SQLite; the SQL is in `statements`. Core
+SQL on a connection, not ORM sessions: the ORM's unit of work would cost more than the statements do.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import Row, and_, case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.models import Instance, InstanceEvent, LoginState, Status, Target, Task, TaskStatus
+from gateway.db.models import InstanceEvent, LoginState, Status, Target, TaskStatus
 from gateway.db.types import utcnow
+from gateway.dispatcher import statements as sql
+from gateway.dispatcher.statements import EVENTS, NOTIFY_CHANNEL, TASKS, I, T
 from gateway.services.instance_client import InstanceAddress
 
-NOTIFY_CHANNEL = "aistudio_fleet_pool"
+__all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
 
 
 @dataclass(frozen=True)
@@ -77,32 +79,16 @@ class Release:
     counts: bool = True  # a bounced (409) attempt ran nothing: no counter moves
 
 
-def _lease_free(now: datetime) -> ColumnElement[bool]:
-    return or_(Instance.lease_task_id.is_(None), Instance.lease_expires_at <= now)
-
-
-def _not_cooling(now: datetime) -> ColumnElement[bool]:
-    return or_(Instance.cooldown_until.is_(None), Instance.cooldown_until <= now)
-
-
-def _serving(now: datetime) -> ColumnElement[bool]:
-    """Could take a task once free. `busy` (the instance's last word on /status) is left out on purpose: it
-    is stale between probes, and an instance that really is busy answers 409, which sends the task on."""
-    return and_(
-        Instance.status == Status.RUNNING,
-        Instance.target == Target.RUNNING,
-        Instance.login_state == LoginState.LOGGED_IN,
-        Instance.endpoint.is_not(None),
-        _not_cooling(now),
-    )
-
-
 class Ledger:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, lease_seconds: float, origin: str) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: AsyncEngine, *, lease_seconds: float, origin: str) -> None:
+        self._engine = engine
         self._lease_seconds = lease_seconds
         self._origin = origin  # this process, so it can tell its own notifications from other replicas'
-        self._postgres = sessions.kw["bind"].dialect.name == "postgresql"
+        self._postgres = engine.dialect.name == "postgresql"
+        # One statement needs no transaction around it: saves Postgres two round trips per step.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
+        # SQLite has one writer: writers queue here, in order, rather than in its sleeping busy handler.
+        self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @property
     def postgres(self) -> bool:
@@ -121,39 +107,36 @@ class Ledger:
         `may_queue()` grants it a place. Returns the lease, or the pool's snapshot when it was not leased;
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
         now = utcnow()
-        async with self._sessions.begin() as session:
-            lease = await self._lease(session, task.task_id, avoid, now) if try_lease else None
-            snapshot = None
-            if lease is None:
-                snapshot = await self._snapshot(session, frozenset(), now)
-                if snapshot.empty or not may_queue():
-                    return None, snapshot  # nothing was written: the failed lease changed no row
-            values = dict(
-                id=task.task_id,
-                mode=task.mode,
-                prompt=task.prompt,
-                aspect_ratio=task.aspect_ratio,
-                reference_count=task.reference_count,
-                created_at=now,
-                status=TaskStatus.QUEUED,
-                attempts=0,
-            )
+        params = self._lease_params(task.task_id, avoid, now) | _task_params(task)
+        if try_lease and self._postgres:
+            async with self._single.connect() as connection:
+                lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params))
             if lease is not None:
-                values.update(_running(lease), started_at=now)
-            await session.execute(insert(Task).values(**values))
-        return lease, snapshot if lease is None else None
+                return lease, None
+            try_lease = False  # nothing was free a moment ago: queue (the queue retries the lease)
+        async with self._transaction() as connection:
+            lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE, params)) if try_lease else None
+            if lease is not None:
+                await connection.execute(sql.INSERT_TASK, params | _running(lease, now))
+                return lease, None
+            snapshot = await self._snapshot(connection, frozenset(), now)
+            if snapshot.empty or not may_queue():
+                return None, snapshot  # nothing was written: the failed lease changed no row
+            queued = {"p_status": TaskStatus.QUEUED, "p_instance_id": None, "p_instance_name": None, "p_started_at": None}
+            await connection.execute(sql.INSERT_TASK, params | queued)
+        return None, snapshot
 
     async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID]) -> Lease | None:
         """A lease for a task that waited; its row turns running."""
         now = utcnow()
-        async with self._sessions.begin() as session:
-            lease = await self._lease(session, task_id, exclude, now)
+        params = self._lease_params(task_id, exclude, now)
+        if self._postgres:
+            async with self._single.connect() as connection:
+                return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params))
+        async with self._transaction() as connection:
+            lease = self._lease_from(task_id, await connection.execute(sql.LEASE, params))
             if lease is not None:
-                await session.execute(
-                    update(Task)
-                    .where(Task.id == task_id)
-                    .values(**_running(lease), started_at=func.coalesce(Task.started_at, now))
-                )
+                await connection.execute(sql.START_TASK, params | _running(lease, now))
         return lease
 
     async def finish_attempt(
@@ -162,100 +145,90 @@ class Ledger:
         """Frees the instance (with its cooldown and counters) and moves the task on: to its end, or back to
         queued for another instance. Other gateways hear that an instance is free."""
         now = utcnow()
-        values: dict[str, Any] = {"lease_task_id": None, "lease_expires_at": None}
-        if release.cooldown:
-            values["cooldown_until"] = now + timedelta(seconds=release.cooldown)
-        if release.counts:
-            counter = Instance.tasks_done if release.succeeded else Instance.tasks_failed
-            values[counter.key] = counter + 1
-        task_values: dict[str, Any] = {"attempts": attempts}
-        if end is None:
-            task_values["status"] = TaskStatus.QUEUED
-        else:
-            task_values.update(_ended(end, now))
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(Instance)
-                .where(Instance.id == lease.instance_id, Instance.lease_task_id == lease.task_id)
-                .values(**values)
-            )
-            await session.execute(update(Task).where(Task.id == lease.task_id).values(**task_values))
-            session.add_all(events)
-            await self._notify(session, "free")
+        counted = release.counts
+        params: dict[str, Any] = {
+            "p_instance_id": lease.instance_id,
+            "p_task_id": lease.task_id,
+            "p_cooldown_until": now + timedelta(seconds=release.cooldown) if release.cooldown else None,
+            "p_done": int(counted and release.succeeded),
+            "p_failed": int(counted and not release.succeeded),
+            "p_attempts": attempts,
+            "p_now": now,
+            **self._notice("free"),
+        }
+        if end is not None:
+            params.update(_end_params(end))
+        if self._postgres and not events:
+            async with self._single.connect() as connection:
+                await connection.execute(sql.RELEASE_AND_END if end is not None else sql.RELEASE_AND_REQUEUE, params)
+            return
+        async with self._transaction() as connection:
+            await connection.execute(sql.RELEASE, params)
+            await connection.execute(sql.END_TASK if end is not None else sql.REQUEUE_TASK, params)
+            if events:
+                await connection.execute(insert(EVENTS), [_event_row(e) for e in events])
+            await self._notify(connection, params)
 
     async def release_unused(self, lease: Lease) -> None:
         """A lease nobody will use (its waiter left at that very moment): free it, leave the task alone."""
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(Instance)
-                .where(Instance.id == lease.instance_id, Instance.lease_task_id == lease.task_id)
-                .values(lease_task_id=None, lease_expires_at=None)
-            )
-            await self._notify(session, "free")
+        params = {"p_instance_id": lease.instance_id, "p_task_id": lease.task_id, "p_now": utcnow(), **self._notice("free")}
+        async with self._transaction() as connection:
+            await connection.execute(sql.RELEASE_UNUSED, params)
+            await self._notify(connection, params)
 
     async def end_task(self, task_id: uuid.UUID, end: TaskEnd, *, attempts: int | None = None) -> None:
         """A task that ends without holding a lease (it waited too long, its client left, ...)."""
         values = _ended(end, utcnow())
         if attempts is not None:
             values["attempts"] = attempts
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(Task).where(Task.id == task_id, Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))).values(**values)
-            )
+        unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        async with self._transaction() as connection:
+            await connection.execute(update(TASKS).where(T.id == task_id, unfinished).values(**values))
 
     async def snapshot(self, exclude: frozenset[uuid.UUID] = frozenset()) -> PoolSnapshot:
-        async with self._sessions() as session:
-            return await self._snapshot(session, exclude, utcnow())
+        async with self._engine.connect() as connection:
+            return await self._snapshot(connection, exclude, utcnow())
 
     async def suspect(self, instance_id: uuid.UUID) -> None:
         """Tells the other gateways' reconcilers (one of them leads) to probe this instance."""
         if self._postgres:
-            async with self._sessions.begin() as session:
-                await self._notify(session, "suspect", str(instance_id))
+            async with self._single.connect() as connection:
+                await self._notify(connection, self._notice("suspect", str(instance_id)))
 
-    async def _lease(
-        self, session: AsyncSession, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime
-    ) -> Lease | None:
-        candidate = (
-            select(Instance.id)
-            .where(_serving(now), _lease_free(now))
-            .order_by(Instance.last_used_at.asc().nulls_first(), Instance.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if exclude:
-            candidate = candidate.where(Instance.id.not_in(exclude))
-        statement = (
-            update(Instance)
-            .where(Instance.id == candidate.scalar_subquery(), _lease_free(now))
-            .values(
-                lease_task_id=task_id,
-                lease_expires_at=now + timedelta(seconds=self._lease_seconds),
-                last_used_at=now,
-            )
-            .returning(Instance.id, Instance.name, Instance.endpoint, Instance.token)
-        )
-        row = (await session.execute(statement)).first()
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._writer is not None:
+                await stack.enter_async_context(self._writer)
+            yield await stack.enter_async_context(self._engine.begin())
+
+    def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime) -> dict[str, Any]:
+        expires = now + timedelta(seconds=self._lease_seconds)
+        return {"p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires}
+
+    @staticmethod
+    def _lease_from(task_id: uuid.UUID, result: Any) -> Lease | None:
+        row = result.first()
         if row is None:
             return None
         return Lease(task_id, row.id, row.name, InstanceAddress(row.endpoint, row.token))
 
-    async def _snapshot(self, session: AsyncSession, exclude: frozenset[uuid.UUID], now: datetime) -> PoolSnapshot:
+    async def _snapshot(self, connection: AsyncConnection, exclude: frozenset[uuid.UUID], now: datetime) -> PoolSnapshot:
         def count(condition: Any) -> Any:
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
-        running = and_(Instance.status == Status.RUNNING, Instance.target == Target.RUNNING)
-        logged_in = and_(running, Instance.login_state == LoginState.LOGGED_IN)
-        cooling = and_(logged_in, ~_not_cooling(now))
+        running = and_(I.status == Status.RUNNING, I.target == Target.RUNNING)
+        logged_in = and_(running, I.login_state == LoginState.LOGGED_IN)
+        cooling = and_(logged_in, ~sql.not_cooling(now))
         query = select(
             count(running),
             count(logged_in),
-            count(_serving(now)),
-            func.min(case((cooling, Instance.cooldown_until), else_=None)),
+            count(sql.serving(now)),
+            func.min(case((cooling, I.cooldown_until), else_=None)),
         )
         if exclude:
-            query = query.where(Instance.id.not_in(exclude))
-        row = (await session.execute(query)).one()
+            query = query.where(I.id.not_in(exclude))
+        row = (await connection.execute(query)).one()
         cooldown_ends = row[3]
         if isinstance(cooldown_ends, str):  # SQLite hands an aggregate back untyped
             cooldown_ends = datetime.fromisoformat(cooldown_ends)
@@ -263,43 +236,68 @@ class Ledger:
             cooldown_ends = cooldown_ends.replace(tzinfo=now.tzinfo)
         return PoolSnapshot(int(row[0]), int(row[1]), int(row[2]), cooldown_ends)
 
-    async def _notify(self, session: AsyncSession, kind: str, argument: str = "") -> None:
+    def _notice(self, kind: str, argument: str = "") -> dict[str, str]:
+        return {"p_channel": NOTIFY_CHANNEL, "p_payload": f"{self._origin}:{kind}:{argument}"}
+
+    async def _notify(self, connection: AsyncConnection, params: dict[str, Any]) -> None:
         # Delivered when the transaction commits, to every gateway listening on the same database.
         if self._postgres:
-            payload = f"{self._origin}:{kind}:{argument}"
-            await session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload})
+            await connection.execute(sql.NOTIFY, {"p_channel": params["p_channel"], "p_payload": params["p_payload"]})
 
     # Tasks ---------------------------------------------------------------------------------------
 
-    async def get_task(self, task_id: uuid.UUID) -> Task | None:
-        async with self._sessions() as session:
-            return await session.get(Task, task_id)
+    async def get_task(self, task_id: uuid.UUID) -> Row[Any] | None:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(select(TASKS).where(T.id == task_id))).first()
 
     async def expire_results(self, older_than: datetime) -> int:
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Task)
-                .where(Task.result_path.is_not(None), Task.finished_at < older_than)
-                .values(result_path=None)
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(TASKS).where(T.result_path.is_not(None), T.finished_at < older_than).values(result_path=None)
             )
         return int(result.rowcount or 0)
 
     async def abandon_stale(self, created_before: datetime, end: TaskEnd) -> int:
         """Tasks still queued or running long after any live gateway would have ended them."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Task)
-                .where(Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING)), Task.created_at < created_before)
-                .values(**_ended(end, utcnow()))
+        unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(TASKS).where(unfinished, T.created_at < created_before).values(**_ended(end, utcnow()))
             )
         return int(result.rowcount or 0)
 
 
-def _running(lease: Lease) -> dict[str, Any]:
-    return {"status": TaskStatus.RUNNING, "instance_id": lease.instance_id, "instance_name": lease.name}
+def _task_params(task: NewTask) -> dict[str, Any]:
+    return {
+        "p_mode": task.mode,
+        "p_prompt": task.prompt,
+        "p_aspect_ratio": task.aspect_ratio,
+        "p_reference_count": task.reference_count,
+    }
+
+
+def _running(lease: Lease, now: datetime) -> dict[str, Any]:
+    return {
+        "p_status": TaskStatus.RUNNING,
+        "p_instance_id": lease.instance_id,
+        "p_instance_name": lease.name,
+        "p_started_at": now,
+    }
+
+
+def _end_params(end: TaskEnd) -> dict[str, Any]:
+    return {
+        "p_status": end.status,
+        "p_error_code": end.error_code,
+        "p_error_message": end.error_message,
+        "p_image_count": end.image_count,
+        "p_result_path": end.result_path,
+        "p_timings": end.timings,
+    }
 
 
 def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
+    """Column values (for the less frequent statements built in place)."""
     return {
         "status": end.status,
         "error_code": end.error_code,
@@ -308,4 +306,14 @@ def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
         "result_path": end.result_path,
         "timings": end.timings,
         "finished_at": now,
+    }
+
+
+def _event_row(event: InstanceEvent) -> dict[str, Any]:
+    return {
+        "instance_id": event.instance_id,
+        "instance_name": event.instance_name,
+        "kind": event.kind,
+        "message": event.message,
+        "created_at": event.created_at,
     }

@@ -1,0 +1,205 @@
+"""The SQL of the request path, built once with bound parameters (a task costs no statement construction).
+Parameters are named `p_<what>`: see the ledger, which fills them.
+
+The lease: an UPDATE of the least recently used free instance, picked by a sub-select that on Postgres
+locks its row `FOR UPDATE SKIP LOCKED` (concurrent gateways pick different rows instead of queueing on
+one; on SQLite the single writer makes the statement atomic). The outer WHERE re-checks the lease is free
+and RETURNING says whether we won.
+
+On Postgres each step is one statement: data-modifying CTEs lease and register the task together, or
+release the instance, end the task and notify the other gateways together, each in a single round trip.
+SQLite runs the same parts as separate statements in one transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Uuid, and_, bindparam, func, insert, literal, or_, select, text, update
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+
+from gateway.db.models import Instance, InstanceEvent, LoginState, Status, Target, Task, TaskStatus
+from gateway.db.types import UTCDateTime
+
+NOTIFY_CHANNEL = "aistudio_fleet_pool"
+
+INSTANCES = Instance.__table__
+TASKS = Task.__table__
+EVENTS = InstanceEvent.__table__
+I = INSTANCES.c  # noqa: E741 - the instance table's columns, read like the model
+T = TASKS.c
+
+_NOW = bindparam("p_now", type_=UTCDateTime())
+_TASK_ID = bindparam("p_task_id", type_=Uuid())
+
+
+def _param(name: str, column: Any) -> BindParameter[Any]:
+    # Prefixed: a parameter named like a column would also be taken as a value for that column.
+    return bindparam(f"p_{name}", type_=column.type)
+
+
+def lease_free(now: Any = _NOW) -> ColumnElement[bool]:
+    return or_(I.lease_task_id.is_(None), I.lease_expires_at <= now)
+
+
+def not_cooling(now: Any = _NOW) -> ColumnElement[bool]:
+    return or_(I.cooldown_until.is_(None), I.cooldown_until <= now)
+
+
+def serving(now: Any = _NOW) -> ColumnElement[bool]:
+    """Could take a task once free. `busy` (the instance's last word on /status) is left out on purpose: it
+    is stale between probes, and an instance that really is busy answers 409, which sends the task on."""
+    return and_(
+        I.status == Status.RUNNING,
+        I.target == Target.RUNNING,
+        I.login_state == LoginState.LOGGED_IN,
+        I.endpoint.is_not(None),
+        not_cooling(now),
+    )
+
+
+# The lease.
+_CANDIDATE = (
+    select(I.id)
+    .where(serving(), lease_free(), I.id.not_in(bindparam("p_exclude", expanding=True)))
+    .order_by(I.last_used_at.asc().nulls_first(), I.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+LEASE = (
+    update(INSTANCES)
+    .where(I.id == _CANDIDATE.scalar_subquery(), lease_free())
+    .values(
+        lease_task_id=_TASK_ID,
+        lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
+        last_used_at=_NOW,
+        updated_at=_NOW,  # set here: column defaults are not applied inside a CTE
+    )
+    .returning(I.id, I.name, I.endpoint, I.token, I.lease_task_id)
+)
+
+# A new task's row.
+_NEW_TASK_COLUMNS = (
+    "id", "mode", "prompt", "aspect_ratio", "reference_count", "status", "instance_id", "instance_name",
+    "started_at", "created_at", "attempts", "image_count",
+)
+INSERT_TASK = insert(TASKS).values(
+    id=_TASK_ID,
+    mode=_param("mode", T.mode),
+    prompt=_param("prompt", T.prompt),
+    aspect_ratio=_param("aspect_ratio", T.aspect_ratio),
+    reference_count=_param("reference_count", T.reference_count),
+    status=_param("status", T.status),
+    instance_id=_param("instance_id", T.instance_id),
+    instance_name=_param("instance_name", T.instance_name),
+    started_at=_param("started_at", T.started_at),
+    created_at=_NOW,
+    attempts=0,
+    image_count=0,
+)
+
+# A waiting task got its lease.
+START_TASK = (
+    update(TASKS)
+    .where(T.id == _TASK_ID)
+    .values(
+        status=TaskStatus.RUNNING,
+        instance_id=_param("instance_id", T.instance_id),
+        instance_name=_param("instance_name", T.instance_name),
+        started_at=func.coalesce(T.started_at, _NOW),
+    )
+)
+
+# The end of an attempt.
+RELEASE = (
+    update(INSTANCES)
+    .where(I.id == _param("instance_id", I.id), I.lease_task_id == _TASK_ID)
+    .values(
+        lease_task_id=None,
+        lease_expires_at=None,
+        cooldown_until=func.coalesce(_param("cooldown_until", I.cooldown_until), I.cooldown_until),
+        tasks_done=I.tasks_done + bindparam("p_done"),
+        tasks_failed=I.tasks_failed + bindparam("p_failed"),
+        updated_at=_NOW,
+    )
+)
+RELEASE_UNUSED = (
+    update(INSTANCES)
+    .where(I.id == _param("instance_id", I.id), I.lease_task_id == _TASK_ID)
+    .values(lease_task_id=None, lease_expires_at=None, updated_at=_NOW)
+)
+
+# The task's end.
+END_TASK = (
+    update(TASKS)
+    .where(T.id == _TASK_ID)
+    .values(
+        status=_param("status", T.status),
+        error_code=_param("error_code", T.error_code),
+        error_message=_param("error_message", T.error_message),
+        image_count=_param("image_count", T.image_count),
+        result_path=_param("result_path", T.result_path),
+        timings=_param("timings", T.timings),
+        attempts=_param("attempts", T.attempts),
+        finished_at=_NOW,
+    )
+)
+REQUEUE_TASK = (
+    update(TASKS)
+    .where(T.id == _TASK_ID)
+    .values(status=TaskStatus.QUEUED, attempts=_param("attempts", T.attempts))
+)
+
+NOTIFY = text("SELECT pg_notify(:p_channel, :p_payload)")
+
+
+def _notified(*parts: Executable) -> Executable:
+    """One Postgres statement: the parts as data-modifying CTEs, then NOTIFY (sent when it commits)."""
+    ctes = [part.cte(f"step_{n}") for n, part in enumerate(parts)]  # type: ignore[attr-defined]
+    statement = select(func.pg_notify(bindparam("p_channel"), bindparam("p_payload")))
+    return statement.add_cte(*ctes)
+
+
+# Postgres: lease and register in one statement. Same parameters as LEASE and INSERT_TASK (status running).
+_LEASED = LEASE.cte("leased")
+LEASE_AND_REGISTER = select(_LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _LEASED.c.token).add_cte(
+    insert(TASKS)
+    .from_select(
+        list(_NEW_TASK_COLUMNS),
+        select(
+            _TASK_ID,
+            _param("mode", T.mode),
+            _param("prompt", T.prompt),
+            _param("aspect_ratio", T.aspect_ratio),
+            _param("reference_count", T.reference_count),
+            literal(TaskStatus.RUNNING.value),
+            _LEASED.c.id,
+            _LEASED.c.name,
+            _NOW,
+            _NOW,
+            literal(0),
+            literal(0),
+        ),
+    )
+    .cte("registered")
+)
+
+# Postgres: a waiting task's lease and its row's start in one statement.
+_LEASED_AGAIN = LEASE.cte("leased")
+LEASE_AND_START = select(_LEASED_AGAIN.c.id, _LEASED_AGAIN.c.name, _LEASED_AGAIN.c.endpoint, _LEASED_AGAIN.c.token).add_cte(
+    update(TASKS)
+    .where(T.id == _LEASED_AGAIN.c.lease_task_id)
+    .values(
+        status=TaskStatus.RUNNING,
+        instance_id=_LEASED_AGAIN.c.id,  # UPDATE ... FROM leased: no lease, no change
+        instance_name=_LEASED_AGAIN.c.name,
+        started_at=func.coalesce(T.started_at, _NOW),
+    )
+    .cte("started")
+)
+
+# Postgres: the release, the task's end (or its return to the queue) and the notification together.
+RELEASE_AND_END = _notified(RELEASE, END_TASK)
+RELEASE_AND_REQUEUE = _notified(RELEASE, REQUEUE_TASK)
+RELEASE_UNUSED_AND_NOTIFY = _notified(RELEASE_UNUSED)
