@@ -19,6 +19,7 @@ class HealthController(Controller):
     @get("/", operation_id="getHealth", summary="Pool health, as the old system reported it")
     async def health(self, state: State) -> Response[dict[str, Any]]:
         try:
+            await state.fleet.dispatcher.settled()  # answers already sent are counted as done
             stats = await state.fleet.instances.stats()
         except (SQLAlchemyError, OSError) as exc:
             log.error("health: database unavailable: %s", exc)

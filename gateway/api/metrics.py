@@ -19,6 +19,7 @@ class MetricsController(Controller):
     @get("/", operation_id="getMetrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         fleet = request.app.state.fleet
+        await fleet.dispatcher.settled()
         stats = await fleet.instances.stats()
         known = {
             Status.RUNNING: stats.running_instances,

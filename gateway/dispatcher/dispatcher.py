@@ -161,6 +161,7 @@ class Dispatcher:
         self._typical_run = 20.0  # seconds, a running average for Retry-After estimates
         self._capacity_hint = 1
         self._background: set[asyncio.Task[Any]] = set()
+        self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._closing = False
         self._listener = (
@@ -193,6 +194,7 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.settled()  # what finished is recorded
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
@@ -200,6 +202,13 @@ class Dispatcher:
         await self._queue.close()
         if self._listener is not None:
             await self._listener.close()
+
+    async def settled(self) -> None:
+        """Returns once every task that has answered so far is also recorded (its row, result and release);
+        later ones are not waited for, so a reader under load is not held up."""
+        pending = list(self._settling.values())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def queue_length(self) -> int:
         return len(self._queue)
@@ -236,6 +245,9 @@ class Dispatcher:
             uid = uuid.UUID(str(task_id))
         except ValueError:
             raise NotFound("task_not_found", task_id=str(task_id)[:80]) from None
+        settling = self._settling.get(uid)
+        if settling is not None:
+            await asyncio.shield(settling)  # it just ended here: read what it wrote
         row = await self._ledger.get_task(uid)
         if row is None:
             raise NotFound("task_not_found", task_id=str(uid))
@@ -271,20 +283,12 @@ class Dispatcher:
             raise self._queue_full()
         progress = _Progress(uuid.uuid4(), mode)
         task = NewTask(progress.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64))
-        claimed = False
-
-        def claim_place() -> bool:
-            nonlocal claimed
-            claimed = self._queue_room() > 0
-            self._claimed += claimed
-            return claimed
-
-        try:
-            lease, snapshot = await self._ledger.admit(
-                task, avoid=self._avoiding(), try_lease=not behind_others, may_queue=claim_place
-            )
-        finally:
-            self._claimed -= claimed  # the caller enqueues it before its next await
+        # Instances that answered here a moment ago may not be released yet: before queueing, wait for that.
+        settling = list(self._settling.values()) if not behind_others else []
+        lease, snapshot, claimed = await self._try_admit(task, try_lease=not behind_others, may_queue=not settling)
+        if lease is None and settling and snapshot is not None and not snapshot.empty:
+            await asyncio.wait(settling)
+            lease, snapshot, claimed = await self._try_admit(task, try_lease=True, may_queue=True)
         if lease is not None:
             return progress, lease
         assert snapshot is not None
@@ -294,6 +298,23 @@ class Dispatcher:
         if not claimed:
             raise self._queue_full()
         return progress, None
+
+    async def _try_admit(
+        self, task: NewTask, *, try_lease: bool, may_queue: bool
+    ) -> tuple[Lease | None, PoolSnapshot | None, bool]:
+        claimed = False
+
+        def claim_place() -> bool:
+            nonlocal claimed
+            claimed = may_queue and self._queue_room() > 0
+            self._claimed += claimed
+            return claimed
+
+        try:
+            lease, snapshot = await self._ledger.admit(task, avoid=self._avoiding(), try_lease=try_lease, may_queue=claim_place)
+        finally:
+            self._claimed -= claimed  # the caller enqueues it before its next await
+        return lease, snapshot, claimed
 
     def _queue_room(self) -> int:
         return self._settings.queue_max - len(self._queue) - self._claimed
@@ -420,7 +441,11 @@ class Dispatcher:
             log.info("task %s: %s on %s; trying another instance", progress.task_id, attempt.error_code, lease.name)
             return None
         end = self._final(progress, attempt)
-        await self._settle(progress, lease, attempt, end)
+        # The answer does not wait for the bookkeeping: the result file, the release and the row are written
+        # just after. Reads here wait for it (`task`, `settled`), and so does a newcomer that found no instance.
+        settling = asyncio.create_task(self._settle(progress, lease, attempt, end), name=f"settle-{progress.task_id}")
+        self._settling[progress.task_id] = settling
+        settling.add_done_callback(lambda _task: self._settling.pop(progress.task_id, None))
         return end
 
     async def _settle(self, progress: _Progress, lease: Lease, attempt: Attempt, end: TaskEnd | None) -> None:
@@ -431,6 +456,12 @@ class Dispatcher:
             release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced)
             events = self._events_for(lease, attempt)
             await self._ledger.finish_attempt(lease, release, end, attempts=progress.attempts, events=events)
+        except Exception:
+            if end is None:
+                raise  # a retry must not go on without its release
+            # Nobody awaits this: the lease expires by itself and the row is marked abandoned later.
+            log.exception("cannot record the end of task %s", progress.task_id)
+            return
         finally:
             self._queue.wake()  # the freed instance may suit someone waiting here
         if attempt.suspect:

@@ -47,10 +47,12 @@ class Pool:
         return await self.http.post("/generate", json={"prompt": "一只猫", **body})
 
     async def task_rows(self) -> list[Task]:
+        await self.fleet.dispatcher.settled()  # answers go out before their rows are written
         async with self.fleet.sessions() as session:
             return list((await session.scalars(select(Task).order_by(Task.created_at))).all())
 
     async def task_count(self) -> int:
+        await self.fleet.dispatcher.settled()
         async with self.fleet.sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(Task)) or 0)
 
