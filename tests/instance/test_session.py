@@ -12,6 +12,7 @@ from websockets.sync.client import connect
 
 from tests.instance.conftest import sim
 from tests.instance.harness import TOKEN, signed_in_state, start_instance
+from tests.simulator.fixtures import signin_field_centres
 
 AUTH = ("SID", "HSID", "SSID", "APISID", "SAPISID")
 
@@ -124,22 +125,12 @@ def _element_centres(sim_url: str) -> dict[str, tuple[float, float]]:
 
     from instance.settings import InstanceSettings
 
-    centres = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=InstanceSettings().chromium_executable, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.goto(sim_url + "/ServiceLogin?continue=%2F")
-        for name, selector in (("email", "input[type=email]"), ("next1", "#identifierNext button")):
-            box = page.locator(selector).bounding_box()
-            centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.fill("input[type=email]", "someone")
-        page.click("#identifierNext button")
-        for name, selector in (("password", "input[type=password]"), ("next2", "#passwordNext button")):
-            page.locator(selector).wait_for()
-            box = page.locator(selector).bounding_box()
-            centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        browser.close()
-    return centres
+        try:
+            return signin_field_centres(browser, sim_url)
+        finally:
+            browser.close()
 
 
 def _click(ws, point) -> None:

@@ -13,7 +13,7 @@ import pytest
 from tests.instance.harness import signed_in_state
 from tests.panel.conftest import save_screenshot
 from tests.panel.harness import Gateway, login
-from tests.simulator.fixtures import control
+from tests.simulator.fixtures import control, signin_field_centres
 
 pytestmark = pytest.mark.browser
 LONG = 60_000  # ms: an instance start on a busy 2-core machine
@@ -117,28 +117,9 @@ def test_create_start_sign_in_by_cookie_file_generate_stop_delete(page: Any, gat
     assert gateway.api.get(f"/api/instances/{instance_id}").status_code == 404
 
 
-def _sign_in_page_centres(browser: Any, simulator: str) -> dict[str, tuple[float, float]]:
-    """Where the simulator's sign-in fields are at the instance's viewport (1440x900), measured in a second page."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    measure = context.new_page()
-    measure.goto(simulator + "/ServiceLogin?continue=%2F")
-    centres = {}
-    for name, selector in (("email", "input[type=email]"), ("next1", "#identifierNext button")):
-        box = measure.locator(selector).bounding_box()
-        centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    measure.fill("input[type=email]", "someone")
-    measure.click("#identifierNext button")
-    for name, selector in (("password", "input[type=password]"), ("next2", "#passwordNext button")):
-        measure.locator(selector).wait_for()
-        box = measure.locator(selector).bounding_box()
-        centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    context.close()
-    return centres
-
-
 def test_sign_in_through_the_live_view(page: Any, browser: Any, gateway: Gateway, simulator_server: str) -> None:
     control(simulator_server, "/_sim/reset", {})
-    centres = _sign_in_page_centres(browser, simulator_server)
+    centres = signin_field_centres(browser, simulator_server)
     instance_id = gateway.create_running("studio-live")
     login(page, gateway)
     page.goto(f"{gateway.admin_url}/instances/{instance_id}")

@@ -86,3 +86,28 @@ def simulator_url(simulator_server: str) -> str:
     """The session's simulator, reset to its defaults for this test."""
     control(simulator_server, "/_sim/reset", {})
     return simulator_server
+
+
+def signin_field_centres(browser: Any, base_url: str, width: int = 1440, height: int = 900) -> dict[str, tuple[float, float]]:
+    """Where the sign-in page's fields are at a viewport, measured in a page of `browser` (sync Playwright):
+    what a live-view test clicks in an instance's browser, which it cannot inspect itself."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.goto(base_url + "/ServiceLogin?continue=%2F")
+        steps = (
+            (("email", "input[type=email]"), ("next1", "#identifierNext button")),
+            (("password", "input[type=password]"), ("next2", "#passwordNext button")),
+        )
+        centres: dict[str, tuple[float, float]] = {}
+        for step, fields in enumerate(steps):
+            if step:
+                page.fill("input[type=email]", "someone")
+                page.click("#identifierNext button")
+            for name, selector in fields:
+                page.locator(selector).wait_for()
+                box = page.locator(selector).bounding_box()
+                centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        return centres
+    finally:
+        context.close()
