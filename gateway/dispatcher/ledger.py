@@ -285,19 +285,7 @@ def _running(lease: Lease, now: datetime) -> dict[str, Any]:
     }
 
 
-def _end_params(end: TaskEnd) -> dict[str, Any]:
-    return {
-        "p_status": end.status,
-        "p_error_code": end.error_code,
-        "p_error_message": end.error_message,
-        "p_image_count": end.image_count,
-        "p_result_path": end.result_path,
-        "p_timings": end.timings,
-    }
-
-
-def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
-    """Column values (for the less frequent statements built in place)."""
+def _end_columns(end: TaskEnd) -> dict[str, Any]:
     return {
         "status": end.status,
         "error_code": end.error_code,
@@ -305,8 +293,17 @@ def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
         "image_count": end.image_count,
         "result_path": end.result_path,
         "timings": end.timings,
-        "finished_at": now,
     }
+
+
+def _end_params(end: TaskEnd) -> dict[str, Any]:
+    """For the prebuilt statements, whose parameters are named `p_<column>`."""
+    return {f"p_{name}": value for name, value in _end_columns(end).items()}
+
+
+def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
+    """Column values, for the less frequent statements built in place."""
+    return {**_end_columns(end), "finished_at": now}
 
 
 def _event_row(event: InstanceEvent) -> dict[str, Any]:

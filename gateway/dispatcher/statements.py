@@ -39,6 +39,11 @@ def _param(name: str, column: Any) -> BindParameter[Any]:
     return bindparam(f"p_{name}", type_=column.type)
 
 
+def _bound(columns: Any, *names: str) -> dict[str, BindParameter[Any]]:
+    """Column values that come from parameters of the same (prefixed) names."""
+    return {name: _param(name, columns[name]) for name in names}
+
+
 def lease_free(now: Any = _NOW) -> ColumnElement[bool]:
     return or_(I.lease_task_id.is_(None), I.lease_expires_at <= now)
 
@@ -86,14 +91,7 @@ _NEW_TASK_COLUMNS = (
 )
 INSERT_TASK = insert(TASKS).values(
     id=_TASK_ID,
-    mode=_param("mode", T.mode),
-    prompt=_param("prompt", T.prompt),
-    aspect_ratio=_param("aspect_ratio", T.aspect_ratio),
-    reference_count=_param("reference_count", T.reference_count),
-    status=_param("status", T.status),
-    instance_id=_param("instance_id", T.instance_id),
-    instance_name=_param("instance_name", T.instance_name),
-    started_at=_param("started_at", T.started_at),
+    **_bound(T, "mode", "prompt", "aspect_ratio", "reference_count", "status", "instance_id", "instance_name", "started_at"),
     created_at=_NOW,
     attempts=0,
     image_count=0,
@@ -105,8 +103,7 @@ START_TASK = (
     .where(T.id == _TASK_ID)
     .values(
         status=TaskStatus.RUNNING,
-        instance_id=_param("instance_id", T.instance_id),
-        instance_name=_param("instance_name", T.instance_name),
+        **_bound(T, "instance_id", "instance_name"),
         started_at=func.coalesce(T.started_at, _NOW),
     )
 )
@@ -135,13 +132,7 @@ END_TASK = (
     update(TASKS)
     .where(T.id == _TASK_ID)
     .values(
-        status=_param("status", T.status),
-        error_code=_param("error_code", T.error_code),
-        error_message=_param("error_message", T.error_message),
-        image_count=_param("image_count", T.image_count),
-        result_path=_param("result_path", T.result_path),
-        timings=_param("timings", T.timings),
-        attempts=_param("attempts", T.attempts),
+        **_bound(T, "status", "error_code", "error_message", "image_count", "result_path", "timings", "attempts"),
         finished_at=_NOW,
     )
 )
