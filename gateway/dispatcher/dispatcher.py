@@ -1,9 +1,14 @@
 """The dispatcher: admits a generation, leases an idle instance (or queues), runs it, retries, and records.
 
 A task's life: admitted (its row written, leased at once when an instance is free, else queued) → one or
-more attempts, each on a leased instance released in `finally` → succeeded or failed, with its instance,
-attempts and timings in the row and its images, when kept, in a file. Only the reconciler changes an
-instance's status: a dispatcher that cannot reach an instance asks the reconciler to probe it now.
+more attempts, each on a leased instance that is always released → succeeded or failed, with its instance,
+attempts and timings in the row and its images, when kept, in a file. The last release and the row's end
+are written just after the answer goes out (a task's reads, /health and newcomers wait for them).
+
+Only the reconciler changes an instance's status: a dispatcher that cannot reach an instance, or finds it
+signed out, asks the reconciler to probe it now (locally, and through Postgres NOTIFY for the gateway whose
+reconciler leads), and skips it for a few seconds meanwhile. Quota and rate limits set `cooldown_until`,
+the dispatcher's own column beside the lease.
 """
 
 from __future__ import annotations
