@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+
+from tests.conftest import skip_or_fail
 from litestar.testing import TestClient
 from PIL import Image
 
@@ -235,8 +237,9 @@ BUSY = "ms-run-button button svg .stoppable-spinner"
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's Chromium")
 async def test_browser_smoke(simulator_url):  # noqa: F811
+    if not os.path.exists(CHROMIUM):
+        skip_or_fail("needs Debian's Chromium")
     from playwright.async_api import async_playwright, expect
 
     control(simulator_url, "/_sim/config", {"dialogs": ["autosave"], "latency_ms": 800, "image_count": 2})
