@@ -65,6 +65,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: every probe of every instance would flood the gateway's log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     if problem := settings.admin_exposure_problem():
         log.error("refusing to start: %s", problem)
         sys.exit(2)
