@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -271,42 +271,53 @@ class Reconciler:
         return token if await self._write(row.id, row.name, values) else None
 
     async def _start(self, row: InstanceRow, token: str) -> None:
+        async def launch() -> str | None:
+            state = await self._runtime.inspect(str(row.id))
+            if state.phase != "missing":
+                # A stale container carries an old token in its environment: replace it, keep the volume.
+                await self._runtime.remove(str(row.id), remove_volume=False)
+            state = await self._runtime.start(self._spec(row, token))
+            started = {"handle": state.handle, "endpoint": state.endpoint}
+            await self._write(row.id, row.name, started, (EventKind.STARTED, f"started as {state.handle}"))
+            return state.endpoint
+
         async with self._start_slots:
-            try:
-                state = await self._runtime.inspect(str(row.id))
-                if state.phase != "missing":
-                    # A stale container carries an old token in its environment: replace it, keep the volume.
-                    await self._runtime.remove(str(row.id), remove_volume=False)
-                state = await self._runtime.start(self._spec(row, token))
-                started = {"handle": state.handle, "endpoint": state.endpoint}
-                await self._write(row.id, row.name, started, (EventKind.STARTED, f"started as {state.handle}"))
-                deadline = time.monotonic() + self._settings.start_timeout
-                status = await self._await_ready(row.id, state.endpoint, token, deadline)
-            except (StartFailed, RuntimeError_) as exc:
-                await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED, await self._last_words(row.id))
-                return
-            except RuntimeUnavailable as exc:
-                await self._engine_lost(row, exc)
-                return
-            except StartAborted:
-                return
-            await self._became_ready(row, status, "ready")
+            await self._launch_until_ready(row, launch, token, "ready", keep_last_words=True)
 
     async def _resume_start(self, row: InstanceRow, state: RuntimeState | None) -> None:
         """A start was under way when the gateway stopped: wait for that same container instead of a new one."""
         endpoint = (state.endpoint if state else None) or row.endpoint
+
+        async def launch() -> str | None:
+            return endpoint
+
+        reason = "adopted: a start in progress before the gateway restarted"
+        await self._launch_until_ready(row, launch, row.token, reason, keep_last_words=False)
+
+    async def _launch_until_ready(
+        self,
+        row: InstanceRow,
+        launch: Callable[[], Awaitable[str | None]],
+        token: str | None,
+        reason: str,
+        *,
+        keep_last_words: bool,
+    ) -> None:
+        """Launch (or find) the instance, wait for its readiness, and record how that ended."""
         try:
+            endpoint = await launch()
             deadline = time.monotonic() + self._settings.start_timeout
-            status = await self._await_ready(row.id, endpoint, row.token, deadline)
+            status = await self._await_ready(row.id, endpoint, token, deadline)
         except (StartFailed, RuntimeError_) as exc:
-            await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED)
+            last_words = await self._last_words(row.id) if keep_last_words else ""
+            await self._failed(row.id, row.name, str(exc), EventKind.START_FAILED, last_words)
             return
         except RuntimeUnavailable as exc:
             await self._engine_lost(row, exc)
             return
         except StartAborted:
             return
-        await self._became_ready(row, status, "adopted: a start in progress before the gateway restarted")
+        await self._became_ready(row, status, reason)
 
     def _spec(self, row: InstanceRow, token: str) -> InstanceSpec:
         env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}

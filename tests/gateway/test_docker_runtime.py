@@ -32,6 +32,7 @@ from gateway.runtime.base import (
 )
 from gateway.runtime.docker import LABEL_NAMESPACE, DockerRuntime
 from tests.conftest import skip_or_fail
+from tests.gateway.http_wait import wait_http
 
 pytestmark = pytest.mark.docker
 
@@ -42,7 +43,6 @@ RUN = uuid.uuid4().hex[:6]
 NAME_PREFIX = f"{TEST_PREFIX}{RUN}-"
 VOLUME_PREFIX = f"{TEST_PREFIX}{RUN}-data-"
 STALE_AFTER_S = 1800  # leftovers older than this are from a dead run, not a concurrent one
-BOOT_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 90.0
 
 
@@ -146,26 +146,6 @@ def _spec(name: str = "实例-1", token: str | None = None) -> InstanceSpec:
     )
 
 
-async def _wait_http(
-    url: str, *, token: str | None = None, timeout: float = BOOT_TIMEOUT_S, until=None
-) -> httpx.Response:
-    """Poll `url` until it answers 200 (and `until(json)` holds); fail after `timeout` seconds."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
-    last: object = None
-    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            try:
-                r = await http.get(url, headers=headers)
-                last = f"{r.status_code} {r.text[:200]}"
-                if r.status_code == 200 and (until is None or until(r.json())):
-                    return r
-            except httpx.TransportError as e:
-                last = repr(e)
-            await asyncio.sleep(0.1)
-    pytest.fail(f"{url} did not answer in {timeout} s; last: {last}")
-
-
 def _exec(container, command: str) -> str:
     code, out = container.exec_run(["sh", "-c", command])
     assert code == 0, out
@@ -188,7 +168,7 @@ async def test_start_makes_a_locked_down_labelled_container(
     state = await runtime.start(spec)
     assert state.phase == "running" and state.endpoint and state.handle
     assert state.endpoint.startswith("http://127.0.0.1:")
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     boot = time.monotonic() - t0
     print(f"start to /healthz: {boot:.2f} s")
 
@@ -221,7 +201,7 @@ async def test_start_makes_a_locked_down_labelled_container(
         bad = await http.get(f"{state.endpoint}/status", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401
     # Chromium comes up with every capability dropped and no-new-privileges (it runs --no-sandbox).
-    status = await _wait_http(
+    status = await wait_http(
         f"{state.endpoint}/status",
         token=spec.token,
         timeout=READY_TIMEOUT_S,
@@ -231,7 +211,7 @@ async def test_start_makes_a_locked_down_labelled_container(
     t_ready = time.monotonic() - t0
     print(f"start to /status browser={body['browser']} ready={body['ready']}: {t_ready:.2f} s")
     assert body["browser"] == "up", body
-    shot = await _wait_http(f"{state.endpoint}/screenshot", token=spec.token)  # and it renders a page
+    shot = await wait_http(f"{state.endpoint}/screenshot", token=spec.token)  # and it renders a page
     assert shot.content.startswith(b"\x89PNG")
     procs = _exec(c, "ps -eo comm 2>/dev/null || ls /proc | grep -c '^[0-9]'")
     print("processes:", procs.replace("\n", " "))
@@ -242,7 +222,7 @@ async def test_stop_is_idempotent_and_start_reuses_container_and_volume(
 ) -> None:
     spec = _spec()
     first = await runtime.start(spec)
-    await _wait_http(f"{first.endpoint}/healthz")
+    await wait_http(f"{first.endpoint}/healthz")
     c = client.containers.get(first.handle)
     _exec(c, "echo kept > /data/marker")
 
@@ -255,7 +235,7 @@ async def test_stop_is_idempotent_and_start_reuses_container_and_volume(
     again = await runtime.start(spec)
     assert again.phase == "running"
     assert again.handle == first.handle  # the same container, started again
-    await _wait_http(f"{again.endpoint}/healthz")
+    await wait_http(f"{again.endpoint}/healthz")
     assert _exec(client.containers.get(again.handle), "cat /data/marker") == "kept"
     # Starting a running instance changes nothing.
     assert (await runtime.start(spec)).handle == first.handle
@@ -267,14 +247,14 @@ async def test_changed_spec_recreates_a_stopped_container_on_the_same_volume(
 ) -> None:
     spec = _spec()
     first = await runtime.start(spec)
-    await _wait_http(f"{first.endpoint}/healthz")
+    await wait_http(f"{first.endpoint}/healthz")
     _exec(client.containers.get(first.handle), "echo kept > /data/marker")
     await runtime.stop(spec.instance_id, timeout=5)
 
     rotated = InstanceSpec(spec.instance_id, spec.name, token="rotated-token", env=spec.env)
     second = await runtime.start(rotated)
     assert second.handle != first.handle
-    await _wait_http(f"{second.endpoint}/status", token="rotated-token")
+    await wait_http(f"{second.endpoint}/status", token="rotated-token")
     assert _exec(client.containers.get(second.handle), "cat /data/marker") == "kept"
     with pytest.raises(docker.errors.NotFound):
         client.containers.get(first.handle)
@@ -284,7 +264,7 @@ async def test_changed_spec_recreates_a_stopped_container_on_the_same_volume(
 async def test_remove_with_and_without_volume(runtime: DockerRuntime, client: docker.DockerClient) -> None:
     spec = _spec()
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     _exec(client.containers.get(state.handle), "echo kept > /data/marker")
     volume = f"{VOLUME_PREFIX}{spec.instance_id}"
 
@@ -293,7 +273,7 @@ async def test_remove_with_and_without_volume(runtime: DockerRuntime, client: do
     assert client.volumes.get(volume)
 
     state = await runtime.start(spec)  # a new container on the old volume
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     assert _exec(client.containers.get(state.handle), "cat /data/marker") == "kept"
 
     await runtime.remove(spec.instance_id, remove_volume=True)
@@ -333,7 +313,7 @@ async def test_list_managed_finds_its_own_by_label(
 async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.DockerClient) -> None:
     spec = _spec()
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     c = client.containers.get(state.handle)
     for i in range(5):  # the container's own stdout, whatever the instance logs
         _exec(c, f"echo tail-line-{i} > /proc/1/fd/1")
@@ -404,7 +384,7 @@ async def test_network_mode_reaches_instances_by_name(client: docker.DockerClien
         ca = client.containers.get(sa.handle)
         assert list(ca.attrs["NetworkSettings"]["Networks"]) == [network.name]
         assert not ca.attrs["HostConfig"].get("PortBindings")  # nothing published
-        await _wait_http(f"{sb.endpoint}/healthz")
+        await wait_http(f"{sb.endpoint}/healthz")
         # A neighbour on the network (as the gateway's own container would be) reaches it by name.
         probe = (
             "import time, urllib.request\n"
@@ -466,7 +446,7 @@ async def test_auto_mode_detects_a_gateway_running_on_the_network(client: docker
 
     site = Path(sdk.__file__).parents[1]
     if Path(requests.__file__).parents[1] != site:
-        pytest.skip("the Docker SDK and requests are not in one site-packages folder")
+        skip_or_fail("the Docker SDK and requests are not in one site-packages folder")
     network = client.networks.create(f"{TEST_PREFIX}net-{RUN}-auto", driver="bridge")
     other = client.networks.create(f"{TEST_PREFIX}net-{RUN}-other", driver="bridge")
     try:

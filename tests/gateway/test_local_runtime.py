@@ -24,13 +24,13 @@ import pytest
 
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_
 from gateway.runtime.local import LocalRuntime
+from tests.gateway.http_wait import wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 USE_STANDIN = (
     os.environ.get("AISTUDIO_LOCAL_STANDIN") == "1" or not (REPO / "instance" / "__main__.py").exists()
 )
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-BOOT_TIMEOUT_S = 30.0
 
 STANDIN = textwrap.dedent(
     '''
@@ -127,25 +127,6 @@ def _spec(standin_path: str | None, **env: str) -> InstanceSpec:
     return InstanceSpec(uuid.uuid4().hex[:12], "本地-1", uuid.uuid4().hex, env=env)
 
 
-async def _wait_http(
-    url: str, *, token: str | None = None, timeout: float = BOOT_TIMEOUT_S
-) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
-    last: object = None
-    async with httpx.AsyncClient(timeout=3.0, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            try:
-                r = await http.get(url, headers=headers)
-                if r.status_code == 200:
-                    return r
-                last = r.status_code
-            except httpx.TransportError as e:
-                last = repr(e)
-            await asyncio.sleep(0.1)
-    pytest.fail(f"{url} did not answer in {timeout} s; last: {last}")
-
-
 def _processes(data_dir: Path) -> list[int]:
     """Live processes of one instance: those started with its INSTANCE_DATA_DIR (the instance, the
     Playwright driver, Chromium, Chromium's crash handler) and the members of their process groups
@@ -187,7 +168,7 @@ async def test_start_serves_the_contract_with_its_token(
     state = await runtime.start(spec)
     assert state.phase == "running"
     assert state.endpoint.startswith("http://127.0.0.1:")
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     print(f"start to /healthz: {time.monotonic() - t0:.2f} s ({'stand-in' if standin_path else 'instance'})")
 
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
@@ -217,7 +198,7 @@ async def test_two_instances_get_their_own_ports(runtime: LocalRuntime, standin_
     a, b = _spec(standin_path), _spec(standin_path)
     sa, sb = await asyncio.gather(runtime.start(a), runtime.start(b))
     assert sa.endpoint != sb.endpoint
-    await asyncio.gather(_wait_http(f"{sa.endpoint}/healthz"), _wait_http(f"{sb.endpoint}/healthz"))
+    await asyncio.gather(wait_http(f"{sa.endpoint}/healthz"), wait_http(f"{sb.endpoint}/healthz"))
     assert set(await runtime.list_managed()) == {a.instance_id, b.instance_id}
 
 
@@ -226,7 +207,7 @@ async def test_a_new_runtime_adopts_live_processes(
 ) -> None:
     spec = _spec(standin_path)
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
 
     restarted = _runtime(base_dir)  # as after a gateway restart
     await restarted.setup()
@@ -256,7 +237,7 @@ async def test_stop_kills_the_process_group_and_is_idempotent(
     spec = _spec(standin_path)
     state = await runtime.start(spec)
     data_dir = base_dir / spec.instance_id / "data"
-    await _wait_http(f"{state.endpoint}/status", token=spec.token)
+    await wait_http(f"{state.endpoint}/status", token=spec.token)
     if standin_path or CHROMIUM:
         # The stand-in's grandchild, or the real instance's driver and Chromium.
         await _until(lambda: len(_processes(data_dir)) > (1 if standin_path else 3), timeout=60)
@@ -274,7 +255,7 @@ async def test_stop_kills_the_process_group_and_is_idempotent(
     again = await runtime.start(spec)
     assert again.phase == "running" and again.handle != state.handle
     assert again.endpoint == state.endpoint  # its port again when free
-    await _wait_http(f"{again.endpoint}/healthz")
+    await wait_http(f"{again.endpoint}/healthz")
 
 
 async def test_a_process_killed_from_outside_shows_exited(
@@ -282,7 +263,7 @@ async def test_a_process_killed_from_outside_shows_exited(
 ) -> None:
     spec = _spec(standin_path)
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/status", token=spec.token)
+    await wait_http(f"{state.endpoint}/status", token=spec.token)
     await _until(lambda: len(_processes(base_dir / spec.instance_id / "data")) > 1, timeout=60)
     os.kill(int(state.handle), signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -294,13 +275,13 @@ async def test_a_process_killed_from_outside_shows_exited(
     await runtime.stop(spec.instance_id)  # what the dead process left (Chromium) goes too
     assert _processes(base_dir / spec.instance_id / "data") == []
     again = await runtime.start(spec)  # the reconciler's restart is a plain start
-    await _wait_http(f"{again.endpoint}/healthz")
+    await wait_http(f"{again.endpoint}/healthz")
 
 
 async def test_logs_tail_and_follow(runtime: LocalRuntime, base_dir: Path, standin_path: str | None) -> None:
     spec = _spec(standin_path)
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     log_path = base_dir / spec.instance_id / "instance.log"
     await _until(lambda: log_path.read_text().count("\n") >= 2)
 
@@ -333,7 +314,7 @@ async def test_remove_with_and_without_data(
 ) -> None:
     spec = _spec(standin_path)
     state = await runtime.start(spec)
-    await _wait_http(f"{state.endpoint}/healthz")
+    await wait_http(f"{state.endpoint}/healthz")
     (base_dir / spec.instance_id / "data" / "marker").write_text("kept")
 
     await runtime.remove(spec.instance_id, remove_volume=False)  # stops it too

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import skip_or_fail
-from tests.simulator.fixtures import free_port
+from tests.simulator.fixtures import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"
@@ -124,12 +124,7 @@ def start_instance(sim_url: str, data_dir: Path, *, session: dict | None = None,
         yield running
     finally:
         client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def descendants(pid: int) -> list[int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tests.simulator.fixtures import free_port
+from tests.simulator.fixtures import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "panel-test-token-0123456789"
@@ -121,12 +121,7 @@ def start_gateway(
             _stop_instances(gateway)
         finally:
             api.close()
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             _kill_local_leftovers(data_dir / "local")
 
 

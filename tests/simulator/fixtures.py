@@ -30,6 +30,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (a server saves its state and exits), then SIGKILL after `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def control(base_url: str, path: str, body: Any = None) -> Any:
     """Call the control API: POST with a JSON body when one is given, GET otherwise."""
     data = None if body is None else json.dumps(body).encode()
@@ -66,12 +76,7 @@ def start_simulator(host: str = "127.0.0.1", port: int | None = None, timeout: f
                 _wait_until_up(base_url, process, log_path, timeout)
                 yield base_url
             finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, timeout=5)
 
 
 @pytest.fixture(scope="session")
