@@ -55,9 +55,15 @@ class Status(StrEnum):
 
 
 class LoginState(StrEnum):
+    """What the instance's page says of its Google session; only `logged_in` takes tasks."""
+
     UNKNOWN = "unknown"
     LOGGED_IN = "logged_in"
     NEEDS_LOGIN = "needs_login"
+    # Google's sign-in refused this browser ("This browser or app may not be secure").
+    SIGNIN_REFUSED = "signin_refused"
+    # The page cannot reach AI Studio at all (proxy down, DNS, timeout); `page_error` says why.
+    UNREACHABLE = "unreachable"
 
 
 class TaskStatus(StrEnum):
@@ -87,6 +93,10 @@ class EventKind(StrEnum):
     # Written by the dispatcher: what a task found wrong with the instance.
     UNREACHABLE = "unreachable"
     COOLING_DOWN = "cooling_down"
+    # Operators' changes and session health.
+    PROXY_CHANGED = "proxy_changed"
+    SELECTORS_CHANGED = "selectors_changed"
+    SESSION_EXPIRING = "session_expiring"
 
 
 def _in(column: str, values: type[StrEnum]) -> str:
@@ -135,6 +145,16 @@ class Instance(Base):
     token: Mapped[str | None] = mapped_column(String(128))
     # A session waiting to be delivered once the instance is ready (the legacy migration).
     pending_session: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # The browser's own egress proxy (scheme://user:pass@host:port); None means the fleet default.
+    proxy_url: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # Why the page cannot reach AI Studio, as the browser said it (login_state `unreachable`).
+    page_error: Mapped[str | None] = mapped_column(Text)
+    # Session health, as the instance reports it on /status.
+    login_checked_at: Mapped[datetime | None]
+    signed_in_since: Mapped[datetime | None]
+    session_saved_at: Mapped[datetime | None]
+    session_expires_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
 
 
 class InstanceEvent(Base):
@@ -189,6 +209,16 @@ class FleetMarker(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FleetSetting(Base):
+    """Fleet-wide settings an operator changes at run time (the selectors override), one row per key."""
+
+    __tablename__ = "fleet_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 def lease_active(now: datetime) -> ColumnElement[bool]:

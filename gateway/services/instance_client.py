@@ -32,6 +32,15 @@ class InstanceStatus(msgspec.Struct, kw_only=True):
     current_task: str | None = None
     page_url: str | None = None
     version: str | None = None
+    # Why the page cannot reach AI Studio (login_state `unreachable`), in the browser's words.
+    page_error: str | None = None
+    browser_mode: str | None = None
+    # Session health, ISO 8601 UTC or None.
+    login_checked_at: str | None = None
+    signed_in_since: str | None = None
+    session_saved_at: str | None = None
+    session_expires_at: str | None = None
+    last_success_at: str | None = None
 
 
 class InstanceCallError(Exception):
