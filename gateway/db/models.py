@@ -211,6 +211,17 @@ class FleetMarker(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ModelBlock(Base):
+    """A model this instance's account said it cannot use: the dispatcher sends that model elsewhere."""
+
+    __tablename__ = "model_blocks"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class FleetSetting(Base):
     """Fleet-wide settings an operator changes at run time (the selectors override), one row per key."""
 

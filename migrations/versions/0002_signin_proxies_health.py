@@ -1,4 +1,5 @@
-"""Sign-in for real: egress proxies, page reachability, session health, fleet settings (selectors override).
+"""Sign-in for real: egress proxies, page reachability, session health, fleet settings (selectors override),
+and models an account cannot use.
 
 Revision ID: 0002
 Revises: 0001
@@ -28,6 +29,14 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_fleet_settings'))
     )
+    op.create_table('model_blocks',
+    sa.Column('instance_id', sa.Uuid(), nullable=False),
+    sa.Column('model', sa.String(length=64), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['instance_id'], ['instances.id'], name=op.f('fk_model_blocks_instance_id_instances'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('instance_id', 'model', name=op.f('pk_model_blocks'))
+    )
     with op.batch_alter_table('instances', schema=None) as batch_op:
         batch_op.add_column(sa.Column('proxy_url', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('page_error', sa.Text(), nullable=True))
@@ -47,4 +56,5 @@ def downgrade() -> None:
         batch_op.create_check_constraint(op.f('ck_instances_login_state'), sa.text(OLD_LOGIN_STATES))
         for column in reversed(NEW_COLUMNS):
             batch_op.drop_column(column)
+    op.drop_table('model_blocks')
     op.drop_table('fleet_settings')
