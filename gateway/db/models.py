@@ -185,6 +185,8 @@ class Task(Base):
     mode: Mapped[str] = mapped_column(String(16), default="sync")  # sync (held request) or async (POST /tasks)
     prompt: Mapped[str] = mapped_column(Text)
     aspect_ratio: Mapped[str] = mapped_column(String(16), default="Auto")
+    model: Mapped[str | None] = mapped_column(String(64))  # None: the instance's default model
+    image_size: Mapped[str | None] = mapped_column(String(8))
     reference_count: Mapped[int] = mapped_column(Integer, default=0)
     instance_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("instances.id", ondelete="SET NULL"), index=True

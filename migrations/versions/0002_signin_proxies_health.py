@@ -1,5 +1,5 @@
 """Sign-in for real: egress proxies, page reachability, session health, fleet settings (selectors override),
-and models an account cannot use.
+models an account cannot use, and each task's model and image size.
 
 Revision ID: 0002
 Revises: 0001
@@ -47,9 +47,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('last_success_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_constraint(op.f('ck_instances_login_state'), type_='check')
         batch_op.create_check_constraint(op.f('ck_instances_login_state'), sa.text(NEW_LOGIN_STATES))
+    with op.batch_alter_table('tasks', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('model', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('image_size', sa.String(length=8), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('tasks', schema=None) as batch_op:
+        batch_op.drop_column('image_size')
+        batch_op.drop_column('model')
     op.execute("UPDATE instances SET login_state = 'unknown' WHERE login_state IN ('signin_refused', 'unreachable')")
     with op.batch_alter_table('instances', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_instances_login_state'), type_='check')
