@@ -35,4 +35,7 @@ class MetricsController(Controller):
             cooling_down=stats.cooling_down_instances,
             needs_login=stats.needs_login_instances,
         )
+        views = await fleet.instances.list()
+        expiries = {v.name: v.session_expires_at.timestamp() if v.session_expires_at else None for v in views}
+        fleet.dispatcher.metrics.set_sessions(expiries, sum(v.session_expiring for v in views))
         return Response(fleet.dispatcher.metrics.exposition(), media_type=CONTENT_TYPE)

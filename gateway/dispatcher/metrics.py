@@ -36,6 +36,15 @@ class DispatchMetrics:
         self.instances_available = Gauge("aistudio_instances_available", "Instances that can take a task now", registry=r)
         self.instances_cooling_down = Gauge("aistudio_instances_cooling_down", "Running instances cooling down", registry=r)
         self.instances_needs_login = Gauge("aistudio_instances_needs_login", "Running instances signed out", registry=r)
+        self.sessions_expiring = Gauge(
+            "aistudio_sessions_expiring", "Instances whose Google sign-in cookies expire within the warning window", registry=r
+        )
+        self.session_expiry = Gauge(
+            "aistudio_session_expiry_timestamp_seconds",
+            "When each instance's Google sign-in cookies expire (Unix time)",
+            ["instance"],
+            registry=r,
+        )
 
     def track_queue(self, length: Callable[[], int]) -> None:
         self.queue_length.set_function(lambda: float(length()))
@@ -48,6 +57,14 @@ class DispatchMetrics:
         self.instances_available.set(available)
         self.instances_cooling_down.set(cooling_down)
         self.instances_needs_login.set(needs_login)
+
+    def set_sessions(self, expiries: dict[str, float | None], expiring: int) -> None:
+        """Per instance name, when its session expires; instances without an expiry are left out."""
+        self.session_expiry.clear()
+        for name, when in expiries.items():
+            if when is not None:
+                self.session_expiry.labels(name).set(when)
+        self.sessions_expiring.set(expiring)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -126,7 +126,7 @@ def status_changes(playwright: Any, count: int, changes: int, soak: float) -> bo
             gateway.wait_instance(instance_id, lambda v: v["status"] == "running", what="running")
         browser = launch_browser(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        login(page, gateway)
+        login(page, gateway.admin_url, gateway.token)
         page.wait_for_function(f"document.querySelectorAll('#pool .card').length === {count}")
         page.evaluate(OBSERVER)
         page.evaluate("window.__seen.forEach(s => { s.used = true; })")  # what the page showed before the changes
@@ -262,7 +262,7 @@ def live_view(playwright: Any, gateway: Gateway, instance_id: str, seconds: floa
         assert answer.status_code == 200, answer.text
         browser = launch_browser(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        login(page, gateway)
+        login(page, gateway.admin_url, gateway.token)
         page.goto(f"{gateway.admin_url}/instances/{instance_id}")
         canvas = page.locator("[data-lv=canvas]")
         page.wait_for_function("Number(document.querySelector('[data-lv=canvas]').dataset.frames) > 5", timeout=30_000)

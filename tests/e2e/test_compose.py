@@ -35,7 +35,9 @@ from tests.e2e.harness import (
     remove_namespace,
     wait_for,
 )
-from tests.simulator.fixtures import free_port
+from tests.instance.harness import require_chromium
+from tests.panel.harness import launch_browser, login, sign_in_through_the_live_view
+from tests.simulator.fixtures import control, free_port, signin_field_centres
 
 pytestmark = pytest.mark.docker
 
@@ -197,6 +199,37 @@ def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFle
         assert fleet.network not in postgres.attrs["NetworkSettings"]["Networks"]  # instances cannot reach it
     finally:
         engine.close()
+
+
+def test_sign_in_through_the_panels_live_view(fleet: ComposeFleet, tmp_path: Path) -> None:
+    """What a user of the compose deployment does first: an instance container from the built image, signed in
+    to (the simulator's) Google by hand, through the live view that the gateway container relays."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    simulator = f"http://127.0.0.1:{fleet.env['FLEET_SIMULATOR_PORT']}"
+    control(simulator, "/_sim/config", {"signin_required": True})
+    try:
+        with _admin(fleet) as admin, sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            centres = signin_field_centres(browser, simulator)
+            instance_id = admin.post("/api/instances", json={"name": "compose-live"}).json()["instance_id"]
+            assert admin.post(f"/api/instances/{instance_id}/start").status_code == 200
+            page = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN").new_page()
+            page.set_default_timeout(30_000)
+            login(page, fleet.admin_url, fleet.env["GATEWAY_ADMIN_TOKEN"])
+            page.goto(f"{fleet.admin_url}/instances/{instance_id}")
+            badge = page.locator("#summary [data-login]")
+            expect(badge).to_have_attribute("data-login", "needs_login", timeout=120_000)
+            sign_in_through_the_live_view(page, fleet.admin_url, centres, "compose-live")
+            expect(badge).to_have_attribute("data-login", "logged_in", timeout=60_000)
+            page.screenshot(path=str(tmp_path / "compose-liveview.png"))
+            browser.close()
+            state = admin.get(f"/api/instances/{instance_id}/session").json()
+            assert {c["name"]: c["value"] for c in state["cookies"]}["SID"] == "acct-live"
+            assert admin.post(f"/api/instances/{instance_id}/stop").status_code == 200
+    finally:
+        control(simulator, "/_sim/config", {"signin_required": False})
 
 
 def test_down_removes_everything(fleet: ComposeFleet) -> None:

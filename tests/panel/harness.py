@@ -170,9 +170,49 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def login(page: Any, gateway: Gateway) -> None:
+def sign_in_through_the_live_view(page: Any, admin_url: str, centres: dict[str, tuple[float, float]], name: str) -> None:
+    """On an instance's page in the panel: open the sign-in page, then sign in to the simulator as `acct-live`
+    by clicks and keys on the live view's canvas (typed, pasted, and sent through the text box), as a person
+    would. `centres` are the sign-in fields' positions in the instance's 1440x900 viewport."""
+    from playwright.sync_api import expect
+
+    page.click("[data-action=open-signin]")  # GATEWAY_SIGNIN_URL points the instance at the simulator
+    expect(page.locator("#flash")).to_contain_text(name)
+    canvas = page.locator("[data-lv=canvas]")
+    frames = lambda: int(canvas.get_attribute("data-frames") or 0)  # noqa: E731
+
+    def repainted(since: int) -> None:
+        page.wait_for_function(f"Number(document.querySelector('[data-lv=canvas]').dataset.frames) > {since}")
+
+    def click_at(point: tuple[float, float]) -> None:
+        canvas.scroll_into_view_if_needed()  # as a person would: a click off screen reaches nothing
+        box = canvas.bounding_box()
+        x, y = box["x"] + point[0] * box["width"] / 1440, box["y"] + point[1] * box["height"] / 900
+        assert 0 <= x < page.viewport_size["width"] and 0 <= y < page.viewport_size["height"]
+        page.mouse.click(x, y)
+
+    repainted(frames() + 1)  # the freshly loaded sign-in page is on the canvas
+    assert canvas.get_attribute("data-page-width") == "1440"
+    page.wait_for_timeout(500)  # and its script has set up the form, as a person would wait to see it
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=admin_url)
+    page.evaluate("navigator.clipboard.writeText('live')")
+    click_at(centres["email"])
+    page.keyboard.type("acct-")  # keys on the focused canvas travel as text
+    page.keyboard.press("Control+V")  # and a paste as the clipboard's text
+    before = frames()
+    click_at(centres["next1"])
+    repainted(before)
+    page.wait_for_timeout(500)  # the second step slides in
+    click_at(centres["password"])
+    page.fill("[data-lv=text-form] input", "密码-secret")  # the paste box, as on a phone
+    page.click("[data-lv=text-form] button[type=submit]")
+    page.click("[data-lv-key=Tab]")
+    click_at(centres["next2"])
+
+
+def login(page: Any, admin_url: str, token: str | None) -> None:
     """Signs the browser page in through the panel's form."""
-    page.goto(gateway.admin_url + "/login")
-    page.fill("[data-login-token]", gateway.token or "")
+    page.goto(admin_url + "/login")
+    page.fill("[data-login-token]", token or "")
     page.click("[data-action=login]")
-    page.wait_for_url(gateway.admin_url + "/")
+    page.wait_for_url(admin_url + "/")

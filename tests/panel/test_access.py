@@ -101,6 +101,21 @@ async def test_the_live_view_socket_needs_a_credential_and_this_site(guarded_app
         assert message["type"] == "error" and "不存在" in message["message"]
 
 
+async def test_the_live_view_of_a_stopped_instance_says_so_and_closes(guarded_app: Litestar) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with served(guarded_app) as base:
+        instance_id = (await guarded_app.state.fleet.instances.create("resting")).instance_id
+        url = base.replace("http", "ws") + f"/api/instances/{instance_id}/liveview"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Origin": base, "Accept-Language": "en"}
+        async with connect(url, additional_headers=headers, proxy=None) as socket:
+            message = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            with pytest.raises(ConnectionClosed):  # closed by the gateway, not left hanging
+                await asyncio.wait_for(socket.recv(), 10)
+    assert message["type"] == "error" and "resting" in message["message"] and "not running" in message["message"]
+
+
 async def test_every_panel_action_needs_the_csrf_token(panel: AsyncTestClient[Any]) -> None:
     token = csrf_token((await panel.get("/")).text)
     missing = await panel.post("/instances", data={"name": "alpha"}, headers=HTMX)

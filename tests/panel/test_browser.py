@@ -12,7 +12,7 @@ import pytest
 
 from tests.instance.harness import signed_in_state
 from tests.panel.conftest import save_screenshot
-from tests.panel.harness import Gateway, login
+from tests.panel.harness import Gateway, login, sign_in_through_the_live_view
 from tests.simulator.fixtures import control, signin_field_centres
 
 pytestmark = pytest.mark.browser
@@ -58,7 +58,7 @@ def stop_and_delete_through_the_panel(page: Any, gateway: Gateway, name: str) ->
 def test_create_start_sign_in_by_cookie_file_generate_stop_delete(page: Any, gateway: Gateway, simulator_server: str, tmp_path: Path) -> None:
     control(simulator_server, "/_sim/reset", {})
     control(simulator_server, "/_sim/config", {"latency_ms": 3000})  # long enough to see the card busy
-    login(page, gateway)
+    login(page, gateway.admin_url, gateway.token)
 
     page.fill("#new-name", "studio-a")
     page.click("[data-action=create]")
@@ -121,43 +121,10 @@ def test_sign_in_through_the_live_view(page: Any, browser: Any, gateway: Gateway
     control(simulator_server, "/_sim/reset", {})
     centres = signin_field_centres(browser, simulator_server)
     instance_id = gateway.create_running("studio-live")
-    login(page, gateway)
+    login(page, gateway.admin_url, gateway.token)
     page.goto(f"{gateway.admin_url}/instances/{instance_id}")
     expect(page.locator("#summary [data-login]")).to_have_attribute("data-login", "needs_login", timeout=LONG)
-    page.click("[data-action=open-signin]")  # GATEWAY_SIGNIN_URL points the instance at the simulator
-    expect(page.locator("#flash")).to_contain_text("studio-live")
-
-    canvas = page.locator("[data-lv=canvas]")
-    frames = lambda: int(canvas.get_attribute("data-frames") or 0)  # noqa: E731
-
-    def repainted(since: int) -> None:
-        page.wait_for_function(f"Number(document.querySelector('[data-lv=canvas]').dataset.frames) > {since}")
-
-    def click_at(point: tuple[float, float]) -> None:
-        canvas.scroll_into_view_if_needed()  # as a person would: a click off screen reaches nothing
-        box = canvas.bounding_box()
-        x, y = box["x"] + point[0] * box["width"] / 1440, box["y"] + point[1] * box["height"] / 900
-        assert 0 <= x < page.viewport_size["width"] and 0 <= y < page.viewport_size["height"]
-        page.mouse.click(x, y)
-
-    repainted(frames() + 1)  # the freshly loaded sign-in page is on the canvas
-    assert canvas.get_attribute("data-page-width") == "1440"
-    page.wait_for_timeout(500)  # and its script has set up the form, as a person would wait to see it
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway.admin_url)
-    page.evaluate("navigator.clipboard.writeText('live')")
-    click_at(centres["email"])
-    page.keyboard.type("acct-")  # keys on the focused canvas travel as text
-    page.keyboard.press("Control+V")  # and a paste as the clipboard's text
-    before = frames()
-    click_at(centres["next1"])
-    repainted(before)
-    page.wait_for_timeout(500)  # the second step slides in
-    click_at(centres["password"])
-    page.fill("[data-lv=text-form] input", "密码-secret")  # the paste box, as on a phone
-    page.click("[data-lv=text-form] button[type=submit]")
-    page.click("[data-lv-key=Tab]")
-    click_at(centres["next2"])
-
+    sign_in_through_the_live_view(page, gateway.admin_url, centres, "studio-live")
     expect(page.locator("#summary [data-login]")).to_have_attribute("data-login", "logged_in", timeout=LONG)
     page.wait_for_function("Number(document.querySelector('[data-lv=canvas]').dataset.frames) > 5")
     save_screenshot(page.locator(".liveview-panel"), "liveview", for_readme=True)
@@ -172,7 +139,7 @@ def test_copy_a_session_from_another_instance(page: Any, gateway: Gateway, simul
     target = gateway.create_running("studio-target")
     state = signed_in_state(simulator_server, "acct-copied")
     assert gateway.api.put(f"/api/instances/{source}/session", content=json.dumps(state)).status_code == 200
-    login(page, gateway)
+    login(page, gateway.admin_url, gateway.token)
     page.goto(f"{gateway.admin_url}/instances/{target}")
     page.select_option("#copy-source", source)
     page.click("[data-action=copy-session]")
@@ -190,7 +157,7 @@ def test_copy_a_session_from_another_instance(page: Any, gateway: Gateway, simul
 def test_a_name_with_a_script_shows_as_text(page: Any, gateway: Gateway) -> None:
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    login(page, gateway)
+    login(page, gateway.admin_url, gateway.token)
     page.fill("#new-name", "<script>alert('x')</script>")
     page.click("[data-action=create]")
     expect(page.locator("#flash")).to_contain_text("<script>alert('x')</script>")
@@ -200,7 +167,7 @@ def test_a_name_with_a_script_shows_as_text(page: Any, gateway: Gateway) -> None
 
 
 def test_english_by_the_switch_or_the_browser_language(page: Any, browser: Any, gateway: Gateway) -> None:
-    login(page, gateway)
+    login(page, gateway.admin_url, gateway.token)
     expect(page.locator("[data-figure=total] .figure-label")).to_have_text("总实例数")
     page.click("[data-lang-switch=en]")
     expect(page.locator("[data-figure=total] .figure-label")).to_have_text("Total instances")
@@ -220,7 +187,7 @@ def test_a_phone_sized_screen_gets_one_column_and_no_sideways_scrolling(browser:
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="zh-CN")
     try:
         page = phone.new_page()
-        login(page, gateway)
+        login(page, gateway.admin_url, gateway.token)
         for number in range(2):
             gateway.api.post("/api/instances", json={"name": f"phone-{number}"})
         expect(page.locator(".card")).to_have_count(page.locator(".card").count() or 2, timeout=10_000)
