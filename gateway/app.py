@@ -24,6 +24,7 @@ from gateway.api.health import HealthController
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
+from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
 from gateway.dispatcher import Dispatcher
@@ -35,6 +36,7 @@ from gateway.runtime.health import EngineHealth
 from gateway.services.history import TaskHistoryService
 from gateway.services.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
+from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Fleet:
     reconciler: Reconciler
     history: TaskHistoryService
     dispatcher: Dispatcher
+    selectors: SelectorsService
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
@@ -70,7 +73,10 @@ class Fleet:
             sessions = create_sessionmaker(db)
             # An engine whose instances are not on the network (the fake) hands over its own transport.
             client = InstanceClient(timeout=30.0, transport=getattr(runtime, "http_transport", None))
-            reconciler = Reconciler(sessions, runtime, client, settings, health, leader=LeaderLock(db))
+            selectors = SelectorsService(sessions, client)
+            reconciler = Reconciler(
+                sessions, runtime, client, settings, health, leader=LeaderLock(db), on_ready=selectors.deliver
+            )
             instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
             dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect)
@@ -78,7 +84,8 @@ class Fleet:
             await db.dispose()
             raise
         fleet = cls(
-            settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher
+            settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
+            selectors,
         )
         dispatcher.start()
         if reconcile:
@@ -107,7 +114,7 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
-    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS]
+    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS]
     plugins = [HTMXPlugin(), PanelPlugin(settings)]
     return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins)
 

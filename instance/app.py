@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, put, websocket
+from litestar import Litestar, MediaType, Request, Response, WebSocket, delete, get, post, put, websocket
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException
@@ -29,10 +29,13 @@ from instance.driver import Driver, GenerationRequest, GenerationResult
 from instance.errors import BadInput
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
+from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
 from instance.session_store import SessionFormatError, SessionStore, normalize_session
 from instance.settings import ASPECT_RATIOS, InstanceSettings
 
 log = logging.getLogger("instance")
+
+SELECTORS_MAX_BYTES = 256 * 1024
 
 
 class InstanceState:
@@ -49,6 +52,7 @@ class InstanceState:
         self._tasks_since_save = 0
         self._last_save = time.monotonic()
         self._background: set[asyncio.Task] = set()
+        self.selectors_lock = asyncio.Lock()  # one override change at a time
 
     def claim(self, task_id: str) -> bool:
         """Take the one task slot; no await between check and set, so two requests cannot both win."""
@@ -256,6 +260,47 @@ async def reload_selectors(request: Request) -> dict[str, str]:
     return {"version": book.version, "source": book.source}
 
 
+@get("/diagnose")
+async def page_check(request: Request) -> dict[str, Any]:
+    """Which selector candidates match the page now; read-only, so it answers beside a running task."""
+    st = _state(request)
+    return await diagnose(st.host, busy=st.busy, timeout_s=st.settings.element_timeout_s)
+
+
+@put("/selectors")
+async def install_selectors(request: Request, dry_run: bool = False) -> Response:
+    """Validate an override (shape, known roles, selector syntax in the browser), write it, reload it."""
+    st = _state(request)
+    raw = await request.body()
+    if len(raw) > SELECTORS_MAX_BYTES:
+        raise BadInput(f"the override is larger than {SELECTORS_MAX_BYTES} bytes", 413)
+    try:
+        document = parse_override(raw)
+        await check_syntax(st.host, document, st.settings.element_timeout_s)
+    except OverrideInvalid as exc:
+        raise BadInput(str(exc), exc.status_code) from None
+    if dry_run:
+        return Response({"ok": True, "dry_run": True, "roles": sorted(document.get("roles", {}))})
+    async with st.selectors_lock:
+        path = st.settings.selectors_override_path
+        await asyncio.to_thread(write_atomically, path, with_version(document))
+        book = st.host.reload_selectors()
+    log.info("selectors override installed: version %s, roles %s", book.version, ", ".join(document.get("roles", {})))
+    return Response({"ok": True, "version": book.version, "source": book.source, "roles": sorted(document.get("roles", {}))})
+
+
+@delete("/selectors", status_code=200)
+async def remove_selectors(request: Request) -> dict[str, Any]:
+    """Back to the packaged selectors; idempotent (`removed` says whether there was an override)."""
+    st = _state(request)
+    async with st.selectors_lock:
+        path = st.settings.selectors_override_path
+        removed = path.is_file()
+        path.unlink(missing_ok=True)
+        book = st.host.reload_selectors()
+    return {"ok": True, "removed": removed, "version": book.version, "source": book.source}
+
+
 @websocket("/liveview")
 async def liveview(socket: WebSocket) -> None:
     await serve_liveview(socket, _state(socket).host)
@@ -323,6 +368,9 @@ def create_app(settings: InstanceSettings | None = None) -> Litestar:
             navigate,
             screenshot,
             reload_selectors,
+            page_check,
+            install_selectors,
+            remove_selectors,
             liveview,
         ],
         guards=[require_token],

@@ -18,6 +18,7 @@ from gateway.panel.auth import API_PREFIXES, AdminAccessMiddleware, AdminAuth, l
 from gateway.panel.controllers import PANEL_CONTROLLERS, PANEL_EXCEPTION_HANDLERS
 from gateway.panel.live import PoolWatcher
 from gateway.panel.rendering import create_engine
+from gateway.panel.selectors import SELECTORS_PANEL_CONTROLLERS
 from gateway.services.history import TaskView
 from gateway.services.views import InstanceView, StatsView
 from gateway.settings import Settings
@@ -44,7 +45,10 @@ class PanelPlugin(InitPluginProtocol):
         )
         app_config.middleware.insert(0, DefineMiddleware(AdminAccessMiddleware, auth=auth))
         app_config.route_handlers.extend([
-            Router(path="/", route_handlers=PANEL_CONTROLLERS, exception_handlers=PANEL_EXCEPTION_HANDLERS),
+            Router(
+                path="/", route_handlers=[*PANEL_CONTROLLERS, *SELECTORS_PANEL_CONTROLLERS],
+                exception_handlers=PANEL_EXCEPTION_HANDLERS,
+            ),
             create_static_files_router(
                 path="/static", directories=[str(STATIC)], name="panel:static", include_in_schema=False,
                 exception_handlers=PANEL_EXCEPTION_HANDLERS,

@@ -79,8 +79,10 @@ class Reconciler:
         settings: Settings,
         engine_health: EngineHealth,
         leader: LeaderLock | None = None,
+        on_ready: Callable[[uuid.UUID], Awaitable[None]] | None = None,
     ) -> None:
         self._leader = leader  # None: always lead (tests driving passes by hand)
+        self._on_ready = on_ready  # brings a just-ready instance in line with fleet settings (selectors override)
         self._sessions = sessions
         self._runtime = runtime
         self._client = client
@@ -385,6 +387,8 @@ class Reconciler:
             self._known_running.add(row.id)
             self._probe_failures.pop(row.id, None)
             await self._deliver_pending_session(row)
+            if self._on_ready is not None:
+                await self._on_ready(row.id)
 
     async def _deliver_pending_session(self, row: InstanceRow) -> None:
         """The legacy session waits in the row until the instance can take it."""

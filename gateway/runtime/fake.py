@@ -86,6 +86,7 @@ class FakeContainer:
     ready_at: float = 0.0  # monotonic time when /status turns ready
     login_state: str = "logged_in"
     busy: bool = False
+    refuses_selectors: bool = False
     hang_http: bool = False  # accepts connections but never answers
     generate_delay: float | None = None  # None: the runtime's generate_delay
     script: list[FakeOutcome] = field(default_factory=list)  # outcomes of the next generations, in order
@@ -159,6 +160,10 @@ class FakeRuntime:
     def script_generations(self, instance_id: str, *outcomes: FakeOutcome) -> None:
         """The instance's next generations do these, in order; then it succeeds again."""
         self.containers[instance_id].script.extend(outcomes)
+
+    def refuse_selectors(self, instance_id: str) -> None:
+        """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
+        self.containers[instance_id].refuses_selectors = True
 
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
@@ -334,6 +339,36 @@ class FakeRuntime:
     async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=TINY_PNG, headers={"content-type": "image/png"})
 
+    async def _put_selectors(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        """Stored in the volume like the real instance's override file; a dry run only answers."""
+        if container.refuses_selectors:
+            return httpx.Response(500, json={"detail": "injected selectors failure"})
+        try:
+            document = json.loads(request.content)
+        except ValueError as exc:
+            return httpx.Response(400, json={"detail": f"not JSON: {exc}"})
+        version = document.get("version") or "override-fake"
+        if request.url.params.get("dry_run") != "true":
+            self.volumes.setdefault(container.instance_id, {})["selectors"] = document
+        return httpx.Response(200, json={"ok": True, "version": version, "roles": sorted(document.get("roles", {}))})
+
+    async def _delete_selectors(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        if container.refuses_selectors:
+            return httpx.Response(500, json={"detail": "injected selectors failure"})
+        removed = self.volumes.setdefault(container.instance_id, {}).pop("selectors", None) is not None
+        return httpx.Response(200, json={"ok": True, "removed": removed, "version": "packaged"})
+
+    async def _diagnose(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        """A page check of a page that has every role (no browser here)."""
+        override = self.volumes.get(container.instance_id, {}).get("selectors")
+        roles = [{"role": "prompt_textarea", "expected": True, "matched": "textarea", "index": 0, "count": 1,
+                  "visible": True, "candidates": [{"selector": "textarea", "count": 1, "visible": True, "error": None}]}]
+        return httpx.Response(200, json={
+            "url": f"https://{FAKE_DOMAIN}/prompts/new_chat", "login_state": container.login_state, "browser": "up",
+            "busy": container.busy, "model": None, "model_source": None, "roles": roles, "missing_expected": [],
+            "selectors_version": (override or {}).get("version", "packaged"), "error": None,
+        })
+
     async def _navigate(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         return httpx.Response(409 if container.busy else 200, json={"ok": not container.busy})
 
@@ -395,5 +430,8 @@ _ROUTES = {
     ("PUT", "/session"): FakeRuntime._put_session,
     ("GET", "/screenshot"): FakeRuntime._screenshot,
     ("POST", "/navigate"): FakeRuntime._navigate,
+    ("PUT", "/selectors"): FakeRuntime._put_selectors,
+    ("DELETE", "/selectors"): FakeRuntime._delete_selectors,
+    ("GET", "/diagnose"): FakeRuntime._diagnose,
     ("POST", "/generate"): FakeRuntime._generate,
 }

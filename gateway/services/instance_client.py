@@ -99,6 +99,21 @@ class InstanceClient:
         body = {"url": url} if url else {"target": target or "home"}
         await self._request("POST", address, "/navigate", json=body)
 
+    async def diagnose(self, address: InstanceAddress) -> dict[str, Any]:
+        """The page check: each selector role against the live page (read-only)."""
+        return (await self._request("GET", address, "/diagnose")).json()
+
+    async def put_selectors(
+        self, address: InstanceAddress, body: bytes, *, dry_run: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        params = {"dry_run": "true"} if dry_run else None
+        response = await self._request("PUT", address, "/selectors", content=body, headers=headers, params=params, timeout=timeout)
+        return response.json()
+
+    async def delete_selectors(self, address: InstanceAddress, *, timeout: float | None = None) -> dict[str, Any]:
+        return (await self._request("DELETE", address, "/selectors", timeout=timeout)).json()
+
     async def open_liveview(self, address: InstanceAddress, *, open_timeout: float = 10.0) -> ClientConnection:
         """The instance's live-view WebSocket (frames out, input in), opened with its token; the caller closes it."""
         url = "ws" + address.endpoint.rstrip("/").removeprefix("http") + "/liveview"

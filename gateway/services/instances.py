@@ -294,6 +294,11 @@ class InstanceService:
         view, address = await self._running_address(instance_id)
         await self._instance_call(view, self._client.navigate(address, url=url, target=target))
 
+    async def diagnose(self, instance_id: str) -> dict[str, Any]:
+        """The instance's page check: each selector role against its live page now (read-only)."""
+        view, address = await self._running_address(instance_id)
+        return await self._instance_call(view, self._client.diagnose(address))
+
     @contextlib.asynccontextmanager
     async def liveview(self, instance_id: str) -> AsyncIterator[ClientConnection]:
         """The instance's live view (its token stays here): frames from it, mouse and keyboard to it."""

@@ -1,0 +1,251 @@
+"""The fleet-wide selectors override: checked here, kept in `fleet_settings`, pushed to every running instance,
+and delivered to each instance when it becomes ready.
+
+The gateway shares no code with the instance: it reads the instance's packaged `selectors.json` as data (for the
+known role names) and applies the same rules as the instance's own check. Selector syntax is checked in a
+browser: one running instance parses the override (a dry run) before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import EventKind, FleetSetting, Instance, Status, new_event
+from gateway.db.types import utcnow
+from gateway.errors import BadRequest, FleetError, Invalid, TooLarge
+from gateway.services.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
+
+log = logging.getLogger(__name__)
+
+SETTING_KEY = "selectors_override"
+# The instance package's data file, beside the gateway package (the gateway image copies it there).
+PACKAGED_SELECTORS = Path(__file__).resolve().parents[2] / "instance" / "selectors.json"
+OVERRIDE_KEYS = ("version", "roles", "texts")
+MAX_BYTES = 256 * 1024
+PUSH_CONCURRENCY = 8
+PUSH_TIMEOUT = 15.0
+
+
+class SelectorsUnavailable(FleetError):
+    """The packaged selectors file cannot be read, so role names cannot be checked."""
+
+    status_code = 503
+    key = "selectors_packaged_missing"
+
+
+class PushResult(msgspec.Struct, kw_only=True):
+    """What one running instance said to a change: its selectors version now, or why it failed."""
+
+    instance_id: str
+    name: str
+    ok: bool
+    version: str | None = None
+    error: str | None = None
+
+
+class OverrideView(msgspec.Struct, kw_only=True):
+    override: dict[str, Any] | None
+    updated_at: datetime | None
+    packaged_version: str
+    known_roles: list[str]
+    known_texts: list[str]
+    packaged: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Target:
+    instance_id: uuid.UUID
+    name: str
+    address: InstanceAddress
+
+
+class SelectorsService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        client: InstanceClient,
+        *,
+        packaged_path: Path = PACKAGED_SELECTORS,
+    ) -> None:
+        self._sessions = sessions
+        self._client = client
+        self._packaged_path = packaged_path
+        self._change_lock = asyncio.Lock()  # one change at a time in this gateway: pushes do not interleave
+
+    # Reads ---------------------------------------------------------------------------------------
+
+    async def current(self) -> OverrideView:
+        packaged = await asyncio.to_thread(self._packaged)
+        async with self._sessions() as session:
+            row = await session.get(FleetSetting, SETTING_KEY)
+        return OverrideView(
+            override=row.value if row else None,
+            updated_at=row.updated_at if row else None,
+            packaged_version=str(packaged.get("version", "unknown")),
+            known_roles=list(packaged.get("roles", {})),
+            known_texts=list(packaged.get("texts", {})),
+            packaged=packaged,
+        )
+
+    # Changes -------------------------------------------------------------------------------------
+
+    async def replace(self, body: bytes) -> tuple[dict[str, Any], list[PushResult]]:
+        """Check, store and push an override; a refused one changes nothing anywhere."""
+        if len(body) > MAX_BYTES:
+            raise TooLarge("selectors_too_large", limit=MAX_BYTES)
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest("selectors_not_json", detail=str(exc)) from None
+        packaged = await asyncio.to_thread(self._packaged)
+        check_override(document, packaged)
+        async with self._change_lock:
+            targets = await self._running()
+            await self._dry_run(targets, body)
+            await self._store(document)
+            results = await self._push(targets, lambda address: self._client.put_selectors(address, body))
+            version = document.get("version")
+            await self._record(results, f"selectors override set (version {version})" if version else "selectors override set")
+        return document, results
+
+    async def remove(self) -> tuple[bool, list[PushResult]]:
+        """Back to the packaged selectors everywhere; True when there was an override."""
+        async with self._change_lock:
+            async with self._sessions.begin() as session:
+                removed = (await session.execute(delete(FleetSetting).where(FleetSetting.key == SETTING_KEY))).rowcount == 1
+            targets = await self._running()
+            results = await self._push(targets, self._client.delete_selectors)
+            await self._record(results, "selectors override removed")
+        return removed, results
+
+    async def deliver(self, instance_id: uuid.UUID) -> None:
+        """Bring a just-ready instance in line: the stored override, or none (it may keep an old one on its volume)."""
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(Instance.name, Instance.endpoint, Instance.token).where(Instance.id == instance_id)
+                )
+            ).first()
+            setting = await session.get(FleetSetting, SETTING_KEY)
+        if row is None or not row.endpoint:
+            return
+        address = InstanceAddress(row.endpoint, row.token)
+        try:
+            if setting is None:
+                answer = await self._client.delete_selectors(address, timeout=PUSH_TIMEOUT)
+                message = "selectors override removed at start" if answer.get("removed") else None
+            else:
+                answer = await self._client.put_selectors(address, json.dumps(setting.value).encode(), timeout=PUSH_TIMEOUT)
+                message = f"selectors override delivered at start (version {answer.get('version')})"
+        except (InstanceUnreachable, InstanceRejected) as exc:
+            log.warning("selectors override not delivered to %s: %s", row.name, exc)
+            message = f"selectors override not delivered at start: {exc}" if setting is not None else None
+        if message:
+            async with self._sessions.begin() as session:
+                session.add(new_event(instance_id, row.name, EventKind.SELECTORS_CHANGED, message))
+
+    # Internals -----------------------------------------------------------------------------------
+
+    def _packaged(self) -> dict[str, Any]:
+        """Read on every use: the packaged file gains roles between releases."""
+        try:
+            packaged = json.loads(self._packaged_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SelectorsUnavailable(path=str(self._packaged_path), reason=str(exc)) from exc
+        return packaged if isinstance(packaged, dict) else {}
+
+    async def _running(self) -> list[_Target]:
+        query = select(Instance.id, Instance.name, Instance.endpoint, Instance.token).where(
+            Instance.status == Status.RUNNING, Instance.endpoint.is_not(None)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query.order_by(Instance.created_at, Instance.id))).all()
+        return [_Target(r.id, r.name, InstanceAddress(r.endpoint, r.token)) for r in rows]
+
+    async def _dry_run(self, targets: list[_Target], body: bytes) -> None:
+        """One running instance parses the selectors in its browser; an unreachable one does not block the change."""
+        for target in targets[:1]:
+            try:
+                await self._client.put_selectors(target.address, body, dry_run=True, timeout=PUSH_TIMEOUT)
+            except InstanceRejected as exc:
+                if exc.status_code in (400, 422):
+                    raise Invalid("selectors_rejected", name=target.name, reason=exc.detail) from exc
+            except InstanceUnreachable:
+                pass
+
+    async def _store(self, document: dict[str, Any]) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(FleetSetting, SETTING_KEY)
+            if row is None:
+                session.add(FleetSetting(key=SETTING_KEY, value=document, updated_at=utcnow()))
+            else:
+                row.value, row.updated_at = document, utcnow()
+
+    async def _push(self, targets: list[_Target], call: Any) -> list[PushResult]:
+        """Every running instance at once (bounded); each answers for itself."""
+        slots = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+        async def one(target: _Target) -> PushResult:
+            async with slots:
+                try:
+                    answer = await call(target.address)
+                except (InstanceUnreachable, InstanceRejected) as exc:
+                    return PushResult(instance_id=str(target.instance_id), name=target.name, ok=False, error=str(exc))
+            return PushResult(instance_id=str(target.instance_id), name=target.name, ok=True, version=answer.get("version"))
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    async def _record(self, results: list[PushResult], change: str) -> None:
+        """One SELECTORS_CHANGED event per instance: pushed, failed, or due at its next start."""
+        pushed = {r.instance_id: r for r in results}
+        async with self._sessions.begin() as session:
+            for instance_id, name in (await session.execute(select(Instance.id, Instance.name))).all():
+                result = pushed.get(str(instance_id))
+                if result is None:
+                    message = f"{change}; delivered at its next start"
+                elif result.ok:
+                    message = f"{change}; pushed (version {result.version})"
+                else:
+                    message = f"{change}; push failed: {result.error}"
+                session.add(new_event(instance_id, name, EventKind.SELECTORS_CHANGED, message))
+
+
+def check_override(document: Any, packaged: dict[str, Any]) -> dict[str, Any]:
+    """Same rules as the instance's check: selectors.json's shape, known roles and texts, non-empty string lists."""
+    if not isinstance(document, dict):
+        raise Invalid("selectors_not_object")
+    unknown = sorted(set(document) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise Invalid("selectors_unknown_key", keys=", ".join(unknown))
+    version = document.get("version")
+    if version is not None and not (isinstance(version, str) and version.strip()):
+        raise Invalid("selectors_version_invalid")
+    for section in ("roles", "texts"):
+        _check_section(section, document.get(section, {}), packaged.get(section, {}))
+    if not document.get("roles") and not document.get("texts"):
+        raise Invalid("selectors_nothing")
+    return document
+
+
+def _check_section(section: str, entries: Any, known: dict[str, Any]) -> None:
+    if not isinstance(entries, dict):
+        raise Invalid("selectors_section_invalid", section=section)
+    for name, values in entries.items():
+        if name not in known:
+            raise Invalid(f"selectors_unknown_{section[:-1]}", name=name, known=", ".join(known))
+        if not isinstance(values, list) or not values:
+            raise Invalid("selectors_empty_list", entry=f"{section}.{name}")
+        for index, value in enumerate(values):
+            if not isinstance(value, str) or not value.strip():
+                raise Invalid("selectors_empty_string", entry=f"{section}.{name}[{index}]")
