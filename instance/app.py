@@ -25,13 +25,15 @@ from playwright.async_api import Error as PlaywrightError
 
 from instance import __version__
 from instance.browser import BrowserHost
+from instance.catalogue import ModelSpec
+from instance.catalogue import load as load_catalogue
 from instance.driver import Driver, GenerationRequest, GenerationResult
 from instance.errors import BadInput
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
 from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
 from instance.session_store import SessionFormatError, SessionStore, normalize_session
-from instance.settings import ASPECT_RATIOS, InstanceSettings
+from instance.settings import InstanceSettings
 
 log = logging.getLogger("instance")
 
@@ -124,18 +126,54 @@ def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest
         raise BadInput("'prompt' must be a non-empty string")
     if len(prompt) > settings.max_prompt_chars:
         raise BadInput(f"'prompt' is longer than {settings.max_prompt_chars} characters")
-    ratio = body.get("aspect_ratio") or "Auto"
-    if ratio not in ASPECT_RATIOS:
-        raise BadInput(f"unknown aspect_ratio {ratio!r}; use one of {', '.join(ASPECT_RATIOS)}")
+    model = _model(body.get("model"), settings)
+    ratio = _aspect_ratio(body.get("aspect_ratio"), model)
+    image_size = _image_size(body.get("image_size"), model)
     refs = body.get("reference_images_b64") or []
     if not isinstance(refs, list):
         raise BadInput("'reference_images_b64' must be a list of base64 strings")
+    if refs and not model.references:
+        raise BadInput(f"model {model.id} takes no reference images")
     if len(refs) > settings.max_reference_images:
         raise BadInput(f"at most {settings.max_reference_images} reference images are allowed")
     references = [decode_reference(r, i, settings.max_reference_bytes) for i, r in enumerate(refs)]
     task_id = body.get("task_id")
     task_id = task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else uuid.uuid4().hex
-    return GenerationRequest(prompt=prompt, aspect_ratio=ratio, references=references, task_id=task_id)
+    return GenerationRequest(
+        prompt=prompt, aspect_ratio=ratio, references=references, task_id=task_id, model=model.id, image_size=image_size
+    )
+
+
+def _model(value: Any, settings: InstanceSettings) -> ModelSpec:
+    """The requested model (a retired alias names its successor); none asked for: the instance's own."""
+    catalogue = load_catalogue()
+    name = value if value not in (None, "") else settings.model
+    if not isinstance(name, str):
+        raise BadInput("'model' must be a string")
+    spec = catalogue.find(name)
+    if spec is None:
+        raise BadInput(f"unknown model {name[:80]!r}; use one of {', '.join(catalogue.ids)}")
+    return spec
+
+
+def _aspect_ratio(value: Any, model: ModelSpec) -> str:
+    ratio = value or "Auto"
+    if not isinstance(ratio, str) or ratio not in model.ratio_choices:
+        shown = ratio[:40] if isinstance(ratio, str) else ratio
+        raise BadInput(f"model {model.id} has no aspect_ratio {shown!r}; use one of {', '.join(model.ratio_choices)}")
+    return ratio
+
+
+def _image_size(value: Any, model: ModelSpec) -> str | None:
+    if value in (None, ""):
+        return None  # the page's default size
+    if not isinstance(value, str):
+        raise BadInput("'image_size' must be a string")
+    size = model.size(value)
+    if size is None:
+        offered = ", ".join(model.image_sizes) or "none (the page offers no size choice for it)"
+        raise BadInput(f"model {model.id} has no image_size {value[:16]!r}; offered: {offered}")
+    return size
 
 
 def _result_body(task_id: str, result: GenerationResult) -> dict[str, Any]:
@@ -189,7 +227,10 @@ async def generate(request: Request) -> Response:
     try:
         if not await _wait_browser(st.host, st.settings.page_load_timeout_s):
             return _error(503, "the browser is not running", retry_safe=True)
-        log.info("task %s: start (ratio %s, %d reference(s))", gen.task_id, gen.aspect_ratio, len(gen.references))
+        log.info(
+            "task %s: start (%s, ratio %s, size %s, %d reference(s))",
+            gen.task_id, gen.model, gen.aspect_ratio, gen.image_size or "default", len(gen.references),
+        )
         result = await st.driver.run(gen)
     finally:
         st.release(result)

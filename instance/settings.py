@@ -7,9 +7,7 @@ from urllib.parse import quote
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The ratios the Gemini image chat accepts (AISTUDIO.md); "Auto" is the page's default.
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
-ASPECT_RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9")
 
 
 class InstanceSettings(BaseSettings):

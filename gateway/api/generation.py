@@ -96,6 +96,8 @@ def task_body(result: TaskResult, language: str) -> dict[str, Any]:
         "instance": result.instance_name,
         "instance_id": str(result.instance_id) if result.instance_id else None,
         "attempts": result.attempts,
+        "model": result.model,
+        "image_size": result.image_size,
         "timings": result.timings,
         "mode": result.mode,
         "created_at": result.created_at.isoformat() if result.created_at else None,
@@ -140,7 +142,10 @@ async def _form_generation(request: Request[Any, Any, Any]) -> Any:
         for upload in uploads:
             if isinstance(upload, UploadFile):
                 await upload.close()
-    return form_request(form.get("prompt"), form.get("aspect_ratio"), files, _limits(request))
+    return form_request(
+        form.get("prompt"), form.get("aspect_ratio"), files, _limits(request),
+        model=form.get("model"), image_size=form.get("image_size"),
+    )
 
 
 def _disconnect_of(request: Request[Any, Any, Any]) -> Callable[[], Awaitable[None]]:

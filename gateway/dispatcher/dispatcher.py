@@ -65,6 +65,8 @@ class TaskResult:
     timings: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    model: str | None = None
+    image_size: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -77,6 +79,8 @@ class _Progress:
 
     task_id: uuid.UUID
     mode: str
+    model: str
+    image_size: str | None = None
     began: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=utcnow)
     queued_s: float = 0.0
@@ -94,7 +98,7 @@ class _Progress:
         self.last, self.last_lease = attempt, lease
         if attempt.bounced:
             self.bounces += 1
-        else:
+        elif not attempt.model_unavailable:  # nothing ran there: the retry is not spent
             self.attempts += 1
         self.tries.append({"instance": lease.name, "outcome": attempt.error_code or "succeeded", "ms": _ms(seconds)})
 
@@ -127,6 +131,8 @@ class _Progress:
             timings=end.timings,
             created_at=self.created_at,
             finished_at=utcnow(),
+            model=self.model,
+            image_size=self.image_size,
         )
 
 
@@ -242,7 +248,7 @@ class Dispatcher:
         runner.add_done_callback(self._background.discard)
         status = TaskStatus.RUNNING if lease is not None else TaskStatus.QUEUED
         return TaskResult(progress.task_id, status, "async", instance_id=lease.instance_id if lease else None,
-                          instance_name=lease.name if lease else None)
+                          instance_name=lease.name if lease else None, model=request.model, image_size=request.image_size)
 
     async def task(self, task_id: str) -> TaskResult:
         """A task's row and, once it succeeded, its kept images; 404 unknown, 410 images no longer kept."""
@@ -268,6 +274,8 @@ class Dispatcher:
             timings=row.timings or {},
             created_at=row.created_at,
             finished_at=row.finished_at,
+            model=row.model,
+            image_size=row.image_size,
         )
         if row.status == TaskStatus.SUCCEEDED:
             stored = await self.results.load(row.result_path)
@@ -286,8 +294,11 @@ class Dispatcher:
         behind_others = len(self._queue) > 0
         if behind_others and self._queue_room() <= 0:
             raise self._queue_full()
-        progress = _Progress(uuid.uuid4(), mode)
-        task = NewTask(progress.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64))
+        progress = _Progress(uuid.uuid4(), mode, request.model, request.image_size)
+        task = NewTask(
+            progress.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
+            request.model, request.image_size,
+        )
         # Instances that answered here a moment ago may not be released yet: before queueing, wait for that.
         settling = list(self._settling.values()) if not behind_others else []
         lease, snapshot, claimed = await self._try_admit(task, try_lease=not behind_others, may_queue=not settling)
@@ -299,7 +310,7 @@ class Dispatcher:
         assert snapshot is not None
         self._capacity_hint = max(1, snapshot.servable)
         if snapshot.empty:
-            raise self._no_instance(snapshot)
+            raise self._no_instance(snapshot, request.model)
         if not claimed:
             raise self._queue_full()
         return progress, None
@@ -328,13 +339,17 @@ class Dispatcher:
         self._reject("queue_full")
         return QueueFull("queue_full", limit=self._settings.queue_max, headers=self._retry_after(self._estimate_wait()))
 
-    def _no_instance(self, snapshot: PoolSnapshot) -> Unavailable:
+    def _no_instance(self, snapshot: PoolSnapshot, model: str) -> Unavailable:
         if snapshot.running == 0:
             self._reject("no_instance_running")
             return Unavailable("no_instance_running", headers=self._retry_after(30))
         if snapshot.logged_in == 0:
             self._reject("no_instance_logged_in")
             return Unavailable("no_instance_logged_in", running=snapshot.running, headers=self._retry_after(60))
+        if snapshot.blocked and snapshot.cooldown_ends is None:
+            # Blocks last until a restart or a new session: an operator's move, not a short wait.
+            self._reject("model_unavailable")
+            return Unavailable("model_unavailable_everywhere", model=model, headers=self._retry_after(RETRY_AFTER_MAX))
         self._reject("all_cooling_down")
         seconds = (snapshot.cooldown_ends - utcnow()).total_seconds() if snapshot.cooldown_ends else 60
         until = snapshot.cooldown_ends.isoformat(timespec="seconds") if snapshot.cooldown_ends else "?"
@@ -379,7 +394,7 @@ class Dispatcher:
             log.exception("task %s failed in the gateway", progress.task_id)
 
     def _enqueue(self, progress: _Progress) -> Waiter:
-        waiter = Waiter(progress.task_id, frozenset(progress.tried))
+        waiter = Waiter(progress.task_id, frozenset(progress.tried), progress.model)
         self._queue.enqueue(waiter, front=bool(progress.tried))
         return waiter
 
@@ -413,7 +428,7 @@ class Dispatcher:
             waiter.future.cancel()  # done now, so the pump never hands it a lease
 
     async def _lease_for(self, waiter: Waiter) -> Lease | None:
-        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoiding())
+        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoiding(), waiter.model)
 
     async def _attempt(self, progress: _Progress, request: GenerationRequest, lease: Lease) -> TaskEnd | None:
         """One attempt on a leased instance; the lease is released whatever happens. Returns how the task
@@ -458,7 +473,9 @@ class Dispatcher:
         try:
             if end is not None and attempt.success and self._keeps(progress.mode):
                 end = replace(end, result_path=await self._save(progress, attempt))
-            release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced)
+            release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced and not attempt.model_unavailable)
+            if attempt.model_unavailable:
+                release = replace(release, blocks_model=progress.model, block_reason=attempt.error_message or "")
             events = self._events_for(lease, attempt)
             await self._ledger.finish_attempt(lease, release, end, attempts=progress.attempts, events=events)
         except Exception:
@@ -487,10 +504,11 @@ class Dispatcher:
             return False
         if attempt.bounced and progress.bounces > MAX_BOUNCES:
             return False
-        if not attempt.bounced and progress.attempts >= self._settings.max_attempts:
+        spent = not attempt.bounced and not attempt.model_unavailable
+        if spent and progress.attempts >= self._settings.max_attempts:
             return False
         # Another instance must exist that could take it, or waiting would only end in a timeout.
-        snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding())
+        snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding(), progress.model)
         return not snapshot.empty
 
     def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import catalogue
+from gateway.catalogue import ModelSpec
 from gateway.errors import BadRequest, Invalid, TooLarge
 from gateway.settings import Settings
-
-# The ratios the Gemini image chat offers; "Auto" is the page's default (same list as the instance).
-ASPECT_RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9")
 
 # Magic numbers of the formats AI Studio's upload accepts.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
@@ -46,14 +45,20 @@ class GenerationRequest:
     prompt: str
     aspect_ratio: str
     references_b64: tuple[str, ...] = ()
+    model: str = field(default_factory=lambda: catalogue.load().default_model)  # an id of the catalogue, never an alias
+    image_size: str | None = None  # None: the page's default size
 
     def instance_payload(self, task_id: str) -> dict[str, Any]:
-        return {
+        payload = {
             "prompt": self.prompt,
             "aspect_ratio": self.aspect_ratio,
+            "model": self.model,
             "reference_images_b64": list(self.references_b64),
             "task_id": task_id,
         }
+        if self.image_size is not None:
+            payload["image_size"] = self.image_size
+        return payload
 
 
 def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
@@ -67,20 +72,59 @@ def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
     prompt = _prompt(body.get("prompt"), limits)
-    ratio = _aspect_ratio(body.get("aspect_ratio"))
+    options = generation_options(body.get("model"), body.get("aspect_ratio"), body.get("image_size"))
     encoded = _reference_strings(body.get("reference_image_b64"), body.get("reference_images_b64"), limits)
+    options.check_references(len(encoded))
     references = tuple(_checked_base64(text, index, limits) for index, text in enumerate(encoded))
-    return GenerationRequest(prompt, ratio, references)
+    return options.request(prompt, references)
 
 
-def form_request(prompt: Any, aspect_ratio: Any, files: list[bytes], limits: InputLimits) -> GenerationRequest:
+def form_request(
+    prompt: Any, aspect_ratio: Any, files: list[bytes], limits: InputLimits, *, model: Any = None, image_size: Any = None
+) -> GenerationRequest:
     """POST /generate-with-file: form fields and uploaded files (already read) under `reference_images`."""
     checked_prompt = _prompt(prompt, limits)
-    ratio = _aspect_ratio(aspect_ratio)
+    options = generation_options(model, aspect_ratio, image_size)
     if len(files) > limits.max_reference_images:
         raise Invalid("too_many_references", limit=limits.max_reference_images)
+    options.check_references(len(files))
     references = tuple(_checked_image(data, index, limits) for index, data in enumerate(files))
-    return GenerationRequest(checked_prompt, ratio, tuple(base64.b64encode(data).decode("ascii") for data in references))
+    return options.request(checked_prompt, tuple(base64.b64encode(data).decode("ascii") for data in references))
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The model and what it was asked for, checked against the catalogue."""
+
+    spec: ModelSpec
+    aspect_ratio: str
+    image_size: str | None
+
+    def check_references(self, count: int) -> None:
+        if count and not self.spec.references:
+            raise Invalid("model_takes_no_references", model=self.spec.id)
+
+    def request(self, prompt: str, references_b64: tuple[str, ...]) -> GenerationRequest:
+        return GenerationRequest(prompt, self.aspect_ratio, references_b64, self.spec.id, self.image_size)
+
+
+def generation_options(model: Any, aspect_ratio: Any, image_size: Any) -> GenerationOptions:
+    """The one check of model, ratio and size for every face: 422 naming what the model offers.
+    Absent fields keep the old behaviour: the default model, the page's default ratio and size."""
+    spec = _model(model)
+    return GenerationOptions(spec, _aspect_ratio(aspect_ratio, spec), _image_size(image_size, spec))
+
+
+def _model(value: Any) -> ModelSpec:
+    known = catalogue.load()
+    if value is None or value == "":
+        return known.default
+    if not isinstance(value, str):
+        raise Invalid("field_type", field="model", expected="string")
+    spec = known.find(value.strip())
+    if spec is None:
+        raise Invalid("model_unknown", value=value[:80], choices=", ".join(known.ids))
+    return spec
 
 
 def _prompt(value: Any, limits: InputLimits) -> str:
@@ -93,14 +137,27 @@ def _prompt(value: Any, limits: InputLimits) -> str:
     return value
 
 
-def _aspect_ratio(value: Any) -> str:
+def _aspect_ratio(value: Any, spec: ModelSpec) -> str:
     if value is None or value == "":
-        return "Auto"
+        return catalogue.AUTO
     if not isinstance(value, str):
         raise Invalid("field_type", field="aspect_ratio", expected="string")
-    if value not in ASPECT_RATIOS:
-        raise Invalid("aspect_ratio_unknown", value=value[:40], choices=", ".join(ASPECT_RATIOS))
+    if value not in spec.ratio_choices:
+        raise Invalid("aspect_ratio_unknown", value=value[:40], model=spec.id, choices=", ".join(spec.ratio_choices))
     return value
+
+
+def _image_size(value: Any, spec: ModelSpec) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise Invalid("field_type", field="image_size", expected="string")
+    size = spec.size(value)
+    if size is None and not spec.image_sizes:
+        raise Invalid("image_size_not_offered", value=value[:16], model=spec.id)
+    if size is None:
+        raise Invalid("image_size_unknown", value=value[:16], model=spec.id, choices=", ".join(spec.image_sizes))
+    return size
 
 
 def _reference_strings(single: Any, several: Any, limits: InputLimits) -> list[str]:

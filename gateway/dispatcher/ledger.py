@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, insert, select, update
+from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.models import InstanceEvent, LoginState, Status, Target, TaskStatus
 from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
-from gateway.dispatcher.statements import EVENTS, NOTIFY_CHANNEL, TASKS, I, T
+from gateway.dispatcher.statements import EVENTS, MODEL_BLOCKS, NOTIFY_CHANNEL, TASKS, B, I, T
 from gateway.services.instance_client import InstanceAddress
 
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
@@ -43,6 +43,7 @@ class PoolSnapshot:
     logged_in: int
     servable: int
     cooldown_ends: datetime | None  # the earliest end among the cooling instances
+    blocked: int = 0  # signed in and not cooling, but their accounts cannot use the task's model
 
     @property
     def empty(self) -> bool:
@@ -56,6 +57,8 @@ class NewTask:
     prompt: str
     aspect_ratio: str
     reference_count: int
+    model: str
+    image_size: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class Release:
     succeeded: bool
     cooldown: float | None = None  # seconds
     counts: bool = True  # a bounced (409) attempt ran nothing: no counter moves
+    blocks_model: str | None = None  # the account cannot use this model: no more of its tasks go there
+    block_reason: str = ""
 
 
 class Ledger:
@@ -107,7 +112,7 @@ class Ledger:
         `may_queue()` grants it a place. Returns the lease, or the pool's snapshot when it was not leased;
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
         now = utcnow()
-        params = self._lease_params(task.task_id, avoid, now) | _task_params(task)
+        params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
         if try_lease and self._postgres:
             async with self._single.connect() as connection:
                 lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params))
@@ -119,17 +124,17 @@ class Ledger:
             if lease is not None:
                 await connection.execute(sql.INSERT_TASK, params | _running(lease, now))
                 return lease, None
-            snapshot = await self._snapshot(connection, frozenset(), now)
+            snapshot = await self._snapshot(connection, frozenset(), now, task.model)
             if snapshot.empty or not may_queue():
                 return None, snapshot  # nothing was written: the failed lease changed no row
             queued = {"p_status": TaskStatus.QUEUED, "p_instance_id": None, "p_instance_name": None, "p_started_at": None}
             await connection.execute(sql.INSERT_TASK, params | queued)
         return None, snapshot
 
-    async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID]) -> Lease | None:
+    async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], model: str) -> Lease | None:
         """A lease for a task that waited; its row turns running."""
         now = utcnow()
-        params = self._lease_params(task_id, exclude, now)
+        params = self._lease_params(task_id, exclude, now, model)
         if self._postgres:
             async with self._single.connect() as connection:
                 return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params))
@@ -158,7 +163,7 @@ class Ledger:
         }
         if end is not None:
             params.update(_end_params(end))
-        if self._postgres and not events:
+        if self._postgres and not events and release.blocks_model is None:
             async with self._single.connect() as connection:
                 await connection.execute(sql.RELEASE_AND_END if end is not None else sql.RELEASE_AND_REQUEUE, params)
             return
@@ -167,7 +172,16 @@ class Ledger:
             await connection.execute(sql.END_TASK if end is not None else sql.REQUEUE_TASK, params)
             if events:
                 await connection.execute(insert(EVENTS), [_event_row(e) for e in events])
+            if release.blocks_model is not None:
+                await self._block_model(connection, lease.instance_id, release.blocks_model, release.block_reason, now)
             await self._notify(connection, params)
+
+    @staticmethod
+    async def _block_model(connection: AsyncConnection, instance_id: uuid.UUID, model: str, reason: str, now: datetime) -> None:
+        # Replaces a void block from before the instance's last start (same key); portable, unlike an upsert.
+        await connection.execute(delete(MODEL_BLOCKS).where(B.instance_id == instance_id, B.model == model))
+        row = {"instance_id": instance_id, "model": model, "reason": reason[:2000], "created_at": now}
+        await connection.execute(insert(MODEL_BLOCKS), [row])
 
     async def release_unused(self, lease: Lease) -> None:
         """A lease nobody will use (its waiter left at that very moment): free it, leave the task alone."""
@@ -185,9 +199,9 @@ class Ledger:
         async with self._transaction() as connection:
             await connection.execute(update(TASKS).where(T.id == task_id, unfinished).values(**values))
 
-    async def snapshot(self, exclude: frozenset[uuid.UUID] = frozenset()) -> PoolSnapshot:
+    async def snapshot(self, exclude: frozenset[uuid.UUID] = frozenset(), model: str | None = None) -> PoolSnapshot:
         async with self._engine.connect() as connection:
-            return await self._snapshot(connection, exclude, utcnow())
+            return await self._snapshot(connection, exclude, utcnow(), model)
 
     async def suspect(self, instance_id: uuid.UUID) -> None:
         """Tells the other gateways' reconcilers (one of them leads) to probe this instance."""
@@ -202,9 +216,9 @@ class Ledger:
                 await stack.enter_async_context(self._writer)
             yield await stack.enter_async_context(self._engine.begin())
 
-    def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime) -> dict[str, Any]:
+    def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime, model: str) -> dict[str, Any]:
         expires = now + timedelta(seconds=self._lease_seconds)
-        return {"p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires}
+        return {"p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires, "p_model": model}
 
     @staticmethod
     def _lease_from(task_id: uuid.UUID, result: Any) -> Lease | None:
@@ -213,18 +227,24 @@ class Ledger:
             return None
         return Lease(task_id, row.id, row.name, InstanceAddress(row.endpoint, row.token))
 
-    async def _snapshot(self, connection: AsyncConnection, exclude: frozenset[uuid.UUID], now: datetime) -> PoolSnapshot:
+    async def _snapshot(
+        self, connection: AsyncConnection, exclude: frozenset[uuid.UUID], now: datetime, model: str | None
+    ) -> PoolSnapshot:
+        """With a model: instances whose accounts cannot use it do not count as servable."""
+
         def count(condition: Any) -> Any:
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
         running = and_(I.status == Status.RUNNING, I.target == Target.RUNNING)
         logged_in = and_(running, I.login_state == LoginState.LOGGED_IN)
         cooling = and_(logged_in, ~sql.not_cooling(now))
+        blocked = sql.model_blocked(model) if model is not None else None
         query = select(
             count(running),
             count(logged_in),
-            count(sql.serving(now)),
+            count(and_(sql.serving(now), ~blocked) if blocked is not None else sql.serving(now)),
             func.min(case((cooling, I.cooldown_until), else_=None)),
+            count(and_(sql.serving(now), blocked)) if blocked is not None else literal(0),
         )
         if exclude:
             query = query.where(I.id.not_in(exclude))
@@ -234,7 +254,7 @@ class Ledger:
             cooldown_ends = datetime.fromisoformat(cooldown_ends)
         if cooldown_ends is not None and cooldown_ends.tzinfo is None:
             cooldown_ends = cooldown_ends.replace(tzinfo=now.tzinfo)
-        return PoolSnapshot(int(row[0]), int(row[1]), int(row[2]), cooldown_ends)
+        return PoolSnapshot(int(row[0]), int(row[1]), int(row[2]), cooldown_ends, int(row[4]))
 
     def _notice(self, kind: str, argument: str = "") -> dict[str, str]:
         return {"p_channel": NOTIFY_CHANNEL, "p_payload": f"{self._origin}:{kind}:{argument}"}
@@ -272,6 +292,8 @@ def _task_params(task: NewTask) -> dict[str, Any]:
         "p_mode": task.mode,
         "p_prompt": task.prompt,
         "p_aspect_ratio": task.aspect_ratio,
+        "p_model": task.model,
+        "p_image_size": task.image_size,
         "p_reference_count": task.reference_count,
     }
 

@@ -28,6 +28,7 @@ ABANDONED = "abandoned"  # left queued/running by a gateway that died
 QUOTA = "quota_exhausted"
 RATE_LIMITED = "rate_limited"
 NEEDS_LOGIN = "needs_login"
+MODEL_UNAVAILABLE = "model_unavailable"  # the instance's account cannot use the requested model
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Attempt:
     cooldown: float | None = None  # seconds this instance rests
     suspect: bool = False  # the reconciler should probe this instance now
     bounced: bool = False  # the instance was busy: nothing ran, so it does not count as an attempt
+    model_unavailable: bool = False  # its account cannot use the model: nothing ran, and it gets no more of them
     timings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +81,9 @@ def from_answer(body: Any, cooldowns: Cooldowns) -> Attempt:
         attempt.cooldown = cooldowns.rate_limit
     elif code == NEEDS_LOGIN:
         attempt.suspect = True  # the probe records the login state the instance reports
+    elif code == MODEL_UNAVAILABLE:
+        # Nothing was generated, so another instance may run it, and the retry is not spent.
+        attempt.retry = attempt.model_unavailable = True
     return attempt
 
 

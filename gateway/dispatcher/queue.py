@@ -1,6 +1,7 @@
 """The wait queue: tasks that found no free instance wait here, first in first out, and are handed a lease.
 
-One pump hands out leases in queue order. It runs when woken (an instance was freed here, or in another
+One pump hands out leases in queue order (a task whose model no free instance can use lets the ones behind it
+through). It runs when woken (an instance was freed here, or in another
 gateway via Postgres NOTIFY) and, while anyone waits, every `poll_interval` anyway: instances also become
 free by starting, signing in, or the end of a cooldown, which nobody announces.
 """
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 class Waiter:
     task_id: uuid.UUID
     exclude: frozenset[uuid.UUID]  # instances this task already tried
+    model: str
     future: asyncio.Future[Lease] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     since: float = field(default_factory=time.monotonic)
 
@@ -90,15 +92,20 @@ class WaitQueue:
                 await asyncio.sleep(self._poll_interval)
 
     async def _serve(self) -> None:
+        missed: set[str] = set()  # models for which nothing is free, whoever asks
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self.remove(waiter)
                 continue
+            if waiter.model in missed:
+                continue  # nothing for this model even without exclusions: it would find the same
             lease = await self._acquire(waiter)
             if lease is None:
                 if not waiter.exclude:
-                    return  # nothing is free for anyone; later waiters would find the same
-                continue  # only its own excluded instances were free: someone behind may take them
+                    missed.add(waiter.model)
+                # Only its own excluded instances, or ones that cannot use its model, may be free:
+                # someone behind may take them.
+                continue
             self.remove(waiter)
             if waiter.future.done():
                 await self._release_unused(lease)  # it gave up while we were leasing

@@ -19,7 +19,7 @@ from sqlalchemy import Uuid, and_, bindparam, func, insert, literal, or_, select
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
-from gateway.db.models import Instance, InstanceEvent, LoginState, Status, Target, Task, TaskStatus
+from gateway.db.models import Instance, InstanceEvent, LoginState, ModelBlock, Status, Target, Task, TaskStatus
 from gateway.db.types import UTCDateTime
 
 NOTIFY_CHANNEL = "aistudio_fleet_pool"
@@ -27,8 +27,10 @@ NOTIFY_CHANNEL = "aistudio_fleet_pool"
 INSTANCES = Instance.__table__
 TASKS = Task.__table__
 EVENTS = InstanceEvent.__table__
+MODEL_BLOCKS = ModelBlock.__table__
 I = INSTANCES.c  # noqa: E741 - the instance table's columns, read like the model
 T = TASKS.c
+B = MODEL_BLOCKS.c
 
 _NOW = bindparam("p_now", type_=UTCDateTime())
 _TASK_ID = bindparam("p_task_id", type_=Uuid())
@@ -64,10 +66,22 @@ def serving(now: Any = _NOW) -> ColumnElement[bool]:
     )
 
 
+def block_in_force() -> ColumnElement[bool]:
+    """A model block older than the instance's last start is void: a restart (the reconciler stamps
+    `started_at` whenever an instance becomes ready) clears it; a session import deletes it."""
+    return or_(I.started_at.is_(None), B.created_at >= I.started_at)
+
+
+def model_blocked(model: Any = None) -> ColumnElement[bool]:
+    """The instance's account said it cannot use this model (the lease's `p_model` unless given)."""
+    model = bindparam("p_model", type_=B.model.type) if model is None else model
+    return select(B.instance_id).where(B.instance_id == I.id, B.model == model, block_in_force()).exists()
+
+
 # The lease.
 _CANDIDATE = (
     select(I.id)
-    .where(serving(), lease_free(), I.id.not_in(bindparam("p_exclude", expanding=True)))
+    .where(serving(), lease_free(), ~model_blocked(), I.id.not_in(bindparam("p_exclude", expanding=True)))
     .order_by(I.last_used_at.asc().nulls_first(), I.id)
     .limit(1)
     .with_for_update(skip_locked=True)
@@ -86,12 +100,15 @@ LEASE = (
 
 # A new task's row.
 _NEW_TASK_COLUMNS = (
-    "id", "mode", "prompt", "aspect_ratio", "reference_count", "status", "instance_id", "instance_name",
-    "started_at", "created_at", "attempts", "image_count",
+    "id", "mode", "prompt", "aspect_ratio", "model", "image_size", "reference_count", "status", "instance_id",
+    "instance_name", "started_at", "created_at", "attempts", "image_count",
 )
 INSERT_TASK = insert(TASKS).values(
     id=_TASK_ID,
-    **_bound(T, "mode", "prompt", "aspect_ratio", "reference_count", "status", "instance_id", "instance_name", "started_at"),
+    **_bound(
+        T, "mode", "prompt", "aspect_ratio", "model", "image_size", "reference_count", "status", "instance_id",
+        "instance_name", "started_at",
+    ),
     created_at=_NOW,
     attempts=0,
     image_count=0,
@@ -163,6 +180,8 @@ LEASE_AND_REGISTER = select(_LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _L
             _param("mode", T.mode),
             _param("prompt", T.prompt),
             _param("aspect_ratio", T.aspect_ratio),
+            _param("model", T.model),
+            _param("image_size", T.image_size),
             _param("reference_count", T.reference_count),
             literal(TaskStatus.RUNNING.value),
             _LEASED.c.id,

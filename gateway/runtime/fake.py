@@ -71,6 +71,8 @@ class FakeGeneration:
     prompt: str = ""
     aspect_ratio: str = ""
     references: list[str] = field(default_factory=list)
+    model: str | None = None
+    image_size: str | None = None
 
 
 @dataclass
@@ -90,6 +92,7 @@ class FakeContainer:
     hang_http: bool = False  # accepts connections but never answers
     generate_delay: float | None = None  # None: the runtime's generate_delay
     script: list[FakeOutcome] = field(default_factory=list)  # outcomes of the next generations, in order
+    unavailable_models: set[str] = field(default_factory=set)  # its account cannot use these: model_unavailable
     log_lines: list[str] = field(default_factory=list)
     log_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -164,6 +167,10 @@ class FakeRuntime:
     def refuse_selectors(self, instance_id: str) -> None:
         """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
         self.containers[instance_id].refuses_selectors = True
+
+    def refuse_model(self, instance_id: str, model: str) -> None:
+        """The instance's account cannot use `model`: every generation with it answers model_unavailable."""
+        self.containers[instance_id].unavailable_models.add(model)
 
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
@@ -378,7 +385,10 @@ class FakeRuntime:
             return httpx.Response(409, json={"detail": "this instance is already running a task"})
         body = json.loads(request.content or b"{}")
         task_id = body.get("task_id")
-        outcome = container.script.pop(0) if container.script else FakeOutcome.ok()
+        if body.get("model") in container.unavailable_models:
+            outcome = FakeOutcome.error("model_unavailable", retry_safe=True)
+        else:
+            outcome = container.script.pop(0) if container.script else FakeOutcome.ok()
         if outcome.kind == "refused":
             raise httpx.ConnectError("connection refused", request=request)
         if outcome.kind == "http":
@@ -388,6 +398,7 @@ class FakeRuntime:
             container.instance_id, task_id, time.monotonic(), outcome.code or outcome.kind,
             prompt=body.get("prompt", ""), aspect_ratio=body.get("aspect_ratio", ""),
             references=list(body.get("reference_images_b64") or []),
+            model=body.get("model"), image_size=body.get("image_size"),
         )
         self.generations.append(record)
         container.busy = True

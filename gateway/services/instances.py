@@ -27,6 +27,7 @@ from gateway.db.models import (
     Instance,
     InstanceEvent,
     LoginState,
+    ModelBlock,
     Status,
     Target,
     Task,
@@ -47,7 +48,8 @@ from gateway.services.instance_client import (
     InstanceRejected,
     InstanceUnreachable,
 )
-from gateway.services.views import EngineView, EventView, InstanceView, StatsView
+from gateway.dispatcher.statements import block_in_force
+from gateway.services.views import EngineView, EventView, InstanceView, ModelBlockView, StatsView
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,15 +101,17 @@ class InstanceService:
         query = _view_query(now).order_by(Instance.created_at, Instance.id)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        return [_to_view(row) for row in rows]
+            blocks = await _model_blocks(session)
+        return [_blocked(_to_view(row), blocks) for row in rows]
 
     async def get(self, instance_id: str) -> InstanceView:
         uid = _parse_id(instance_id)
         async with self._sessions() as session:
             row = (await session.execute(_view_query(utcnow()).where(Instance.id == uid))).first()
+            blocks = await _model_blocks(session, uid)
         if row is None:
             raise NotFound("instance_not_found", instance_id=instance_id)
-        return _to_view(row)
+        return _blocked(_to_view(row), blocks)
 
     async def stats(self) -> StatsView:
         now = utcnow()
@@ -267,6 +271,8 @@ class InstanceService:
         message = f"session imported {origin}: {result.get('cookies', '?')} cookies"
         async with self._sessions.begin() as session:
             session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
+            # Perhaps another account now: the models the old one could not use may work again.
+            await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uuid.UUID(view.instance_id)))
         self._on_target_changed()  # a pass probes it now, so its new login state shows at once
         return result
 
@@ -397,6 +403,27 @@ class InstanceService:
             if exc.status_code == 409:
                 raise Conflict("instance_busy", name=view.name) from exc
             raise InstanceUnavailable("instance_rejected", name=view.name, reason=str(exc)) from exc
+
+
+async def _model_blocks(session: AsyncSession, instance_id: uuid.UUID | None = None) -> dict[uuid.UUID, list[ModelBlockView]]:
+    """The model blocks in force (void ones, from before the instance's last start, are left out)."""
+    query = (
+        select(ModelBlock.instance_id, ModelBlock.model, ModelBlock.reason, ModelBlock.created_at)
+        .join(Instance, Instance.id == ModelBlock.instance_id)
+        .where(block_in_force())
+        .order_by(ModelBlock.created_at, ModelBlock.model)
+    )
+    if instance_id is not None:
+        query = query.where(ModelBlock.instance_id == instance_id)
+    found: dict[uuid.UUID, list[ModelBlockView]] = {}
+    for row in (await session.execute(query)).all():
+        found.setdefault(row.instance_id, []).append(ModelBlockView(model=row.model, reason=row.reason, since=row.created_at))
+    return found
+
+
+def _blocked(view: InstanceView, blocks: dict[uuid.UUID, list[ModelBlockView]]) -> InstanceView:
+    view.unavailable_models = blocks.get(uuid.UUID(view.instance_id), [])
+    return view
 
 
 def _view_query(now: datetime) -> Any:

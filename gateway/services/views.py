@@ -27,6 +27,14 @@ class InstanceView(msgspec.Struct, kw_only=True):
     restart_count: int
     next_restart_at: datetime | None
     handle: str | None
+    # Models its account said it cannot use: no task for them goes here until a restart or a new session.
+    unavailable_models: list[ModelBlockView] = msgspec.field(default_factory=list)
+
+
+class ModelBlockView(msgspec.Struct, kw_only=True):
+    model: str
+    reason: str
+    since: datetime
 
 
 class EngineView(msgspec.Struct, kw_only=True):

@@ -1,0 +1,269 @@
+"""Models, ratios and sizes through the generation API, on the fake runtime: the catalogue's 422s (nothing
+dispatched, nothing stored), what reaches the instance and what the answer and the task row say, and an
+account that cannot use a model (the task goes elsewhere without spending its retry; the instance is blocked
+for that model until it restarts or gets a new session). SQLite and Postgres where the database decides."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_admin_app
+from gateway.catalogue import CATALOGUE_PATH
+from gateway.catalogue import load as load_catalogue
+from gateway.runtime.fake import TINY_PNG, FakeRuntime
+from tests.gateway.pool import Pool, open_pool, serve, wait_for
+
+PNG = base64.b64encode(TINY_PNG).decode()
+EN = {"Accept-Language": "en"}
+DEFAULT = "gemini-2.5-flash-image"
+PRO = "gemini-3-pro-image"
+FLASH_31 = "gemini-3.1-flash-image"
+
+
+# ---- the catalogue itself ---------------------------------------------------------------------------
+
+
+def test_the_catalogue_is_the_instance_packages_file_and_lists_todays_models() -> None:
+    assert CATALOGUE_PATH.parts[-2:] == ("instance", "models.json")
+    raw = json.loads(CATALOGUE_PATH.read_text("utf-8"))
+    catalogue = load_catalogue()
+    assert catalogue.default_model == raw["default_model"] == DEFAULT
+    assert {DEFAULT, PRO, FLASH_31} <= set(catalogue.ids)
+    for retired, current in [(f"{DEFAULT}-preview", DEFAULT), (f"{PRO}-preview", PRO), (f"{FLASH_31}-preview", FLASH_31)]:
+        spec = catalogue.find(retired)
+        assert spec is not None and spec.id == current
+    standard = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"}
+    assert set(catalogue.find(DEFAULT).aspect_ratios) == standard == set(catalogue.find(PRO).aspect_ratios)
+    assert set(catalogue.find(FLASH_31).aspect_ratios) == standard | {"1:4", "4:1", "1:8", "8:1"}
+    assert catalogue.find(PRO).image_sizes == catalogue.find(FLASH_31).image_sizes == ("1K", "2K", "4K")
+    assert catalogue.find(DEFAULT).image_sizes == ()
+
+
+# ---- bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pool]:
+    tmp = tmp_path_factory.mktemp("models")
+    async with open_pool(f"sqlite+aiosqlite:///{tmp}/gateway.db", tmp, FakeRuntime(), instances=1) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def untouched(pool: Pool) -> AsyncIterator[None]:
+    """The request must neither reach an instance nor leave a task row."""
+    generations, tasks = len(pool.fake.generations), await pool.task_count()
+    yield
+    assert len(pool.fake.generations) == generations
+    assert await pool.task_count() == tasks
+
+
+BAD: list[tuple[str, dict[str, Any], str, list[str]]] = [
+    # (id, body, error key, words the English message must hold: the allowed values)
+    ("unknown model", {"model": "gemini-9-ultra"}, "model_unknown", ["gemini-9-ultra", DEFAULT, PRO, FLASH_31]),
+    ("ratio the model lacks", {"model": PRO, "aspect_ratio": "1:8"}, "aspect_ratio_unknown", [PRO, "1:8", "21:9", "Auto"]),
+    ("ratio unknown to the default", {"aspect_ratio": "4:1"}, "aspect_ratio_unknown", [DEFAULT, "16:9"]),
+    ("size the model lacks", {"model": PRO, "image_size": "8K"}, "image_size_unknown", [PRO, "8K", "1K, 2K, 4K"]),
+    ("size on a model without sizes", {"model": DEFAULT, "image_size": "2K"}, "image_size_not_offered", [DEFAULT, "image_size"]),
+    ("size without a model", {"image_size": "4K"}, "image_size_not_offered", [DEFAULT]),
+    ("model not text", {"model": 3}, "field_type", ["model"]),
+    ("size not text", {"model": PRO, "image_size": 2}, "field_type", ["image_size"]),
+    ("references to Imagen", {"model": "imagen-4.0-generate-001", "reference_image_b64": PNG}, "model_takes_no_references", ["imagen-4.0-generate-001"]),
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/tasks"])
+@pytest.mark.parametrize(("body", "key", "words"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+async def test_options_the_model_lacks_are_422_naming_what_it_offers(
+    pool: Pool, untouched: None, path: str, body: dict[str, Any], key: str, words: list[str]
+) -> None:
+    english = await pool.http.post(path, json={"prompt": "p", **body}, headers=EN)
+    assert english.status_code == 422, english.text
+    assert english.json()["success"] is False and english.json()["error"] == key
+    for word in words:
+        assert word in english.json()["message"]
+    chinese = await pool.http.post(path, json={"prompt": "p", **body})
+    assert chinese.status_code == 422 and any("\u4e00" <= ch <= "\u9fff" for ch in chinese.json()["message"])
+
+
+async def test_the_form_is_checked_the_same_way(pool: Pool, untouched: None) -> None:
+    form = {"prompt": "p", "model": PRO, "image_size": "16K"}
+    response = await pool.http.post("/generate-with-file", data=form, headers=EN)
+    assert response.status_code == 422 and response.json()["error"] == "image_size_unknown"
+    files = [("reference_images", ("a.png", TINY_PNG, "image/png"))]
+    imagen = {"prompt": "p", "model": "imagen-4.0-fast-generate-001"}
+    response = await pool.http.post("/generate-with-file", data=imagen, files=files, headers=EN)
+    assert response.status_code == 422 and response.json()["error"] == "model_takes_no_references"
+
+
+# ---- what reaches the instance --------------------------------------------------------------------------
+
+
+async def test_an_old_request_runs_the_default_model_at_the_pages_default_size(pool: Pool) -> None:
+    body = (await pool.generate(aspect_ratio="16:9")).json()
+    assert body["success"] is True and body["model"] == DEFAULT and body["image_size"] is None
+    generation = pool.fake.generations[-1]
+    assert generation.model == DEFAULT and generation.image_size is None and generation.aspect_ratio == "16:9"
+    row = (await pool.task_rows())[-1]
+    assert str(row.id) == body["task_id"] and row.model == DEFAULT and row.image_size is None
+
+
+async def test_model_and_size_reach_the_instance_and_the_row_an_alias_as_its_successor(pool: Pool) -> None:
+    body = (await pool.generate(model=f"{PRO}-preview", aspect_ratio="21:9", image_size="2k")).json()
+    assert body["success"] is True and body["model"] == PRO and body["image_size"] == "2K"
+    generation = pool.fake.generations[-1]
+    assert (generation.model, generation.image_size, generation.aspect_ratio) == (PRO, "2K", "21:9")
+    row = (await pool.task_rows())[-1]
+    assert (row.model, row.image_size, row.aspect_ratio) == (PRO, "2K", "21:9")
+
+
+async def test_the_extra_ratios_of_3_1_flash_and_an_async_task_reports_its_options(pool: Pool) -> None:
+    submitted = await pool.http.post("/tasks", json={"prompt": "p", "model": FLASH_31, "aspect_ratio": "1:8", "image_size": "4K"})
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["task_id"]
+
+    async def done() -> bool:
+        return (await pool.http.get(f"/tasks/{task_id}")).json()["done"]
+
+    await wait_for(done)
+    body = (await pool.http.get(f"/tasks/{task_id}")).json()
+    assert body["success"] is True and (body["model"], body["image_size"]) == (FLASH_31, "4K")
+    generation = next(g for g in pool.fake.generations if g.task_id == task_id)
+    assert (generation.model, generation.image_size, generation.aspect_ratio) == (FLASH_31, "4K", "1:8")
+
+
+async def test_the_form_carries_model_and_size(pool: Pool) -> None:
+    files = [("reference_images", ("a.png", TINY_PNG, "image/png"))]
+    form = {"prompt": "p", "aspect_ratio": "4:5", "model": FLASH_31, "image_size": "1K"}
+    body = (await pool.http.post("/generate-with-file", data=form, files=files)).json()
+    assert body["success"] is True and body["model"] == FLASH_31
+    generation = pool.fake.generations[-1]
+    assert (generation.model, generation.image_size, generation.aspect_ratio) == (FLASH_31, "1K", "4:5")
+    assert generation.references == [PNG]
+
+
+# ---- an account that cannot use a model ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pair(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Pool]:
+    # One attempt only: a model_unavailable answer must not spend it.
+    async with open_pool(database_url, tmp_path, fake, instances=2, max_attempts=1) as opened:
+        yield opened
+
+
+async def unavailable_models(pool: Pool, instance_id: str) -> list[str]:
+    await pool.fleet.dispatcher.settled()  # a task's last release is written just after its answer
+    view = await pool.fleet.instances.get(instance_id)
+    return [block.model for block in view.unavailable_models]
+
+
+def models_run_on(pool: Pool, instance_id: str) -> list[tuple[str | None, str]]:
+    return [(g.model, g.outcome) for g in pool.fake.generations if g.instance_id == instance_id]
+
+
+async def test_model_unavailable_goes_elsewhere_unspent_and_blocks_that_model_there(pair: Pool) -> None:
+    first, second = pair.lru_order()
+    pair.fake.refuse_model(first, PRO)
+    body = (await pair.generate(model=PRO)).json()
+    assert body["success"] is True and body["instance_id"] == second and body["attempts"] == 1
+    assert [t["outcome"] for t in body["timings"]["tries"]] == ["model_unavailable", "succeeded"]
+    assert await unavailable_models(pair, first) == [PRO] and await unavailable_models(pair, second) == []
+    view = await pair.fleet.instances.get(first)
+    assert view.unavailable_models[0].reason and view.tasks_failed == 0  # nothing ran there
+    # The management API shows it, for one instance and in the list.
+    async with serve(create_admin_app(pair.fleet.settings, fleet=pair.fleet)) as url, httpx.AsyncClient(base_url=url) as admin:
+        shown = (await admin.get(f"/api/instances/{first}")).json()["instance"]["unavailable_models"]
+        assert [b["model"] for b in shown] == [PRO] and shown[0]["reason"] and shown[0]["since"]
+        listed = {v["instance_id"]: v["unavailable_models"] for v in (await admin.get("/api/instances")).json()["instances"]}
+        assert [b["model"] for b in listed[first]] == [PRO] and listed[second] == []
+    # Later tasks for that model never go there; other models still do.
+    for _ in range(3):
+        assert (await pair.generate(model=PRO)).json()["instance_id"] == second
+    assert (await pair.generate()).json()["instance_id"] == first
+    assert models_run_on(pair, first) == [(PRO, "model_unavailable"), (DEFAULT, "ok")]
+
+
+async def test_a_model_no_account_can_use_fails_then_is_refused_without_dispatch(pair: Pool) -> None:
+    for instance_id in pair.instance_ids:
+        pair.fake.refuse_model(instance_id, FLASH_31)
+    response = await pair.http.post("/generate", json={"prompt": "p", "model": FLASH_31}, headers=EN)
+    body = response.json()
+    assert response.status_code == 200 and body["success"] is False and body["error_code"] == "model_unavailable"
+    assert body["attempts"] == 0 and "model" in body["message"]
+    assert len(pair.fake.generations) == 2
+    for instance_id in pair.instance_ids:
+        assert await unavailable_models(pair, instance_id) == [FLASH_31]
+    tasks = await pair.task_count()
+    refused = await pair.http.post("/generate", json={"prompt": "p", "model": FLASH_31}, headers=EN)
+    assert refused.status_code == 503 and refused.json()["error"] == "model_unavailable_everywhere"
+    assert FLASH_31 in refused.json()["message"] and refused.headers["Retry-After"]
+    assert len(pair.fake.generations) == 2 and await pair.task_count() == tasks
+    assert (await pair.generate(model=PRO)).json()["success"] is True  # other models are served
+
+
+async def test_a_restart_clears_the_block(pair: Pool) -> None:
+    first, second = pair.lru_order()
+    pair.fake.refuse_model(first, PRO)
+    assert (await pair.generate(model=PRO)).json()["instance_id"] == second
+    assert await unavailable_models(pair, first) == [PRO]
+    await pair.fleet.instances.stop(first)
+    await wait_for(lambda: _status(pair, first, "stopped"))
+    await pair.fleet.instances.start(first)
+    await wait_for(lambda: _ready(pair, first))
+    assert await unavailable_models(pair, first) == []
+    # Its new container's account has the model: the least recently used instance takes it again.
+    body = (await pair.generate(model=PRO)).json()
+    assert body["success"] is True and body["instance_id"] == first
+
+
+async def test_a_new_session_clears_the_block(pair: Pool) -> None:
+    first, second = pair.lru_order()
+    pair.fake.refuse_model(first, PRO)
+    assert (await pair.generate(model=PRO)).json()["instance_id"] == second
+    state = {"cookies": [{"name": "SID", "value": "x", "domain": ".google.com", "path": "/"}], "origins": []}
+    await pair.fleet.instances.import_session(first, json.dumps(state).encode())
+    assert await unavailable_models(pair, first) == []
+    # The same account still lacks it: asked again, blocked again, and the task still succeeds elsewhere.
+    body = (await pair.generate(model=PRO)).json()
+    assert body["success"] is True and body["instance_id"] == second
+    assert await unavailable_models(pair, first) == [PRO]
+    assert [m for m, _ in models_run_on(pair, first)] == [PRO, PRO]
+
+
+async def test_a_queued_task_for_a_blocked_model_lets_other_models_through(pair: Pool) -> None:
+    first, second = pair.lru_order()
+    pair.fake.refuse_model(first, PRO)
+    assert (await pair.generate(model=PRO)).json()["instance_id"] == second
+    pair.fake.set_generate_delay(second, 30.0)  # held until the pool closes
+    running = (await pair.http.post("/tasks", json={"prompt": "long", "model": PRO})).json()
+    assert running["status"] == "running"
+    waiting = (await pair.http.post("/tasks", json={"prompt": "waits for the second", "model": PRO})).json()
+    assert waiting["status"] == "queued"
+    behind = (await pair.http.post("/tasks", json={"prompt": "any instance will do"})).json()
+    assert behind["status"] == "queued"
+
+    async def behind_done() -> bool:
+        return (await pair.http.get(f"/tasks/{behind['task_id']}")).json()["done"]
+
+    await wait_for(behind_done, timeout=10)
+    finished = (await pair.http.get(f"/tasks/{behind['task_id']}")).json()
+    assert finished["success"] is True and finished["instance_id"] == first
+    # The one ahead of it still waits for the only instance that can use its model.
+    assert (await pair.http.get(f"/tasks/{waiting['task_id']}")).json()["status"] == "queued"
+
+
+async def _status(pool: Pool, instance_id: str, status: str) -> bool:
+    return (await pool.fleet.instances.get(instance_id)).status == status
+
+
+async def _ready(pool: Pool, instance_id: str) -> bool:
+    view = await pool.fleet.instances.get(instance_id)
+    return view.status == "running" and view.login_state == "logged_in"

@@ -1,0 +1,78 @@
+"""The instance's reading of model, ratio and size against the catalogue (no browser needed), and that the
+gateway's reader of the same file agrees with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.catalogue import load as gateway_catalogue
+from instance.app import parse_generation
+from instance.catalogue import load as instance_catalogue
+from instance.errors import BadInput
+from instance.settings import InstanceSettings
+
+# A 1x1 PNG.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+SETTINGS = InstanceSettings()
+
+
+def parse(**body: Any):
+    return parse_generation({"prompt": "a cat", **body}, SETTINGS)
+
+
+def test_an_old_request_keeps_its_meaning() -> None:
+    request = parse(aspect_ratio="16:9", reference_images_b64=[PNG], task_id="t1")
+    assert (request.model, request.aspect_ratio, request.image_size) == ("gemini-2.5-flash-image", "16:9", None)
+    assert request.task_id == "t1" and len(request.references) == 1
+    assert parse().aspect_ratio == "Auto"
+
+
+def test_the_instance_default_model_is_its_setting() -> None:
+    request = parse_generation({"prompt": "p"}, InstanceSettings(model="gemini-3-pro-image-preview"))
+    assert request.model == "gemini-3-pro-image"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"model": "gemini-3-pro-image-preview", "image_size": "4K"}, ("gemini-3-pro-image", "Auto", "4K")),
+        ({"model": "gemini-3.1-flash-image", "aspect_ratio": "8:1", "image_size": "2k"}, ("gemini-3.1-flash-image", "8:1", "2K")),
+        ({"model": "gemini-2.5-flash-image-preview", "aspect_ratio": "21:9"}, ("gemini-2.5-flash-image", "21:9", None)),
+        ({"model": "imagen-4.0-generate-001", "aspect_ratio": "9:16"}, ("imagen-4.0-generate-001", "9:16", None)),
+    ],
+)
+def test_models_ratios_and_sizes_it_offers(body: dict[str, Any], expected: tuple[str, str, str | None]) -> None:
+    request = parse(**body)
+    assert (request.model, request.aspect_ratio, request.image_size) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"model": "gemini-9"}, ["gemini-9", "gemini-2.5-flash-image", "gemini-3-pro-image"]),
+        ({"model": "gemini-3-pro-image", "aspect_ratio": "1:4"}, ["1:4", "21:9", "Auto"]),
+        ({"aspect_ratio": "8:1"}, ["8:1", "gemini-2.5-flash-image"]),
+        ({"model": "gemini-3-pro-image", "image_size": "8K"}, ["8K", "1K, 2K, 4K"]),
+        ({"image_size": "1K"}, ["1K", "none"]),
+        ({"model": ["x"]}, ["model"]),
+        ({"model": "gemini-3-pro-image", "image_size": 4}, ["image_size"]),
+        ({"model": "imagen-4.0-fast-generate-001", "reference_images_b64": [PNG]}, ["no reference"]),
+    ],
+)
+def test_what_the_model_lacks_is_422_naming_what_is_allowed(body: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(BadInput) as caught:
+        parse(**body)
+    assert caught.value.status_code == 422
+    for word in words:
+        assert word in caught.value.message
+
+
+def test_gateway_and_instance_read_one_catalogue_alike() -> None:
+    ours, theirs = instance_catalogue(), gateway_catalogue()
+    assert ours.version == theirs.version and ours.default_model == theirs.default_model
+    for mine, other in zip(ours.models, theirs.models, strict=True):
+        assert (mine.id, mine.page, mine.aliases, mine.ratio_choices, mine.image_sizes, mine.references) == (
+            other.id, other.page, other.aliases, other.ratio_choices, other.image_sizes, other.references
+        )
