@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.proxy_url import ProxyURLError, normalize_proxy
 
 RuntimeName = Literal["docker", "local", "fake"]
 Language = Literal["zh", "en"]
@@ -24,7 +26,8 @@ def _default_start_concurrency() -> int:
 class Settings(BaseSettings):
     """Every knob of the gateway; environment variables are `GATEWAY_<FIELD>` (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", validate_default=True)
+    # Inputs stay out of error messages: some are secrets (the default proxy, the database URL, tokens).
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", validate_default=True, hide_input_in_errors=True)
 
     # Engines and storage.
     runtime: RuntimeName = "docker"
@@ -43,6 +46,8 @@ class Settings(BaseSettings):
     aistudio_url: str = "https://aistudio.google.com"
     # Forwarded as INSTANCE_SIGNIN_URL ({continue} = the new-chat URL); unset: the instance's default (Google).
     signin_url: str | None = None
+    # The browsers' egress proxy for instances without their own (scheme://[user:password@]host:port).
+    default_proxy: SecretStr | None = None
     instance_memory: str = "1g"
     instance_cpus: float = Field(1.0, gt=0)
     instance_pids_limit: int = Field(512, gt=0)
@@ -106,6 +111,21 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     language: Language = "zh"
     log_level: str = "INFO"
+
+    @field_validator("default_proxy")
+    @classmethod
+    def _valid_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked at start, so a typo fails the gateway's start, not every instance's browser later.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            return SecretStr(normalize_proxy(value.get_secret_value()) or "")
+        except ProxyURLError as exc:
+            raise ValueError(f"GATEWAY_DEFAULT_PROXY: {exc}") from None
+
+    @property
+    def default_proxy_url(self) -> str | None:
+        return self.default_proxy.get_secret_value() if self.default_proxy is not None else None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

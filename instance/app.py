@@ -24,7 +24,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from playwright.async_api import Error as PlaywrightError
 
 from instance import __version__
-from instance.browser import BrowserHost
+from instance.browser import UNREACHABLE, BrowserHost
 from instance.catalogue import ModelSpec
 from instance.catalogue import load as load_catalogue
 from instance.driver import Driver, GenerationRequest, GenerationResult
@@ -207,6 +207,7 @@ async def status(request: Request) -> dict[str, Any]:
         "ready": host.ready and host.browser_state == "up",
         "browser": host.browser_state,
         "login_state": host.login_state,
+        "page_error": host.page_error,
         "busy": st.busy,
         "current_task": st.current_task,
         "page_url": host.page_url,
@@ -373,12 +374,13 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     st: InstanceState = app.state.instance
     starter = asyncio.create_task(_start_browser(st.host))
     saver = asyncio.create_task(_periodic_save(st))
+    retrier = asyncio.create_task(_retry_unreachable(st))
     try:
         yield
     finally:
-        for task in (starter, saver, *st._background):
+        for task in (starter, saver, retrier, *st._background):
             task.cancel()
-        await asyncio.gather(starter, saver, return_exceptions=True)
+        await asyncio.gather(starter, saver, retrier, return_exceptions=True)
         await st.host.close()
 
 
@@ -395,6 +397,21 @@ async def _periodic_save(st: InstanceState) -> None:
         await asyncio.sleep(min(60.0, st.settings.session_save_every_s))
         if st.host.browser_state == "up" and not st.busy and st.session_save_due():
             await st.save_session()
+
+
+async def _retry_unreachable(st: InstanceState) -> None:
+    """While AI Studio cannot be reached, load it again now and then (holding the task slot, as a task would)."""
+    while True:
+        await asyncio.sleep(st.settings.unreachable_retry_s)
+        host = st.host
+        if host.login_state != UNREACHABLE or host.browser_state != "up" or not st.claim("reachability-check"):
+            continue
+        try:
+            await host.load_home()
+        except PlaywrightError:
+            pass  # still unreachable: /status keeps saying why
+        finally:
+            st.release(None)
 
 
 def create_app(settings: InstanceSettings | None = None) -> Litestar:

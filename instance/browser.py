@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
+from instance.proxy import BrowserProxy, browser_proxy
 from instance.selectors import SelectorBook, load_selectors
 from instance.session_store import SessionStore, auth_cookies_expired
 from instance.settings import InstanceSettings
@@ -43,6 +44,22 @@ CHROMIUM_ARGS = (
 HIDE_WEBDRIVER = "Object.defineProperty(Navigator.prototype, 'webdriver', {get: () => undefined});"
 
 LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = "unknown", "logged_in", "needs_login"
+UNREACHABLE = "unreachable"  # AI Studio did not load (network error, proxy, DNS, timeout, error page)
+
+
+class PageUnreachable(PlaywrightError):
+    """AI Studio's page did not load; the message is the browser's own error."""
+
+
+def load_problem(exc: Exception | None, response: Any, url: str) -> str | None:
+    """Why a load of AI Studio failed, in the browser's words (net::ERR_..., a timeout), or None if it loaded."""
+    if exc is not None:
+        return str(exc).splitlines()[0].removeprefix("Page.goto: ").strip() or type(exc).__name__
+    if url.startswith("chrome-error://"):
+        return f"the browser shows its error page ({url})"
+    if response is not None and response.status >= 500:
+        return f"HTTP {response.status} {response.status_text}".strip()
+    return None
 
 
 def is_signin_url(url: str) -> bool:
@@ -75,6 +92,8 @@ class BrowserHost:
         self._save_lock = asyncio.Lock()
         self._user_agent: str | None = None
         self._tasks_on_page = 0
+        self._proxy: BrowserProxy | None = None
+        self._page_error: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -82,6 +101,9 @@ class BrowserHost:
         # Playwright's Node.js driver inherits this; a small young generation keeps its idle heap small.
         os.environ.setdefault("NODE_OPTIONS", self.settings.driver_node_options)
         self._pw = await async_playwright().start()
+        self._proxy = browser_proxy(self.settings.proxy.get_secret_value() if self.settings.proxy else None)
+        if self._proxy is not None:
+            await self._proxy.start()
         await self._launch()
 
     async def close(self) -> None:
@@ -98,6 +120,8 @@ class BrowserHost:
                 pass
         if self._pw is not None:
             await self._pw.stop()
+        if self._proxy is not None:
+            await self._proxy.close()
 
     async def _launch(self) -> None:
         self.browser_state, self.ready = "starting", False
@@ -106,6 +130,7 @@ class BrowserHost:
             executable_path=self.settings.chromium_executable,
             headless=self.settings.headless,
             args=list(CHROMIUM_ARGS),
+            proxy=self._proxy_option(),
         )
         self._browser.on("disconnected", self._on_disconnected)
         # Headless Chromium announces itself in its user agent; present the ordinary desktop one.
@@ -116,7 +141,14 @@ class BrowserHost:
         await self._open_context(self.store.load())
         self.browser_state = "up"
         log.info("browser up in %.0f ms (Chromium %s)", (time.monotonic() - started) * 1000, self._browser.version)
-        await self.load_home()
+        try:
+            await self.load_home()
+        except PageUnreachable:
+            pass  # the browser is up; the login state says `unreachable` and the app retries the page
+
+    def _proxy_option(self) -> dict[str, Any] | None:
+        """Playwright's launch `proxy` (the browser's alone), or None to go direct."""
+        return self._proxy.launch_option() if self._proxy is not None else None
 
     async def _open_context(self, state: dict[str, Any]) -> None:
         self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
@@ -184,23 +216,48 @@ class BrowserHost:
         return self._page.url if self._page is not None else None
 
     async def load_home(self) -> None:
-        """Open the new-chat page, retrying a few times; records login state from where it lands."""
-        last_exc: Exception | None = None
+        """Open the new-chat page, retrying a few times; records login state from where it lands, or
+        `unreachable` with the browser's error (raised as PageUnreachable) when it never loads."""
+        problem = "not loaded"
         for attempt in range(1, self.settings.page_load_attempts + 1):
+            response, error = None, None
             try:
-                await self.page.goto(
+                response = await self.page.goto(
                     self.settings.new_chat_url,
                     wait_until="domcontentloaded",
                     timeout=self.settings.page_load_timeout_s * 1000,
                 )
+            except PlaywrightError as exc:
+                if self.browser_state != "up":
+                    raise  # the browser itself went away: its restart handles that
+                error = exc
+            problem = load_problem(error, response, self.page.url)
+            if problem is None:
                 self.ready = True
+                self._reachable()
                 self._update_login_state(self.page.url)
                 return
-            except PlaywrightError as exc:
-                last_exc = exc
-                log.warning("loading %s failed (attempt %d): %s", self.settings.new_chat_url, attempt, exc)
-        self.ready = True  # the browser is up even if AI Studio is not reachable; tasks will report it
-        raise last_exc
+            log.warning("loading %s failed (attempt %d): %s", self.settings.new_chat_url, attempt, problem)
+        self.ready = True  # the browser is up even if AI Studio is not reachable; /status says why
+        self._unreachable(problem)
+        raise PageUnreachable(problem)
+
+    @property
+    def page_error(self) -> str | None:
+        """The browser's error while AI Studio cannot be reached, else None."""
+        return self._page_error if self.login_state == UNREACHABLE else None
+
+    def _unreachable(self, problem: str) -> None:
+        if self.login_state != UNREACHABLE:
+            log.warning("AI Studio unreachable: %s (login state %s -> %s)", problem, self.login_state, UNREACHABLE)
+        self.login_state, self._page_error = UNREACHABLE, problem
+
+    def _reachable(self) -> None:
+        """A load worked: from `unreachable` back to what the landing page says (unknown until then)."""
+        if self.login_state == UNREACHABLE:
+            log.info("AI Studio reachable again")
+            self.login_state = LOGIN_UNKNOWN
+        self._page_error = None
 
     def _on_navigated(self, frame) -> None:
         if frame.parent_frame is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
@@ -33,6 +34,12 @@ class InstanceSettings(BaseSettings):
     max_reference_bytes: int = 8 * 1024 * 1024  # per image, decoded
     max_body_bytes: int = 48 * 1024 * 1024
     max_session_bytes: int = 5 * 1024 * 1024
+
+    # The browser's egress proxy (scheme://[user:password@]host:port; http, https, socks5, socks5h), for
+    # Chromium alone; this service's own HTTP server never uses it.
+    proxy: SecretStr | None = None
+    # While AI Studio cannot be reached (login state `unreachable`), its page is tried again this often.
+    unreachable_retry_s: float = 30.0
 
     page_load_timeout_s: float = 30.0
     page_load_attempts: int = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from litestar import Controller, MediaType, Request, Response, delete, get, post, put
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -23,11 +23,12 @@ from gateway.api.schemas import (
     LogsOut,
     SessionImportOut,
     StatsOut,
+    UpdateInstanceIn,
 )
 from gateway.db.models import Status
 from gateway.errors import FleetError, TooLarge
 from gateway.i18n import translate
-from gateway.services.instances import InstanceService
+from gateway.services.instances import InstanceService, proxy_message
 
 
 def provide_instances(state: State) -> InstanceService:
@@ -65,13 +66,21 @@ class InstanceController(Controller):
 
     @post("/", operation_id="createInstance", status_code=200, summary="Create a stopped instance")
     async def create_instance(self, data: JSONBody[CreateInstanceIn], instances: Instances, language: Language) -> CreateInstanceOut:
-        view = await instances.create(data.name)
+        view = await instances.create(data.name, data.proxy)
         message = translate("instance_created", language, name=view.name)
         return CreateInstanceOut(instance_id=view.instance_id, message=message, instance=view)
 
     @get("/{instance_id:str}", operation_id="getInstance")
     async def get_instance(self, instance_id: InstanceId, instances: Instances) -> InstanceOut:
         return InstanceOut(instance=await instances.get(instance_id))
+
+    @patch("/{instance_id:str}", operation_id="updateInstance", summary="Change its egress proxy (from its next start)")
+    async def update_instance(
+        self, instance_id: InstanceId, data: JSONBody[UpdateInstanceIn], instances: Instances, language: Language
+    ) -> InstanceActionOut:
+        view, changed = await instances.set_proxy(instance_id, data.proxy)
+        key, params = proxy_message(view)
+        return InstanceActionOut(message=translate(key, language, **params), changed=changed, instance=view)
 
     @delete("/{instance_id:str}", operation_id="deleteInstance", status_code=200, summary="Delete a stopped instance")
     async def delete_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> DeleteInstanceOut:

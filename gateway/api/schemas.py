@@ -9,6 +9,11 @@ from gateway.services.views import EventView, InstanceView, StatsView
 
 class CreateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
     name: str
+    proxy: str | None = None  # the browser's own egress proxy; none: the fleet default
+
+
+class UpdateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
+    proxy: str | None  # "" or null: back to the fleet default; takes effect at the next start
 
 
 class InstanceListOut(msgspec.Struct, kw_only=True):

@@ -29,7 +29,7 @@ from gateway.panel.auth import AdminAuth, LoginRequired, safe_next
 from gateway.panel.live import PoolSnapshot, PoolWatcher
 from gateway.panel.rendering import render_fragment
 from gateway.services.history import OUTCOMES, TaskHistoryService
-from gateway.services.instances import InstanceService
+from gateway.services.instances import InstanceService, proxy_message
 
 # How often a quiet live stream wakes: to look for new events, and to notice a viewer who left.
 HEARTBEAT_SECONDS = 2.0
@@ -158,7 +158,7 @@ class ActionsController(Controller):
     @post("/instances", name="panel:create")
     async def create(self, request: HTMXRequest, instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         form = await request.form()
-        view = await instances.create(str(form.get("name") or ""))
+        view = await instances.create(str(form.get("name") or ""), str(form.get("proxy") or "") or None)
         watcher.poke()
         return flash(request, said(request, "instance_created", name=view.name))
 
@@ -181,6 +181,15 @@ class ActionsController(Controller):
         # Deleted from its own page: nothing is left to show there.
         on_its_page = urlsplit(request.htmx.current_url or "").path.startswith(f"/instances/{view.instance_id}")
         return flash(request, said(request, "instance_deleted", name=view.name), headers={"HX-Redirect": "/"} if on_its_page else None)
+
+    @post("/instances/{instance_id:str}/proxy", name="panel:proxy")
+    async def set_proxy(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
+        form = await request.form()
+        # The "clear" button sends an empty proxy: back to the fleet default.
+        view, _changed = await instances.set_proxy(instance_id, str(form.get("proxy") or ""))
+        watcher.poke()
+        key, params = proxy_message(view)
+        return flash(request, said(request, key, **params))
 
     @post("/instances/{instance_id:str}/navigate", name="panel:navigate")
     async def navigate(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Template:

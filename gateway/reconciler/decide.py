@@ -37,6 +37,7 @@ class InstanceRow:
     started_at: datetime | None
     endpoint: str | None
     token: str | None
+    page_error: str | None = None  # why the page cannot reach AI Studio (login_state unreachable)
 
 
 def decide(row: InstanceRow, state: RuntimeState | None, now: datetime, max_restarts: int) -> Action:

@@ -220,6 +220,7 @@ class Reconciler:
             Instance.started_at,
             Instance.endpoint,
             Instance.token,
+            Instance.page_error,
         )
         async with self._sessions() as session:
             return [InstanceRow(*row) for row in (await session.execute(query)).all()]
@@ -269,7 +270,10 @@ class Reconciler:
         """Mark it starting with a fresh token before any engine call, so a gateway killed mid-start can adopt
         what it started; None when the row is gone."""
         token = secrets.token_urlsafe(32)
-        values = {"status": Status.STARTING, "token": token, "endpoint": None, "login_state": LoginState.UNKNOWN, "busy": False}
+        values = {
+            "status": Status.STARTING, "token": token, "endpoint": None, "login_state": LoginState.UNKNOWN, "busy": False,
+            "page_error": None,
+        }
         return token if await self._write(row.id, row.name, values) else None
 
     async def _start(self, row: InstanceRow, token: str) -> None:
@@ -278,7 +282,7 @@ class Reconciler:
             if state.phase != "missing":
                 # A stale container carries an old token in its environment: replace it, keep the volume.
                 await self._runtime.remove(str(row.id), remove_volume=False)
-            state = await self._runtime.start(self._spec(row, token))
+            state = await self._runtime.start(self._spec(row, token, await self._proxy_of(row.id)))
             started = {"handle": state.handle, "endpoint": state.endpoint}
             await self._write(row.id, row.name, started, (EventKind.STARTED, f"started as {state.handle}"))
             return state.endpoint
@@ -321,11 +325,19 @@ class Reconciler:
             return
         await self._became_ready(row, status, reason)
 
-    def _spec(self, row: InstanceRow, token: str) -> InstanceSpec:
+    def _spec(self, row: InstanceRow, token: str, proxy_url: str | None = None) -> InstanceSpec:
         env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}
         if self._settings.signin_url:
             env["INSTANCE_SIGNIN_URL"] = self._settings.signin_url
+        # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
+        if proxy := proxy_url or self._settings.default_proxy_url:
+            env["INSTANCE_PROXY"] = proxy
         return InstanceSpec(instance_id=str(row.id), name=row.name, token=token, env=env)
+
+    async def _proxy_of(self, instance_id: uuid.UUID) -> str | None:
+        """Read at each start (not with every pass's rows): a change applies from the next start."""
+        async with self._sessions() as session:
+            return await session.scalar(select(Instance.proxy_url).where(Instance.id == instance_id))
 
     async def _await_ready(
         self, instance_id: uuid.UUID, endpoint: str | None, token: str | None, deadline: float
@@ -381,9 +393,11 @@ class Reconciler:
             "started_at": utcnow(),
             "last_error": None,
             "next_restart_at": None,
+            "page_error": status.page_error if status.login_state == LoginState.UNREACHABLE else None,
         }
         kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
-        if await self._write(row.id, row.name, values, (kind, f"{how}; login state {status.login_state}")):
+        said = f"{how}; login state {status.login_state}" + (f": {values['page_error']}" if values["page_error"] else "")
+        if await self._write(row.id, row.name, values, (kind, said)):
             self._known_running.add(row.id)
             self._probe_failures.pop(row.id, None)
             await self._deliver_pending_session(row)
@@ -506,7 +520,9 @@ class Reconciler:
         login_state = _login_state(status.login_state)
         if status.ready and login_state != row.login_state:
             outcome.values["login_state"] = login_state
-            outcome.events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state}"))
+            outcome.events.append((EventKind.LOGIN_STATE_CHANGED, _login_change(row.login_state, login_state, status)))
+        if status.ready:
+            outcome.values.update(_page_error_values(row, status, login_state))
         stable_for = (now - row.started_at).total_seconds() if row.started_at else 0.0
         if row.restart_count and stable_for >= self._settings.restart_reset_after:
             outcome.values["restart_count"] = 0
@@ -544,6 +560,19 @@ class Reconciler:
 
 def _with_log(reason: str, last_words: str) -> str:
     return f"{reason}\n--- last log lines ---\n{last_words}" if last_words else reason
+
+
+def _login_change(before: str, after: str, status: InstanceStatus) -> str:
+    """The event's words; an unreachable page says why, as the browser did."""
+    if after == LoginState.UNREACHABLE and status.page_error:
+        return f"{before} → {after}: {status.page_error}"
+    return f"{before} → {after}"
+
+
+def _page_error_values(row: InstanceRow, status: InstanceStatus, login_state: str) -> dict[str, Any]:
+    """`page_error` follows the instance: kept while it is unreachable, cleared as soon as it is not."""
+    error = status.page_error if login_state == LoginState.UNREACHABLE else None
+    return {"page_error": error} if error != row.page_error else {}
 
 
 def _login_state(value: str) -> str:

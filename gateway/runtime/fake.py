@@ -87,6 +87,7 @@ class FakeContainer:
     exit_code: int | None = None
     ready_at: float = 0.0  # monotonic time when /status turns ready
     login_state: str = "logged_in"
+    page_error: str | None = None  # reported with login_state "unreachable"
     busy: bool = False
     refuses_selectors: bool = False
     hang_http: bool = False  # accepts connections but never answers
@@ -175,8 +176,9 @@ class FakeRuntime:
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
 
-    def set_login_state(self, instance_id: str, login_state: str) -> None:
+    def set_login_state(self, instance_id: str, login_state: str, *, page_error: str | None = None) -> None:
         self.containers[instance_id].login_state = login_state
+        self.containers[instance_id].page_error = page_error
 
     def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
         """A labeled container the gateway did not start, e.g. left over from a deleted row."""
@@ -317,6 +319,7 @@ class FakeRuntime:
                 "ready": ready,
                 "browser": "up" if ready else "starting",
                 "login_state": container.login_state if ready else "unknown",
+                "page_error": container.page_error if ready else None,
                 "busy": container.busy,
                 "current_task": None,
                 "version": "fake",

@@ -39,6 +39,7 @@ from gateway.db.models import (
 )
 from gateway.db.types import utcnow
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
+from gateway.proxy_url import ProxyURLError, mask_proxy, normalize_proxy
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.services.instance_client import (
@@ -74,6 +75,8 @@ _VIEW_COLUMNS = (
     Instance.restart_count,
     Instance.next_restart_at,
     Instance.handle,
+    Instance.proxy_url,
+    Instance.page_error,
 )
 
 
@@ -102,7 +105,7 @@ class InstanceService:
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
             blocks = await _model_blocks(session)
-        return [_blocked(_to_view(row), blocks) for row in rows]
+        return [_blocked(_to_view(row, self._settings.default_proxy_url), blocks) for row in rows]
 
     async def get(self, instance_id: str) -> InstanceView:
         uid = _parse_id(instance_id)
@@ -111,7 +114,7 @@ class InstanceService:
             blocks = await _model_blocks(session, uid)
         if row is None:
             raise NotFound("instance_not_found", instance_id=instance_id)
-        return _blocked(_to_view(row), blocks)
+        return _blocked(_to_view(row, self._settings.default_proxy_url), blocks)
 
     async def stats(self) -> StatsView:
         now = utcnow()
@@ -201,12 +204,13 @@ class InstanceService:
 
     # Targets -------------------------------------------------------------------------------------
 
-    async def create(self, name: str) -> InstanceView:
+    async def create(self, name: str, proxy: str | None = None) -> InstanceView:
         name = _valid_name(name)
+        proxy_url = _valid_proxy(proxy)
         legacy = await self._read_legacy_session()
         for with_legacy in (True, False):
             try:
-                instance_id = await self._insert(name, legacy if with_legacy else None)
+                instance_id = await self._insert(name, legacy if with_legacy else None, proxy_url)
                 break
             except IntegrityError:
                 if await self._name_taken(name):
@@ -215,6 +219,25 @@ class InstanceService:
                     raise
                 # Another create consumed the same legacy file in between: create without it.
         return await self.get(str(instance_id))
+
+    async def set_proxy(self, instance_id: str, proxy: str | None) -> tuple[InstanceView, bool]:
+        """The instance's own egress proxy ("" or None: the fleet default); used from its next start.
+        Returns the state and whether anything changed."""
+        proxy_url = _valid_proxy(proxy)
+        uid = _parse_id(instance_id)
+        async with self._sessions.begin() as session:
+            row = (await session.execute(select(Instance.name, Instance.proxy_url).where(Instance.id == uid))).first()
+            if row is None:
+                raise NotFound("instance_not_found", instance_id=instance_id)
+            if row.proxy_url == proxy_url:
+                changed = False
+            else:
+                await session.execute(update(Instance).where(Instance.id == uid).values(proxy_url=proxy_url))
+                session.add(new_event(uid, row.name, EventKind.PROXY_CHANGED, _proxy_event(proxy_url)))
+                changed = True
+        if changed:
+            log.info("instance %s: proxy changed to %s", row.name, mask_proxy(proxy_url) or "the fleet default")
+        return await self.get(instance_id), changed
 
     async def start(self, instance_id: str) -> tuple[InstanceView, bool]:
         """Asks for `running`; returns the state and whether anything changed (False: it already was)."""
@@ -317,13 +340,15 @@ class InstanceService:
 
     # Internals -----------------------------------------------------------------------------------
 
-    async def _insert(self, name: str, legacy: tuple[str, str, bytes] | None) -> uuid.UUID:
+    async def _insert(self, name: str, legacy: tuple[str, str, bytes] | None, proxy_url: str | None = None) -> uuid.UUID:
         instance_id = uuid.uuid4()
         async with self._sessions.begin() as session:
-            session.add(Instance(id=instance_id, name=name))
+            session.add(Instance(id=instance_id, name=name, proxy_url=proxy_url))
             # Flush first, so a taken name fails before the legacy marker is written.
             await session.flush()
             session.add(new_event(instance_id, name, EventKind.CREATED, "created through the API"))
+            if proxy_url is not None:
+                session.add(new_event(instance_id, name, EventKind.PROXY_CHANGED, _proxy_event(proxy_url)))
             if legacy is not None:
                 marker, path, content = legacy
                 session.add(FleetMarker(key=marker, value=str(instance_id)))
@@ -430,7 +455,7 @@ def _view_query(now: datetime) -> Any:
     return select(*_VIEW_COLUMNS, is_busy(now).label("is_busy"), is_available(now).label("available"))
 
 
-def _to_view(row: Any) -> InstanceView:
+def _to_view(row: Any, default_proxy: str | None) -> InstanceView:
     return InstanceView(
         instance_id=str(row.id),
         name=row.name,
@@ -449,6 +474,9 @@ def _to_view(row: Any) -> InstanceView:
         restart_count=row.restart_count,
         next_restart_at=row.next_restart_at,
         handle=row.handle,
+        proxy=mask_proxy(row.proxy_url),
+        effective_proxy=mask_proxy(row.proxy_url or default_proxy),
+        page_error=row.page_error,
     )
 
 
@@ -464,6 +492,29 @@ def _valid_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise Invalid("instance_name_invalid", name=name[:80])
     return name
+
+
+def _valid_proxy(proxy: str | None) -> str | None:
+    try:
+        return normalize_proxy(proxy)
+    except ProxyURLError as exc:
+        raise Invalid(f"proxy_invalid_{exc.reason}") from None
+
+
+def _proxy_event(proxy_url: str | None) -> str:
+    """The event's words: the masked proxy only, never its credentials."""
+    if proxy_url is None:
+        return "proxy cleared: the fleet default applies from the next start"
+    return f"proxy set to {mask_proxy(proxy_url)}; takes effect at the next start"
+
+
+def proxy_message(view: InstanceView) -> tuple[str, dict[str, Any]]:
+    """What the API and the panel say after a proxy change: a message key and its parameters."""
+    if view.proxy is not None:
+        return "proxy_set", {"name": view.name, "proxy": view.proxy}
+    if view.effective_proxy is not None:
+        return "proxy_cleared_default", {"name": view.name, "proxy": view.effective_proxy}
+    return "proxy_cleared_none", {"name": view.name}
 
 
 def _deletable(target: str, status: str) -> bool:

@@ -27,6 +27,11 @@ class InstanceView(msgspec.Struct, kw_only=True):
     restart_count: int
     next_restart_at: datetime | None
     handle: str | None
+    # Egress proxy, masked: the instance's own (None: the fleet default applies) and the one its browser uses.
+    proxy: str | None = None
+    effective_proxy: str | None = None
+    # Why the page cannot reach AI Studio (login_state `unreachable`), in the browser's words.
+    page_error: str | None = None
     # Models its account said it cannot use: no task for them goes here until a restart or a new session.
     unavailable_models: list[ModelBlockView] = msgspec.field(default_factory=list)
 

@@ -1,0 +1,90 @@
+"""Egress proxy URLs for the instances' browsers: what is accepted, and the masked form shown back.
+
+Pure functions, used by the settings (the fleet default), the instance service and the reconciler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SCHEMES = ("http", "https", "socks5", "socks5h")
+MAX_LENGTH = 2048
+
+
+class ProxyURLError(ValueError):
+    """Why a proxy URL is refused; `reason` is a message key suffix (proxy_invalid_<reason>)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid proxy URL ({reason.replace('_', ' ')})")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProxyURL:
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def masked(self) -> str:
+        """The form shown back: never the password, at most the username's first character."""
+        if self.username is None:
+            return f"{self.scheme}://{self.address}"
+        hint = self.username[:1]
+        return f"{self.scheme}://{hint}***:***@{self.address}"
+
+
+def parse_proxy(value: str) -> ProxyURL:
+    """scheme://[user[:password]@]host:port with scheme http, https, socks5 or socks5h; nothing else."""
+    if not isinstance(value, str) or not value.strip():
+        raise ProxyURLError("empty")
+    value = value.strip()
+    if len(value) > MAX_LENGTH or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ProxyURLError("malformed")
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        raise ProxyURLError("scheme")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ProxyURLError("port") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ProxyURLError("malformed")
+    if not parts.hostname:
+        raise ProxyURLError("host")
+    if port is None or port == 0:
+        raise ProxyURLError("port")
+    return ProxyURL(
+        scheme=parts.scheme.lower(),
+        host=parts.hostname,
+        port=port,
+        username=parts.username if parts.username else None,
+        password=parts.password if parts.username else None,
+    )
+
+
+def normalize_proxy(value: str | None) -> str | None:
+    """The URL to store: None for none ("" or null clears); raises ProxyURLError for a bad one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parse_proxy(value)
+    return value.strip()
+
+
+def mask_proxy(value: str | None) -> str | None:
+    """The masked form of a stored URL; a stored URL that no longer parses is not shown at all."""
+    if not value:
+        return None
+    try:
+        return parse_proxy(value).masked
+    except ProxyURLError:
+        return "***"
