@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
@@ -12,6 +13,8 @@ from instance.settings import InstanceSettings
 
 def main() -> None:
     settings = InstanceSettings()
+    if problem := settings.exposure_problem():
+        sys.exit(f"instance: {problem}")
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from litestar import Litestar, MediaType, Request, Response, WebSocket, delete, get, post, put, websocket
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from playwright.async_api import Error as PlaywrightError
@@ -91,14 +91,43 @@ class InstanceState:
 
 
 def require_token(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Bearer token on every endpoint but /healthz; WebSockets may pass it as ?token=."""
+    """Bearer token on every endpoint but /healthz; only a WebSocket may pass it as ?token= (a browser cannot
+    set its headers), so a token in an HTTP URL, where logs and referrers keep it, is never accepted."""
     expected = connection.app.state.instance.settings.api_token
     if not expected or handler.opt.get("public"):
         return
     header = connection.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else connection.query_params.get("token", "")
+    if header.lower().startswith("bearer "):
+        given = header[7:]
+    elif connection.scope["type"] == "websocket":
+        given = connection.query_params.get("token", "")
+    else:
+        given = ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise NotAuthorizedException("a valid bearer token is required")
+
+
+def same_origin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """A WebSocket opened by a web page must come from this service's own origin (its Host); one without an
+    Origin comes from no page (the gateway's relay) and may pass: another site's page may not drive the browser."""
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return
+    if not _origin_matches_host(origin, connection.headers.get("host", "")):
+        raise PermissionDeniedException(f"WebSocket from a foreign origin refused: {origin[:100]}")
+
+
+def _origin_matches_host(origin: str, host: str) -> bool:
+    """`http://name:port` against the Host header `name:port`, default ports filled in from the origin's scheme."""
+    try:
+        parts = urlsplit(origin)
+        default = {"http": 80, "https": 443}.get(parts.scheme)
+        if default is None or not parts.hostname or not host:
+            return False
+        server = urlsplit(f"//{host}")
+        return (parts.hostname, parts.port or default) == (server.hostname, server.port or default)
+    except ValueError:
+        return False
 
 
 def _state(request: Request | WebSocket) -> InstanceState:
@@ -136,7 +165,8 @@ def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest
         raise BadInput(f"model {model.id} takes no reference images")
     if len(refs) > settings.max_reference_images:
         raise BadInput(f"at most {settings.max_reference_images} reference images are allowed")
-    references = [decode_reference(r, i, settings.max_reference_bytes) for i, r in enumerate(refs)]
+    references = [decode_reference(r, i, settings.max_reference_bytes, settings.max_reference_pixels)
+                  for i, r in enumerate(refs)]
     task_id = body.get("task_id")
     task_id = task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else uuid.uuid4().hex
     return GenerationRequest(
@@ -221,7 +251,9 @@ async def status(request: Request) -> dict[str, Any]:
 @post("/generate")
 async def generate(request: Request) -> Response:
     st = _state(request)
-    gen = parse_generation(await _json_body(request, st.settings.max_body_bytes), st.settings)
+    body = await _json_body(request, st.settings.max_body_bytes)
+    # In a thread: decoding reference images takes milliseconds to seconds, and /status must answer meanwhile.
+    gen = await asyncio.to_thread(parse_generation, body, st.settings)
     if not st.claim(gen.task_id):
         return _error(409, "this instance is already running a task", current_task=st.current_task)
     result: GenerationResult | None = None
@@ -343,7 +375,7 @@ async def remove_selectors(request: Request) -> dict[str, Any]:
     return {"ok": True, "removed": removed, "version": book.version, "source": book.source}
 
 
-@websocket("/liveview")
+@websocket("/liveview", guards=[same_origin])
 async def liveview(socket: WebSocket) -> None:
     await serve_liveview(socket, _state(socket).host)
 

@@ -1,4 +1,5 @@
-"""Reference images from requests: base64 (with or without a data-URL prefix) → validated bytes."""
+"""Reference images from requests: base64 (with or without a data-URL prefix) → decoded, checked and
+re-encoded bytes, so that Chromium only ever renders an image Pillow has rebuilt from its pixels."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def sniff_mime(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def decode_reference(encoded: str, index: int, max_bytes: int) -> ReferenceImage:
+def decode_reference(encoded: str, index: int, max_bytes: int, max_pixels: int) -> ReferenceImage:
     if not isinstance(encoded, str) or not encoded.strip():
         raise BadInput(f"reference image #{index + 1} is empty")
     payload = encoded.strip()
@@ -54,8 +55,54 @@ def decode_reference(encoded: str, index: int, max_bytes: int) -> ReferenceImage
     kind = sniff_mime(data)
     if kind is None:
         raise BadInput(f"reference image #{index + 1} is not a PNG, JPEG, GIF or WebP image")
-    mime, ext = kind
-    return ReferenceImage(name=f"reference-{index + 1}.{ext}", mime=mime, data=data)
+    return reencode(data, index, max_pixels)
+
+
+# Pillow's names of the formats sniff_mime lets through; Image.open tries no other decoder.
+_PIL_FORMATS = ("PNG", "JPEG", "GIF", "WEBP")
+
+
+def reencode(data: bytes, index: int, max_pixels: int) -> ReferenceImage:
+    """Decode every pixel (the first frame of an animation) and encode them afresh: JPEG stays JPEG, the rest
+    become PNG; metadata is dropped, EXIF orientation applied. Undecodable or oversized images are BadInput."""
+    from PIL import Image, ImageOps  # imported only when needed: keeps idle memory low
+
+    label = f"reference image #{index + 1}"
+    try:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+            width, height = img.size
+            # The header's size, checked before any pixel is decoded: a small file may expand to gigabytes.
+            if width * height > max_pixels:
+                raise BadInput(f"{label} is {width}x{height} pixels, more than {max_pixels}")
+            is_jpeg = img.format == "JPEG"
+            img.load()
+            frame = _plain_mode(ImageOps.exif_transpose(img))
+            out = io.BytesIO()
+            if is_jpeg:
+                frame.save(out, format="JPEG", quality=95)
+            else:
+                frame.save(out, format="PNG", compress_level=1)  # fast: the page uploads it once
+    except BadInput:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own limit, met first when max_pixels is set above it
+        raise BadInput(f"{label} has more than {max_pixels} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise BadInput(f"{label} is not a readable PNG, JPEG, GIF or WebP image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated data, a broken chunk, a header with nothing valid behind it.
+        raise BadInput(f"{label} could not be decoded: {str(exc)[:200] or type(exc).__name__}") from None
+    mime, ext = ("image/jpeg", "jpg") if is_jpeg else ("image/png", "png")
+    return ReferenceImage(name=f"reference-{index + 1}.{ext}", mime=mime, data=out.getvalue())
+
+
+def _plain_mode(img):
+    """RGB, RGBA or L, which PNG and JPEG both take (CMYK, 16-bit, palette, float modes are converted)."""
+    if img.mode in ("RGB", "L"):
+        return img
+    has_alpha = "A" in img.mode or "transparency" in img.info
+    if has_alpha:
+        return img.convert("RGBA")
+    return img.convert("RGB")
 
 
 def to_png(data: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,7 +19,8 @@ class InstanceSettings(BaseSettings):
     model: str = "gemini-2.5-flash-image"
     # Where "sign in" sends the page; {continue} is the new-chat URL, URL-encoded.
     signin_url: str = "https://accounts.google.com/ServiceLogin?continue={continue}"
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise (the image says 0.0.0.0); beyond loopback an api_token is required.
+    host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = None
     data_dir: Path = Path("/data")
@@ -32,6 +34,7 @@ class InstanceSettings(BaseSettings):
     max_prompt_chars: int = 10_000
     max_reference_images: int = 4
     max_reference_bytes: int = 8 * 1024 * 1024  # per image, decoded
+    max_reference_pixels: int = 40_000_000  # per image, read from its header before any pixel is decoded
     max_body_bytes: int = 48 * 1024 * 1024
     max_session_bytes: int = 5 * 1024 * 1024
 
@@ -63,6 +66,13 @@ class InstanceSettings(BaseSettings):
             return self.chromium_path
         return next((p for p in CHROMIUM_CANDIDATES if Path(p).exists()), CHROMIUM_CANDIDATES[-1])
 
+    def exposure_problem(self) -> str | None:
+        """Why this service must not start as configured: reachable beyond loopback with no token."""
+        if self.api_token or is_loopback(self.host):
+            return None
+        return (f"refusing to listen on {self.host}:{self.port} without a token: anyone who reaches it could read "
+                "the Google session; set INSTANCE_API_TOKEN, or INSTANCE_HOST=127.0.0.1")
+
     @property
     def new_chat_url(self) -> str:
         return f"{self.aistudio_url.rstrip('/')}/prompts/new_chat?model={self.model}"
@@ -78,3 +88,13 @@ class InstanceSettings(BaseSettings):
     @property
     def selectors_override_path(self) -> Path:
         return self.selectors_file or self.data_dir / "selectors.json"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name localhost; a wildcard (0.0.0.0, ::) or any other name is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[] ")).is_loopback
+    except ValueError:
+        return False

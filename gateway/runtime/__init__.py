@@ -36,7 +36,7 @@ __all__ = [
 def build_runtime(settings: Settings) -> Runtime:
     """The engine named by `settings.runtime`; imported lazily so only the chosen engine's SDK is needed."""
     if settings.runtime == "docker":
-        from gateway.runtime.docker import DockerRuntime
+        from gateway.runtime.docker import DockerRuntime, seccomp_profile
 
         return DockerRuntime(
             network=settings.docker_network,
@@ -49,6 +49,7 @@ def build_runtime(settings: Settings) -> Runtime:
             volume_prefix=settings.docker_volume_prefix,
             connect_mode=settings.docker_connect_mode,
             name_prefix=settings.docker_name_prefix,
+            seccomp_profile=seccomp_profile(settings.instance_seccomp),
         )
     if settings.runtime == "local":
         from gateway.runtime.local import LocalRuntime

@@ -50,6 +50,9 @@ LABEL_SPEC_HASH = "io.aistudio-fleet.spec-hash"
 
 INSTANCE_PORT = 8000
 DATA_PATH = "/data"
+# Docker's default seccomp profile refuses user namespaces, so Chromium in the instance would run without its
+# sandbox; this one permits them and refuses a list of syscalls a browser never needs (see seccomp_profile).
+BUNDLED_SECCOMP = Path(__file__).with_name("instance-seccomp.json")
 # Docker's container name grammar; the instance id becomes part of the name.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
@@ -78,6 +81,7 @@ class DockerRuntime:
         user: str = "10001:10001",
         cap_drop_all: bool = True,
         init: bool = False,
+        seccomp_profile: str | None = None,
         api_timeout: float = 60.0,
         max_workers: int = 16,
     ) -> None:
@@ -101,6 +105,7 @@ class DockerRuntime:
         self.user = user
         self.cap_drop_all = cap_drop_all
         self.init = init
+        self.seccomp_profile = seccomp_profile  # JSON text; None: the engine's default profile
         self.api_timeout = api_timeout
         self.max_workers = max_workers
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -240,7 +245,15 @@ class DockerRuntime:
             "cap_drop_all": self.cap_drop_all,
             "init": self.init,
         }
+        if self.seccomp_profile:  # only when set, so containers made without one keep their hash
+            material["seccomp"] = hashlib.sha256(self.seccomp_profile.encode()).hexdigest()
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _security_options(self) -> list[str]:
+        options = ["no-new-privileges"]
+        if self.seccomp_profile:
+            options.append(f"seccomp={self.seccomp_profile}")  # the engine API takes the profile's text
+        return options
 
     def _environment(self, spec: InstanceSpec) -> dict[str, str]:
         env = dict(spec.env)
@@ -323,7 +336,7 @@ class DockerRuntime:
             nano_cpus=self.nano_cpus,
             pids_limit=self.pids_limit,
             shm_size=self.shm_size,
-            security_opt=["no-new-privileges"],
+            security_opt=self._security_options(),
             user=self.user,
             restart_policy={"Name": "no"},
             detach=True,
@@ -585,3 +598,17 @@ def _own_container_id_candidates() -> list[str]:
     if in_container:
         candidates.append(socket.gethostname())
     return candidates
+
+
+def seccomp_profile(choice: str) -> str | None:
+    """The instance containers' seccomp profile as JSON text: `sandbox` the bundled one, under which Chromium
+    keeps its sandbox; `default` the engine's own (None; Chromium runs --no-sandbox); else a profile's path."""
+    if choice == "default":
+        return None
+    path = BUNDLED_SECCOMP if choice == "sandbox" else Path(choice)
+    try:
+        text = path.read_text()
+        json.loads(text)
+    except (OSError, ValueError) as e:
+        raise RuntimeError_(f"seccomp profile {str(path)!r} is not a readable JSON file: {e}") from e
+    return text

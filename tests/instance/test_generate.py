@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from instance.images import reencode
 from tests.instance.conftest import ACCOUNT, sim
 from tests.instance.harness import b64, png_bytes, png_size
 
@@ -49,7 +50,9 @@ def test_reference_images_are_uploaded_and_not_returned(inst, simulator_url, cou
     assert len(answer["images_b64"]) == 1
     assert png_size(base64.b64decode(answer["images_b64"][0])) == (512, 512)
     uploads = sim(simulator_url, "/_sim/record")["generations"][0]["uploads"]
-    assert [u["sha256"] for u in uploads] == [hashlib.sha256(r).hexdigest() for r in refs]
+    # The page gets each image as re-encoded from its pixels, never the caller's bytes.
+    reencoded = [reencode(r, i, 40_000_000).data for i, r in enumerate(refs)]
+    assert [u["sha256"] for u in uploads] == [hashlib.sha256(r).hexdigest() for r in reencoded]
     assert {u["mime"] for u in uploads} == {"image/png"}
 
 
