@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     aistudio_url: str = "https://aistudio.google.com"
     # Forwarded as INSTANCE_SIGNIN_URL ({continue} = the new-chat URL); unset: the instance's default (Google).
     signin_url: str | None = None
+    # Forwarded as INSTANCE_BROWSER_MODE (headed, headless, headless-shell); unset: the instance's default (headed).
+    instance_browser_mode: Literal["headed", "headless", "headless-shell"] | None = None
     # The browsers' egress proxy for instances without their own (scheme://[user:password@]host:port).
     default_proxy: SecretStr | None = None
     instance_memory: str = "1g"
@@ -114,6 +116,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     language: Language = "zh"
     log_level: str = "INFO"
+
+    @field_validator("instance_browser_mode", mode="before")
+    @classmethod
+    def _unset_browser_mode(cls, value: str | None) -> str | None:
+        return value or None  # compose passes an unset variable as ""
 
     @field_validator("default_proxy")
     @classmethod

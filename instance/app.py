@@ -237,6 +237,7 @@ async def status(request: Request) -> dict[str, Any]:
         "ready": host.ready and host.browser_state == "up",
         "browser": host.browser_state,
         "login_state": host.login_state,
+        "browser_mode": st.settings.browser_mode,
         "page_error": host.page_error,
         "busy": st.busy,
         "current_task": st.current_task,

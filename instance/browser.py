@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
+from instance.display import VirtualDisplay
 from instance.proxy import BrowserProxy, browser_proxy
 from instance.selectors import SelectorBook, load_selectors
 from instance.session_store import SessionStore, auth_cookies_expired
@@ -41,9 +42,8 @@ CHROMIUM_ARGS = (
     "--in-process-gpu",
 )
 
-HIDE_WEBDRIVER = "Object.defineProperty(Navigator.prototype, 'webdriver', {get: () => undefined});"
-
 LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = "unknown", "logged_in", "needs_login"
+SIGNIN_REFUSED = "signin_refused"  # Google's sign-in took this browser for automation
 UNREACHABLE = "unreachable"  # AI Studio did not load (network error, proxy, DNS, timeout, error page)
 
 
@@ -60,6 +60,54 @@ def load_problem(exc: Exception | None, response: Any, url: str) -> str | None:
     if response is not None and response.status >= 500:
         return f"HTTP {response.status} {response.status_text}".strip()
     return None
+
+
+# Google's refusal pages, in English and in Chinese (curly apostrophes are made straight before matching).
+REFUSAL_TEXTS = ("this browser or app may not be secure", "couldn't sign you in", "此浏览器或应用可能不安全", "无法登录")
+REFUSAL_POLL_S = 1.0  # the refusal can render after the e-mail step without a navigation
+
+
+def is_refusal_text(text: str) -> bool:
+    text = text.replace("\u2019", "'").lower()
+    return any(phrase in text for phrase in REFUSAL_TEXTS)
+
+
+def launch_options(settings: InstanceSettings, display: str | None) -> dict[str, Any]:
+    """Keyword arguments for Playwright's chromium.launch in the configured browser mode."""
+    args = [*CHROMIUM_ARGS, f"--lang={settings.accept_languages.split(',')[0]}",
+            f"--accept-lang={settings.accept_languages}"]
+    options: dict[str, Any] = {
+        "executable_path": settings.chromium_executable,
+        "headless": settings.browser_mode != "headed",
+        "args": args,
+    }
+    if display is not None:
+        options["env"] = {**os.environ, "DISPLAY": display}
+    return options
+
+
+def desktop_user_agent(version: str) -> str:
+    """What desktop Chrome on Linux sends: the reduced user agent, no "Headless"."""
+    major = version.split(".")[0]
+    return f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{major}.0.0.0 Safari/537.36"
+
+
+def client_hints_override(user_agent: str, version: str, accept_languages: str) -> dict[str, Any]:
+    """CDP Emulation.setUserAgentOverride: the headless shell's client hints name HeadlessChrome otherwise."""
+    major = version.split(".")[0]
+    brands = [("Not:A-Brand", "8"), ("Chromium", major)]
+    return {
+        "userAgent": user_agent,
+        "acceptLanguage": accept_languages,
+        "platform": "Linux x86_64",
+        "userAgentMetadata": {
+            "brands": [{"brand": b, "version": v} for b, v in brands],
+            "fullVersionList": [{"brand": b, "version": version if b == "Chromium" else f"{v}.0.0.0"}
+                                for b, v in brands],
+            "fullVersion": version, "platform": "Linux", "platformVersion": "", "architecture": "x86",
+            "model": "", "mobile": False, "bitness": "64", "wow64": False,
+        },
+    }
 
 
 def is_signin_url(url: str) -> bool:
@@ -92,6 +140,9 @@ class BrowserHost:
         self._save_lock = asyncio.Lock()
         self._user_agent: str | None = None
         self._tasks_on_page = 0
+        self._display = (VirtualDisplay(settings.screen_width, settings.screen_height)
+                         if settings.browser_mode == "headed" else None)
+        self._refusal_task: asyncio.Task | None = None
         self._proxy: BrowserProxy | None = None
         self._page_error: str | None = None
 
@@ -108,7 +159,7 @@ class BrowserHost:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._restart_task, self._reset_task):
+        for task in (self._restart_task, self._reset_task, self._refusal_task):
             if task:
                 task.cancel()
         if self._context is not None and self.browser_state == "up":
@@ -122,22 +173,17 @@ class BrowserHost:
             await self._pw.stop()
         if self._proxy is not None:
             await self._proxy.close()
+        if self._display is not None:
+            await self._display.stop()
 
     async def _launch(self) -> None:
         self.browser_state, self.ready = "starting", False
         started = time.monotonic()
-        self._browser = await self._pw.chromium.launch(
-            executable_path=self.settings.chromium_executable,
-            headless=self.settings.headless,
-            args=list(CHROMIUM_ARGS),
-            proxy=self._proxy_option(),
-        )
+        display = await self._display.start() if self._display is not None else None
+        self._browser = await self._pw.chromium.launch(**launch_options(self.settings, display), proxy=self._proxy_option())
         self._browser.on("disconnected", self._on_disconnected)
-        # Headless Chromium announces itself in its user agent; present the ordinary desktop one.
-        self._user_agent = (
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-            f"Chrome/{self._browser.version} Safari/537.36"
-        )
+        # Headless Chromium announces itself in its user agent; a headed one needs no override.
+        self._user_agent = None if display else desktop_user_agent(self._browser.version)
         await self._open_context(self.store.load())
         self.browser_state = "up"
         log.info("browser up in %.0f ms (Chromium %s)", (time.monotonic() - started) * 1000, self._browser.version)
@@ -154,15 +200,20 @@ class BrowserHost:
         self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
         self._context = await self._browser.new_context(
             viewport={"width": self.settings.viewport_width, "height": self.settings.viewport_height},
+            screen={"width": self.settings.screen_width, "height": self.settings.screen_height},
             storage_state=state,
             user_agent=self._user_agent,
-            locale="en-US",
         )
-        await self._context.add_init_script(HIDE_WEBDRIVER)
+        # No script hides navigator.webdriver: --disable-blink-features=AutomationControlled makes it a native
+        # false, as in desktop Chrome, where a patched getter would itself be a tell.
         await self._new_page()
 
     async def _new_page(self) -> None:
         page = await self._context.new_page()
+        if self.settings.browser_mode == "headless-shell":
+            cdp = await self._context.new_cdp_session(page)
+            await cdp.send("Emulation.setUserAgentOverride", client_hints_override(
+                self._user_agent, self._browser.version, self.settings.accept_languages))
         page.on("framenavigated", self._on_navigated)
         page.on("crash", lambda _page: asyncio.get_running_loop().create_task(self._replace_crashed_page()))
         self._set_page(page)
@@ -262,6 +313,7 @@ class BrowserHost:
     def _on_navigated(self, frame) -> None:
         if frame.parent_frame is None:
             self._update_login_state(frame.url)
+            self._watch_for_refusal(frame.url)
 
     def _update_login_state(self, url: str) -> None:
         if not url.startswith("http"):
@@ -275,9 +327,28 @@ class BrowserHost:
         if new_state != self.login_state:
             log.info("login state %s -> %s", self.login_state, new_state)
             previous, self.login_state = self.login_state, new_state
-            if previous == NEEDS_LOGIN and new_state == LOGGED_IN:
+            if previous in (NEEDS_LOGIN, SIGNIN_REFUSED) and new_state == LOGGED_IN:
                 # A person just signed in through the live view: keep that login.
                 asyncio.get_running_loop().create_task(self.save_session())
+
+    def _watch_for_refusal(self, url: str) -> None:
+        """While the page is on Google's sign-in, look for its refusal text (one watcher at a time)."""
+        if is_signin_url(url) and (self._refusal_task is None or self._refusal_task.done()):
+            self._refusal_task = asyncio.get_running_loop().create_task(self._refusal_watch(self._page))
+
+    async def _refusal_watch(self, page: Page) -> None:
+        while not self._closing and page is self._page and is_signin_url(page.url):
+            try:
+                text = await page.evaluate("() => document.body ? document.body.innerText : ''")
+            except PlaywrightError:  # a navigation replaced the document: look again at the next one
+                text = ""
+            if is_refusal_text(text):
+                if self.login_state != SIGNIN_REFUSED:
+                    log.warning("Google refused to sign this browser in (%s)", urlsplit(page.url).path)
+                    self.login_state = SIGNIN_REFUSED
+            elif self.login_state == SIGNIN_REFUSED:
+                self.login_state = NEEDS_LOGIN  # back on an ordinary sign-in step: a person may try again
+            await asyncio.sleep(REFUSAL_POLL_S)
 
     def schedule_reset(self) -> None:
         """Go back to a fresh new chat after a task, off the request's critical path."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
+CHROMIUM = "/usr/bin/chromium"
+HEADLESS_SHELL = "/usr/bin/chromium-headless-shell"
 
 
 class InstanceSettings(BaseSettings):
@@ -24,11 +26,18 @@ class InstanceSettings(BaseSettings):
     port: int = 8000
     api_token: str | None = None
     data_dir: Path = Path("/data")
-    # Unset: Debian's old headless shell when installed (lighter, faster start), else Debian's chromium.
-    chromium_path: str | None = None
-    headless: bool = True
+    # headed: Debian's chromium in a window on its own virtual display (Xvfb), which shows none of headless's
+    # tells to Google's sign-in (the default); headless: the same browser with --headless=new; headless-shell:
+    # Debian's old headless shell, the lightest, with the tells (tests/bench/bench_browser_modes.py).
+    browser_mode: Literal["headed", "headless", "headless-shell"] = "headed"
+    chromium_path: str | None = None  # unset: chromium-headless-shell in that mode, else chromium
     viewport_width: int = 1440
     viewport_height: int = 900
+    # The screen the page sees (and the virtual display's size); a desktop screen is larger than the window.
+    screen_width: int = 1920
+    screen_height: int = 1080
+    # English first: the selectors use the page's English labels.
+    accept_languages: str = "en-US,en"
     selectors_file: Path | None = None  # overrides the packaged selectors; default <data_dir>/selectors.json
 
     max_prompt_chars: int = 10_000
@@ -64,7 +73,7 @@ class InstanceSettings(BaseSettings):
     def chromium_executable(self) -> str:
         if self.chromium_path:
             return self.chromium_path
-        return next((p for p in CHROMIUM_CANDIDATES if Path(p).exists()), CHROMIUM_CANDIDATES[-1])
+        return HEADLESS_SHELL if self.browser_mode == "headless-shell" else CHROMIUM
 
     def exposure_problem(self) -> str | None:
         """Why this service must not start as configured: reachable beyond loopback with no token."""

@@ -329,6 +329,8 @@ class Reconciler:
         env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}
         if self._settings.signin_url:
             env["INSTANCE_SIGNIN_URL"] = self._settings.signin_url
+        if self._settings.instance_browser_mode:
+            env["INSTANCE_BROWSER_MODE"] = self._settings.instance_browser_mode
         # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
         if proxy := proxy_url or self._settings.default_proxy_url:
             env["INSTANCE_PROXY"] = proxy

@@ -103,23 +103,25 @@ class Bench:
         self.containers.append(sim)
         url = f"http://127.0.0.1:{published_port(sim)}"
         wait_http(url + "/_sim/record", lambda r: r.status_code == 200, 30)
+        # The copyright acknowledgement shows after the first upload of every fresh page, as on the real one.
         httpx.post(url + "/_sim/config", json={"signin_required": False, "latency_ms": LATENCY_MS,
-                                               "image_stagger_ms": 0, "copyright_dialog": False})
+                                               "image_stagger_ms": 0, "copyright_dialog": True})
         return url
 
-    def run_instance(self):
+    def run_instance(self, extra_env: dict[str, str] | None = None):
         container = self.client.containers.run(
             INSTANCE_IMAGE, detach=True, network=self.network.name, labels=LABEL,
-            environment={"INSTANCE_AISTUDIO_URL": f"http://bench-sim-{self.tag}:9000", "INSTANCE_API_TOKEN": TOKEN},
+            environment={"INSTANCE_AISTUDIO_URL": f"http://bench-sim-{self.tag}:9000", "INSTANCE_API_TOKEN": TOKEN,
+                         **(extra_env or {})},
             ports={"8000/tcp": ("127.0.0.1", None)}, shm_size="256m", mem_limit="1g",
         )
         self.containers.append(container)
         return container
 
-    def cold_start(self) -> tuple[float, object]:
+    def cold_start(self, extra_env: dict[str, str] | None = None) -> tuple[float, object]:
         """Container start to ready with the AI Studio page loaded, as the gateway would see it."""
         started = time.monotonic()
-        container = self.run_instance()
+        container = self.run_instance(extra_env)
         url = f"http://127.0.0.1:{published_port(container)}/status"
         wait_http(url, lambda r: r.status_code == 200 and r.json().get("login_state") == "logged_in", 60,
                   {"Authorization": f"Bearer {TOKEN}"})

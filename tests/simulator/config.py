@@ -24,6 +24,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_stagger_ms": 100,  # delay between two images of one answer appearing in the page
     "hang_ms": 600_000,  # how long mode "hang" keeps a request open before answering 504
     "dialog_delay_ms": 0,  # delay before the load dialogs show up
+    "signin_refused": False,  # the sign-in's e-mail step leads to Google's "This browser or app may not be secure"
 }
 
 
@@ -69,6 +70,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "image_stagger_ms": _non_negative_int,
     "hang_ms": _non_negative_int,
     "dialog_delay_ms": _non_negative_int,
+    "signin_refused": _bool,
 }
 
 

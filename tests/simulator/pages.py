@@ -71,8 +71,15 @@ async def account_scoped_app_page(request: Request, state: State, page: FromPath
 
 
 @get("/ServiceLogin", include_in_schema=False)
-async def signin_page() -> ASGIResponse:
-    return _html("signin.html")
+async def signin_page(state: State) -> ASGIResponse:
+    refused = state.sim.effective_config(None)["signin_refused"]
+    return _html("signin.html", {'data-refuse="false"': f'data-refuse="{str(refused).lower()}"'})
+
+
+@get("/v3/signin/rejected", include_in_schema=False)
+async def signin_rejected() -> ASGIResponse:
+    # where Google sends a browser it takes for automation, after the e-mail step
+    return _html("signin_rejected.html")
 
 
 @post("/_signin", include_in_schema=False)
@@ -92,4 +99,4 @@ async def logout(request: Request) -> ASGIResponse:
     return redirect(signin_url(safe_continue(request.query_params.get("continue"))), set_cookies=session_cookies("", 0))
 
 
-ROUTES = [app_page, account_scoped_app_page, signin_page, signin_submit, logout]
+ROUTES = [app_page, account_scoped_app_page, signin_page, signin_rejected, signin_submit, logout]

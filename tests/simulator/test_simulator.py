@@ -106,6 +106,16 @@ def test_revoked_account_is_logged_out_until_it_signs_in_again(client):
     assert client.get("/prompts/new_chat", follow_redirects=False).status_code == 200
 
 
+def test_signin_refused_config_leads_the_email_step_to_the_refusal_page(client):
+    assert 'data-refuse="false"' in client.get("/ServiceLogin").text
+    client.post("/_sim/config", json={"signin_refused": True})
+    assert 'data-refuse="true"' in client.get("/ServiceLogin").text
+    refusal = client.get("/v3/signin/rejected")
+    assert refusal.status_code == 200
+    assert "This browser or app may not be secure" in refusal.text and "Couldn’t sign you in" in refusal.text
+    assert client.post("/_sim/config", json={"signin_refused": "yes"}).status_code == 400
+
+
 def test_signin_not_required_lets_anonymous_visitors_in(client):
     client.post("/_sim/config", json={"signin_required": False})
     assert page_config(client.get("/prompts/new_chat").text)["account"] == "anonymous"

@@ -10,6 +10,11 @@ function showPasswordStep() {
   const filled = email.value.trim() !== "";
   document.getElementById("identifier-error").hidden = filled;
   if (!filled) return;
+  if (form.dataset.refuse === "true") {
+    // config signin_refused: Google's refusal comes right after the e-mail step
+    location.assign("/v3/signin/rejected?continue=" + encodeURIComponent(document.getElementById("continue-field").value));
+    return;
+  }
   document.getElementById("chosen-account").textContent = email.value.trim();
   document.getElementById("identifier-step").hidden = true;
   document.getElementById("password-step").hidden = false;

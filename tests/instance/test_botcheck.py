@@ -1,0 +1,53 @@
+"""The instance's browser on a bot-check page served on localhost (a secure context), on this host."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.botcheck.server import BotcheckServer
+from tests.botcheck.signals import hard_signals
+from tests.instance.harness import RunningInstance, start_instance
+
+HEADLESS_TELLS = {"headless_user_agent", "ua_brands", "ua_high_entropy", "sec_ch_ua_headers"}
+
+
+@pytest.fixture
+def botcheck() -> Iterator[BotcheckServer]:
+    server = BotcheckServer(("127.0.0.1", 0), echo=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run_botcheck(inst: RunningInstance, server: BotcheckServer) -> dict:
+    # http://localhost is a secure context, so client hints and userAgentData exist as on https sites
+    answer = inst.client.post("/navigate", json={"url": f"http://localhost:{server.server_port}/"})
+    assert answer.is_success, answer.text
+    report = server.wait_report(20)
+    assert report["secure_context"] is True
+    return report
+
+
+def test_default_browser_shows_no_automation_signal(inst, botcheck):
+    try:
+        report = run_botcheck(inst, botcheck)
+    finally:
+        inst.client.post("/navigate", json={"target": "home"})
+    assert inst.status()["browser_mode"] == "headed"
+    assert hard_signals(report["signals"]) == {}, report["signals"]
+    assert "HeadlessChrome" not in report["headers"]["document"]["sec-ch-ua"]
+    assert report["headers"]["document"]["accept-language"].startswith("en-US,en")
+    assert report["plugins"] > 0 and report["window_chrome"] is True
+
+
+def test_headless_shell_mode_keeps_no_headless_name_in_its_client_hints(simulator_url, fresh_dir, botcheck):
+    with start_instance(simulator_url, fresh_dir, INSTANCE_BROWSER_MODE="headless-shell") as inst:
+        report = run_botcheck(inst, botcheck)
+    assert not HEADLESS_TELLS & set(report["signals"]), report["signals"]
+    # the lighter mode's remaining tells, which the headed default does not have
+    assert "plugins" in report["signals"] and "window_chrome" in report["signals"]
