@@ -145,6 +145,8 @@ class Instance(Base):
     token: Mapped[str | None] = mapped_column(String(128))
     # A session waiting to be delivered once the instance is ready (the legacy migration).
     pending_session: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # The instance id it had in the old system (`aistudio-fleet migrate`): a second migration skips it.
+    legacy_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     # The browser's own egress proxy (scheme://user:pass@host:port); None means the fleet default.
     proxy_url: Mapped[str | None] = mapped_column(Text, deferred=True)
     # Why the page cannot reach AI Studio, as the browser said it (login_state `unreachable`).
@@ -201,6 +203,19 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Which API face took it (generate, openai, gemini, tasks), and what the client asked of its output.
+    api: Mapped[str | None] = mapped_column(String(16))
+    output_format: Mapped[str | None] = mapped_column(String(8))
+    # Content hashes (sha256, hex) of the images it answered with, in order: a client can check what it got.
+    image_hashes: Mapped[list[str] | None] = mapped_column(JSON)
+    # Idempotency-Key and a hash of the request body: the same key with another body is a conflict.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # A queued task's inputs, kept as a file (never in the database) so another gateway can pick it up.
+    request_path: Mapped[str | None] = mapped_column(String(512))
+    # Webhook: where the result goes, and every delivery attempt (time, status, error).
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class FleetMarker(Base):
