@@ -318,6 +318,7 @@ async def navigate(request: Request) -> Response:
         raise BadInput("give 'target' ('signin' or 'home') or an http(s) 'url'")
     if st.busy:
         return _error(409, "this instance is running a task")
+    await st.host.wait_reset()  # the page reset after a task would race this navigation
     await st.host.page.goto(url, wait_until="domcontentloaded", timeout=st.settings.page_load_timeout_s * 1000)
     return Response({"ok": True, "url": st.host.page.url, "login_state": st.host.login_state})
 

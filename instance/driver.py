@@ -1,12 +1,18 @@
-"""One generation on the AI Studio page, step by step as AISTUDIO.md describes it."""
+"""One generation on the AI Studio page, step by step as AISTUDIO.md describes it.
+
+Every step starts with one in-page sweep (`_STEP_JS`): it closes the dialogs the page may have opened since the
+last step and reads the state the step needs, in one round trip. Waits run inside the page too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Locator, Page
@@ -18,43 +24,222 @@ from instance.images import ReferenceImage, to_png
 from instance.selectors import SelectorBook
 from instance.settings import InstanceSettings
 
+try:
+    from instance.catalogue import load as load_catalogue
+except ImportError:  # without the model catalogue the request's model id is the page's
+    load_catalogue = None
+
 log = logging.getLogger(__name__)
+
+RATIO, SIZE = ("aspect_ratio_select", "aspect_ratio_option"), ("image_size_select", "image_size_option")
+RUN_CONFIRM_S = 1.5  # how long a Run click may take to show the run as started
+REGIONS_PATH_PART = "available-regions"  # ai.google.dev/.../available-regions: outside the served regions
+_NEW_CHAT_PATH = re.compile(r"^(?:/app)?(?:/u/\d+)?/prompts/(new_chat|new_image)$")
+
+# Shared by the in-page scripts below. `sweepDialogs` clicks what closes a known dialog: a dismiss candidate
+# (copyright acknowledgement included), a button named like "Got it" inside a dialog, or, in a dialog with
+# a consent checkbox, the box and then its Continue. `settings` reads what the page shows as chosen.
+_HELPERS = """
+  const q = (css, root = document) => {
+    if (!css) return [];
+    try { return Array.from(root.querySelectorAll(css)); } catch (error) { return []; }
+  };
+  const shown = (el) => {
+    if (!el || !el.isConnected) return false;
+    const box = el.getBoundingClientRect();
+    return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== "hidden";
+  };
+  const enabled = (el) => !el.disabled && el.getAttribute("aria-disabled") !== "true";
+  const labels = (el) => [el.getAttribute("aria-label") || "", el.textContent || ""].map((t) => t.trim().toLowerCase());
+  const firstOf = (candidates, root = document) => {
+    for (const css of candidates) { const found = q(css, root)[0]; if (found) return found; }
+    return null;
+  };
+  const textOf = (el) => (el ? el.textContent.replace(/\\s+/g, " ").trim() : null);
+  const sweepDialogs = (d) => {
+    let clicked = 0;
+    for (let round = 0; round < 6; round++) {
+      let target = null;
+      for (const css of d.dismiss) { target = q(css).find((b) => shown(b) && enabled(b)); if (target) break; }
+      for (const dialog of target ? [] : q(d.dialog).filter(shown)) {
+        const boxes = q(d.checkbox, dialog);
+        boxes.filter((box) => !box.checked && !box.disabled).forEach((box) => box.click());
+        const names = boxes.length ? d.consent.concat(d.names) : d.names;
+        target = q("button, [role=button]", dialog)
+          .find((b) => shown(b) && enabled(b) && labels(b).some((t) => names.includes(t)));
+        if (target) break;
+      }
+      if (!target) break;
+      target.click();
+      clicked++;
+    }
+    return clicked;
+  };
+  const selectValue = (candidates, valueCss) => {
+    const select = firstOf(candidates);
+    if (!select) return null;
+    return textOf(q(valueCss, select)[0] || select);
+  };
+  const settings = (s) => ({
+    model: textOf(firstOf(s.model_name)),
+    ratio: selectValue(s.ratio_select, s.select_value),
+    size: selectValue(s.size_select, s.select_value),
+  });
+  const runEnabled = (s) => { const run = q(s.run_button)[0]; return Boolean(run && enabled(run)); };
+"""
+
+# One step's sweep: dismiss dialogs, optionally switch on Temporary chat and mark the messages already on the
+# page as seen (before Run), and read what the step needs.
+_STEP_JS = (
+    "async ([d, s, options]) => {"
+    + _HELPERS
+    + """
+  const dismissed = sweepDialogs(d);
+  let temporary = null;
+  const toggle = firstOf(s.temporary);
+  if (toggle) {
+    const pressed = () => toggle.getAttribute("aria-pressed") === "true"
+      || toggle.getAttribute("aria-checked") === "true" || toggle.classList.contains("active");
+    if (options.temporary && !pressed() && enabled(toggle)) toggle.click();
+    temporary = pressed();
+  }
+  const messages = q(s.messages).filter(shown);
+  if (options.markSeen) messages.concat(q(s.toasts)).forEach((el) => el.setAttribute("data-fleet-seen", ""));
+  const box = q(s.prompt_box);
+  return {
+    url: location.href, dismissed, temporary, ...settings(s),
+    messages: messages.map(textOf).filter(Boolean),
+    turns: q(s.chat_turn).length, model_turns: q(s.model_turn).length,
+    upload: {
+      chips: q(s.upload_chip).length, media: q(s.upload_media).length,
+      blobs: box.reduce((n, b) => n + q('img[src^="blob:"]', b).length, 0), tokens: textOf(firstOf(s.token_count)),
+    },
+  };
+}
+"""
+)
+
+# Until the upload shows in the prompt box by any signal, dismissing dialogs (the copyright one) meanwhile.
+_UPLOAD_JS = (
+    "async ([d, s, before, interval, budget]) => {"
+    + _HELPERS
+    + """
+  const started = performance.now();
+  for (;;) {
+    sweepDialogs(d);
+    const box = q(s.prompt_box);
+    if (q(s.upload_chip).length > before.chips) return {signal: "chip"};
+    if (q(s.upload_media).length > before.media) return {signal: "media_container"};
+    if (box.reduce((n, b) => n + q('img[src^="blob:"]', b).length, 0) > before.blobs) return {signal: "blob_img"};
+    const tokens = textOf(firstOf(s.token_count));
+    if (before.tokens !== null && tokens !== null && tokens !== before.tokens) return {signal: "token_count"};
+    if (performance.now() - started > budget) return {signal: null, run_enabled: runEnabled(s)};
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+"""
+)
+
+# Until Run is enabled (a late copyright dialog can hold it back), dismissing dialogs meanwhile.
+_RUN_ENABLED_JS = (
+    "async ([d, s, interval, budget]) => {"
+    + _HELPERS
+    + """
+  const started = performance.now();
+  for (;;) {
+    sweepDialogs(d);
+    if (runEnabled(s)) return true;
+    if (performance.now() - started > budget) return false;
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+"""
+)
+
+# Until the run shows as started (a new turn, or the busy indicator), or `budget` ms pass.
+_STARTED_JS = """
+async ([s, turnsBefore, interval, budget]) => {
+  const count = (css) => { try { return document.querySelectorAll(css).length; } catch (error) { return 0; } };
+  const started = performance.now();
+  for (;;) {
+    if (count(s.chat_turn) > turnsBefore || count(s.busy) > 0) return true;
+    if (performance.now() - started > budget) return false;
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+"""
+
+# Until a select shows `value` as chosen (Angular Material can apply a choice after its overlay closed).
+_SHOWS_JS = (
+    "async ([s, which, value, interval, budget]) => {"
+    + _HELPERS
+    + """
+  const same = (text) => text !== null && (text === value || text.split(" ")[0] === value);
+  const named = (text) => value.some((pattern) => new RegExp(pattern, "i").test(text || ""));
+  const shows = () =>
+    which === "model" ? named(textOf(firstOf(s.model_name))) : same(selectValue(s[which], s.select_value));
+  const started = performance.now();
+  for (;;) {
+    if (shows()) return true;
+    if (performance.now() - started > budget) return false;
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+"""
+)
 
 # Waits inside the page, checking every `interval` ms, until the model turn is complete, an error shows, or
 # `budget` ms pass. Complete: no spinner, images loaded, and either as many images as the GenerateContent
-# response carried (`expected`, when it was seen) or the same counts for `settle` ms. One round trip.
-_WAIT_JS = """
-async ([sel, turnsBefore, interval, budget, expected, settle]) => {
-  const all = (s) => (s ? Array.from(document.querySelectorAll(s)) : []);
-  const textsOf = (s) => all(s).map((e) => e.textContent.trim()).filter(Boolean);
+# response carried (`expected`, when it was seen) or the same counts for `settle` ms. Images and text inside
+# the model's thoughts are drafts, not the answer. Only messages that are new since Run and visible count;
+# a notice that names no known failure does not end the wait. Dialogs are dismissed on every round.
+_WAIT_JS = (
+    "async ([d, sel, turnsBefore, interval, budget, expected, settle]) => {"
+    + _HELPERS
+    + """
+  const all = (s) => q(s);
+  const inThought = (el) => Boolean(sel.thought && el.closest(sel.thought));
+  const kindOf = (message) => {
+    const lowered = message.toLowerCase();
+    for (const [kind, needles] of sel.texts) if (needles.some((n) => lowered.includes(n))) return kind;
+    return null;
+  };
+  const isNew = (el) => !el.hasAttribute("data-fleet-seen") && shown(el);
+  const fresh = (s) => all(s).filter(isNew).map(textOf).filter(Boolean);
   const snapshot = () => {
     const turns = all(sel.model_turn).slice(turnsBefore);
-    let images = 0, pending = 0;
+    let images = 0, drafts = 0, pending = 0;
     const texts = [];
     for (const turn of turns) {
       for (const img of turn.querySelectorAll(sel.generated_image)) {
-        if (img.complete && (img.currentSrc || img.src)) images++; else pending++;
+        const loaded = img.complete && (img.currentSrc || img.src);
+        if (inThought(img)) { if (loaded) drafts++; continue; }
+        if (loaded) images++; else pending++;
       }
       // Text candidates may nest (a chunk inside a turn-content): take the first candidate that matches.
       for (const candidate of sel.model_text) {
         const found = Array.from(turn.querySelectorAll(candidate));
         if (!found.length) continue;
-        for (const t of found) { const s = t.textContent.trim(); if (s) texts.push(s); }
+        for (const t of found) { const s = t.textContent.trim(); if (s && !inThought(t)) texts.push(s); }
         break;
       }
     }
-    return {url: location.href, busy: all(sel.busy).length > 0, turns: turns.length, images, pending,
-            text: texts.join("\\n"), callouts: textsOf(sel.callouts), toasts: textsOf(sel.toasts)};
+    const notices = fresh(sel.warnings).concat(fresh(sel.toasts));
+    return {url: location.href, busy: all(sel.busy).length > 0, turns: turns.length, images, drafts, pending,
+            text: texts.join("\\n"), callouts: fresh(sel.callouts),
+            warnings: notices.filter((m) => kindOf(m) !== null), notices: notices.filter((m) => kindOf(m) === null)};
   };
   const started = performance.now();
   let previous = null, since = 0;
   for (;;) {
+    sweepDialogs(d);
     const state = snapshot();
     const now = performance.now();
     const settled = state.turns > 0 && !state.busy && state.pending === 0;
     const key = JSON.stringify([state.turns, state.images, state.text]);
-    if (state.callouts.length || state.toasts.length) return {...state, done: false};
-    if (settled && expected !== null && state.images >= expected) return {...state, done: true};
+    if (state.callouts.length || state.warnings.length) return {...state, done: false};
+    // The response counts every image it carried, the thoughts' drafts included.
+    if (settled && expected !== null && state.images + state.drafts >= expected) return {...state, done: true};
     if (!settled || key !== previous) { previous = settled ? key : null; since = now; }
     else if (now - since >= settle) return {...state, done: true};
     if (now - started > budget) return {...state, done: false};
@@ -62,14 +247,16 @@ async ([sel, turnsBefore, interval, budget, expected, settle]) => {
   }
 }
 """
+)
 
-# Reads generated images' bytes inside the page: blob: URLs only resolve there.
+# Reads generated images' bytes inside the page: blob: URLs only resolve there. Drafts in thoughts are left out.
 _FETCH_JS = """
 async ([sel, turnsBefore]) => {
   const turns = Array.from(document.querySelectorAll(sel.model_turn)).slice(turnsBefore);
   const out = [];
   for (const turn of turns) {
     for (const img of turn.querySelectorAll(sel.generated_image)) {
+      if (sel.thought && img.closest(sel.thought)) continue;
       const src = img.currentSrc || img.src;
       if (src.startsWith("data:")) { out.push(src.slice(src.indexOf(",") + 1)); continue; }
       const blob = await (await fetch(src, {credentials: "include"})).blob();
@@ -107,18 +294,28 @@ class GenerationResult:
 
 
 class _AnswerWatch:
-    """Counts the images in the page's GenerateContent response, so completion needs no settle window."""
+    """Watches the page's GenerateContent call: whether it was sent, how many images it carried, how it failed."""
 
     def __init__(self, page: Page, url_part: str) -> None:
         self.page = page
         self.url_part = url_part
+        self.sent = False
         self.expected: int | None = None
+        self.failure: tuple[int, str] | None = None  # (HTTP status, body text) of a failed call
         self.seen = asyncio.Event()
         self._reader: asyncio.Task | None = None
+        page.on("request", self._on_request)
         page.on("response", self._on_response)
 
+    def _ours(self, request) -> bool:
+        return self.url_part in request.url and request.method == "POST"
+
+    def _on_request(self, request) -> None:
+        if self._ours(request):
+            self.sent = True
+
     def _on_response(self, response) -> None:
-        if self.url_part in response.url and response.request.method == "POST" and self._reader is None:
+        if self._ours(response.request) and self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._count(response))
 
     async def _count(self, response) -> None:
@@ -126,11 +323,16 @@ class _AnswerWatch:
             body = await response.body()
         except PlaywrightError:
             return  # body gone (navigation): fall back to the settle window
-        # Both AI Studio's ["image/png", "<b64>"] pairs and mime fields name each image's type once.
-        self.expected = body.count(b'"image/') if response.ok else 0
+        if response.ok:
+            # Both AI Studio's ["image/png", "<b64>"] pairs and mime fields name each image's type once.
+            self.expected = body.count(b'"image/')
+        else:
+            self.expected = 0
+            self.failure = (response.status, body[:4096].decode("utf-8", "replace"))
         self.seen.set()
 
     def close(self) -> None:
+        self.page.remove_listener("request", self._on_request)
         self.page.remove_listener("response", self._on_response)
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
@@ -152,6 +354,16 @@ class _Clock:
         return {"total_ms": round((time.monotonic() - self.start) * 1000), **self.phases}
 
 
+def _shows(text: str | None, value: str) -> bool:
+    """Whether a select's text names `value` ("16:9", or "16:9 landscape" on a page that adds words)."""
+    return text is not None and (text == value or text.split(" ")[0] == value)
+
+
+def _name_pattern(name: str) -> str:
+    # The id as a whole word: "gemini-3.1-flash-image" must not match "gemini-3.1-flash-image-lite".
+    return r"(?<![\w.-])" + re.escape(name) + r"(?![\w.-])"
+
+
 class Driver:
     """Runs one generation at a time on the host's page. Callers guarantee the one-at-a-time."""
 
@@ -159,6 +371,7 @@ class Driver:
         self.host = host
         self.settings = settings
         self._submitted = False
+        self._warned_no_temporary = False
 
     @property
     def book(self) -> SelectorBook:
@@ -183,46 +396,102 @@ class Driver:
             self.host.schedule_reset()
 
     async def _generate(self, request: GenerationRequest, clock: _Clock) -> tuple[list[bytes], str]:
-        page = await self._fresh_page()
+        page = await self._open_chat(request.model)
         prompt_box = await self._find(page, "prompt_textarea", self.settings.page_load_timeout_s)
         clock.lap("page_ms")
-        await self._dismiss_dialogs(page)
-        if request.aspect_ratio != "Auto":
-            await self._choose_aspect_ratio(page, request.aspect_ratio)
+        state = await self._step(page, temporary=True)
+        self._raise_for_load_messages(state["messages"])
+        self._note_temporary(state["temporary"])
+        await self._ensure_model(page, request.model, state["model"])
+        if state["model"] is not None and not self._model_matches(state["model"], request.model):
+            state = await self._step(page)  # another model can offer other ratios and sizes
+        await self._ensure_choice(page, RATIO, request.aspect_ratio, state["ratio"])
+        if request.image_size:
+            await self._ensure_choice(page, SIZE, request.image_size, state["size"])
         clock.lap("prepare_ms")
         for image in request.references:
             await self._upload(page, image)
         clock.lap("upload_ms")
-        turns_before = await page.locator(self.book.css_union("model_turn")).count()
         await self._fill_prompt(prompt_box, request.prompt)
+        state = await self._step(page, mark_seen=True)
+        self._check_before_run(request, state)
         answer = _AnswerWatch(page, self.settings.generate_content_url_part)
         try:
-            await self._click_run(page)
-            state = await self._wait_for_answer(page, turns_before, answer)
+            await self._click_run(page, prompt_box, answer, state["turns"])
+            result = await self._wait_for_answer(page, state["model_turns"], answer)
         finally:
             answer.close()
         clock.lap("generate_ms")
-        if state["images"] == 0:
+        if result["notices"]:
+            log.info("task %s: notices beside the answer: %s", request.task_id, result["notices"])
+        if result["images"] == 0:
             raise GenerationError(
-                ErrorCode.BLOCKED, "the model answered without an image", retry_safe=False, text=state["text"] or None
+                ErrorCode.BLOCKED, "the model answered without an image", retry_safe=False, text=result["text"] or None
             )
-        encoded = await page.evaluate(_FETCH_JS, [self._poll_selectors(), turns_before])
+        encoded = await page.evaluate(_FETCH_JS, [self._poll_selectors(), state["model_turns"]])
         images = [to_png(base64.b64decode(b)) for b in encoded]
         clock.lap("fetch_ms")
-        return images, state["text"]
+        return images, result["text"]
 
-    # ---- steps -----------------------------------------------------------------------------------
+    # ---- the page for a model ----------------------------------------------------------------------
 
-    async def _fresh_page(self) -> Page:
-        """The new-chat page, loaded and signed in; otherwise a retry-safe error."""
+    def _chat_url(self, model: str) -> str:
+        """The new-chat URL of `model`: the catalogue knows its page kind and URL id, when it lists it."""
+        spec = load_catalogue().find(model) if load_catalogue is not None else None
+        url_id = spec.id if spec is not None else model
+        imagen = spec.page == "imagen" if spec is not None else model.startswith("imagen")
+        page = "new_image" if imagen else "new_chat"
+        return f"{self.settings.aistudio_url.rstrip('/')}/prompts/{page}?model={url_id}"
+
+    def _is_new_chat(self, url: str, wanted: str) -> bool:
+        """`url` is a new chat of the wanted URL's kind and model, in either URL form (`/app/prompts/...`)."""
+        have, want = urlsplit(url), urlsplit(wanted)
+        have_path, want_path = _NEW_CHAT_PATH.match(have.path), _NEW_CHAT_PATH.match(want.path)
+        if have.netloc != want.netloc or have_path is None or want_path is None:
+            return False
+        model = parse_qs(have.query).get("model", [None])[0]
+        # A page that dropped ?model= is checked on the page itself.
+        return have_path.group(1) == want_path.group(1) and model in (None, parse_qs(want.query)["model"][0])
+
+    async def _open_chat(self, model: str) -> Page:
+        """The new-chat page of `model`, loaded and signed in; otherwise a retry-safe error."""
         await self.host.wait_reset()
         page = self.host.page
-        if not page.url.startswith(self.settings.new_chat_url):
-            await self.host.load_home()
+        url = self._chat_url(model)
+        if not self._is_new_chat(page.url, url):
+            if url == self.settings.new_chat_url:
+                await self.host.load_home()
+            else:
+                await page.goto(url, wait_until="domcontentloaded", timeout=self.settings.page_load_timeout_s * 1000)
             page = self.host.page
-        if is_signin_url(page.url) or self.host.login_state == "needs_login":
+        self._raise_for_url(page.url)
+        if self.host.login_state == "needs_login":
             raise GenerationError(ErrorCode.NEEDS_LOGIN, "the Google session is signed out", retry_safe=True)
         return page
+
+    def _raise_for_url(self, url: str, *, submitted: bool = False) -> None:
+        if is_signin_url(url):
+            message = "signed out during the task" if submitted else "the Google session is signed out"
+            raise GenerationError(ErrorCode.NEEDS_LOGIN, message, retry_safe=not submitted)
+        if REGIONS_PATH_PART in urlsplit(url).path:
+            message = f"AI Studio sent the page to {url}: not served in this region"
+            raise GenerationError(ErrorCode.REGION_BLOCKED, message, retry_safe=True)
+
+    def _raise_for_load_messages(self, messages: list[str]) -> None:
+        """What a freshly loaded page says about the account before anything is sent."""
+        for message in messages:
+            kind = self.book.classify(message)
+            if kind == "region_blocked":
+                raise GenerationError(ErrorCode.REGION_BLOCKED, message, retry_safe=True)
+            if kind == "model_unavailable":
+                raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, message, retry_safe=True)
+
+    def _note_temporary(self, temporary: bool | None) -> None:
+        if temporary is None and not self._warned_no_temporary:
+            self._warned_no_temporary = True
+            log.warning("no Temporary chat toggle on the page: each task will be saved to the account's Drive")
+
+    # ---- finding things --------------------------------------------------------------------------
 
     async def _find(self, page: Page, role: str, timeout_s: float | None = None, state: str = "visible") -> Locator:
         """The first candidate of `role` that is on the page, waiting for any of them to appear."""
@@ -233,8 +502,7 @@ class Driver:
         try:
             await page.locator(self.book.css_union(role)).first.wait_for(state=state, timeout=timeout_ms)
         except PlaywrightTimeout:
-            if is_signin_url(page.url):
-                raise GenerationError(ErrorCode.NEEDS_LOGIN, "the Google session is signed out", retry_safe=True)
+            self._raise_for_url(page.url)
             raise UIChanged(role, retry_safe=not self._submitted) from None
         for selector in candidates:
             loc = page.locator(selector).first
@@ -252,34 +520,134 @@ class Driver:
                 return loc
         return None
 
-    async def _dismiss_dialogs(self, page: Page) -> None:
-        # A dialog can reveal another; a few rounds cover the known stacks.
-        for _ in range(4):
-            button = await self._present(page, "dismiss_dialog")
-            if button is None:
-                return
-            await button.click(timeout=self.settings.element_timeout_s * 1000)
+    def _dialog_selectors(self) -> dict:
+        book = self.book
+        return {
+            "dismiss": [*book.candidates("dismiss_dialog"), *book.candidates("copyright_dialog_accept")],
+            "dialog": book.css_union("dialog"),
+            "checkbox": book.css_union("consent_checkbox"),
+            "names": [n.lower() for n in book.names_of("dialog_dismiss")],
+            "consent": [n.lower() for n in book.names_of("consent_continue")],
+        }
 
-    async def _choose_aspect_ratio(self, page: Page, ratio: str) -> None:
-        select = await self._present(page, "aspect_ratio_select")
+    def _state_selectors(self) -> dict:
+        book = self.book
+        return {
+            "model_name": list(book.candidates("model_name")),
+            "ratio_select": list(book.candidates(RATIO[0])),
+            "size_select": list(book.candidates(SIZE[0])),
+            "select_value": book.css_union("select_value"),
+            "temporary": list(book.candidates("temporary_chat_toggle")),
+            "messages": ", ".join(filter(None, [book.css_union("error_callout"), book.css_union("warning_callout")])),
+            "toasts": book.css_union("toast"),
+            "prompt_box": book.css_union("prompt_box"),
+            "upload_chip": book.css_union("upload_chip"),
+            "upload_media": book.css_union("upload_media"),
+            "token_count": list(book.candidates("token_count")),
+            "run_button": book.css_union("run_button"),
+            "chat_turn": book.css_union("chat_turn"),
+            "model_turn": book.css_union("model_turn"),
+            "busy": book.css_union("busy_indicator"),
+        }
+
+    async def _step(self, page: Page, *, temporary: bool = False, mark_seen: bool = False) -> dict:
+        """Dismiss what covers the page and read its state: one round trip before each step."""
+        options = {"temporary": temporary, "markSeen": mark_seen}
+        state = await page.evaluate(_STEP_JS, [self._dialog_selectors(), self._state_selectors(), options])
+        if state["dismissed"]:
+            log.info("dismissed %d dialog(s)", state["dismissed"])
+        return state
+
+    def _ms(self, seconds: float) -> int:
+        return round(seconds * 1000)
+
+    # ---- model, ratio, size ----------------------------------------------------------------------
+
+    def _model_names(self, model: str) -> list[str]:
+        """What the page may call `model`: its id, and the catalogue's display name and aliases."""
+        spec = load_catalogue().find(model) if load_catalogue is not None else None
+        return [model] if spec is None else [spec.id, spec.name, *spec.aliases]
+
+    def _model_matches(self, shown: str, model: str) -> bool:
+        return any(re.search(_name_pattern(name), shown, re.IGNORECASE) for name in self._model_names(model))
+
+    async def _ensure_model(self, page: Page, model: str, shown: str | None) -> None:
+        """The page must have `model` selected: the URL usually does it, the model picker otherwise."""
+        if shown is None:
+            return  # the page names no model (older markup): the URL chose it
+        if self._model_matches(shown, model):
+            return
+        log.info("the page shows model %r, not %s: choosing it in the model picker", shown, model)
+        trigger = await self._present(page, "model_selector")
+        if trigger is None:
+            raise UIChanged("model_selector")
+        await trigger.click(timeout=self._ms(self.settings.element_timeout_s))
+        options = page.locator(self.book.css_union("model_option"))
+        try:
+            await options.first.wait_for(timeout=self._ms(self.settings.element_timeout_s))
+        except PlaywrightTimeout:
+            raise UIChanged("model_option") from None
+        option = options.filter(has_text=re.compile(_name_pattern(model), re.IGNORECASE)).first
+        if not await option.count():
+            await page.keyboard.press("Escape")
+            raise GenerationError(
+                ErrorCode.UI_CHANGED, f"the model picker lists no {model}", retry_safe=True, role="model_option"
+            )
+        if await option.get_attribute("aria-disabled") == "true" or await option.is_disabled():
+            await page.keyboard.press("Escape")
+            raise GenerationError(
+                ErrorCode.MODEL_UNAVAILABLE, f"the model picker offers {model} but not to this account", retry_safe=True
+            )
+        await option.click(timeout=self._ms(self.settings.element_timeout_s))
+        patterns = [_name_pattern(name) for name in self._model_names(model)]
+        if not await self._wait_shows(page, "model", patterns):
+            raise UIChanged("model_name")
+
+    async def _ensure_choice(self, page: Page, roles: tuple[str, str], value: str, shown: str | None) -> None:
+        """Choose `value` in a run-settings select, and wait until the select shows it."""
+        select_role, option_role = roles
+        if _shows(shown, value) or (shown is None and value == "Auto"):
+            return  # already chosen; or no ratio control and the page's default asked for
+        select = await self._present(page, select_role)
         if select is None:
             # The run-settings panel may be collapsed; open it and look again.
             toggle = await self._present(page, "run_settings_toggle")
             if toggle is not None:
                 await toggle.click()
-            select = await self._find(page, "aspect_ratio_select")
+            select = await self._find(page, select_role)
         await select.click()
-        option = page.locator(self.book.css_union("aspect_ratio_option")).filter(has_text=ratio)
-        exact = option.get_by_text(ratio, exact=True)
+        option = page.locator(self.book.css_union(option_role)).filter(has_text=value)
+        exact = option.get_by_text(value, exact=True)
         target = exact if await exact.count() else option
         try:
-            await target.first.click(timeout=self.settings.element_timeout_s * 1000)
+            await target.first.click(timeout=self._ms(self.settings.element_timeout_s))
         except PlaywrightTimeout:
-            raise UIChanged("aspect_ratio_option") from None
+            raise UIChanged(option_role) from None
+        if not await self._wait_shows(page, "ratio_select" if roles == RATIO else "size_select", value):
+            raise UIChanged(select_role)
+
+    async def _wait_shows(self, page: Page, which: str, value) -> bool:
+        args = [self._state_selectors(), which, value, self._ms(self.settings.poll_interval_s),
+                self._ms(self.settings.element_timeout_s)]
+        return await page.evaluate(_SHOWS_JS, args)
+
+    def _check_before_run(self, request: GenerationRequest, state: dict) -> None:
+        """Never run with another model, ratio or size than asked for: the page may have changed them."""
+        if state["model"] is not None and not self._model_matches(state["model"], request.model):
+            raise GenerationError(
+                ErrorCode.UI_CHANGED, f"the page shows model {state['model']!r}, not {request.model}",
+                retry_safe=True, role="model_name",
+            )
+        ratio = request.aspect_ratio
+        if not (_shows(state["ratio"], ratio) or (state["ratio"] is None and ratio == "Auto")):
+            raise UIChanged(RATIO[0])
+        if request.image_size and not _shows(state["size"], request.image_size):
+            raise UIChanged(SIZE[0])
+
+    # ---- uploads ---------------------------------------------------------------------------------
 
     async def _upload(self, page: Page, image: ReferenceImage) -> None:
-        chips = page.locator(self.book.css_union("upload_chip"))
-        before = await chips.count()
+        before = (await self._step(page))["upload"]
         files = {"name": image.name, "mimeType": image.mime, "buffer": image.data}
         add = await self._find(page, "add_media_button")
         await add.click()
@@ -287,58 +655,91 @@ class Driver:
         if item is not None:
             # The menu item opens a native file chooser; answer it with bytes from memory.
             try:
-                async with page.expect_file_chooser(timeout=self.settings.element_timeout_s * 1000) as chooser:
+                async with page.expect_file_chooser(timeout=self._ms(self.settings.element_timeout_s)) as chooser:
                     await item.click()
                 await (await chooser.value).set_files(files)
             except PlaywrightTimeout:
                 await (await self._find(page, "file_input", state="attached")).set_input_files(files)
         else:
             await (await self._find(page, "file_input", state="attached")).set_input_files(files)
-        await self._wait_for_chip(page, chips, before)
+        await self._wait_uploaded(page, before)
         await page.keyboard.press("Escape")
 
-    async def _wait_for_chip(self, page: Page, chips: Locator, before: int) -> None:
-        deadline = time.monotonic() + self.settings.element_timeout_s * 2
-        while time.monotonic() < deadline:
-            agree = await self._present(page, "copyright_dialog_accept")
-            if agree is not None:
-                await agree.click()
-            if await chips.count() > before:
-                agree = await self._present(page, "copyright_dialog_accept")
-                if agree is not None:
-                    await agree.click()
-                return
-            await asyncio.sleep(self.settings.poll_interval_s / 2)
-        raise UIChanged("upload_chip")
+    async def _wait_uploaded(self, page: Page, before: dict) -> None:
+        args = [self._dialog_selectors(), self._state_selectors(), before, self._ms(self.settings.poll_interval_s),
+                self._ms(self.settings.element_timeout_s * 2)]
+        done = await page.evaluate(_UPLOAD_JS, args)
+        if done["signal"] is not None:
+            return
+        if not done["run_enabled"]:
+            raise UIChanged("upload_chip")
+        # Every sign of a finished upload missed, yet Run takes the prompt: the page changed how it shows uploads.
+        log.warning("no upload signal (chip, media, blob image, token count) showed; Run is enabled: going on")
 
     async def _fill_prompt(self, box: Locator, prompt: str) -> None:
         await box.fill(prompt)
-        if await box.input_value() != prompt:
+        # A textarea's value has "\n" line ends whatever was typed into it.
+        wanted = prompt.replace("\r\n", "\n").replace("\r", "\n")
+        if (await box.input_value()).replace("\r\n", "\n") != wanted:
             raise UIChanged("prompt_textarea")
 
-    async def _click_run(self, page: Page) -> None:
-        run = await self._find(page, "run_button")
-        try:
-            await run.click(timeout=self.settings.element_timeout_s * 1000)  # waits until enabled
-        except PlaywrightTimeout:
-            raise UIChanged("run_button") from None
-        self._submitted = True
+    # ---- run -------------------------------------------------------------------------------------
 
-    def _poll_selectors(self) -> dict[str, str]:
+    async def _click_run(self, page: Page, prompt_box: Locator, answer: _AnswerWatch, turns_before: int) -> None:
+        """Click Run until the run shows as started: a click, then a JS click, a forced click, Ctrl+Enter."""
+        run = await self._find(page, "run_button")
+        interval = self._ms(self.settings.poll_interval_s)
+        timeout_ms = self._ms(self.settings.element_timeout_s)
+        enabled_args = [self._dialog_selectors(), self._state_selectors(), interval, timeout_ms]
+        if not await page.evaluate(_RUN_ENABLED_JS, enabled_args):
+            raise UIChanged("run_button")
+        first_click_ms = self._ms(min(self.settings.element_timeout_s, 1.0))
+        attempts = (
+            ("click", lambda: run.click(timeout=first_click_ms)),
+            ("js click", lambda: run.evaluate("button => button.click()")),
+            ("forced click", lambda: run.click(force=True, timeout=first_click_ms)),
+            ("ctrl+enter", lambda: prompt_box.press("Control+Enter")),
+        )
+        # A run shows at once (a new turn, the spinner); wait a little longer before clicking again, as a second
+        # click on a running Run stops it.
+        confirm_ms = self._ms(min(self.settings.element_timeout_s, RUN_CONFIRM_S))
+        for name, attempt in attempts:
+            budget_ms = confirm_ms
+            try:
+                await attempt()
+            except PlaywrightError as exc:
+                log.info("run by %s failed: %s", name, str(exc).splitlines()[0])
+                budget_ms = 0  # nothing was clicked: one look is enough
+            started_args = [self._state_selectors(), turns_before, interval, budget_ms]
+            if answer.sent or await page.evaluate(_STARTED_JS, started_args) or answer.sent:
+                self._submitted = True
+                if name != "click":
+                    log.warning("Run started only by %s", name)
+                return
+            await self._step(page)  # a dialog may have come up in between
+        self._submitted = answer.sent
+        raise UIChanged("run_button", retry_safe=not answer.sent)
+
+    def _poll_selectors(self) -> dict:
         book = self.book
         return {
             "model_turn": book.css_union("model_turn"),
             "generated_image": book.css_union("generated_image"),
             "model_text": list(book.candidates("model_text")),
+            "thought": book.css_union("thought_chunk"),
             "busy": book.css_union("busy_indicator"),
             "callouts": book.css_union("error_callout"),
+            "warnings": book.css_union("warning_callout"),
             "toasts": book.css_union("toast"),
+            "texts": [[kind, [n.lower() for n in needles]] for kind, needles in book.texts.items()],
         }
 
-    async def _wait_for_answer(self, page: Page, turns_before: int, answer: "_AnswerWatch") -> dict:
+    async def _wait_for_answer(self, page: Page, turns_before: int, answer: _AnswerWatch) -> dict:
         """Until the model turn is complete or an error shows; re-checks at once when the response lands."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         while time.monotonic() < deadline:
+            if answer.failure is not None:
+                self._raise_for_failed_call(*answer.failure)
             budget_ms = min(2000, max(0, round((deadline - time.monotonic()) * 1000)))
             check = asyncio.ensure_future(self._check_answer(page, turns_before, answer.expected, budget_ms))
             waits = {check}
@@ -363,12 +764,13 @@ class Driver:
 
     async def _check_answer(self, page: Page, turns_before: int, expected: int | None, budget_ms: int) -> dict | None:
         args = [
+            self._dialog_selectors(),
             self._poll_selectors(),
             turns_before,
-            round(self.settings.poll_interval_s * 1000),
+            self._ms(self.settings.poll_interval_s),
             budget_ms,
             expected,
-            round(self.settings.settle_s * 1000),
+            self._ms(self.settings.settle_s),
         ]
         try:
             return await page.evaluate(_WAIT_JS, args)
@@ -378,18 +780,30 @@ class Driver:
                 return None  # the page is navigating (e.g. to sign-in); look again
             raise
 
-    def _raise_for_page_error(self, state: dict) -> None:
-        if is_signin_url(state["url"]):
+    def _raise_for_failed_call(self, status: int, body: str) -> None:
+        """A failed GenerateContent call, by what its body says, else by its HTTP status."""
+        kind = self.book.classify(body)
+        if status == 401:
             raise GenerationError(ErrorCode.NEEDS_LOGIN, "signed out during the task", retry_safe=False)
-        # An unknown error callout fails the task; an unknown toast may be a mere notice.
-        messages = [(m, True) for m in state["callouts"]] + [(m, False) for m in state["toasts"]]
-        for message, is_callout in messages:
-            kind = self.book.classify(message)
-            if kind == "quota_exhausted":
-                raise GenerationError(ErrorCode.QUOTA_EXHAUSTED, message, retry_safe=True)
-            if kind == "rate_limited":
-                raise GenerationError(ErrorCode.RATE_LIMITED, message, retry_safe=True)
-            if kind == "region_blocked":
-                raise GenerationError(ErrorCode.INTERNAL_ERROR, f"region blocked: {message}", retry_safe=True)
-            if kind == "internal_error" or (kind is None and is_callout):
-                raise GenerationError(ErrorCode.INTERNAL_ERROR, message, retry_safe=False)
+        if kind is not None:
+            self._raise_for_kind(kind, f"GenerateContent failed with HTTP {status}: {body[:200]}")
+        if status == 429:
+            raise GenerationError(ErrorCode.RATE_LIMITED, "GenerateContent failed with HTTP 429", retry_safe=True)
+        raise GenerationError(ErrorCode.INTERNAL_ERROR, f"GenerateContent failed with HTTP {status}", retry_safe=False)
+
+    def _raise_for_kind(self, kind: str, message: str) -> None:
+        if kind == "quota_exhausted":
+            raise GenerationError(ErrorCode.QUOTA_EXHAUSTED, message, retry_safe=True)
+        if kind == "rate_limited":
+            raise GenerationError(ErrorCode.RATE_LIMITED, message, retry_safe=True)
+        if kind == "region_blocked":
+            raise GenerationError(ErrorCode.REGION_BLOCKED, message, retry_safe=True)
+        if kind == "model_unavailable":
+            raise GenerationError(ErrorCode.MODEL_UNAVAILABLE, message, retry_safe=True)
+        raise GenerationError(ErrorCode.INTERNAL_ERROR, message, retry_safe=False)
+
+    def _raise_for_page_error(self, state: dict) -> None:
+        self._raise_for_url(state["url"], submitted=True)
+        # A new error callout fails the task even when unknown; a warning or toast only when it names a failure.
+        for message in state["callouts"] + state["warnings"]:
+            self._raise_for_kind(self.book.classify(message) or "internal_error", message)

@@ -14,6 +14,8 @@ class ErrorCode(StrEnum):
     UI_CHANGED = "ui_changed"
     TIMEOUT = "timeout"
     BAD_INPUT = "bad_input"
+    REGION_BLOCKED = "region_blocked"  # the account or its address is outside the served regions
+    MODEL_UNAVAILABLE = "model_unavailable"  # the page says this account may not use the requested model
 
 
 class GenerationError(Exception):

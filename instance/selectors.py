@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +17,10 @@ class SelectorBook:
     roles: dict[str, tuple[str, ...]]
     texts: dict[str, tuple[str, ...]]
     source: str
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # button names, e.g. of dialogs to dismiss
+
+    def names_of(self, group: str) -> tuple[str, ...]:
+        return self.names.get(group, ())
 
     def candidates(self, role: str) -> tuple[str, ...]:
         return self.roles.get(role, ())
@@ -41,11 +45,13 @@ def _parse(raw: dict, source: str) -> SelectorBook:
     ):
         raise ValueError(f"{source}: 'roles' must map role names to lists of selectors")
     texts = raw.get("texts", {})
+    names = raw.get("names", {})
     return SelectorBook(
         version=str(raw.get("version", "unknown")),
         roles={k: tuple(v) for k, v in roles.items()},
         texts={k: tuple(v) for k, v in texts.items()},
         source=source,
+        names={k: tuple(v) for k, v in names.items()},
     )
 
 
@@ -69,4 +75,5 @@ def load_selectors(override: Path | None) -> SelectorBook:
         roles={**packaged.roles, **book.roles},
         texts={**packaged.texts, **book.texts},
         source=str(override),
+        names={**packaged.names, **book.names},
     )

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from instance.images import reencode
+from instance.selectors import load_packaged
 from tests.instance.conftest import ACCOUNT, sim
 from tests.instance.harness import b64, png_bytes, png_size
 
@@ -155,6 +156,6 @@ def test_status_reports_counters_and_versions(inst):
     status = inst.status()
     assert status["counters"]["tasks"] == before["tasks"] + 1
     assert status["counters"]["succeeded"] == before["succeeded"] + 1
-    assert status["selectors_version"] == "2026-05"
+    assert status["selectors_version"] == load_packaged().version
     assert status["version"]
     assert status["busy"] is False and status["current_task"] is None

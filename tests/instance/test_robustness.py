@@ -12,6 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from instance.selectors import load_packaged
 from tests.instance.conftest import sim
 from tests.instance.harness import b64, chromium_browser_pid, png_bytes, signed_in_state, start_instance
 
@@ -102,5 +103,5 @@ def test_selectors_reload_from_the_volume_without_restart(inst, simulator_url):
         assert answer["error"]["role"] == "run_button"
     finally:
         override.unlink()
-        assert inst.client.post("/selectors/reload").json()["version"] == "2026-05"
+        assert inst.client.post("/selectors/reload").json()["version"] == load_packaged().version
     assert inst.generate("fixed again").json()["success"]

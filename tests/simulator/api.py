@@ -11,13 +11,17 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.datastructures import State
 
-from .images import RATIOS, make_png
+from .images import RATIOS, SIZE_LONG_SIDES, make_png
+from .models import describe
 from .session import current_account
 from .state import Generation, SimState, Upload
 
 GENERATE_PATH = "/_/MakerSuiteService/GenerateContent"
 QUOTA_MESSAGE = "You've exceeded your quota for this model. Please try again later."
 BLOCKED_TEXT = "I can't help with that."
+FREE_LIMIT_MESSAGE = "You are out of free generations for today. Try again tomorrow."
+TEXT_MODEL_TEXT = "This model answers with text only: here is a description of the picture instead."
+THOUGHT_TEXT = "Drafting the composition first."
 
 
 class BadRequest(ValueError):
@@ -55,7 +59,14 @@ def _parse_request(body: Any, account: str) -> Generation:
     if not isinstance(uploads, list):
         raise BadRequest("'uploads' must be a list")
     model = body.get("model") if isinstance(body.get("model"), str) else None
-    return Generation(account, body["prompt"], aspect_ratio, model, [_decode_upload(u) for u in uploads])
+    image_size = body.get("image_size")
+    if image_size is not None and image_size not in SIZE_LONG_SIDES:
+        raise BadRequest(f"unknown image_size {image_size!r}")
+    chat_id = body.get("chat_id") if isinstance(body.get("chat_id"), str) else None
+    return Generation(
+        account, body["prompt"], aspect_ratio, model, [_decode_upload(u) for u in uploads],
+        image_size=image_size, chat_id=chat_id, temporary=body.get("temporary") is True,
+    )
 
 
 async def _client_gone(request: Request) -> None:
@@ -74,21 +85,35 @@ async def _wait(request: Request, seconds: float) -> bool:
         gone.cancel()
 
 
+def _png_b64(prompt: str, generation: Generation, index: int) -> str:
+    return base64.b64encode(make_png(prompt, generation.aspect_ratio, index, generation.image_size)).decode()
+
+
 def _success(generation: Generation, config: dict[str, Any]) -> Response[dict[str, Any]]:
-    images = [
-        {"mime": "image/png", "data": base64.b64encode(make_png(generation.prompt, generation.aspect_ratio, i)).decode()}
-        for i in range(config["image_count"])
-    ]
-    return Response({"images": images, "text": config["text"] or None, "finish_reason": "STOP"})
+    if not describe(generation.model or "").get("images"):
+        return Response({"images": [], "text": TEXT_MODEL_TEXT, "finish_reason": "STOP"})
+    images = [{"mime": "image/png", "data": _png_b64(generation.prompt, generation, i)} for i in range(config["image_count"])]
+    body: dict[str, Any] = {"images": images, "text": config["text"] or None, "finish_reason": "STOP"}
+    if config["thinking_image"]:
+        # a draft image in the model's thoughts, in a colour of its own; not part of the answer
+        draft = {"mime": "image/png", "data": _png_b64(generation.prompt + " (draft)", generation, 0)}
+        body["thoughts"] = {"text": THOUGHT_TEXT, "images": [draft]}
+    return Response(body)
 
 
 def _answer(mode: str, generation: Generation, config: dict[str, Any], sim: SimState) -> Response[dict[str, Any]]:
+    if generation.model in config["unavailable_models"]:
+        return error_response(403, "PERMISSION_DENIED", f"The model {generation.model} is not available to your account.")
     if mode == "ok":
         return _success(generation, config)
     if mode == "blocked":
         return Response({"images": [], "text": BLOCKED_TEXT, "finish_reason": "SAFETY"})
     if mode == "quota":
         return error_response(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE)
+    if mode == "free_limit":
+        # inside a 200 answer, as a streamed answer fails part-way: only the page's warning callout tells
+        error = {"code": 429, "message": FREE_LIMIT_MESSAGE, "status": "RESOURCE_EXHAUSTED"}
+        return Response({"images": [], "text": None, "error": error, "finish_reason": "OTHER"})
     if mode == "rate_limit":
         return error_response(429, "TOO_MANY_REQUESTS", "Too many requests, rate limit exceeded.")
     if mode == "internal":

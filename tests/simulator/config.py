@@ -5,8 +5,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
-MODES = ("ok", "quota", "rate_limit", "internal", "blocked", "hang", "logout", "region")
-DIALOGS = ("autosave", "preference_vote", "consent")
+MODES = ("ok", "quota", "rate_limit", "internal", "blocked", "hang", "logout", "region", "free_limit")
+DIALOGS = ("autosave", "preference_vote", "consent", "consent_checkbox", "whats_new", "drive_offer", "announcement")
+# Moments of a task at which `event_dialogs` show (each once per page load).
+DIALOG_EVENTS = ("ratio", "upload", "run")
+SELECT_APPLY = ("now", "late", "never")
+UPLOAD_SIGNALS = ("chip", "media_container", "blob_img", "token_count", "none")
+RUN_BUTTONS = ("normal", "covered", "keyboard_only")
+FAILURE_DISPLAYS = ("page", "none")
 MARKUPS = ("current", "legacy")
 MISSABLE_ROLES = ("prompt_textarea", "run_button", "add_media_button", "aspect_ratio_select")
 
@@ -24,6 +30,22 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_stagger_ms": 100,  # delay between two images of one answer appearing in the page
     "hang_ms": 600_000,  # how long mode "hang" keeps a request open before answering 504
     "dialog_delay_ms": 0,  # delay before the load dialogs show up
+    "event_dialogs": {},  # {event: [dialog, ...]}: dialogs arriving mid-task (DIALOG_EVENTS)
+    "copyright_delay_ms": 0,  # the copyright dialog shows this long after the upload's chip
+    "select_apply": "now",  # when a ratio/size choice shows: "now", "late" (after the overlay closed), "never"
+    "select_apply_delay_ms": 300,  # how late "late" is
+    "upload_signal": "chip",  # what shows a finished upload in the prompt box (UPLOAD_SIGNALS)
+    "run_button": "normal",  # "covered": a layer takes pointer clicks; "keyboard_only": only Ctrl+Enter runs
+    "harmless_toast": False,  # a notice toast shows at Run and stays, beside a successful answer
+    "stale_callout": False,  # an error callout left from an earlier task, on the page before Run
+    "failure_display": "page",  # "none": a failed GenerateContent shows nothing on the page
+    "thinking_image": False,  # the model turn starts with a thought chunk holding a draft image
+    "model_from_url": True,  # False: the page ignores ?model= and opens on a text model
+    "model_picker": True,  # False: no model picker in the page
+    "unavailable_models": [],  # model ids this account may not use
+    "app_path": False,  # /prompts/... redirects to /app/prompts/...
+    "region_redirect": False,  # pages redirect to the "available regions" page
+    "temporary_chat": True,  # the toolbar has a Temporary chat toggle
     "signin_refused": False,  # the sign-in's e-mail step leads to Google's "This browser or app may not be secure"
 }
 
@@ -56,6 +78,16 @@ def _optional_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _event_dialogs(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        event in DIALOG_EVENTS and _list_of(DIALOGS)(names) for event, names in value.items()
+    )
+
+
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "latency_ms": _non_negative_int,
     "mode": _one_of(MODES),
@@ -70,6 +102,22 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "image_stagger_ms": _non_negative_int,
     "hang_ms": _non_negative_int,
     "dialog_delay_ms": _non_negative_int,
+    "event_dialogs": _event_dialogs,
+    "copyright_delay_ms": _non_negative_int,
+    "select_apply": _one_of(SELECT_APPLY),
+    "select_apply_delay_ms": _non_negative_int,
+    "upload_signal": _one_of(UPLOAD_SIGNALS),
+    "run_button": _one_of(RUN_BUTTONS),
+    "harmless_toast": _bool,
+    "stale_callout": _bool,
+    "failure_display": _one_of(FAILURE_DISPLAYS),
+    "thinking_image": _bool,
+    "model_from_url": _bool,
+    "model_picker": _bool,
+    "unavailable_models": _strings,
+    "app_path": _bool,
+    "region_redirect": _bool,
+    "temporary_chat": _bool,
     "signin_refused": _bool,
 }
 

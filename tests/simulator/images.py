@@ -7,20 +7,25 @@ import io
 
 from PIL import Image
 
-RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9")
+RATIOS = ("Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "1:4", "4:1", "1:8", "8:1")
 LONG_SIDE = 512
+# The long side per output size; no size (models without the setting) keeps LONG_SIDE.
+SIZE_LONG_SIDES = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
 
 
-def image_size(aspect_ratio: str) -> tuple[int, int]:
-    """(width, height) with the long side LONG_SIDE; "Auto" gives a square."""
+def image_size(aspect_ratio: str, output_size: str | None = None) -> tuple[int, int]:
+    """(width, height) with the long side LONG_SIDE (or the output size's); "Auto" gives a square."""
     if aspect_ratio not in RATIOS:
         raise ValueError(f"unknown aspect ratio {aspect_ratio!r}")
+    if output_size is not None and output_size not in SIZE_LONG_SIDES:
+        raise ValueError(f"unknown image size {output_size!r}")
+    long_side = SIZE_LONG_SIDES[output_size] if output_size else LONG_SIDE
     if aspect_ratio == "Auto":
-        return LONG_SIDE, LONG_SIDE
+        return long_side, long_side
     width, height = (int(part) for part in aspect_ratio.split(":"))
     if width >= height:
-        return LONG_SIDE, round(LONG_SIDE * height / width)
-    return round(LONG_SIDE * width / height), LONG_SIDE
+        return long_side, round(long_side * height / width)
+    return round(long_side * width / height), long_side
 
 
 def prompt_color(prompt: str, index: int = 0) -> tuple[int, int, int]:
@@ -30,8 +35,8 @@ def prompt_color(prompt: str, index: int = 0) -> tuple[int, int, int]:
     return digest[0], digest[1], digest[2]
 
 
-def make_png(prompt: str, aspect_ratio: str, index: int = 0) -> bytes:
-    image = Image.new("RGB", image_size(aspect_ratio), prompt_color(prompt, index))
+def make_png(prompt: str, aspect_ratio: str, index: int = 0, output_size: str | None = None) -> bytes:
+    image = Image.new("RGB", image_size(aspect_ratio, output_size), prompt_color(prompt, index))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -12,12 +12,20 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
+from .models import DEFAULT_MODEL, TEXT_MODEL, picker_entries
 from .session import current_account, redirect, safe_continue, session_cookies, signin_url
 from .state import SimState
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONFIG_PLACEHOLDER = "__SIM_CONFIG__"
 NO_STORE = {"cache-control": "no-store"}
+REGIONS_PATH = "/gemini-api/docs/available-regions"
+# Knobs the page's JavaScript reads as they are.
+PAGE_KNOBS = (
+    "markup", "missing_roles", "dialogs", "dialog_delay_ms", "copyright_dialog", "image_stagger_ms", "event_dialogs",
+    "copyright_delay_ms", "select_apply", "select_apply_delay_ms", "upload_signal", "run_button", "harmless_toast",
+    "stale_callout", "failure_display", "model_picker", "unavailable_models", "temporary_chat",
+)
 
 
 def _html(name: str, replacements: dict[str, str] | None = None) -> ASGIResponse:
@@ -33,17 +41,24 @@ def _script_json(data: dict[str, Any]) -> str:
     return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _page_model(config: dict[str, Any], requested: str | None) -> tuple[str, str | None]:
+    """The model the page opens on, and the one it refused (not available to the account), if any."""
+    if not config["model_from_url"]:
+        return TEXT_MODEL, None
+    if requested in config["unavailable_models"]:
+        return DEFAULT_MODEL, requested
+    return requested or DEFAULT_MODEL, None
+
+
 def _page_config(sim: SimState, account: str, model: str | None) -> dict[str, Any]:
     config = sim.effective_config(account)
+    page_model, refused = _page_model(config, model)
     return {
         "account": account,
-        "model": model or "gemini-2.5-flash-image",
-        "markup": config["markup"],
-        "missing_roles": config["missing_roles"],
-        "dialogs": config["dialogs"],
-        "dialog_delay_ms": config["dialog_delay_ms"],
-        "copyright_dialog": config["copyright_dialog"],
-        "image_stagger_ms": config["image_stagger_ms"],
+        "model": page_model,
+        "refused_model": refused,
+        "models": picker_entries(),
+        **{knob: config[knob] for knob in PAGE_KNOBS},
         # region block shows on load; peeking does not count against mode_times
         "region_blocked": config["mode"] == "region",
     }
@@ -53,12 +68,19 @@ def _render_app(request: Request, sim: SimState) -> ASGIResponse:
     account = current_account(request, sim)
     if account is None:
         return redirect(signin_url(str(request.url)))
+    config = sim.effective_config(account)
+    if config["region_redirect"]:
+        return redirect(REGIONS_PATH)
+    if config["app_path"] and not request.url.path.startswith("/app/"):
+        query = f"?{request.url.query}" if request.url.query else ""
+        return redirect(f"/app{request.url.path}{query}")
     sim.count_page_load(account)
     page_config = _page_config(sim, account, request.query_params.get("model"))
     return _html("new_chat.html", {CONFIG_PLACEHOLDER: _script_json(page_config)})
 
 
-@get(["/", "/prompts/new_chat", "/prompts/new_image"], include_in_schema=False)
+@get(["/", "/prompts/new_chat", "/prompts/new_image", "/app/prompts/new_chat", "/app/prompts/new_image"],
+     include_in_schema=False)
 async def app_page(request: Request, state: State) -> ASGIResponse:
     return _render_app(request, state.sim)
 
@@ -68,6 +90,12 @@ async def account_scoped_app_page(request: Request, state: State, page: FromPath
     if page not in ("new_chat", "new_image"):
         raise NotFoundException()
     return _render_app(request, state.sim)
+
+
+@get(REGIONS_PATH, include_in_schema=False)
+async def available_regions() -> ASGIResponse:
+    # where Google sends an account or address outside the served regions
+    return _html("available_regions.html")
 
 
 @get("/ServiceLogin", include_in_schema=False)
@@ -99,4 +127,4 @@ async def logout(request: Request) -> ASGIResponse:
     return redirect(signin_url(safe_continue(request.query_params.get("continue"))), set_cookies=session_cookies("", 0))
 
 
-ROUTES = [app_page, account_scoped_app_page, signin_page, signin_rejected, signin_submit, logout]
+ROUTES = [app_page, account_scoped_app_page, available_regions, signin_page, signin_rejected, signin_submit, logout]

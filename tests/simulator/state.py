@@ -27,6 +27,9 @@ class Generation:
     aspect_ratio: str
     model: str | None
     uploads: list[Upload]
+    image_size: str | None = None
+    chat_id: str | None = None
+    temporary: bool = False  # a Temporary chat is not saved to the account's Drive
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     outcome: str | None = None  # None while in flight
@@ -37,6 +40,8 @@ class Generation:
             "prompt": self.prompt,
             "aspect_ratio": self.aspect_ratio,
             "model": self.model,
+            "image_size": self.image_size,
+            "temporary": self.temporary,
             "uploads": [vars(upload) for upload in self.uploads],
             "started_at": self.started_at,
             "ended_at": self.ended_at,
@@ -61,6 +66,7 @@ class SimState:
             self.max_concurrent: dict[str, int] = {}
             self.page_loads = 0
             self.page_loads_by_account: dict[str, int] = {}
+            self.saved_chats: dict[str, set[str]] = {}  # account -> ids of chats autosaved to its Drive
 
     # --- config ---
 
@@ -130,6 +136,10 @@ class SimState:
     def start_generation(self, generation: Generation) -> None:
         with self._lock:
             self.generations.append(generation)
+            if not generation.temporary:
+                # autosave: every chat that ran a prompt becomes a saved prompt in the account's Drive
+                chat = generation.chat_id or f"chat-{len(self.generations)}"
+                self.saved_chats.setdefault(generation.account, set()).add(chat)
             count = self.in_flight.get(generation.account, 0) + 1
             self.in_flight[generation.account] = count
             self.max_concurrent[generation.account] = max(count, self.max_concurrent.get(generation.account, 0))
@@ -151,4 +161,6 @@ class SimState:
                 "page_loads": self.page_loads,
                 "page_loads_by_account": dict(self.page_loads_by_account),
                 "revoked": sorted(self.revoked),
+                "saved_chats": sum(len(chats) for chats in self.saved_chats.values()),
+                "saved_chats_by_account": {k: len(v) for k, v in self.saved_chats.items()},
             }

@@ -18,7 +18,7 @@ from tests.conftest import skip_or_fail
 from litestar.testing import TestClient
 from PIL import Image
 
-from .api import BLOCKED_TEXT, GENERATE_PATH, QUOTA_MESSAGE
+from .api import BLOCKED_TEXT, FREE_LIMIT_MESSAGE, GENERATE_PATH, QUOTA_MESSAGE
 from .app import create_app
 from .config import default_config
 from .fixtures import control, simulator_server, simulator_url  # noqa: F401  (pytest fixtures)
@@ -284,12 +284,12 @@ async def test_browser_smoke(simulator_url):  # noqa: F811
             # 16:9 from the run settings panel
             await page.click('ms-run-settings mat-select[aria-label="Aspect ratio"]')
             await page.locator("div.cdk-overlay-container mat-option", has_text=re.compile(r"^\s*16:9\s*$")).click()
-            await expect(page.locator("ms-run-settings mat-select")).to_have_text(re.compile("16:9"))
+            await expect(page.locator('ms-run-settings mat-select[aria-label="Aspect ratio"]')).to_have_text(re.compile("16:9"))
 
             # prompt and run
             textarea = page.locator('ms-prompt-box textarea[aria-label="Enter a prompt"]')
             run_button = page.locator('ms-run-button button[type="submit"]')
-            await expect(run_button).to_be_disabled()
+            await expect(run_button).to_be_enabled()  # an attached file is enough to run
             await textarea.fill(prompt)
             assert await textarea.input_value() == prompt
             await expect(run_button).to_be_enabled()
@@ -318,3 +318,51 @@ async def test_browser_smoke(simulator_url):  # noqa: F811
     (generation,) = control(simulator_url, "/_sim/record")["generations"]
     assert (generation["account"], generation["prompt"], generation["aspect_ratio"]) == (ACCOUNT, prompt, "16:9")
     assert generation["uploads"][0]["sha256"] == hashlib.sha256(reference).hexdigest()
+
+
+# ---------- today's page: models, sizes, thoughts, chats, redirects ----------
+
+
+def test_models_sizes_thoughts_and_saved_chats(client):
+    sign_in(client)
+    client.post("/_sim/config", json={"thinking_image": True, "unavailable_models": ["gemini-3-pro-image"]})
+    body = {"prompt": "p", "aspect_ratio": "1:4", "model": "gemini-3.1-flash-image", "image_size": "2K",
+            "chat_id": "c1", "temporary": False}
+    answer = client.post(GENERATE_PATH, json=body).json()
+    assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]["data"]))).size == (512, 2048)
+    assert len(answer["thoughts"]["images"]) == 1  # a draft, apart from the answer's images
+    client.post(GENERATE_PATH, json={**body, "temporary": True, "chat_id": "c2"})
+    refused = client.post(GENERATE_PATH, json={**body, "model": "gemini-3-pro-image", "chat_id": "c1"})
+    assert refused.status_code == 403 and "not available to your account" in refused.json()["error"]["message"]
+    text_only = client.post(GENERATE_PATH, json={**body, "model": "gemini-2.5-flash", "image_size": None}).json()
+    assert text_only["images"] == [] and text_only["text"]
+    record = client.get("/_sim/record").json()
+    assert [g["image_size"] for g in record["generations"]][:2] == ["2K", "2K"]
+    assert record["saved_chats"] == 1  # c1 once; the temporary chat c2 is not saved
+    assert client.post(GENERATE_PATH, json={**body, "image_size": "3K"}).status_code == 400
+
+
+def test_free_limit_fails_inside_a_200_answer(client):
+    sign_in(client)
+    client.post("/_sim/config", json={"mode": "free_limit"})
+    response = generate(client)
+    assert response.status_code == 200
+    assert response.json()["error"]["message"] == FREE_LIMIT_MESSAGE and response.json()["images"] == []
+
+
+def test_page_model_url_forms_and_region_redirect(client):
+    sign_in(client)
+    client.post("/_sim/config", json={"unavailable_models": ["gemini-3-pro-image"], "event_dialogs": {"run": ["autosave"]}})
+    refused = page_config(client.get("/prompts/new_chat?model=gemini-3-pro-image").text)
+    assert (refused["model"], refused["refused_model"]) == ("gemini-2.5-flash-image", "gemini-3-pro-image")
+    assert refused["event_dialogs"] == {"run": ["autosave"]}
+    client.post("/_sim/config", json={"model_from_url": False, "app_path": True})
+    moved = client.get("/prompts/new_chat?model=gemini-3.1-flash-image", follow_redirects=False)
+    assert moved.headers["location"] == "/app/prompts/new_chat?model=gemini-3.1-flash-image"
+    assert page_config(client.get(moved.headers["location"]).text)["model"] == "gemini-2.5-flash"
+    client.post("/_sim/config", json={"region_redirect": True})
+    blocked = client.get("/prompts/new_chat", follow_redirects=False)
+    assert blocked.headers["location"] == "/gemini-api/docs/available-regions"
+    assert "Available regions for Google AI Studio" in client.get(blocked.headers["location"]).text
+    assert client.post("/_sim/config", json={"event_dialogs": {"later": ["autosave"]}}).status_code == 400
+    assert client.post("/_sim/config", json={"upload_signal": "smoke"}).status_code == 400

@@ -1,13 +1,16 @@
 // The simulated AI Studio chat page: plain browser JS, markup comes from the <template>s in new_chat.html.
 "use strict";
 
-const RATIOS = ["Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9"];
+const STANDARD_RATIOS = ["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9"];
 const GENERATE_URL = "/_/MakerSuiteService/GenerateContent";
 const TEXTS = {
   quota: "You've exceeded your quota for this model. Please try again later.",
   rateLimited: "Failed to generate content. Please try again.",
   internal: "An internal error has occurred",
   region: "Failed to list models",
+  notice: "Tip: press Ctrl+Enter to run a prompt.",
+  staleError: "An internal error has occurred",
+  unavailable: (model) => `The model ${model} is not available to your account.`,
 };
 
 const config = JSON.parse(document.getElementById("sim-config").textContent);
@@ -15,9 +18,20 @@ const page = {
   ratio: "Auto",
   uploads: [], // {name, mime, dataUrl, data_b64} of the chips in the prompt box
   uploadedOnce: false, // the copyright dialog only follows the first upload of the page
+  awaitingCopyright: false, // an upload waits for the copyright acknowledgement: Run stays disabled
   request: null, // AbortController of the run in progress; null when idle
   menu: null, // overlay layer of the open menu or select panel
+  model: config.model,
+  size: null, // output size; null when the model offers no size choice
+  temporary: false, // Temporary chat: the run is not autosaved to Drive
+  chatId: "chat-" + Math.random().toString(36).slice(2),
+  eventsFired: new Set(), // event_dialogs fire once per page
+  tokens: 0,
 };
+
+function modelInfo(id) {
+  return config.models.find((model) => model.id === id) || { id, title: id, images: true, ratios: STANDARD_RATIOS, sizes: [] };
+}
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -83,6 +97,9 @@ function closeMenu() {
 // A dialog blocks the page until its [data-dismiss] button is clicked (no Escape, no backdrop click).
 function showDialog(name, onClose = null) {
   const dialog = fromTemplate("dialog-" + name);
+  const checkbox = $("input[type=checkbox]", dialog);
+  // consent: Continue is enabled only once the box is ticked
+  checkbox?.addEventListener("change", () => { $("[data-dismiss]", dialog).disabled = !checkbox.checked; });
   const { layer } = openLayer(dialog, { dark: true });
   $("[data-dismiss]", dialog).addEventListener("click", () => {
     layer.remove();
@@ -102,21 +119,102 @@ function toggleSettings() {
   document.body.dataset.settings = visible ? "closed" : "open";
 }
 
-function openRatioPanel(select) {
+// A choice shows (and counts) now, a moment after the panel closed, or never: Angular Material can lag.
+function applyChoice(apply) {
+  if (config.select_apply === "now") apply();
+  else if (config.select_apply === "late") setTimeout(apply, config.select_apply_delay_ms);
+}
+
+function openSelectPanel(select, values, current, onChoose) {
   const listbox = fromTemplate("ratio_listbox");
-  for (const ratio of RATIOS) {
+  listbox.setAttribute("aria-label", select.getAttribute("aria-label"));
+  for (const value of values) {
     const option = fromTemplate("ratio_option");
-    $(".mdc-list-item__primary-text", option).textContent = ratio;
-    option.setAttribute("aria-selected", String(ratio === page.ratio));
+    $(".mdc-list-item__primary-text", option).textContent = value;
+    option.setAttribute("aria-selected", String(value === current));
     option.addEventListener("click", () => {
-      page.ratio = ratio;
-      $(".ratio-value", select).textContent = ratio;
       closeMenu();
+      onChoose(value);
     });
     listbox.appendChild(option);
   }
   openMenu(select, listbox);
   select.setAttribute("aria-expanded", "true");
+}
+
+function openRatioPanel(select) {
+  openSelectPanel(select, ["Auto", ...modelInfo(page.model).ratios], page.ratio, (ratio) => {
+    applyChoice(() => {
+      page.ratio = ratio;
+      $(".ratio-value", select).textContent = ratio;
+    });
+    fireEvent("ratio");
+  });
+}
+
+function openSizePanel(select) {
+  openSelectPanel(select, modelInfo(page.model).sizes, page.size, (size) => {
+    applyChoice(() => {
+      page.size = size;
+      $(".select-value", select).textContent = size;
+    });
+  });
+}
+
+// The settings a model offers: its ratios (else back to Auto) and its output sizes (1K by default).
+function applyModelSettings() {
+  const info = modelInfo(page.model);
+  if (page.ratio !== "Auto" && !info.ratios.includes(page.ratio)) page.ratio = "Auto";
+  const ratioValue = $("#aspect-ratio-mount .ratio-value");
+  if (ratioValue) ratioValue.textContent = page.ratio;
+  $("#aspect-ratio-setting").hidden = info.ratios.length === 0;
+  page.size = info.sizes.length ? (info.sizes.includes("1K") ? "1K" : info.sizes[0]) : null;
+  $("#image-size-setting").hidden = page.size === null;
+  const sizeValue = $("#image-size-mount .select-value");
+  if (sizeValue && page.size) sizeValue.textContent = page.size;
+  $("#model-name").textContent = page.model;
+  $("#settings-model").textContent = page.model;
+  const title = $("#model-selector-mount .title");
+  if (title) title.textContent = info.title;
+}
+
+// ---------- model picker ----------
+
+function openModelPicker(trigger) {
+  const listbox = fromTemplate("model_listbox");
+  for (const model of config.models) {
+    const option = fromTemplate("model_option");
+    const refused = config.unavailable_models.includes(model.id);
+    $(".model-option-title", option).textContent = model.title;
+    $(".model-option-id", option).textContent = model.id;
+    option.setAttribute("aria-selected", String(model.id === page.model));
+    if (refused) {
+      option.setAttribute("aria-disabled", "true");
+      $(".model-option-note", option).textContent = "Not available to your account";
+    } else {
+      option.addEventListener("click", () => {
+        closeMenu();
+        page.model = model.id;
+        applyModelSettings();
+      });
+    }
+    listbox.appendChild(option);
+  }
+  openMenu(trigger, listbox);
+}
+
+// ---------- dialogs mid-task ----------
+
+// The dialogs configured for a moment of the task, once per page; `then` runs when the last is dismissed.
+function fireEvent(name, then = null) {
+  const names = (config.event_dialogs || {})[name] || [];
+  if (page.eventsFired.has(name) || names.length === 0) {
+    if (then) then();
+    return;
+  }
+  page.eventsFired.add(name);
+  const next = (rest) => (rest.length ? showDialog(rest[0], () => next(rest.slice(1))) : then && then());
+  next(names);
 }
 
 // ---------- uploads ----------
@@ -148,12 +246,39 @@ async function onFileChosen() {
     const dataUrl = await readAsDataUrl(file);
     const upload = { name: file.name, mime: file.type || "application/octet-stream", dataUrl, data_b64: dataUrl.slice(dataUrl.indexOf(",") + 1) };
     page.uploads.push(upload);
-    addChip(upload);
-    if (config.copyright_dialog && !page.uploadedOnce) showDialog("copyright");
+    showUpload(upload);
+    if (config.copyright_dialog && !page.uploadedOnce) {
+      page.awaitingCopyright = true;
+      const ask = () => showDialog("copyright", () => { page.awaitingCopyright = false; refreshRunButton(); });
+      if (config.copyright_delay_ms > 0) setTimeout(ask, config.copyright_delay_ms);
+      else ask();
+    }
+    refreshRunButton();
     page.uploadedOnce = true;
+    fireEvent("upload");
   } catch (error) {
     showToast(TEXTS.internal);
   }
+}
+
+// What shows a finished upload in the prompt box differs between page versions (upload_signal).
+function showUpload(upload) {
+  const signal = config.upload_signal;
+  if (signal === "chip") addChip(upload);
+  else if (signal === "media_container") {
+    const media = fromTemplate("prompt_media");
+    $(".media-name", media).textContent = upload.name;
+    $("#prompt-media-row").appendChild(media);
+  } else if (signal === "blob_img") {
+    const preview = fromTemplate("blob_preview");
+    $("img", preview).src = blobUrl({ mime: upload.mime, data: upload.data_b64 });
+    $("#prompt-media-row").appendChild(preview);
+  } else if (signal === "token_count") setTokens(page.tokens + 258);
+}
+
+function setTokens(count) {
+  page.tokens = count;
+  $("[data-test-id=token-count]").textContent = `${count.toLocaleString("en-US")} tokens`;
 }
 
 function addChip(upload) {
@@ -167,11 +292,15 @@ function clearPromptBox() {
   promptTextarea().value = "";
   page.uploads = [];
   $("#media-row").replaceChildren();
+  $("#prompt-media-row").replaceChildren();
+  setTokens(0);
 }
 
 // ---------- run ----------
 
 const hasPrompt = () => Boolean(promptTextarea() && promptTextarea().value.trim() !== "");
+// Run takes a prompt or an attached file.
+const hasContent = () => hasPrompt() || page.uploads.length > 0;
 
 // Idle: "Run", enabled only with a prompt. Busy: "Stop" with a spinner, enabled so it can stop the run.
 function refreshRunButton() {
@@ -179,7 +308,7 @@ function refreshRunButton() {
   if (!button) return;
   const busy = page.request !== null;
   const legacy = config.markup === "legacy";
-  button.disabled = !busy && !hasPrompt();
+  button.disabled = !busy && (!hasContent() || page.awaitingCopyright);
   button.setAttribute("aria-label", busy ? (legacy ? "Stop generating" : "Stop") : "Run");
   $(".label", button).textContent = busy ? "Stop" : "Run";
   const spinner = $("svg", button);
@@ -189,12 +318,15 @@ function refreshRunButton() {
 
 function onRunClick() {
   if (page.request) page.request.abort();
-  else if (hasPrompt()) startRun();
+  else if (hasContent()) startRun();
 }
 
 function requestBody(prompt, uploads) {
   const files = uploads.map(({ name, mime, data_b64 }) => ({ name, mime, data_b64 }));
-  return JSON.stringify({ prompt, aspect_ratio: page.ratio, model: config.model, uploads: files });
+  return JSON.stringify({
+    prompt, aspect_ratio: page.ratio, model: page.model, image_size: page.size, uploads: files,
+    chat_id: page.chatId, temporary: page.temporary,
+  });
 }
 
 async function startRun() {
@@ -205,6 +337,9 @@ async function startRun() {
   appendUserTurn(prompt, uploads);
   page.request = new AbortController();
   refreshRunButton();
+  if (config.harmless_toast) showSnackbar(TEXTS.notice);
+  // a dialog arriving at Run holds the answer back until it is dismissed (like the preference vote)
+  const dismissed = new Promise((resolve) => fireEvent("run", resolve));
   try {
     const response = await fetch(GENERATE_URL, {
       method: "POST",
@@ -214,8 +349,11 @@ async function startRun() {
       signal: page.request.signal,
     });
     const body = await response.json().catch(() => ({}));
+    await dismissed;
     finishRun();
-    if (response.ok) appendModelTurn(body);
+    // an error can come inside a 200 answer (a streamed answer that failed part-way)
+    if (response.ok && body.error) showFailure(body.error.code, body);
+    else if (response.ok) appendModelTurn(body);
     else showFailure(response.status, body);
   } catch (error) {
     finishRun();
@@ -230,7 +368,11 @@ function finishRun() {
 
 function showFailure(status, body) {
   const reason = (body && body.error && body.error.status) || "";
+  const message = (body && body.error && body.error.message) || "";
   if (status === 401) location.assign("/ServiceLogin?continue=" + encodeURIComponent(location.href));
+  else if (config.failure_display === "none") return;
+  else if (reason === "RESOURCE_EXHAUSTED" && message.includes("free generations")) showWarning(message);
+  else if (reason === "PERMISSION_DENIED") showWarning(message);
   else if (status === 429 && reason === "RESOURCE_EXHAUSTED") showCallout(TEXTS.quota);
   else if (status === 429) showSnackbar(TEXTS.rateLimited);
   else if (status === 403) showCallout(TEXTS.region);
@@ -284,6 +426,15 @@ function scrollToEnd() {
   session.scrollTop = session.scrollHeight;
 }
 
+// The model's thoughts, with a draft image: part of the model turn, not of the answer.
+function thoughtChunk(thoughts) {
+  const element = fromTemplate("thought_chunk");
+  const inner = $(".thought-content", element);
+  if (thoughts.text) inner.appendChild(textChunk(thoughts.text));
+  (thoughts.images || []).forEach((image) => inner.appendChild(imageChunk(blobUrl(image))));
+  return element;
+}
+
 function appendUserTurn(prompt, uploads) {
   const content = appendTurn("user", "User");
   uploads.forEach((upload) => content.appendChild(imageChunk(upload.dataUrl)));
@@ -294,6 +445,7 @@ function appendUserTurn(prompt, uploads) {
 // Images arrive a little apart, after the spinner is gone: a driver must wait until their count settles.
 function appendModelTurn(answer) {
   const content = appendTurn("model", "Model");
+  if (answer.thoughts) content.appendChild(thoughtChunk(answer.thoughts));
   if (answer.text) content.appendChild(textChunk(answer.text));
   (answer.images || []).forEach((image, index) => {
     setTimeout(() => {
@@ -313,36 +465,68 @@ function withMessage(templateName, selector, message) {
 }
 
 const showCallout = (message) => $("#callouts").appendChild(withMessage("error_callout", ".message", message));
+const showWarning = (message) => $("#callouts").appendChild(withMessage("warning_callout", ".message", message));
 const showSnackbar = (message) => $("#overlay-container").appendChild(withMessage("snackbar", ".mdc-snackbar__label", message));
 const showToast = (message) => $("#toasts").appendChild(withMessage("toast", ".content-text", message));
 
 // Errors stay until the next run, so a driver polling every few hundred ms cannot miss them.
 function clearErrors() {
-  document.querySelectorAll("ms-callout, mat-snack-bar-container, .toast").forEach((element) => element.remove());
+  // a leftover from an earlier task (stale_callout) is not cleared
+  document.querySelectorAll("ms-callout:not(.stale), mat-snack-bar-container, .toast").forEach((element) => element.remove());
 }
 
 // ---------- start ----------
 
+function mountModelSelector() {
+  if (!config.model_picker || config.markup === "legacy") return;
+  const selector = fromTemplate("model_selector-current");
+  $("#model-selector-mount").appendChild(selector);
+  const trigger = $("button", selector);
+  trigger.addEventListener("click", () => openModelPicker(trigger));
+}
+
+function mountTemporaryChat() {
+  if (!config.temporary_chat) return;
+  const toggle = fromTemplate("temporary_chat");
+  toggle.addEventListener("click", () => {
+    page.temporary = !page.temporary;
+    toggle.setAttribute("aria-pressed", String(page.temporary));
+  });
+  $("#temporary-chat-mount").appendChild(toggle);
+}
+
+// "covered": a transparent layer over Run takes pointer clicks (a real click never reaches the button).
+function coverRunButton() {
+  const cover = document.createElement("div");
+  cover.className = "run-button-cover";
+  $("#run-button-mount").appendChild(cover);
+}
+
 function boot() {
-  $("#model-name").textContent = config.model;
-  $("#settings-model").textContent = config.model;
   $("#account-name").textContent = config.account;
+  mountModelSelector();
+  mountTemporaryChat();
 
   const textarea = mountRole("prompt_textarea", "textarea-mount");
   const runButtonElement = mountRole("run_button", "run-button-mount");
   const addMedia = mountRole("add_media_button", "add-media-mount");
   const select = mountRole("aspect_ratio_select", "aspect-ratio-mount");
+  const sizeSelect = fromTemplate("image_size_select");
+  $("#image-size-mount").appendChild(sizeSelect);
+  applyModelSettings();
 
   textarea?.addEventListener("input", refreshRunButton);
   textarea?.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !page.request && hasPrompt()) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !page.request && hasPrompt() && !page.awaitingCopyright) {
       event.preventDefault();
       startRun();
     }
   });
-  runButtonElement?.addEventListener("click", onRunClick);
+  if (config.run_button !== "keyboard_only") runButtonElement?.addEventListener("click", onRunClick);
+  if (config.run_button === "covered") coverRunButton();
   addMedia?.addEventListener("click", () => openUploadMenu(addMedia));
   select?.addEventListener("click", () => openRatioPanel(select));
+  sizeSelect.addEventListener("click", () => openSizePanel(sizeSelect));
   fileInput().addEventListener("change", onFileChosen);
   $("#settings-toggle").addEventListener("click", toggleSettings);
   document.addEventListener("keydown", (event) => {
@@ -350,6 +534,8 @@ function boot() {
   });
 
   if (config.region_blocked) showCallout(TEXTS.region);
+  if (config.refused_model) showWarning(TEXTS.unavailable(config.refused_model));
+  if (config.stale_callout) showCallout(TEXTS.staleError).classList.add("stale");
   if (config.dialog_delay_ms > 0) setTimeout(() => showDialogsInTurn(config.dialogs), config.dialog_delay_ms);
   else showDialogsInTurn(config.dialogs);
   refreshRunButton();

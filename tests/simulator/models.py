@@ -1,0 +1,37 @@
+"""The models the simulated page offers: what Google's page shows, not the fleet's own catalogue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STANDARD_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+EXTREME_RATIOS = ("1:4", "4:1", "1:8", "8:1")
+DEFAULT_MODEL = "gemini-2.5-flash-image"
+# Where the page lands when the URL's model is ignored: a text model, so Run answers without an image.
+TEXT_MODEL = "gemini-2.5-flash"
+
+MODELS: dict[str, dict[str, Any]] = {
+    "gemini-2.5-flash-image": {"title": "Nano Banana", "images": True, "ratios": STANDARD_RATIOS, "sizes": ()},
+    "gemini-3.1-flash-image": {
+        "title": "Nano Banana 2", "images": True, "ratios": STANDARD_RATIOS + EXTREME_RATIOS,
+        "sizes": ("512", "1K", "2K", "4K"),
+    },
+    "gemini-3-pro-image": {"title": "Nano Banana Pro", "images": True, "ratios": STANDARD_RATIOS, "sizes": ("1K", "2K", "4K")},
+    "gemini-3.1-flash-lite-image": {"title": "Nano Banana Lite", "images": True, "ratios": STANDARD_RATIOS, "sizes": ()},
+    "imagen-4.0-generate-001": {"title": "Imagen 4", "images": True, "ratios": ("1:1", "3:4", "4:3", "9:16", "16:9"), "sizes": ("1K", "2K")},
+    TEXT_MODEL: {"title": "Gemini 2.5 Flash", "images": False, "ratios": (), "sizes": ()},
+}
+
+
+def describe(model: str) -> dict[str, Any]:
+    """The page's view of a model; an id it does not list behaves like a plain image model (old tests' ids)."""
+    known = MODELS.get(model)
+    if known is not None:
+        return {"id": model, **known}
+    return {"id": model, "title": model, "images": True, "ratios": STANDARD_RATIOS, "sizes": ()}
+
+
+def picker_entries() -> list[dict[str, Any]]:
+    """What the model picker lists, in order, for the page's JavaScript."""
+    return [{"id": model_id, **{k: list(v) if isinstance(v, tuple) else v for k, v in info.items()}}
+            for model_id, info in MODELS.items()]
