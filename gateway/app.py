@@ -4,7 +4,8 @@ its two apps."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from litestar.plugins.htmx import HTMXPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import __version__
+from gateway.api.bodies import BodyGuardPlugin
 from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.generation import generation_router
@@ -41,6 +43,8 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
+GATEWAY_APPLICATION = "aistudio-fleet-gateway:"  # its database connections' name, then the process's origin
+
 
 @dataclass
 class Fleet:
@@ -60,7 +64,8 @@ class Fleet:
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
-        db = create_db_engine(settings.database_url)
+        origin = secrets.token_hex(6)  # this process, among gateways sharing one database
+        db = create_db_engine(settings.database_url, application_name=f"{GATEWAY_APPLICATION}{origin}")
         try:
             revision = await prepare_schema(db, upgrade=settings.migrate_on_start)
             log.info("database %s at schema revision %s", db.url.render_as_string(hide_password=True), revision)
@@ -79,7 +84,8 @@ class Fleet:
             )
             instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
-            dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect)
+            dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect, origin=origin)
+            await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
         except BaseException:
             await db.dispose()
             raise
@@ -116,7 +122,10 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
     handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS]
     plugins = [HTMXPlugin(), PanelPlugin(settings)]
-    return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins)
+    return _create_app(
+        settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,
+        forms_allowed=lambda path: not path.startswith("/api/"),  # the panel's htmx forms, behind its CSRF check
+    )
 
 
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
@@ -134,6 +143,7 @@ def _create_app(
     *,
     title: str,
     plugins: Sequence[PluginProtocol] = (),
+    forms_allowed: Callable[[str], bool] = lambda _path: False,
 ) -> Litestar:
     """With a `fleet`, the app borrows it (its owner closes it); without, the app's lifespan owns one."""
     lifespan = []
@@ -152,9 +162,14 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=list(plugins),
+        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed)],
         openapi_config=OpenAPIConfig(title=title, version=__version__),
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,
         debug=False,
     )
+
+
+def _largest_body(settings: Settings) -> int:
+    """What a listener reads at most; each handler holds its own body to its own, smaller limit."""
+    return max(10_000_000, settings.max_session_bytes * 2, settings.max_body_bytes)

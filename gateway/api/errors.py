@@ -22,12 +22,14 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
+from gateway.db.outage import database_unreachable
 from gateway.errors import FleetError
 from gateway.i18n import LANGUAGES, pick_language, translate
 
 log = logging.getLogger(__name__)
 
 LANGUAGE_COOKIE = "lang"  # set by the panel's language switch
+DATABASE_RETRY_AFTER = "5"  # seconds; a Postgres restart takes about that
 
 
 def request_language(request: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -61,6 +63,10 @@ def describe_error(request: Request[Any, Any, Any], exc: Exception) -> ErrorAnsw
         return ErrorAnswer(400, "invalid_body", {"detail": _validation_detail(exc)})
     if isinstance(exc, HTTPException):
         return _http_answer(request, exc)
+    if database_unreachable(exc):
+        # An outage, not a bug: one line in the log, and the client is told when to come back.
+        log.warning("%s %s: database unreachable: %s", request.method, request.url.path, str(exc).splitlines()[0][:200])
+        return ErrorAnswer(503, "database_unavailable", headers={"Retry-After": DATABASE_RETRY_AFTER})
     # A bug: the log gets the trace, the client a generic message.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return ErrorAnswer(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error")

@@ -9,6 +9,9 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.api.errors import DATABASE_RETRY_AFTER
+from gateway.db.outage import DatabaseUnreachable, database_unreachable
+
 log = logging.getLogger(__name__)
 
 
@@ -21,9 +24,13 @@ class HealthController(Controller):
         try:
             await state.fleet.dispatcher.settled()  # answers already sent are counted as done
             stats = await state.fleet.instances.stats()
-        except (SQLAlchemyError, OSError) as exc:
-            log.error("health: database unavailable: %s", exc)
-            return Response({"status": "unhealthy", "database": "error"}, status_code=503)
+        except (SQLAlchemyError, OSError, DatabaseUnreachable) as exc:
+            down = database_unreachable(exc)
+            log.error("health: database %s: %s", "unreachable" if down else "error", str(exc).splitlines()[0][:200])
+            # The public port says what, never the driver's words (host names, ports, SQL).
+            body = {"status": "unhealthy", "database": "unavailable" if down else "error",
+                    "unwritten": state.fleet.dispatcher.unwritten}
+            return Response(body, status_code=503, headers={"Retry-After": DATABASE_RETRY_AFTER})
         body = {
             "status": "healthy",
             "browser_instances": {
@@ -38,6 +45,7 @@ class HealthController(Controller):
             "cooling_down": stats.cooling_down_instances,
             "needs_login": stats.needs_login_instances,
             "database": "ok",
+            "unwritten": state.fleet.dispatcher.unwritten,  # bookkeeping still waiting after an outage
             "engine": {"name": stats.engine.name, "ok": stats.engine.ok, "reason": stats.engine.reason},
         }
         return Response(body)

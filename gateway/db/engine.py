@@ -10,10 +10,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def create_db_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_db_engine(url: str, *, application_name: str | None = None, **kwargs: Any) -> AsyncEngine:
+    """`application_name` names this process's connections on Postgres (pg_stat_activity), so a gateway can
+    tell whether any other gateway uses the same database."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if application_name and parsed.get_driver_name() == "asyncpg":
+            kwargs.setdefault("connect_args", {}).setdefault("server_settings", {})["application_name"] = application_name
         return create_async_engine(url, **kwargs)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.models import EventKind, TaskStatus, new_event
+from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 from gateway.dispatcher import outcomes
 from gateway.dispatcher.inputs import GenerationRequest
@@ -183,10 +184,16 @@ class Dispatcher:
 
     @classmethod
     def build(
-        cls, engine: AsyncEngine, client: InstanceClient, settings: Settings, *, suspect: Callable[[uuid.UUID], None]
+        cls,
+        engine: AsyncEngine,
+        client: InstanceClient,
+        settings: Settings,
+        *,
+        suspect: Callable[[uuid.UUID], None],
+        origin: str | None = None,
     ) -> Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
-        ledger = Ledger(engine, lease_seconds=lease_seconds, origin=secrets.token_hex(6))
+        ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6))
         return cls(ledger, client, settings, suspect=suspect, listener_url=settings.database_url)
 
     # Lifecycle -----------------------------------------------------------------------------------
@@ -198,6 +205,16 @@ class Dispatcher:
         if self._pruner is None:
             self._pruner = asyncio.create_task(self._prune_forever(), name="dispatch-prune")
 
+    async def recover(self, application_prefix: str) -> int:
+        """At start: tasks a gateway left unfinished when it died (SIGKILL, a crash) end as abandoned and free
+        their instances at once, when no other gateway (connections named `application_prefix`...) is alive
+        on this database to own them; otherwise the pruner ends them once no live gateway could still."""
+        end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
+        abandoned = await self._ledger.abandon_orphans(end, application_prefix)
+        if abandoned:
+            log.warning("marked %d tasks abandoned by a gateway that died; their instances are free", abandoned)
+        return abandoned
+
     async def close(self) -> None:
         """Ends this process's queued and running asynchronous tasks (their rows say so) and stops the loops."""
         self._closing = True
@@ -206,6 +223,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.settled()  # what finished is recorded
+        await self._ledger.backlog.close()
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
@@ -216,10 +234,18 @@ class Dispatcher:
 
     async def settled(self) -> None:
         """Returns once every task that has answered so far is also recorded (its row, result and release);
-        later ones are not waited for, so a reader under load is not held up."""
+        later ones are not waited for, so a reader under load is not held up. Writes that met a database
+        outage are tried once more now (a reader right after the outage sees no phantom task)."""
         pending = list(self._settling.values())
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if len(self._ledger.backlog):
+            await self._ledger.backlog.flush()
+
+    @property
+    def unwritten(self) -> int:
+        """Releases and task ends waiting for the database to come back."""
+        return len(self._ledger.backlog)
 
     def queue_length(self) -> int:
         return len(self._queue)
@@ -259,6 +285,7 @@ class Dispatcher:
         settling = self._settling.get(uid)
         if settling is not None:
             await asyncio.shield(settling)  # it just ended here: read what it wrote
+        await self._ledger.backlog.ready()  # or its end may still be waiting for the database
         row = await self._ledger.get_task(uid)
         if row is None:
             raise NotFound("task_not_found", task_id=str(uid))
@@ -508,7 +535,13 @@ class Dispatcher:
         if spent and progress.attempts >= self._settings.max_attempts:
             return False
         # Another instance must exist that could take it, or waiting would only end in a timeout.
-        snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding(), progress.model)
+        try:
+            snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding(), progress.model)
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            log.warning("task %s not retried: the database cannot be reached", progress.task_id)
+            return False  # it ends with this attempt's failure; its release waits for the database
         return not snapshot.empty
 
     def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:
@@ -599,8 +632,11 @@ class Dispatcher:
         while True:
             try:
                 await self.prune_once(max_age=max_age)
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("pruning results failed")
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                if not database_unreachable(exc):
+                    log.exception("pruning results failed")
+                else:
+                    log.warning("pruning results waits for the database: %s", str(exc).splitlines()[0][:200])
             await asyncio.sleep(interval)
 
     async def prune_once(self, *, max_age: float | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ from gateway import catalogue
 from gateway.catalogue import ModelSpec
 from gateway.errors import BadRequest, Invalid, TooLarge
 from gateway.settings import Settings
+
+# C0 and C1 control characters but tab, newline and carriage return; lone surrogates (no UTF-8 form). Postgres
+# refuses NUL in text, and none of them belongs in a prompt or a name: they are refused, not stripped.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # Magic numbers of the formats AI Studio's upload accepts.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
@@ -71,6 +76,7 @@ def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
         raise BadRequest("body_not_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
+    refuse_control_characters({name: body.get(name) for name in _TEXT_FIELDS})
     prompt = _prompt(body.get("prompt"), limits)
     options = generation_options(body.get("model"), body.get("aspect_ratio"), body.get("image_size"))
     encoded = _reference_strings(body.get("reference_image_b64"), body.get("reference_images_b64"), limits)
@@ -83,6 +89,7 @@ def form_request(
     prompt: Any, aspect_ratio: Any, files: list[bytes], limits: InputLimits, *, model: Any = None, image_size: Any = None
 ) -> GenerationRequest:
     """POST /generate-with-file: form fields and uploaded files (already read) under `reference_images`."""
+    refuse_control_characters({"prompt": prompt, "model": model, "aspect_ratio": aspect_ratio, "image_size": image_size})
     checked_prompt = _prompt(prompt, limits)
     options = generation_options(model, aspect_ratio, image_size)
     if len(files) > limits.max_reference_images:
@@ -90,6 +97,16 @@ def form_request(
     options.check_references(len(files))
     references = tuple(_checked_image(data, index, limits) for index, data in enumerate(files))
     return options.request(checked_prompt, tuple(base64.b64encode(data).decode("ascii") for data in references))
+
+
+_TEXT_FIELDS = ("prompt", "model", "aspect_ratio", "image_size")
+
+
+def refuse_control_characters(fields: dict[str, Any]) -> None:
+    """422 naming every text field that holds a control character (tab, newline and CR are text)."""
+    bad = [name for name, value in fields.items() if isinstance(value, str) and _CONTROL.search(value)]
+    if bad:
+        raise Invalid("control_characters", fields=", ".join(bad))
 
 
 @dataclass(frozen=True)

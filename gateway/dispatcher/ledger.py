@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.models import InstanceEvent, LoginState, Status, Target, TaskStatus
+from gateway.db.outage import Backlog
 from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
-from gateway.dispatcher.statements import EVENTS, MODEL_BLOCKS, NOTIFY_CHANNEL, TASKS, B, I, T
+from gateway.dispatcher.statements import EVENTS, INSTANCES, MODEL_BLOCKS, NOTIFY_CHANNEL, TASKS, B, I, T
 from gateway.services.instance_client import InstanceAddress
 
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
@@ -94,6 +96,8 @@ class Ledger:
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
         # SQLite has one writer: writers queue here, in order, rather than in its sleeping busy handler.
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # Releases and task ends that met a database outage wait here and land when it is back.
+        self.backlog = Backlog("dispatcher bookkeeping")
 
     @property
     def postgres(self) -> bool:
@@ -111,6 +115,7 @@ class Ledger:
         """Writes the task's row: leased and running when an instance is free, else queued when
         `may_queue()` grants it a place. Returns the lease, or the pool's snapshot when it was not leased;
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
+        await self.backlog.ready()  # releases still waiting for the database come first
         now = utcnow()
         params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
         if try_lease and self._postgres:
@@ -133,6 +138,7 @@ class Ledger:
 
     async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], model: str) -> Lease | None:
         """A lease for a task that waited; its row turns running."""
+        await self.backlog.ready()  # its own return to the queue, if that is still waiting, comes first
         now = utcnow()
         params = self._lease_params(task_id, exclude, now, model)
         if self._postgres:
@@ -148,7 +154,14 @@ class Ledger:
         self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent] = ()
     ) -> None:
         """Frees the instance (with its cooldown and counters) and moves the task on: to its end, or back to
-        queued for another instance. Other gateways hear that an instance is free."""
+        queued for another instance. Other gateways hear that an instance is free. Kept and written again
+        when the database cannot be reached, so the lease never waits for its expiry."""
+        write = functools.partial(self._finish_attempt, lease, release, end, attempts=attempts, events=events)
+        await self.backlog.write(f"the release of {lease.name} by task {lease.task_id}", write)
+
+    async def _finish_attempt(
+        self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent]
+    ) -> None:
         now = utcnow()
         counted = release.counts
         params: dict[str, Any] = {
@@ -185,6 +198,9 @@ class Ledger:
 
     async def release_unused(self, lease: Lease) -> None:
         """A lease nobody will use (its waiter left at that very moment): free it, leave the task alone."""
+        await self.backlog.write(f"the unused lease of {lease.name}", functools.partial(self._release_unused, lease))
+
+    async def _release_unused(self, lease: Lease) -> None:
         params = {"p_instance_id": lease.instance_id, "p_task_id": lease.task_id, "p_now": utcnow(), **self._notice("free")}
         async with self._transaction() as connection:
             await connection.execute(sql.RELEASE_UNUSED, params)
@@ -192,6 +208,9 @@ class Ledger:
 
     async def end_task(self, task_id: uuid.UUID, end: TaskEnd, *, attempts: int | None = None) -> None:
         """A task that ends without holding a lease (it waited too long, its client left, ...)."""
+        await self.backlog.write(f"the end of task {task_id}", functools.partial(self._end_task, task_id, end, attempts))
+
+    async def _end_task(self, task_id: uuid.UUID, end: TaskEnd, attempts: int | None) -> None:
         values = _ended(end, utcnow())
         if attempts is not None:
             values["attempts"] = attempts
@@ -277,6 +296,24 @@ class Ledger:
             )
         return int(result.rowcount or 0)
 
+    async def abandon_orphans(self, end: TaskEnd, application_prefix: str) -> int:
+        """Ends every unfinished task and frees its lease, unless another gateway is connected to this
+        database (Postgres: its connections' application_name; SQLite: one process only)."""
+        unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        async with self._transaction() as connection:
+            if self._postgres:
+                others = await connection.scalar(
+                    sql.OTHER_GATEWAYS, {"p_prefix": application_prefix + "%", "p_me": application_prefix + self._origin}
+                )
+                if others:
+                    return 0
+            orphans = select(T.id).where(unfinished).scalar_subquery()
+            await connection.execute(
+                update(INSTANCES).where(I.lease_task_id.in_(orphans)).values(lease_task_id=None, lease_expires_at=None)
+            )
+            result = await connection.execute(update(TASKS).where(unfinished).values(**_ended(end, utcnow())))
+        return int(result.rowcount or 0)
+
     async def abandon_stale(self, created_before: datetime, end: TaskEnd) -> int:
         """Tasks still queued or running long after any live gateway would have ended them."""
         unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
@@ -311,11 +348,16 @@ def _end_columns(end: TaskEnd) -> dict[str, Any]:
     return {
         "status": end.status,
         "error_code": end.error_code,
-        "error_message": end.error_message,
+        "error_message": _storable(end.error_message),
         "image_count": end.image_count,
         "result_path": end.result_path,
         "timings": end.timings,
     }
+
+
+def _storable(text: str | None) -> str | None:
+    """An instance's words as Postgres can store them (no NUL), so a task's end is never refused for them."""
+    return text.replace("\x00", "") if text else text
 
 
 def _end_params(end: TaskEnd) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gateway.db.outage import database_unreachable
 from gateway.dispatcher.ledger import Lease
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,11 @@ class WaitQueue:
             self._signal.clear()
             try:
                 await self._serve()
-            except Exception:  # the database may be down for a moment; waiters keep their own deadlines
-                log.exception("handing out leases failed")
+            except Exception as exc:  # the database may be down for a moment; waiters keep their own deadlines
+                if database_unreachable(exc):
+                    log.warning("handing out leases waits for the database: %s", str(exc).splitlines()[0][:200])
+                else:
+                    log.exception("handing out leases failed")
                 await asyncio.sleep(self._poll_interval)
 
     async def _serve(self) -> None:

@@ -161,6 +161,11 @@ REQUEUE_TASK = (
 
 NOTIFY = text("SELECT pg_notify(:p_channel, :p_payload)")
 
+# Postgres: connections of other gateways (their application_name starts with the prefix, then their origin).
+OTHER_GATEWAYS = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE :p_prefix AND application_name <> :p_me"
+)
+
 
 def _notified(*parts: Executable) -> Executable:
     """One Postgres statement: the parts as data-modifying CTEs, then NOTIFY (sent when it commits)."""

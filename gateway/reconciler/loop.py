@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import EventKind, Instance, LoginState, Status, Target, new_event
+from gateway.db.outage import Backlog, DatabaseUnreachable, database_unreachable
 from gateway.db.types import utcnow
 from gateway.reconciler.leader import LeaderLock
 from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide, describe_exit
@@ -100,6 +101,8 @@ class Reconciler:
         self._probe_slots = asyncio.Semaphore(settings.probe_concurrency)
         self._next_due: float | None = None
         self.last_report: PassReport | None = None
+        # Status moves that met a database outage: written before the next pass reads the rows.
+        self._unwritten = Backlog("reconciler")
 
     # Lifecycle -----------------------------------------------------------------------------------
 
@@ -114,6 +117,7 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        await self._unwritten.close()
         if self._leader is not None:
             await self._leader.release()
 
@@ -145,8 +149,11 @@ class Reconciler:
             try:
                 if self._leader is None or await self._leader.acquire():
                     self.last_report = await self.reconcile_once()
-            except Exception:  # a bug in one pass must not end reconciliation
-                log.exception("reconcile pass failed")
+            except Exception as exc:  # a bug in one pass must not end reconciliation
+                if database_unreachable(exc):  # an outage: the next pass tries again
+                    log.warning("reconcile pass skipped: database unreachable (%s)", _first_line(exc))
+                else:
+                    log.exception("reconcile pass failed")
             timeout = self._settings.reconcile_interval
             if self._next_due is not None:
                 timeout = max(0.0, min(timeout, self._next_due - time.monotonic()))
@@ -171,6 +178,7 @@ class Reconciler:
             report.duration = time.perf_counter() - began
             return report
         self._health.mark_up()
+        await self._unwritten.ready()  # moves kept during an outage land before the rows are read
         rows = await self._load_rows()
         report.instances = len(rows)
         now = utcnow()
@@ -232,8 +240,11 @@ class Reconciler:
         def finished(_task: asyncio.Task[None]) -> None:
             self._actions.pop(instance_id, None)
             self._finished_during_pass.add(instance_id)
-            if not _task.cancelled() and _task.exception() is not None:
-                log.error("reconcile action for %s failed", instance_id, exc_info=_task.exception())
+            error = None if _task.cancelled() else _task.exception()
+            if error is not None and database_unreachable(error):
+                log.warning("reconcile action for %s stopped: database unreachable (%s)", instance_id, _first_line(error))
+            elif error is not None:
+                log.error("reconcile action for %s failed", instance_id, exc_info=error)
             self.wake()  # its outcome (e.g. a restart scheduled) may need the next pass
 
         task.add_done_callback(finished)
@@ -550,7 +561,20 @@ class Reconciler:
     # Writes --------------------------------------------------------------------------------------
 
     async def _write(self, instance_id: uuid.UUID, name: str | None, values: dict[str, Any], *events: Event) -> bool:
-        """Update one row and log its events in one transaction; False when the row is gone (deleted)."""
+        """Update one row and log its events in one transaction; False when the row is gone (deleted).
+        When the database cannot be reached, the write is kept (it lands, in order, once the database is
+        back, before the next pass reads the rows) and DatabaseUnreachable ends the action."""
+        found: list[bool] = []
+
+        async def write() -> None:
+            found.append(await self._write_row(instance_id, name, values, events))
+
+        what = f"{name or instance_id}: {', '.join(f'{k}={v}' for k, v in values.items() if k in _SHOWN)} {[k for k, _ in events]}"
+        if not await self._unwritten.write(what, write):
+            raise DatabaseUnreachable(f"{what} waits for the database")
+        return found[0] if found else False
+
+    async def _write_row(self, instance_id: uuid.UUID, name: str | None, values: dict[str, Any], events: tuple[Event, ...]) -> bool:
         async with self._sessions.begin() as session:
             result = await session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
             if result.rowcount != 1:
@@ -558,6 +582,13 @@ class Reconciler:
             for kind, message in events:
                 session.add(new_event(instance_id, name or "", kind, message))
         return True
+
+
+_SHOWN = ("status", "login_state", "busy")  # in the log line of a kept write (never the token)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _with_log(reason: str, last_words: str) -> str:

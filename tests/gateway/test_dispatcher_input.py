@@ -89,7 +89,7 @@ def _files(*contents: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 FORM_CASES: list[tuple[str, dict[str, str], list[Any], int, str]] = [
     ("no prompt", {"aspect_ratio": "1:1"}, _files(TINY_PNG), 422, "prompt_missing"),
-    ("unknown ratio", {"prompt": "p", "aspect_ratio": "square"}, [], 422, "aspect_ratio_unknown"),
+    ("unknown ratio", {"prompt": "p", "aspect_ratio": "square"}, _files(TINY_PNG), 422, "aspect_ratio_unknown"),
     ("not an image", {"prompt": "p"}, _files(b"just text"), 422, "reference_not_image"),
     ("empty file", {"prompt": "p"}, _files(b""), 422, "reference_empty"),
     ("too many files", {"prompt": "p"}, _files(*[TINY_PNG] * 4), 422, "too_many_references"),
@@ -108,7 +108,7 @@ async def test_bad_forms_are_refused_before_dispatch(
 
 async def test_generate_with_file_wants_a_form(pool: Pool, untouched: None) -> None:
     response = await pool.http.post("/generate-with-file", content=b"prompt=p", headers={**EN, "content-type": "text/plain"})
-    assert response.status_code == 400 and response.json()["error"] == "multipart_expected"
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
 
 
 async def test_a_valid_request_still_works_after_all_that(pool: Pool) -> None:
@@ -135,7 +135,7 @@ async def test_api_keys_guard_generation_tasks_and_metrics(keyed: Pool) -> None:
     assert wrong.status_code == 401 and wrong.json()["error"] == "api_key_invalid"
     assert (await http.post("/tasks", json={"prompt": "p"})).status_code == 401
     assert (await http.get("/tasks/anything")).status_code == 401
-    assert (await http.post("/generate-with-file", data={"prompt": "p"})).status_code == 401
+    assert (await http.post("/generate-with-file", data={"prompt": "p"}, files=_files(TINY_PNG))).status_code == 401
     assert (await http.get("/metrics")).status_code == 401
     assert keyed.fake.generations == [] and await keyed.task_count() == 0
 
