@@ -20,6 +20,15 @@ compose() {
 # The command as a person would type it, for messages.
 compose_hint() { printf '%s' "${COMPOSE[*]}"; local a; for a in "$@"; do printf ' %s' "${a#"$REPO"/}"; done; }
 
+# FLEET_BIND_ADDRESS, the old name of FLEET_API_BIND: it published both ports, now only the API's. Compose v1
+# cannot nest defaults (${A:-${B}}), so the old name is mapped here, after deploy/.env is read.
+apply_legacy_bind() {
+  if [ -n "${FLEET_BIND_ADDRESS:-}" ] && [ -z "${FLEET_API_BIND:-}" ]; then
+    export FLEET_API_BIND="$FLEET_BIND_ADDRESS"
+    echo "note: FLEET_BIND_ADDRESS is now FLEET_API_BIND and publishes the generation API only; the admin port follows FLEET_ADMIN_BIND (default 127.0.0.1)" >&2
+  fi
+}
+
 # KEY=VALUE lines of an env file, exported unless the environment sets them already (as Compose does).
 load_env_file() {
   local line key

@@ -23,6 +23,7 @@ case "${1:-}" in
 esac
 
 load_env_file "$ENV_FILE"
+apply_legacy_bind
 # The secrets are not needed to stop anything, but Compose insists on every variable it interpolates.
 export GATEWAY_ADMIN_TOKEN="${GATEWAY_ADMIN_TOKEN:-unused}" POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused}"
 files=(-f "$DEPLOY/compose.yaml" -f "$DEPLOY/compose.simulator.yaml")

@@ -40,6 +40,7 @@ if [ ! -f "$ENV_FILE" ]; then
   echo "deploy/up.sh: wrote ${ENV_FILE#"$REPO"/} with a new admin token and database password" >&2
 fi
 load_env_file "$ENV_FILE"
+apply_legacy_bind
 
 if [ "$build" = 1 ]; then
   bash "$DEPLOY/build-images.sh"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from litestar import Litestar
@@ -62,14 +64,31 @@ async def serve(settings: Settings) -> None:
         await asyncio.gather(*(run(server) for server in servers))
 
 
+def restrict_data_dir(settings: Settings) -> None:
+    """What an older gateway left readable to all (the data folder, the SQLite file) becomes the gateway's alone."""
+    data_dir = Path(settings.data_dir)
+    paths = [data_dir, *(data_dir.glob("gateway.db*")), data_dir / "results"]
+    for path in paths:
+        try:
+            if path.stat().st_uid == os.getuid():
+                path.chmod(0o700 if path.is_dir() else 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot restrict the permissions of %s: %s", path, exc)
+
+
 def main() -> None:
+    # Everything the gateway writes (database, results, keys) holds instance tokens or prompts: owner only.
+    os.umask(0o077)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: every probe of every instance would flood the gateway's log.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    if problem := settings.admin_exposure_problem():
+    if problem := settings.admin_exposure_problem() or settings.admin_token_problem():
         log.error("refusing to start: %s", problem)
         sys.exit(2)
+    restrict_data_dir(settings)
     try:
         asyncio.run(serve(settings))
     except SchemaMismatch as exc:

@@ -23,6 +23,7 @@ from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.generation import generation_router
 from gateway.api.health import HealthController
+from gateway.api.hosts import AllowedHostsPlugin
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
@@ -38,6 +39,7 @@ from gateway.runtime.health import EngineHealth
 from gateway.services.history import TaskHistoryService
 from gateway.services.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
+from gateway.services.retention import Retention
 from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
 
@@ -61,6 +63,7 @@ class Fleet:
     history: TaskHistoryService
     dispatcher: Dispatcher
     selectors: SelectorsService
+    retention: Retention
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
@@ -86,14 +89,16 @@ class Fleet:
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
             dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect, origin=origin)
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
+            retention = Retention(sessions, settings, dispatcher.results.directory)
         except BaseException:
             await db.dispose()
             raise
         fleet = cls(
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
-            selectors,
+            selectors, retention,
         )
         dispatcher.start()
+        retention.start()
         if reconcile:
             reconciler.start()
         return fleet
@@ -101,6 +106,7 @@ class Fleet:
     async def close(self) -> None:
         """Stops the gateway's own work; instances keep running and are adopted on the next start."""
         try:
+            await self.retention.close()
             await self.dispatcher.close()
             await self.reconciler.close()
             await self.client.close()
@@ -162,7 +168,7 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed)],
+        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed), AllowedHostsPlugin(settings)],  # last: its check runs first
         openapi_config=OpenAPIConfig(title=title, version=__version__),
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,

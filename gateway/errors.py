@@ -103,3 +103,10 @@ class Unavailable(FleetError):
 
     status_code = 503
     key = "unavailable"
+
+
+class HostNotAllowed(FleetError):
+    """A Host header the gateway does not answer to (DNS rebinding, or a name missing from GATEWAY_ALLOWED_HOSTS)."""
+
+    status_code = 400
+    key = "host_not_allowed"

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.proxy_url import ProxyURLError, normalize_proxy
 
 RuntimeName = Literal["docker", "local", "fake"]
+ADMIN_TOKEN_MIN_LENGTH = 16
 Language = Literal["zh", "en"]
 
 
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8812, ge=0, le=65535)
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(8813, ge=0, le=65535)
+    # Host names both listeners answer to besides the loopback ones (comma-separated; "*": any, e.g. behind a
+    # reverse proxy that checks them). A page elsewhere that rebinds its name to 127.0.0.1 gets no answer.
+    allowed_hosts: str = ""
 
     # What every instance gets.
     instance_image: str = "aistudio-fleet-instance:latest"
@@ -99,6 +103,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(2, ge=1)  # 2: one retry on another instance
     api_keys: SecretStr | None = None  # comma-separated keys for :8812; unset or empty: open
     task_result_ttl: float = Field(3600.0, gt=0)  # generated images are kept (as files) this long
+    # Finished tasks, instance events and their result files are deleted this long after (seconds; 0: kept).
+    task_retention: float = Field(30 * 86400.0, ge=0)
+    retention_interval: float = Field(3600.0, gt=0)  # how often old rows are looked for
     store_sync_results: bool = True  # also keep POST /generate results for GET /tasks/{id}
     max_prompt_chars: int = Field(10_000, gt=0)
     max_reference_images: int = Field(4, ge=0)
@@ -151,6 +158,21 @@ class Settings(BaseSettings):
         value = self.admin_token.get_secret_value() if self.admin_token is not None else ""
         return value or None
 
+    def admin_token_problem(self) -> str | None:
+        """Why the admin token must not be used, or None: a short one is guessed too easily."""
+        token = self.admin_credential
+        if token is None or len(token) >= ADMIN_TOKEN_MIN_LENGTH:
+            return None
+        return (
+            f"GATEWAY_ADMIN_TOKEN has {len(token)} characters; use at least {ADMIN_TOKEN_MIN_LENGTH}, e.g. "
+            "`openssl rand -hex 24` (deploy/up.sh writes such a token into deploy/.env)"
+        )
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """GATEWAY_ALLOWED_HOSTS as lower-case names (ports and IPv6 brackets dropped); may hold "*"."""
+        return frozenset(name for part in self.allowed_hosts.split(",") if (name := host_name(part)))
+
     def admin_exposure_problem(self) -> str | None:
         """Why the admin listener must not start as configured, or None: beyond loopback it needs a credential."""
         if self.admin_credential or _is_loopback(self.admin_host):
@@ -173,6 +195,16 @@ class Settings(BaseSettings):
     @property
     def instance_nano_cpus(self) -> int:
         return int(self.instance_cpus * 1_000_000_000)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header or an allowlist entry: lower case, without port, brackets or a final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8813
+        return host[1 : host.find("]")] if "]" in host else ""
+    if host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        host = host.partition(":")[0]
+    return host.rstrip(".")
 
 
 def _is_loopback(host: str) -> bool:

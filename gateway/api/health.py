@@ -46,6 +46,11 @@ class HealthController(Controller):
             "needs_login": stats.needs_login_instances,
             "database": "ok",
             "unwritten": state.fleet.dispatcher.unwritten,  # bookkeeping still waiting after an outage
-            "engine": {"name": stats.engine.name, "ok": stats.engine.ok, "reason": stats.engine.reason},
+            "engine": {"name": stats.engine.name, "ok": stats.engine.ok, "reason": _public_reason(stats.engine.reason)},
         }
         return Response(body)
+
+
+def _public_reason(reason: str) -> str:
+    """The engine's own words (socket paths, daemon errors) stay on the admin API: this port may be public."""
+    return "unavailable" if reason else ""

@@ -1,7 +1,8 @@
 """Admin access on the admin listener: the panel's signed session cookie and the API's bearer token.
 
 With `GATEWAY_ADMIN_TOKEN` set, every path but the sign-in page and static files needs either
-`Authorization: Bearer <token>` or the panel's session cookie. The cookie authorizes the panel's own
+`Authorization: Bearer <token>` or the panel's session cookie, whose session lives in the database (signing
+out ends it; see `gateway.panel.sessions`). The cookie authorizes the panel's own
 pages and actions (CSRF-checked), and only safe methods and the live view on `/api`: an unsafe API call
 needs the bearer token, which a browser never adds on its own. Without a token (loopback only, see
 `Settings.admin_exposure_problem`) everything is open, but a request from another site's page (a
@@ -15,7 +16,6 @@ import hmac
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import Forbidden, Unauthorized
+from gateway.panel.sessions import PanelSessions
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,18 @@ def _write_secret(path: Path) -> str:
 
 
 class AdminAuth:
-    """Checks credentials; the session cookie is `<expiry>.<nonce>.<hmac>`, keyed by the secret and the token
-    (so changing the token signs everyone out)."""
+    """Checks credentials; the session cookie is `<session secret>.<hmac>`, keyed by the secret key and the token
+    (so changing the token signs everyone out), and the session must still be open in the database."""
 
-    def __init__(self, token: str | None, secret: str, session_seconds: float) -> None:
+    def __init__(self, token: str | None, secret: str, sessions: PanelSessions) -> None:
         self.token = token
-        self.session_seconds = session_seconds
+        self.sessions = sessions
+        self.session_seconds = sessions.seconds
         self._key = hmac.new(secret.encode(), b"admin-session:" + (token or "").encode(), hashlib.sha256).digest()
 
     @classmethod
-    def from_settings(cls, settings: Settings, secret: str) -> AdminAuth:
-        return cls(settings.admin_credential, secret, settings.admin_session_hours * 3600)
+    def from_settings(cls, settings: Settings, secret: str, sessions: PanelSessions) -> AdminAuth:
+        return cls(settings.admin_credential, secret, sessions)
 
     @property
     def required(self) -> bool:
@@ -93,20 +95,28 @@ class AdminAuth:
         scheme, _, value = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and self.token_matches(value.strip())
 
-    def new_session(self, *, secure: bool) -> Cookie:
-        expires = int(time.time() + self.session_seconds)
-        body = f"{expires}.{secrets.token_urlsafe(16)}"
+    async def new_session(self, *, secure: bool) -> Cookie:
+        body = await self.sessions.open()
         return Cookie(
             key=SESSION_COOKIE, value=f"{body}.{self._sign(body)}", max_age=int(self.session_seconds),
             httponly=True, samesite="strict", secure=secure, path="/",
         )
 
-    def session_ok(self, value: str | None) -> bool:
+    async def session_ok(self, value: str | None) -> bool:
+        body = self._signed_body(value)
+        return body is not None and await self.sessions.valid(body)
+
+    async def end_session(self, value: str | None) -> None:
+        """Signing out: the session is closed in the database, so its cookie is worthless wherever it went."""
+        if (body := self._signed_body(value)) is not None:
+            await self.sessions.close(body)
+
+    def _signed_body(self, value: str | None) -> str | None:
+        """The session secret of a cookie this gateway signed, else None (no database read for a forged one)."""
         body, _, signature = (value or "").rpartition(".")
-        expires, _, _nonce = body.partition(".")
-        if not (expires.isdigit() and signature) or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(signature, self._sign(body))
+        if not (body and signature) or not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        return body
 
     def _sign(self, body: str) -> str:
         return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
@@ -121,11 +131,11 @@ class AdminAccessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
-            check_access(self.auth, scope)
+            await check_access(self.auth, scope)
         await self.app(scope, receive, send)
 
 
-def check_access(auth: AdminAuth, scope: Scope) -> None:
+async def check_access(auth: AdminAuth, scope: Scope) -> None:
     headers = _headers(scope)
     path: str = scope["path"]
     is_api = path.startswith(API_PREFIXES)
@@ -135,7 +145,7 @@ def check_access(auth: AdminAuth, scope: Scope) -> None:
         raise Forbidden("origin_mismatch", origin=origin[:100])
     if not auth.required or path.startswith(PUBLIC_PREFIXES) or auth.bearer_ok(headers.get("authorization")):
         return
-    if auth.session_ok(_cookie(headers.get("cookie", ""), SESSION_COOKIE)):
+    if await auth.session_ok(_cookie(headers.get("cookie", ""), SESSION_COOKIE)):
         # The cookie rides along on any request the browser makes: on the API it only reads.
         if is_api and unsafe and not websocket:
             raise Unauthorized()

@@ -25,7 +25,7 @@ from gateway.api.errors import LANGUAGE_COOKIE, describe_error, request_language
 from gateway.db.types import utcnow
 from gateway.errors import FleetError, Invalid
 from gateway.i18n import LANGUAGES, translate
-from gateway.panel.auth import AdminAuth, LoginRequired, safe_next
+from gateway.panel.auth import SESSION_COOKIE, AdminAuth, LoginRequired, safe_next
 from gateway.panel.live import PoolSnapshot, PoolWatcher
 from gateway.panel.rendering import render_fragment
 from gateway.services.history import OUTCOMES, TaskHistoryService
@@ -311,13 +311,14 @@ class SessionController(Controller):
             await asyncio.sleep(0.5)  # slows down guessing
             return page(request, "login.html", {"next": target, "failed": True}, status=401)
         response = Redirect(target)
-        response.cookies.append(auth.new_session(secure=request.url.scheme == "https"))
+        response.cookies.append(await auth.new_session(secure=request.url.scheme == "https"))
         return response
 
     @post("/logout", name="panel:logout")
-    async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
+    async def logout(self, request: Request[Any, Any, Any], auth: NamedDependency[AdminAuth]) -> Redirect:
+        await auth.end_session(request.cookies.get(SESSION_COOKIE))
         response = Redirect("/login")
-        response.delete_cookie("fleet_admin", path="/")
+        response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
     @post("/lang", name="panel:language")

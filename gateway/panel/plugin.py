@@ -18,6 +18,7 @@ from gateway.panel.auth import API_PREFIXES, AdminAccessMiddleware, AdminAuth, l
 from gateway.panel.controllers import PANEL_CONTROLLERS, PANEL_EXCEPTION_HANDLERS
 from gateway.panel.live import PoolWatcher
 from gateway.panel.rendering import create_engine
+from gateway.panel.sessions import PanelSessions
 from gateway.panel.selectors import SELECTORS_PANEL_CONTROLLERS
 from gateway.services.history import TaskView
 from gateway.services.views import InstanceView, StatsView
@@ -36,7 +37,9 @@ class PanelPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         secret = load_secret(self.settings)
-        auth = AdminAuth.from_settings(self.settings, secret)
+        state: State = app_config.state
+        sessions = PanelSessions(lambda: state.fleet.sessions, self.settings.admin_session_hours * 3600)
+        auth = AdminAuth.from_settings(self.settings, secret, sessions)
         app_config.template_config = TemplateConfig(instance=create_engine())
         # The API authenticates with a bearer token, which a browser never sends by itself: no CSRF token there.
         app_config.csrf_config = CSRFConfig(
@@ -54,7 +57,6 @@ class PanelPlugin(InitPluginProtocol):
                 exception_handlers=PANEL_EXCEPTION_HANDLERS,
             ),
         ])
-        state: State = app_config.state
         state.panel_auth = auth
         state.pool_watcher = PoolWatcher(_pool_loader(state), interval=self.live_interval)
         app_config.on_shutdown.append(_stop_watcher)

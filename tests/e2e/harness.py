@@ -35,7 +35,7 @@ SIMULATOR_IMAGE = os.environ.get("AISTUDIO_SIMULATOR_IMAGE", "aistudio-fleet-sim
 E2E_PREFIX = "aistudio-e2e-"
 E2E_LABEL = "io.aistudio-fleet.e2e"  # on what this harness makes itself (networks, the simulator)
 STALE_AFTER_S = 1800  # leftovers older than this are from a dead run, not a concurrent one
-ADMIN_TOKEN = "e2e-admin-token"
+ADMIN_TOKEN = "e2e-admin-token-0123456789"  # at least 16 characters, or the gateway refuses to start
 
 T = TypeVar("T")
 

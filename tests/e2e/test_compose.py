@@ -193,6 +193,18 @@ def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFle
         top = gateway.top(ps_args="-o pid,uid,args")
         uids = {row[1] for row in top["Processes"]}
         assert uids == {"10002"}, top  # tini and the gateway; root was its entrypoint's only, to join the socket's group
+        # Both ports on loopback by default, each by its own variable (FLEET_API_BIND, FLEET_ADMIN_BIND).
+        bindings = gateway.attrs["HostConfig"]["PortBindings"]
+        assert {port: [b["HostIp"] for b in bound] for port, bound in bindings.items()} == {
+            "8812/tcp": ["127.0.0.1"], "8813/tcp": ["127.0.0.1"]}
+        # Its service name is an allowed Host (for a neighbour on its network); a foreign name is not.
+        fetch = ("import sys, urllib.request, urllib.error\n"
+                 "request = urllib.request.Request('http://127.0.0.1:8812/health', headers={'Host': sys.argv[1]})\n"
+                 "try: print(urllib.request.urlopen(request, timeout=5).status)\n"
+                 "except urllib.error.HTTPError as exc: print(exc.code)")
+        for host, status in (("gateway:8812", b"200"), ("evil.example", b"400")):
+            answer = gateway.exec_run(["python", "-c", fetch, host], user="gateway")
+            assert answer.output.strip() == status, (host, answer.output)
         assert sorted(gateway.attrs["NetworkSettings"]["Networks"]) == sorted([fleet.network, f"{fleet.project}_backend"])
         postgres = engine.containers.list(filters={"label": [f"{PROJECT_LABEL}={fleet.project}",
                                                              "com.docker.compose.service=postgres"]})[0]

@@ -37,8 +37,14 @@ FAST = {
 }
 
 
+# Litestar's AsyncTestClient sends `Host: testserver.local`, which the gateway answers only when allowed.
+TEST_CLIENT_HOST = "testserver.local"
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
-    return IsolatedSettings(database_url=database_url, data_dir=data_dir, **{**FAST, **overrides})
+    return IsolatedSettings(
+        database_url=database_url, data_dir=data_dir, **{**FAST, "allowed_hosts": TEST_CLIENT_HOST, **overrides}
+    )
 
 
 @pytest.fixture

@@ -69,3 +69,56 @@ def test_refuses_a_newer_schema_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     message = result.stderr.decode()
     assert "refusing to start" in message and "0999_future" in message and "Traceback" not in message
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_what_the_gateway_writes_is_its_own_alone(tmp_path: Path) -> None:
+    """umask 077 at start: the database, kept results and the panel key hold tokens and prompts."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)  # as an older gateway or an image left it
+    api_port, admin_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(data), GATEWAY_API_PORT=str(api_port),
+        GATEWAY_ADMIN_PORT=str(admin_port), GATEWAY_RECONCILE_INTERVAL="0.1",
+    )
+    old_umask = os.umask(0o022)  # what a shell usually hands down
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    finally:
+        os.umask(old_umask)
+    try:
+        wait_until_up(f"http://127.0.0.1:{api_port}/health", process)
+        admin = f"http://127.0.0.1:{admin_port}/api/instances"
+        instance_id = httpx.post(admin, json={"name": "one"}).json()["instance_id"]
+        assert httpx.post(f"{admin}/{instance_id}/start").status_code == 200
+        deadline = time.monotonic() + 15
+        while httpx.get(f"http://127.0.0.1:{api_port}/health").json()["browser_instances"]["available"] < 1:
+            assert time.monotonic() < deadline, "the instance never became available"
+            time.sleep(0.1)
+        answer = httpx.post(f"http://127.0.0.1:{api_port}/generate", json={"prompt": "a cat"}, timeout=30).json()
+        assert answer["success"] is True, answer
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    results = data / "results"
+    written = [data / "gateway.db", data / "secret_key", *results.iterdir()]
+    assert len(written) == 3, written  # one result file
+    assert {path.name: mode(path) for path in written} == {path.name: 0o600 for path in written}
+    assert mode(data) == 0o700 and mode(results) == 0o700
+
+
+def test_refuses_a_short_admin_token_before_touching_anything(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(tmp_path), GATEWAY_ADMIN_TOKEN="sh0rt-t0ken",
+               GATEWAY_API_PORT="0", GATEWAY_ADMIN_PORT="0")
+    result = subprocess.run([sys.executable, "-m", "gateway"], cwd=REPO, env=env, capture_output=True, timeout=30)
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "refusing to start" in message and "GATEWAY_ADMIN_TOKEN has 11 characters" in message
+    assert "at least 16" in message and "sh0rt-t0ken" not in message  # the token itself stays out of the log
+    assert not (tmp_path / "gateway.db").exists()
