@@ -21,12 +21,14 @@ from gateway import __version__
 from gateway.api.bodies import BodyGuardPlugin
 from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.gemini import gemini_router
 from gateway.api.generation import generation_router
 from gateway.api.health import HealthController
 from gateway.api.hosts import AllowedHostsPlugin
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
+from gateway.api.openai_images import openai_router
 from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
@@ -135,9 +137,9 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
 
 
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
-    """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health, and
-    /metrics."""
-    handlers = [HealthController, generation_router(settings), MetricsController]
+    """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health,
+    OpenAI's /v1/... and Gemini's /v1beta/..., and /metrics."""
+    handlers = [HealthController, generation_router(settings), openai_router(settings), gemini_router(settings), MetricsController]
     return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet generation API")
 
 

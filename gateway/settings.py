@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     max_reference_bytes: int = Field(8 * 1024 * 1024, gt=0)  # per image, decoded
     max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
 
+    # The OpenAI and Gemini faces on :8812.
+    max_images_per_request: int = Field(4, ge=1)  # OpenAI's `n`: that many tasks, spread over idle instances
+    public_url: str | None = None  # base of the image URLs handed out (behind a proxy); unset: the request's own
+    image_url_ttl: float = Field(3600.0, gt=0)  # a signed image URL works this long (and while the result is kept)
+    fetch_timeout: float = Field(10.0, gt=0)  # an http(s) image in a chat message must arrive within this
+    fetch_private_addresses: bool = False  # true: such URLs may name private addresses too (closed networks, tests)
+    sse_keepalive_interval: float = Field(10.0, gt=0)  # a streamed chat sends a comment this often while it waits
+    # Webhooks (`callback_url`): signed with this key (HMAC-SHA256), retried with growing pauses.
+    webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(5, ge=1)
+    webhook_backoff: float = Field(2.0, gt=0)  # seconds before the second delivery; doubles each time
+    webhook_timeout: float = Field(10.0, gt=0)
+
     # Sessions.
     legacy_session_file: Path | None = None
     max_session_bytes: int = Field(5 * 1024 * 1024, gt=0)

@@ -86,7 +86,7 @@ def task_body(result: TaskResult, language: str) -> dict[str, Any]:
     return {
         "success": result.status != "failed",
         "task_id": str(result.task_id),
-        "message": _message(result, language),
+        "message": task_message(result, language),
         "generated_images": result.images_b64,
         "ai_text_response": result.text,
         "status": result.status,
@@ -105,7 +105,8 @@ def task_body(result: TaskResult, language: str) -> dict[str, Any]:
     }
 
 
-def _message(result: TaskResult, language: str) -> str:
+def task_message(result: TaskResult, language: str) -> str:
+    """What a person reads about a task: its status, or why it failed."""
     if result.status != "failed":
         return translate(f"task_{result.status}", language)
     code = result.error_code or "internal_error"

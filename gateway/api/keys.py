@@ -1,4 +1,5 @@
-"""Optional API keys for the generation listener (:8812): `Authorization: Bearer <key>` or `X-API-Key`."""
+"""Optional API keys for the generation listener (:8812): `Authorization: Bearer <key>`, `X-API-Key` or
+`x-goog-api-key` (Google's SDKs)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,18 @@ def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: Ba
     keys = _keys(connection)
     if not keys:
         return
-    presented = presented_key(connection.headers.get("authorization"), connection.headers.get("x-api-key"))
+    presented = presented_key(connection.headers.get("authorization"), _api_key_header(connection))
     if presented is None:
         raise Unauthorized("api_key_missing", headers=CHALLENGE)
     # Every key compared in constant time, so timing tells nothing about which one nearly matched.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
     if not any(matches):
         raise Unauthorized("api_key_invalid", headers=CHALLENGE)
+
+
+def _api_key_header(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    # `x-goog-api-key`: what Google's SDKs send to the Gemini face.
+    return connection.headers.get("x-api-key") or connection.headers.get("x-goog-api-key")
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str | None:

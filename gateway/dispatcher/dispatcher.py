@@ -276,6 +276,14 @@ class Dispatcher:
         return TaskResult(progress.task_id, status, "async", instance_id=lease.instance_id if lease else None,
                           instance_name=lease.name if lease else None, model=request.model, image_size=request.image_size)
 
+    async def begin(self, request: GenerationRequest) -> asyncio.Task[TaskResult]:
+        """Admits a task the caller waits for, as `generate` does (QueueFull and Unavailable are raised here, before
+        any answer starts), and runs it on its own, so the caller can talk meanwhile (a stream's keep-alives)."""
+        progress, lease = await self._admit(request, "sync")
+        waiter = self._enqueue(progress) if lease is None else None  # its place was counted at admission
+        limit = self._settings.queue_wait_timeout
+        return asyncio.create_task(self._drive(progress, request, lease, None, limit, waiter), name=f"task-{progress.task_id}")
+
     async def task(self, task_id: str) -> TaskResult:
         """A task's row and, once it succeeded, its kept images; 404 unknown, 410 images no longer kept."""
         try:

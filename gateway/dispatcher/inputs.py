@@ -226,3 +226,8 @@ def _checked_image(data: bytes, index: int, limits: InputLimits) -> bytes:
 
 def _is_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def decoded_reference(text: str, index: int, limits: InputLimits) -> bytes:
+    """One reference image sent as base64 or a data URL (the OpenAI and Gemini faces), checked, as bytes."""
+    return base64.b64decode(_checked_base64(text, index, limits))

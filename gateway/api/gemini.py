@@ -1,0 +1,191 @@
+"""Google's Gemini API on :8812: POST /v1beta/models/{model}:generateContent, and the model list.
+
+Also at /v1/models/{model}:generateContent, where the google-genai SDK sends it when given a base URL.
+The last user turn of `contents` is the prompt (its text parts) and its references (its `inline_data` parts);
+`generationConfig.imageConfig` gives the `aspectRatio` and `imageSize`. The answer is Gemini's: one candidate
+whose parts are the model's text and the images as `inlineData`. Keys come as `x-goog-api-key` (what the
+google-genai SDK sends) or as for the other faces; errors in Gemini's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Router, get, post
+from litestar.params import FromPath, JSONBody
+
+from gateway import catalogue
+from gateway.api.errors import request_language
+from gateway.api.faces import TaskFailed, exception_handlers, failure, gemini_error, limits_of, mime_of_b64, run_all
+from gateway.api.keys import require_api_key
+from gateway.catalogue import ModelSpec
+from gateway.dispatcher import GenerationRequest, TaskResult, form_request, generation_options
+from gateway.dispatcher.inputs import decoded_reference, refuse_control_characters
+from gateway.errors import Invalid, NotFound
+from gateway.settings import Settings
+
+ACTION = "generateContent"
+
+
+class Blob(msgspec.Struct, kw_only=True):
+    data: str
+    mime_type: str | None = None
+
+
+class Part(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A part as the REST API takes it: snake_case (`inline_data`) or camelCase (`inlineData`), both accepted."""
+
+    text: str | None = None
+    inline_data: Blob | None = None
+    inlineData: Blob | None = None  # noqa: N815 - the REST API's camelCase spelling
+
+
+class Content(msgspec.Struct, kw_only=True):
+    parts: list[Part] = []
+    role: str | None = None
+
+
+class ImageConfig(msgspec.Struct, kw_only=True):
+    aspectRatio: str | None = None  # noqa: N815
+    imageSize: str | None = None  # noqa: N815
+
+
+class GenerationConfig(msgspec.Struct, kw_only=True):
+    imageConfig: ImageConfig | None = None  # noqa: N815
+    responseModalities: list[str] | None = None  # noqa: N815 - accepted; the page always answers with both
+
+
+class GenerateContentIn(msgspec.Struct, kw_only=True):
+    contents: list[Content] | Content
+    generationConfig: GenerationConfig | None = None  # noqa: N815
+    generation_config: GenerationConfig | None = None
+
+
+class BlobOut(msgspec.Struct, kw_only=True):
+    mimeType: str  # noqa: N815
+    data: str
+
+
+class PartOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    text: str | None = None
+    inlineData: BlobOut | None = None  # noqa: N815
+
+
+class ContentOut(msgspec.Struct, kw_only=True):
+    role: str = "model"
+    parts: list[PartOut]
+
+
+class CandidateOut(msgspec.Struct, kw_only=True):
+    content: ContentOut
+    finishReason: str = "STOP"  # noqa: N815
+    index: int = 0
+
+
+class UsageOut(msgspec.Struct, kw_only=True):
+    promptTokenCount: int = 0  # noqa: N815
+    candidatesTokenCount: int = 0  # noqa: N815
+    totalTokenCount: int = 0  # noqa: N815
+
+
+class GenerateContentOut(msgspec.Struct, kw_only=True):
+    candidates: list[CandidateOut]
+    usageMetadata: UsageOut = msgspec.field(default_factory=UsageOut)  # noqa: N815
+    modelVersion: str = ""  # noqa: N815
+    responseId: str = ""  # noqa: N815
+
+
+class GeminiModelOut(msgspec.Struct, kw_only=True):
+    name: str
+    displayName: str  # noqa: N815
+    supportedGenerationMethods: list[str]  # noqa: N815
+
+
+class GeminiModelListOut(msgspec.Struct, kw_only=True):
+    models: list[GeminiModelOut]
+
+
+def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateContentIn) -> GenerationRequest:
+    """The one checked request behind a generateContent call."""
+    contents = body.contents if isinstance(body.contents, list) else [body.contents]
+    turn = _last_user_turn(contents)
+    config = body.generationConfig or body.generation_config
+    image_config = config.imageConfig if config and config.imageConfig else ImageConfig()
+    texts = [p.text for p in turn.parts if p.text]
+    blobs = [blob for p in turn.parts if (blob := p.inline_data or p.inlineData) is not None]
+    limits = limits_of(request)
+    if len(blobs) > limits.max_reference_images:
+        raise Invalid("too_many_references", limit=limits.max_reference_images)
+    images = [decoded_reference(blob.data, index, limits) for index, blob in enumerate(blobs)]
+    prompt = "\n".join(texts)
+    refuse_control_characters({"prompt": prompt, "model": model, "aspectRatio": image_config.aspectRatio,
+                               "imageSize": image_config.imageSize})
+    spec = generation_options(model, None, None).spec
+    return form_request(prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize)
+
+
+def _last_user_turn(contents: list[Content]) -> Content:
+    users = [c for c in contents if c.role in (None, "user")]
+    if not users:
+        raise Invalid("contents_no_user")
+    return users[-1]
+
+
+def gemini_answer(result: TaskResult, model: str, language: str) -> GenerateContentOut:
+    if not (result.succeeded and result.images_b64):
+        if result.error_code == "blocked" and result.text:  # text and no image: Gemini answers just that
+            parts = [PartOut(text=result.text)]
+            return GenerateContentOut(candidates=[CandidateOut(content=ContentOut(parts=parts))], modelVersion=model,
+                                      responseId=str(result.task_id))
+        raise TaskFailed(failure(result, language))
+    parts = [PartOut(text=result.text)] if result.text else []
+    parts += [PartOut(inlineData=BlobOut(mimeType=mime_of_b64(image), data=image)) for image in result.images_b64]
+    return GenerateContentOut(
+        candidates=[CandidateOut(content=ContentOut(parts=parts))], modelVersion=model, responseId=str(result.task_id)
+    )
+
+
+def _split(model_action: str) -> tuple[str, str]:
+    model, sep, action = model_action.partition(":")
+    if not sep:
+        raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
+    return model, action
+
+
+def _model_out(spec: ModelSpec) -> GeminiModelOut:
+    return GeminiModelOut(name=f"models/{spec.id}", displayName=spec.name, supportedGenerationMethods=[ACTION])
+
+
+class GeminiController(Controller):
+    path = "/"
+    tags = ["gemini"]
+
+    @get("/v1beta/models", operation_id="geminiListModels", summary="The image models (Gemini's model list)")
+    async def list_models(self) -> GeminiModelListOut:
+        return GeminiModelListOut(models=[_model_out(m) for m in catalogue.load().models])
+
+    # The google-genai SDK says v1 when given a base URL of its own, v1beta otherwise.
+    @post(
+        ["/v1beta/models/{model_action:str}", "/v1/models/{model_action:str}"], operation_id="geminiGenerateContent",
+        status_code=200,
+        summary="models/{model}:generateContent (Gemini)",
+    )
+    async def generate_content(self, request: Request[Any, Any, Any], model_action: FromPath[str], data: JSONBody[GenerateContentIn]) -> GenerateContentOut:
+        model, action = _split(model_action)
+        if action != ACTION:
+            raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
+        generation = gemini_request(request, model, data)
+        (result,) = await run_all(request, [generation])
+        return gemini_answer(result, generation.model, request_language(request))
+
+
+def gemini_router(settings: Settings) -> Router:
+    return Router(
+        path="/",
+        route_handlers=[GeminiController],
+        guards=[require_api_key],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers=exception_handlers(gemini_error),
+    )
+

@@ -1,0 +1,252 @@
+"""OpenAI's image API on :8812: GET /v1/models, POST /v1/images/generations and /v1/images/edits.
+
+A thin translation: OpenAI's `size` becomes a ratio and an image size of the catalogue, `n` becomes n tasks
+side by side, and the answer is `{created, data: [{b64_json | url, revised_prompt}]}` with the model's text as
+`revised_prompt`. Every field is checked (by the catalogue and `gateway.dispatcher.inputs`, as for /generate)
+before anything is dispatched; errors come in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Router, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import FromPath, JSONBody
+
+from gateway import catalogue
+from gateway.api.errors import request_language
+from gateway.api.faces import exception_handlers, limits_of, openai_error, run_all, succeeded_or_raise
+from gateway.api.image_urls import ImageFilesController, image_url
+from gateway.api.keys import require_api_key
+from gateway.catalogue import ModelSpec
+from gateway.dispatcher import GenerationRequest, form_request, generation_options
+from gateway.dispatcher.inputs import refuse_control_characters
+from gateway.errors import BadRequest, Invalid
+from gateway.settings import Settings
+
+ResponseFormat = Literal["b64_json", "url"]
+RESPONSE_FORMATS = ("b64_json", "url")
+# OpenAI's sizes (DALL·E 2 and 3, gpt-image-1); any other WxH is mapped the same way, to the nearest ratio.
+OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792", "auto")
+_WXH = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_RATIO = re.compile(r"^(\d{1,2}):(\d{1,2})$")
+_SIZE_STEPS = ((1024, "1K"), (2048, "2K"), (4096, "4K"))  # the longer side up to this → the page's size
+
+
+# Bodies ----------------------------------------------------------------------------------------------
+
+
+class ModelOut(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "google"
+    name: str = ""
+    aspect_ratios: list[str] = []
+    image_sizes: list[str] = []
+    references: bool = True
+
+
+class ModelListOut(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelOut]
+
+
+class ImageGenerationIn(msgspec.Struct, kw_only=True):
+    """OpenAI's body; fields it has that AI Studio cannot honour (quality, style, background, user) are ignored."""
+
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str | None = None  # 1024x1024, 1536x1024, 1024x1536, 1792x1024, 1024x1792, auto, any WxH, or a ratio ("16:9")
+    response_format: str | None = None  # b64_json (default) or url
+    output_format: str | None = None  # png (default), jpeg or webp
+    output_compression: int | None = None  # 0-100, for jpeg and webp
+
+
+class ImageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesOut(msgspec.Struct, kw_only=True):
+    created: int
+    data: list[ImageOut]
+
+
+# The mapping of OpenAI's options onto the catalogue ----------------------------------------------------
+
+
+def model_spec(model: Any) -> ModelSpec:
+    """The catalogue's model (an alias resolves to its id); 422 naming the choices for an unknown one."""
+    return generation_options(model, None, None).spec
+
+
+def ratio_and_size(size: Any, spec: ModelSpec) -> tuple[str | None, str | None]:
+    """OpenAI's `size` as (aspect ratio, image size): the model's nearest ratio, and the page's size whose
+    longer side covers the asked one where the model offers sizes; a ratio passes as it is."""
+    if size is None or size == "" or size == "auto":
+        return None, None
+    if not isinstance(size, str):
+        raise Invalid("field_type", field="size", expected="string")
+    text = size.strip().lower()
+    if _RATIO.match(text):
+        return text, None  # checked against the model's ratios by the one check
+    match = _WXH.match(text)
+    if match is None:
+        raise Invalid("size_unknown", value=size[:40], choices=", ".join(OPENAI_SIZES))
+    width, height = int(match.group(1)), int(match.group(2))
+    if width == 0 or height == 0:
+        raise Invalid("size_unknown", value=size[:40], choices=", ".join(OPENAI_SIZES))
+    return nearest_ratio(width / height, spec.aspect_ratios), _page_size(max(width, height), spec)
+
+
+def nearest_ratio(wanted: float, ratios: tuple[str, ...]) -> str:
+    """By distance in log space, so 2:1 is as far from 1:1 as 1:2 is."""
+
+    def distance(ratio: str) -> float:
+        w, h = (int(part) for part in ratio.split(":"))
+        return abs(math.log(wanted) - math.log(w / h))
+
+    return min(ratios, key=distance)
+
+
+def _page_size(longer_side: int, spec: ModelSpec) -> str | None:
+    if not spec.image_sizes:
+        return None
+    for limit, name in _SIZE_STEPS:
+        if longer_side <= limit and name in spec.image_sizes:
+            return name
+    return spec.image_sizes[-1]
+
+
+def response_format(value: Any, settings: Settings) -> str:
+    if value is None or value == "":
+        return "b64_json"
+    if value not in RESPONSE_FORMATS:
+        raise Invalid("response_format_unknown", value=str(value)[:40], choices=", ".join(RESPONSE_FORMATS))
+    if value == "url" and not settings.store_sync_results:
+        raise Invalid("response_format_url_unavailable")
+    return value
+
+
+def image_count(value: Any, settings: Settings) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= settings.max_images_per_request:
+        raise Invalid("n_out_of_range", value=str(value)[:20], limit=settings.max_images_per_request)
+    return value
+
+
+def openai_request(
+    request: Request[Any, Any, Any], *, prompt: Any, model: Any, size: Any, images: list[bytes]
+) -> GenerationRequest:
+    """The one checked request behind an OpenAI call (prompt, model, ratio and size, references)."""
+    refuse_control_characters({"prompt": prompt, "model": model, "size": size})
+    spec = model_spec(model)
+    aspect_ratio, image_size = ratio_and_size(size, spec)
+    return form_request(prompt, aspect_ratio, images, limits_of(request), model=spec.id, image_size=image_size)
+
+
+async def images_answer(request: Request[Any, Any, Any], generation: GenerationRequest, n: int, fmt: str) -> ImagesOut:
+    """Runs n tasks side by side and answers with their images (at most n), each with its task's text."""
+    language = request_language(request)
+    results = succeeded_or_raise(await run_all(request, [generation] * n), language)
+    data: list[ImageOut] = []
+    for result in results:
+        for index, image in enumerate(result.images_b64):
+            if fmt == "url":
+                data.append(ImageOut(url=image_url(request, result.task_id, index, image), revised_prompt=result.text))
+            else:
+                data.append(ImageOut(b64_json=image, revised_prompt=result.text))
+    return ImagesOut(created=int(time.time()), data=data[:n])
+
+
+# Handlers --------------------------------------------------------------------------------------------
+
+
+class OpenAIImagesController(Controller):
+    path = "/v1"
+    tags = ["openai"]
+
+    @get("/models", operation_id="openaiListModels", summary="The image models (OpenAI's model list)")
+    async def list_models(self) -> ModelListOut:
+        return ModelListOut(data=[_model_out(m) for m in catalogue.load().models])
+
+    @get("/models/{model:str}", operation_id="openaiGetModel", summary="One image model")
+    async def get_model(self, model: FromPath[str]) -> ModelOut:
+        return _model_out(model_spec(model))
+
+    @post("/images/generations", operation_id="openaiCreateImage", status_code=200, summary="Generate images (OpenAI)")
+    async def generations(self, request: Request[Any, Any, Any], data: JSONBody[ImageGenerationIn]) -> ImagesOut:
+        settings: Settings = request.app.state.settings
+        n = image_count(data.n, settings)
+        fmt = response_format(data.response_format, settings)
+        generation = openai_request(request, prompt=data.prompt, model=data.model, size=data.size, images=[])
+        return await images_answer(request, generation, n, fmt)
+
+    @post("/images/edits", operation_id="openaiEditImage", status_code=200, summary="Generate from reference images (OpenAI)")
+    async def edits(self, request: Request[Any, Any, Any]) -> ImagesOut:
+        settings: Settings = request.app.state.settings
+        content_type, _ = request.content_type
+        if content_type != RequestEncodingType.MULTI_PART:
+            raise BadRequest("multipart_expected")
+        form = await request.form()
+        uploads = [*form.getall("image", []), *form.getall("image[]", [])]
+        try:
+            if form.getall("mask", []):
+                raise BadRequest("mask_not_supported")
+            if not uploads:
+                raise Invalid("reference_missing")
+            images = [await _read_upload(upload) for upload in uploads]
+        finally:
+            for upload in [*uploads, *form.getall("mask", [])]:
+                if isinstance(upload, UploadFile):
+                    await upload.close()
+        n = image_count(_form_int(form.get("n"), "n", 1), settings)
+        fmt = response_format(form.get("response_format"), settings)
+        generation = openai_request(
+            request, prompt=form.get("prompt"), model=form.get("model"), size=form.get("size"), images=images
+        )
+        return await images_answer(request, generation, n, fmt)
+
+
+def _model_out(spec: ModelSpec) -> ModelOut:
+    return ModelOut(
+        id=spec.id, name=spec.name, aspect_ratios=list(spec.aspect_ratios), image_sizes=list(spec.image_sizes),
+        references=spec.references,
+    )
+
+
+async def _read_upload(upload: Any) -> bytes:
+    if not isinstance(upload, UploadFile):
+        raise Invalid("field_type", field="image", expected="file")
+    return await upload.read()
+
+
+def _form_int(value: Any, name: str, default: int) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise Invalid("field_type", field=name, expected="integer") from None
+
+
+def openai_router(settings: Settings) -> Router:
+    """OpenAI's image API behind the API keys; the signed image URLs beside it, outside them."""
+    from gateway.api.openai_chat import OpenAIChatController  # noqa: PLC0415 - the chat face builds on this one
+
+    guarded = Router(
+        path="/",
+        route_handlers=[OpenAIImagesController, OpenAIChatController],
+        guards=[require_api_key],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers=exception_handlers(openai_error),
+    )
+    return Router(path="/", route_handlers=[guarded, ImageFilesController])

@@ -1,0 +1,404 @@
+"""The OpenAI and Gemini faces on the fake runtime, spoken to by the official `openai` and `google-genai` clients
+over HTTP (and by httpx where a client hides what is checked): shapes, n tasks side by side, signed image URLs,
+streaming, and every bad field refused in the API's own error shape with nothing dispatched."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+
+from gateway.api.openai_images import nearest_ratio, ratio_and_size
+from gateway.api.remote_images import public
+from gateway.catalogue import load
+from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
+from tests.gateway.pool import Pool, open_pool
+
+TINY_B64 = base64.b64encode(TINY_PNG).decode()
+TINY_DATA_URL = f"data:image/png;base64,{TINY_B64}"
+KEY = "client-api-key"
+
+
+@pytest.fixture
+async def pool(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Pool]:
+    async with open_pool(database_url, tmp_path, fake, instances=2, api_keys=KEY, sse_keepalive_interval=0.05) as opened:
+        yield opened
+
+
+def openai_client(pool: Pool) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{pool.url}/v1", api_key=KEY, max_retries=0)
+
+
+def gemini_client(pool: Pool, *, api_version: str = "v1beta") -> genai.Client:
+    options = genai_types.HttpOptions(
+        base_url=pool.url, api_version=api_version, retry_options=genai_types.HttpRetryOptions(attempts=1)
+    )
+    return genai.Client(api_key=KEY, http_options=options)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}", "Accept-Language": "en"}
+
+
+# ---- the mapping of OpenAI's sizes (pure) ---------------------------------------------------------------
+
+
+def test_openai_sizes_map_to_the_nearest_ratio_and_the_covering_page_size() -> None:
+    flash, pro = load().find("gemini-2.5-flash-image"), load().find("gemini-3-pro-image")
+    assert flash is not None and pro is not None
+    assert ratio_and_size("1024x1024", flash) == ("1:1", None)  # this model offers no size choice
+    assert ratio_and_size("1536x1024", flash) == ("3:2", None)
+    assert ratio_and_size("1024x1536", flash) == ("2:3", None)
+    assert ratio_and_size("1792x1024", flash) == ("16:9", None)
+    assert ratio_and_size("1024x1792", flash) == ("9:16", None)
+    assert ratio_and_size("auto", flash) == (None, None)
+    assert ratio_and_size("21:9", flash) == ("21:9", None)
+    assert ratio_and_size("1024x1024", pro) == ("1:1", "1K")
+    assert ratio_and_size("2048x1152", pro) == ("16:9", "2K")
+    assert ratio_and_size("4096x4096", pro) == ("1:1", "4K")
+    assert nearest_ratio(2.0, ("1:1", "16:9", "21:9")) == "16:9"
+    assert nearest_ratio(0.5, ("1:1", "9:16", "3:4")) == "9:16"
+
+
+def test_only_public_addresses_count_as_public() -> None:
+    import ipaddress
+
+    for private in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fe80::1",
+                    "fd00::1", "0.0.0.0", "100.64.0.1", "::ffff:127.0.0.1", "224.0.0.1"):
+        assert not public(ipaddress.ip_address(private)), private
+    assert public(ipaddress.ip_address("8.8.8.8")) and public(ipaddress.ip_address("2001:4860:4860::8888"))
+
+
+# ---- OpenAI images -------------------------------------------------------------------------------------
+
+
+async def test_models_lists_the_catalogue(pool: Pool) -> None:
+    models = await openai_client(pool).models.list()
+    assert [m.id for m in models.data] == list(load().ids)
+    assert (await openai_client(pool).models.retrieve("gemini-3-pro-image-preview")).id == "gemini-3-pro-image"
+
+
+async def test_n_images_run_as_n_tasks_on_different_instances_at_once(pool: Pool) -> None:
+    pool.fake.generate_delay = 0.3
+    answer = await openai_client(pool).images.generate(prompt="a red fox", n=2, size="1792x1024")
+    assert len(answer.data) == 2 and answer.created > 0
+    assert all(base64.b64decode(d.b64_json) == TINY_PNG and d.revised_prompt == "fake text" for d in answer.data)
+    first, second = pool.fake.generations
+    assert first.instance_id != second.instance_id
+    assert max(first.started, second.started) < min(first.ended, second.ended)  # they overlapped
+    assert {g.aspect_ratio for g in pool.fake.generations} == {"16:9"} and first.prompt == "a red fox"
+    rows = await pool.task_rows()
+    assert len(rows) == 2 and {r.status for r in rows} == {"succeeded"}
+
+
+async def test_url_answers_are_signed_expiring_and_need_no_key(pool: Pool) -> None:
+    answer = await openai_client(pool).images.generate(prompt="a red fox", response_format="url")
+    (item,) = answer.data
+    assert item.b64_json is None and item.url.startswith(pool.url + "/v1/images/files/")
+    async with httpx.AsyncClient() as anonymous:
+        fetched = await anonymous.get(item.url)
+        assert fetched.status_code == 200 and fetched.content == TINY_PNG
+        assert fetched.headers["content-type"] == "image/png"
+        tampered = await anonymous.get(item.url.replace("/0.png", "/1.png"))
+        assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "image_url_invalid"
+        expired_url = httpx.URL(item.url)
+        stale = expired_url.copy_set_param("expires", str(int(time.time()) - 10))
+        assert (await anonymous.get(str(stale))).json()["error"]["code"] == "image_url_invalid"  # the signature covers it
+    # The generation API itself still wants the key.
+    refused = await pool.http.post("/v1/images/generations", json={"prompt": "x"})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+
+
+async def test_an_expired_url_is_refused(pool: Pool) -> None:
+    from gateway.api.image_urls import ImageSigner
+
+    answer = await openai_client(pool).images.generate(prompt="a red fox", response_format="url")
+    task_id = httpx.URL(answer.data[0].url).path.split("/")[-2]
+    signer = ImageSigner.from_settings(pool.fleet.settings)
+    old = signer.path(task_id, 0, "image/png", now=time.time() - signer.ttl - 5)  # type: ignore[arg-type]
+    refused = await pool.http.get(old)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "image_url_expired"
+
+
+async def test_edits_take_several_references_and_refuse_a_mask(pool: Pool) -> None:
+    client = openai_client(pool)
+    images = [("a.png", TINY_PNG, "image/png"), ("b.png", TINY_PNG, "image/png")]
+    answer = await client.images.edit(image=images, prompt="put them together", size="1024x1536")
+    assert len(answer.data) == 1
+    (generation,) = pool.fake.generations
+    assert generation.references == [TINY_B64, TINY_B64] and generation.aspect_ratio == "2:3"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.images.edit(image=images[:1], mask=("m.png", TINY_PNG, "image/png"), prompt="x")
+    assert refused.value.status_code == 400 and refused.value.body["code"] == "mask_not_supported"
+    assert len(pool.fake.generations) == 1
+
+
+BAD_IMAGE_BODIES = [
+    ({"prompt": "x", "model": "dall-e-3"}, 422, "model_unknown", "model"),
+    ({"prompt": "x", "size": "1000"}, 422, "size_unknown", "size"),
+    ({"prompt": "x", "size": "7:3"}, 422, "aspect_ratio_unknown", "size"),
+    ({"prompt": "x", "model": "imagen-4.0-generate-001", "size": "21:9"}, 422, "aspect_ratio_unknown", "size"),
+    ({"prompt": "x", "n": 0}, 422, "n_out_of_range", "n"),
+    ({"prompt": "x", "n": 5}, 422, "n_out_of_range", "n"),
+    ({"prompt": "x", "n": "two"}, 400, "invalid_body", None),
+    ({"prompt": "x", "response_format": "png"}, 422, "response_format_unknown", "response_format"),
+    ({"prompt": ""}, 422, "prompt_missing", "prompt"),
+    ({"prompt": "a\x00b"}, 422, "control_characters", None),
+    ({"size": "1024x1024"}, 400, "invalid_body", None),
+    ([1, 2], 400, "invalid_body", None),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code", "param"), BAD_IMAGE_BODIES)
+async def test_bad_image_fields_get_openai_errors_and_dispatch_nothing(
+    pool: Pool, body: Any, status: int, code: str, param: str | None
+) -> None:
+    response = await pool.http.post("/v1/images/generations", json=body, headers=auth())
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert pool.fake.generations == [] and await pool.task_count() == 0
+
+
+async def test_bad_bodies_of_every_face_stay_4xx_in_their_shape(pool: Pool) -> None:
+    too_big = "A" * (pool.fleet.settings.max_reference_bytes * 4 // 3 + 8)
+    not_image = base64.b64encode(b"just text, not an image").decode()
+    cases = [
+        ("/v1/images/generations", {"content": b"prompt=x", "headers": {"Content-Type": "text/plain"}}, 415, "openai"),
+        ("/v1/images/generations", {"content": b"{" * 5000, "headers": {"Content-Type": "application/json"}}, 400, "openai"),
+        ("/v1/images/edits", {"json": {"prompt": "x"}}, 400, "openai"),
+        ("/v1/images/edits", {"data": {"prompt": "x"}, "files": {"image": ("a.txt", b"hello", "text/plain")}}, 422, "openai"),
+        ("/v1/images/edits", {"data": {"prompt": "x", "n": "lots"}, "files": {"image": ("a.png", TINY_PNG)}}, 422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": []}}, 422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}}, 422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{not_image}"}}]}]}},
+         422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{too_big}"}}]}]}},
+         413, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]}]}},
+         422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/a.png"}}]}]}},
+         422, "openai"),
+        ("/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]}]}},
+         422, "openai"),
+        ("/v1/chat/completions", {"json": {"model": "nope", "messages": [{"role": "user", "content": "x"}]}}, 422, "openai"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": []}}, 422, "gemini"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}],
+         "generationConfig": {"imageConfig": {"aspectRatio": "5:1"}}}}, 422, "gemini"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}],
+         "generationConfig": {"imageConfig": {"imageSize": "2K"}}}}, 422, "gemini"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": [{"parts": [
+            {"text": "x"}, {"inline_data": {"mime_type": "image/png", "data": "%%%"}}]}]}}, 422, "gemini"),
+        ("/v1beta/models/gemini-2.5-flash-image:countTokens", {"json": {"contents": [{"parts": [{"text": "x"}]}]}}, 404, "gemini"),
+        ("/v1beta/models/imagen-4.0-generate-001:generateContent", {"json": {"contents": [{"parts": [
+            {"text": "x"}, {"inlineData": {"mimeType": "image/png", "data": TINY_B64}}]}]}}, 422, "gemini"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": "x"}}, 400, "gemini"),
+    ]
+    for path, request, status, shape in cases:
+        headers = {**auth(), **request.pop("headers", {})}
+        response = await pool.http.post(path, **request, headers=headers)
+        assert response.status_code == status, (path, request.get("json"), response.text[:300])
+        error = response.json()["error"]
+        if shape == "openai":
+            assert {"message", "type", "code", "param"} <= error.keys(), error
+        else:
+            assert error["code"] == status and error["status"] in ("INVALID_ARGUMENT", "NOT_FOUND") and error["message"]
+    assert pool.fake.generations == [] and await pool.task_count() == 0
+
+
+async def test_busy_and_empty_pools_answer_429_and_503_with_retry_after(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1, queue_max=0) as pool:
+        pool.fake.generate_delay = 0.5
+        first = asyncio.create_task(pool.http.post("/v1/images/generations", json={"prompt": "x"}))
+        while not pool.fake.generations:
+            await asyncio.sleep(0.01)
+        full = await pool.http.post("/v1/images/generations", json={"prompt": "x"})
+        assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+        assert full.json()["error"]["type"] == "rate_limit_error" and full.json()["error"]["code"] == "queue_full"
+        gemini_full = await pool.http.post(
+            "/v1beta/models/gemini-2.5-flash-image:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]}
+        )
+        assert gemini_full.status_code == 429 and gemini_full.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+        assert (await first).status_code == 200
+        await pool.fleet.instances.stop(pool.instance_ids[0])
+        from tests.gateway.pool import wait_for
+
+        await wait_for(lambda: _stopped(pool))
+        empty = await pool.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "stream": True})
+        assert empty.status_code == 503 and "retry-after" in empty.headers
+        assert empty.json()["error"]["code"] == "no_instance_running"
+
+
+async def _stopped(pool: Pool) -> bool:
+    return (await pool.fleet.instances.get(pool.instance_ids[0])).status == "stopped"
+
+
+async def test_a_failed_task_is_an_error_of_its_kind(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
+        (instance_id,) = pool.instance_ids
+        client = openai.AsyncOpenAI(base_url=f"{pool.url}/v1", api_key="none", max_retries=0)
+        pool.fake.script_generations(
+            instance_id, FakeOutcome.error("blocked", retry_safe=False), FakeOutcome.error("quota_exhausted", retry_safe=False)
+        )
+        with pytest.raises(openai.BadRequestError) as blocked:
+            await client.images.generate(prompt="x")
+        assert blocked.value.body["code"] == "blocked"
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.images.generate(prompt="x")
+        assert limited.value.body["code"] == "quota_exhausted" and limited.value.response.headers["retry-after"]
+
+
+# ---- OpenAI chat ----------------------------------------------------------------------------------------
+
+
+def chat_messages(*images: str) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "draw this cat as a lion"}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in images]
+    return [
+        {"role": "system", "content": "You draw."},
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "earlier answer"},
+        {"role": "user", "content": parts},
+    ]
+
+
+async def test_chat_answers_with_images_as_data_urls_and_markdown(pool: Pool) -> None:
+    completion = await openai_client(pool).chat.completions.create(
+        model="gemini-2.5-flash-image", messages=chat_messages(TINY_DATA_URL), extra_body={"size": "16:9"}
+    )
+    message = completion.choices[0].message
+    extra = message.model_extra or {}
+    assert extra["images"][0]["image_url"]["url"] == TINY_DATA_URL
+    assert message.content == f"fake text\n\n![image 1]({TINY_DATA_URL})"
+    assert completion.choices[0].finish_reason == "stop" and completion.model == "gemini-2.5-flash-image"
+    (generation,) = pool.fake.generations
+    assert generation.prompt == "draw this cat as a lion" and generation.references == [TINY_B64]
+    assert generation.aspect_ratio == "16:9"
+
+
+async def test_chat_streams_keep_alives_then_the_answer_then_done(pool: Pool) -> None:
+    pool.fake.generate_delay = 0.4
+    body = {"model": "gemini-2.5-flash-image", "messages": chat_messages(TINY_DATA_URL), "stream": True}
+    async with pool.http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line]
+    assert ": keep-alive" in lines
+    events = [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    import json
+
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert content.endswith(f"![image 1]({TINY_DATA_URL})")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # The official client reads the same stream.
+    stream = await openai_client(pool).chat.completions.create(model="gemini-2.5-flash-image", messages=chat_messages(), stream=True)
+    parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(parts).startswith("fake text")
+
+
+@contextlib.contextmanager
+def image_server(*, size: int = len(TINY_PNG), delay: float = 0.0) -> Iterator[str]:
+    """A loopback HTTP server with one image of `size` bytes that answers after `delay` seconds."""
+    body = TINY_PNG + b"\0" * max(0, size - len(TINY_PNG))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/cat.png"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_chat_fetches_http_images_under_limits(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    # Private addresses allowed here only so that a loopback server can stand in for the internet.
+    settings = {"fetch_private_addresses": True, "fetch_timeout": 0.5, "max_reference_bytes": 4096}
+    async with open_pool(database_url, tmp_path, fake, instances=1, **settings) as pool:
+        with image_server() as url:
+            answer = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
+            assert answer.status_code == 200, answer.text
+            assert pool.fake.generations[0].references == [TINY_B64]
+        with image_server(size=8192) as url:
+            large = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
+            assert large.status_code == 413 and large.json()["error"]["code"] == "image_url_too_large"
+        with image_server(delay=2.0) as url:
+            slow = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
+            assert slow.status_code == 400 and slow.json()["error"]["code"] == "image_url_slow"
+        unresolved = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages("http://no-such-host.invalid/a.png")})
+        assert unresolved.status_code == 400 and unresolved.json()["error"]["code"] == "image_url_unresolved"
+        assert len(pool.fake.generations) == 1
+
+
+# ---- Gemini ---------------------------------------------------------------------------------------------
+
+
+async def test_generate_content_with_image_config_and_inline_data(pool: Pool) -> None:
+    client = gemini_client(pool)
+    reference = genai_types.Part.from_bytes(data=TINY_PNG, mime_type="image/png")
+    answer = await client.aio.models.generate_content(
+        model="gemini-3-pro-image",
+        contents=[reference, "make it a lion"],
+        config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="16:9", image_size="2K")),
+    )
+    parts = answer.candidates[0].content.parts
+    assert parts[0].text == "fake text"
+    assert parts[1].inline_data.data == TINY_PNG and parts[1].inline_data.mime_type == "image/png"
+    (generation,) = pool.fake.generations
+    assert (generation.model, generation.aspect_ratio, generation.image_size) == ("gemini-3-pro-image", "16:9", "2K")
+    assert generation.references == [TINY_B64] and generation.prompt == "make it a lion"
+    # The SDK's own default path for a custom base URL (v1) works too, with its x-goog-api-key.
+    again = await gemini_client(pool, api_version="v1").aio.models.generate_content(model="gemini-2.5-flash-image", contents="x")
+    assert again.candidates[0].content.parts[1].inline_data.data == TINY_PNG
+    listed = await pool.http.get("/v1beta/models", headers={"x-goog-api-key": KEY})
+    assert "models/gemini-3-pro-image" in [m["name"] for m in listed.json()["models"]]
+
+
+async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
+    with pytest.raises(genai_errors.ClientError) as refused:
+        await gemini_client(pool).aio.models.generate_content(
+            model="gemini-2.5-flash-image", contents="x",
+            config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="1:8")),
+        )
+    assert refused.value.code == 422 and refused.value.status == "INVALID_ARGUMENT"
+    unauthorized = await pool.http.post(
+        "/v1beta/models/gemini-2.5-flash-image:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]},
+        headers={"x-goog-api-key": "wrong"},
+    )
+    assert unauthorized.status_code == 401 and unauthorized.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert pool.fake.generations == []
