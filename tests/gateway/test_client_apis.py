@@ -383,15 +383,17 @@ async def test_generate_content_with_image_config_and_inline_data(pool: Pool) ->
     assert (generation.model, generation.aspect_ratio, generation.image_size) == ("gemini-3-pro-image", "16:9", "2K")
     assert generation.references == [TINY_B64] and generation.prompt == "make it a lion"
     # The SDK's own default path for a custom base URL (v1) works too, with its x-goog-api-key.
-    again = await gemini_client(pool, api_version="v1").aio.models.generate_content(model="gemini-2.5-flash-image", contents="x")
+    v1 = gemini_client(pool, api_version="v1")  # held: a collected client closes its connections under a running call
+    again = await v1.aio.models.generate_content(model="gemini-2.5-flash-image", contents="x")
     assert again.candidates[0].content.parts[1].inline_data.data == TINY_PNG
     listed = await pool.http.get("/v1beta/models", headers={"x-goog-api-key": KEY})
     assert "models/gemini-3-pro-image" in [m["name"] for m in listed.json()["models"]]
 
 
 async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
+    client = gemini_client(pool)
     with pytest.raises(genai_errors.ClientError) as refused:
-        await gemini_client(pool).aio.models.generate_content(
+        await client.aio.models.generate_content(
             model="gemini-2.5-flash-image", contents="x",
             config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="1:8")),
         )

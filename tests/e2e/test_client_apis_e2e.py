@@ -1,0 +1,169 @@
+"""The OpenAI and Gemini faces end to end: the official `openai` and `google-genai` clients over HTTP against
+`python -m gateway` (runtime docker) in front of two real instance containers, each signed in to its own
+simulator account. The simulator's record says what each real page was asked (prompt, ratio, size, model,
+uploads), and that the two images of `n=2` ran on both accounts at once."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import httpx
+import openai
+import pytest
+from google import genai
+from google.genai import types as genai_types
+
+from tests.e2e.conftest import FAST_SETTINGS
+from tests.e2e.harness import GatewayProcess, SimulatorNetwork, fleet_containers, new_namespace, remove_namespace
+from tests.instance.harness import png_bytes, signed_in_state
+from tests.simulator.fixtures import control
+
+pytestmark = [pytest.mark.docker]
+
+INSTANCES = 2
+KEY = "e2e-client-api-key"
+SIM_TEXT = "Here is your image."
+
+
+@dataclass
+class Fleet:
+    gateway: GatewayProcess
+    sim: SimulatorNetwork
+    accounts: dict[str, str]
+
+    def fresh(self, **config: Any) -> None:
+        control(self.sim.control_url, "/_sim/reset", {})
+        control(self.sim.control_url, "/_sim/config", {"signin_required": False, "text": SIM_TEXT, **config})
+
+    def generations(self) -> list[dict[str, Any]]:
+        return control(self.sim.control_url, "/_sim/record")["generations"]
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.gateway.api_url}/v1", api_key=KEY, max_retries=0, timeout=180)
+
+    def gemini(self) -> genai.Client:
+        options = genai_types.HttpOptions(
+            base_url=self.gateway.api_url, api_version="v1beta", timeout=180_000,
+            retry_options=genai_types.HttpRetryOptions(attempts=1),
+        )
+        return genai.Client(api_key=KEY, http_options=options)
+
+
+@pytest.fixture(scope="module")
+def fleet(engine: docker.DockerClient, sim_network: SimulatorNetwork, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    data_dir = tmp_path_factory.mktemp("client-apis")
+    namespace = new_namespace("api")
+    settings = {**FAST_SETTINGS, "API_KEYS": KEY, "SSE_KEEPALIVE_INTERVAL": "0.5"}
+    gateway = GatewayProcess(f"sqlite+aiosqlite:///{data_dir}/gateway.db", data_dir / "data", sim_network, namespace,
+                             settings=settings)
+    failed_before = request.session.testsfailed
+    try:
+        gateway.start()
+        ids = [gateway.create(f"api-{n}") for n in range(INSTANCES)]
+        for instance_id in ids:
+            gateway.call("POST", f"/api/instances/{instance_id}/start")
+        accounts = {}
+        for n, instance_id in enumerate(ids):
+            gateway.wait_running(instance_id)
+            accounts[instance_id] = account = f"api-{n}@example.com"
+            gateway.call("PUT", f"/api/instances/{instance_id}/session", json=signed_in_state(sim_network.aistudio_url, account))
+        for instance_id in ids:
+            gateway.wait_running(instance_id)
+        yield Fleet(gateway, sim_network, accounts)
+    finally:
+        gateway.stop()
+        if request.session.testsfailed > failed_before:
+            print(f"\n---- gateway log ----\n{gateway.log_tail(150)}")
+            for container in fleet_containers(engine, namespace):
+                print(f"---- {container.name} ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
+        remove_namespace(engine, namespace)
+        control(sim_network.control_url, "/_sim/reset", {})
+        control(sim_network.control_url, "/_sim/config", {"signin_required": False})
+
+
+def _overlapped(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return max(a["started_at"], b["started_at"]) < min(a["ended_at"], b["ended_at"])
+
+
+def test_images_n2_as_base64_and_as_urls_run_on_both_instances_at_once(fleet: Fleet) -> None:
+    fleet.fresh(latency_ms=1500)
+    client = fleet.openai()
+    answer = client.images.generate(model="gemini-2.5-flash-image", prompt="a lighthouse", n=2, size="1792x1024")
+    assert len(answer.data) == 2
+    assert all(base64.b64decode(item.b64_json).startswith(b"\x89PNG") for item in answer.data)
+    assert {item.revised_prompt for item in answer.data} == {SIM_TEXT}
+    first, second = fleet.generations()
+    assert {first["account"], second["account"]} == set(fleet.accounts.values())
+    assert _overlapped(first, second)
+    assert {g["aspect_ratio"] for g in (first, second)} == {"16:9"} and first["prompt"] == "a lighthouse"
+
+    fleet.fresh(latency_ms=200)
+    urls = client.images.generate(prompt="a harbour", n=2, response_format="url")
+    assert len(urls.data) == 2 and all(item.b64_json is None for item in urls.data)
+    for item in urls.data:
+        image = httpx.get(item.url, timeout=30)  # no key: the signature is the credential
+        assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+def test_an_edit_with_two_references(fleet: Fleet) -> None:
+    fleet.fresh(latency_ms=200)
+    references = [png_bytes(40, 30), png_bytes(30, 40)]
+    answer = fleet.openai().images.edit(
+        model="gemini-2.5-flash-image", prompt="the two together", size="1024x1536",
+        image=[("a.png", references[0], "image/png"), ("b.png", references[1], "image/png")],
+    )
+    assert len(answer.data) == 1 and base64.b64decode(answer.data[0].b64_json).startswith(b"\x89PNG")
+    (generation,) = fleet.generations()
+    assert len(generation["uploads"]) == 2 and generation["aspect_ratio"] == "2:3"
+
+
+def test_chat_with_an_image_input_streaming_and_not(fleet: Fleet) -> None:
+    fleet.fresh(latency_ms=1500)
+    reference = png_bytes(32, 32)
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "paint this as a watercolour"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(reference).decode()}},
+    ]}]
+    client = fleet.openai()
+    completion = client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+    message = completion.choices[0].message
+    image_url = (message.model_extra or {})["images"][0]["image_url"]["url"]
+    assert image_url.startswith("data:image/png;base64,") and f"]({image_url})" in message.content
+    assert message.content.startswith(SIM_TEXT)
+
+    stream = client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages, stream=True)
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert content.startswith(SIM_TEXT) and "](data:image/png;base64," in content
+    generations = fleet.generations()
+    assert [len(g["uploads"]) for g in generations] == [1, 1]
+    assert {g["prompt"] for g in generations} == {"paint this as a watercolour"}
+
+    # Keep-alive comments while the task runs (1.5 s against a 0.5 s interval), then [DONE].
+    body = {"model": "gemini-2.5-flash-image", "messages": messages, "stream": True}
+    with httpx.stream("POST", f"{fleet.gateway.api_url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=180) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert ": keep-alive" in lines and lines[-1] == "data: [DONE]"
+
+
+def test_generate_content_with_image_config(fleet: Fleet) -> None:
+    fleet.fresh(latency_ms=200)
+    reference = png_bytes(24, 24)
+    client = fleet.gemini()  # held: a collected client closes its connections under a running call
+    answer = client.models.generate_content(
+        model="gemini-3-pro-image",
+        contents=[genai_types.Part.from_bytes(data=reference, mime_type="image/png"), "the same, at dusk"],
+        config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="21:9", image_size="2K")),
+    )
+    parts = answer.candidates[0].content.parts
+    assert parts[0].text == SIM_TEXT
+    image = parts[1].inline_data
+    assert image.mime_type == "image/png" and image.data.startswith(b"\x89PNG")
+    (generation,) = fleet.generations()
+    assert (generation["model"], generation["aspect_ratio"], generation["image_size"]) == ("gemini-3-pro-image", "21:9", "2K")
+    assert len(generation["uploads"]) == 1 and generation["prompt"] == "the same, at dusk"
