@@ -12,14 +12,13 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins import PluginProtocol
 from litestar.plugins.htmx import HTMXPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway import __version__
 from gateway.api.bodies import BodyGuardPlugin
 from gateway.api.console import CONSOLE_CONTROLLERS
+from gateway.api.docs import docs_assets, openapi_config
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.gemini import gemini_router
 from gateway.api.generation import generation_router
@@ -166,12 +165,12 @@ def _create_app(
         lifespan.append(own_fleet)
     state = State({"settings": settings, **({"fleet": fleet} if fleet is not None else {})})
     return Litestar(
-        route_handlers=list(handlers),
+        route_handlers=[*handlers, docs_assets()],
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed), AllowedHostsPlugin(settings)],  # last: its check runs first
-        openapi_config=OpenAPIConfig(title=title, version=__version__),
+        openapi_config=openapi_config(title),  # its reading page served from the image
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,
         debug=False,

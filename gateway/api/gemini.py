@@ -165,19 +165,30 @@ class GeminiController(Controller):
     async def list_models(self) -> GeminiModelListOut:
         return GeminiModelListOut(models=[_model_out(m) for m in catalogue.load().models])
 
-    # The google-genai SDK says v1 when given a base URL of its own, v1beta otherwise.
     @post(
-        ["/v1beta/models/{model_action:str}", "/v1/models/{model_action:str}"], operation_id="geminiGenerateContent",
-        status_code=200,
+        "/v1beta/models/{model_action:str}", operation_id="geminiGenerateContent", status_code=200,
         summary="models/{model}:generateContent (Gemini)",
     )
-    async def generate_content(self, request: Request[Any, Any, Any], model_action: FromPath[str], data: JSONBody[GenerateContentIn]) -> GenerateContentOut:
-        model, action = _split(model_action)
-        if action != ACTION:
-            raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
-        generation = gemini_request(request, model, data)
-        (result,) = await run_all(request, [generation])
-        return gemini_answer(result, generation.model, request_language(request))
+    async def generate_content(
+        self, request: Request[Any, Any, Any], model_action: FromPath[str], data: JSONBody[GenerateContentIn]
+    ) -> GenerateContentOut:
+        return await _generate_content(request, model_action, data)
+
+    # The google-genai SDK says v1 when given a base URL of its own, v1beta otherwise.
+    @post("/v1/models/{model_action:str}", status_code=200, include_in_schema=False)
+    async def generate_content_v1(
+        self, request: Request[Any, Any, Any], model_action: FromPath[str], data: JSONBody[GenerateContentIn]
+    ) -> GenerateContentOut:
+        return await _generate_content(request, model_action, data)
+
+
+async def _generate_content(request: Request[Any, Any, Any], model_action: str, data: GenerateContentIn) -> GenerateContentOut:
+    model, action = _split(model_action)
+    if action != ACTION:
+        raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
+    generation = gemini_request(request, model, data)
+    (result,) = await run_all(request, [generation])
+    return gemini_answer(result, generation.model, request_language(request))
 
 
 def gemini_router(settings: Settings) -> Router:

@@ -16,6 +16,15 @@ from litestar.enums import RequestEncodingType
 from litestar.params import FromPath
 
 from gateway.api.errors import request_language
+from gateway.api.generation_schemas import (
+    GenerateFormIn,
+    GenerateIn,
+    TaskAcceptedOut,
+    TaskOut,
+    documented_body,
+    form_schema,
+    json_schema,
+)
 from gateway.api.keys import require_api_key
 from gateway.dispatcher import Dispatcher, InputLimits, TaskResult, form_request, parse_json_request
 from gateway.errors import BadRequest, Invalid
@@ -28,8 +37,11 @@ FILE_FIELD = "reference_images"
 class GenerationController(Controller):
     tags = ["generation"]
 
-    @post("/generate", operation_id="generate", status_code=200, summary="Generate, waiting for the result (old API)")
-    async def generate(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    @post(
+        "/generate", operation_id="generate", status_code=200, summary="Generate, waiting for the result (old API)",
+        operation_class=documented_body(json_schema(GenerateIn)),
+    )
+    async def generate(self, request: Request[Any, Any, Any]) -> Response[TaskOut]:
         generation = parse_json_request(await request.body(), _limits(request))
         result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
         return Response(task_body(result, request_language(request)))
@@ -39,8 +51,11 @@ class GenerationController(Controller):
         operation_id="generateWithFile",
         status_code=200,
         summary="Generate from a multipart form with reference image files (old API)",
+        operation_class=documented_body(
+            form_schema(GenerateFormIn, {FILE_FIELD: "Reference images (PNG, JPEG, GIF or WebP)"}), "multipart/form-data"
+        ),
     )
-    async def generate_with_file(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    async def generate_with_file(self, request: Request[Any, Any, Any]) -> Response[TaskOut]:
         generation = await _form_generation(request)
         result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
         return Response(task_body(result, request_language(request)))
@@ -50,23 +65,26 @@ class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]
 
-    @post("/", operation_id="submitTask", status_code=202, summary="Queue a generation; answers at once with its id")
-    async def submit(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    @post(
+        "/", operation_id="submitTask", status_code=202, summary="Queue a generation; answers at once with its id",
+        operation_class=documented_body(json_schema(GenerateIn)),
+    )
+    async def submit(self, request: Request[Any, Any, Any]) -> Response[TaskAcceptedOut]:
         generation = parse_json_request(await request.body(), _limits(request))
         result = await _dispatcher(request).submit(generation)
         language = request_language(request)
         location = f"/tasks/{result.task_id}"
-        body = {
-            "success": True,
-            "task_id": str(result.task_id),
-            "status": result.status,
-            "message": translate("task_accepted", language, task_id=result.task_id),
-            "status_url": location,
-        }
+        body = TaskAcceptedOut(
+            success=True,
+            task_id=str(result.task_id),
+            status=result.status,
+            message=translate("task_accepted", language, task_id=result.task_id),
+            status_url=location,
+        )
         return Response(body, status_code=202, headers={"Location": location})
 
     @get("/{task_id:str}", operation_id="getTask", summary="A task's status, and its images once it succeeded")
-    async def get_task(self, request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[dict[str, Any]]:
+    async def get_task(self, request: Request[Any, Any, Any], task_id: FromPath[str]) -> Response[TaskOut]:
         result = await _dispatcher(request).task(task_id)
         return Response(task_body(result, request_language(request)))
 
@@ -81,28 +99,28 @@ def generation_router(settings: Settings) -> Router:
     )
 
 
-def task_body(result: TaskResult, language: str) -> dict[str, Any]:
+def task_body(result: TaskResult, language: str) -> TaskOut:
     """The old answer (`success`, `task_id`, `message`, `generated_images`, `ai_text_response`) plus what helps."""
-    return {
-        "success": result.status != "failed",
-        "task_id": str(result.task_id),
-        "message": task_message(result, language),
-        "generated_images": result.images_b64,
-        "ai_text_response": result.text,
-        "status": result.status,
-        "done": result.status in ("succeeded", "failed"),
-        "error_code": result.error_code,
-        "error_message": result.error_message,
-        "instance": result.instance_name,
-        "instance_id": str(result.instance_id) if result.instance_id else None,
-        "attempts": result.attempts,
-        "model": result.model,
-        "image_size": result.image_size,
-        "timings": result.timings,
-        "mode": result.mode,
-        "created_at": result.created_at.isoformat() if result.created_at else None,
-        "finished_at": result.finished_at.isoformat() if result.finished_at else None,
-    }
+    return TaskOut(
+        success=result.status != "failed",
+        task_id=str(result.task_id),
+        message=task_message(result, language),
+        generated_images=result.images_b64,
+        ai_text_response=result.text,
+        status=result.status,
+        done=result.status in ("succeeded", "failed"),
+        error_code=result.error_code,
+        error_message=result.error_message,
+        instance=result.instance_name,
+        instance_id=str(result.instance_id) if result.instance_id else None,
+        attempts=result.attempts,
+        model=result.model,
+        image_size=result.image_size,
+        timings=result.timings,
+        mode=result.mode,
+        created_at=result.created_at.isoformat() if result.created_at else None,
+        finished_at=result.finished_at.isoformat() if result.finished_at else None,
+    )
 
 
 def task_message(result: TaskResult, language: str) -> str:

@@ -22,6 +22,7 @@ from litestar.params import FromPath, JSONBody
 from gateway import catalogue
 from gateway.api.errors import request_language
 from gateway.api.faces import exception_handlers, limits_of, openai_error, run_all, succeeded_or_raise
+from gateway.api.generation_schemas import ImageEditFormIn, documented_body, form_schema
 from gateway.api.image_urls import ImageFilesController, image_url
 from gateway.api.keys import require_api_key
 from gateway.catalogue import ModelSpec
@@ -190,7 +191,13 @@ class OpenAIImagesController(Controller):
         generation = openai_request(request, prompt=data.prompt, model=data.model, size=data.size, images=[])
         return await images_answer(request, generation, n, fmt)
 
-    @post("/images/edits", operation_id="openaiEditImage", status_code=200, summary="Generate from reference images (OpenAI)")
+    @post(
+        "/images/edits", operation_id="openaiEditImage", status_code=200, summary="Generate from reference images (OpenAI)",
+        operation_class=documented_body(
+            form_schema(ImageEditFormIn, {"image": "Reference image(s)", "image[]": "Reference images (OpenAI's list form)"}),
+            "multipart/form-data",
+        ),
+    )
     async def edits(self, request: Request[Any, Any, Any]) -> ImagesOut:
         settings: Settings = request.app.state.settings
         content_type, _ = request.content_type
