@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -66,7 +67,8 @@ class InstanceController(Controller):
 
     @post("/", operation_id="createInstance", status_code=200, summary="Create a stopped instance")
     async def create_instance(self, data: JSONBody[CreateInstanceIn], instances: Instances, language: Language) -> CreateInstanceOut:
-        view = await instances.create(data.name, data.proxy)
+        session = msgspec.json.encode(data.session) if data.session is not None else None
+        view = await instances.create(data.name, data.proxy, legacy_id=data.legacy_id, session=session)
         message = translate("instance_created", language, name=view.name)
         return CreateInstanceOut(instance_id=view.instance_id, message=message, instance=view)
 
@@ -139,8 +141,10 @@ class InstanceController(Controller):
         view = await instances.get(instance_id)
         cookies = result.get("cookies") if isinstance(result.get("cookies"), int) else None
         login_state = str(result.get("login_state", "unknown"))
-        message = translate("session_imported", language, name=view.name, cookies=cookies, login_state=login_state)
-        return SessionImportOut(message=message, cookies=cookies, login_state=login_state)
+        pending = result.get("pending") is True
+        key = "session_stored" if pending else "session_imported"
+        message = translate(key, language, name=view.name, cookies=cookies, login_state=login_state)
+        return SessionImportOut(message=message, cookies=cookies, login_state=login_state, pending=pending)
 
 
 class StatsController(Controller):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from gateway.services.views import EventView, InstanceView, StatsView
@@ -10,6 +12,10 @@ from gateway.services.views import EventView, InstanceView, StatsView
 class CreateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
     name: str
     proxy: str | None = None  # the browser's own egress proxy; none: the fleet default
+    # The old system's id of the instance this one replaces (`aistudio-fleet migrate`): 409 when already migrated.
+    legacy_id: str | None = None
+    # A storage state or cookie list, kept with the row and imported once the instance is first ready.
+    session: list[Any] | dict[str, Any] | None = None
 
 
 class UpdateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
@@ -70,3 +76,4 @@ class SessionImportOut(msgspec.Struct, kw_only=True):
     message: str
     cookies: int | None
     login_state: str | None
+    pending: bool = False  # the instance is stopped: it gets the session when it is next ready

@@ -208,7 +208,8 @@ class ActionsController(Controller):
         result = await instances.import_session(instance_id, body, origin="through the panel")
         view = await instances.get(instance_id)
         watcher.poke()
-        message = said(request, "session_imported", name=view.name, cookies=result.get("cookies", "?"), login_state=result.get("login_state", "unknown"))
+        key = "session_stored" if result.get("pending") else "session_imported"  # a stopped instance gets it at its start
+        message = said(request, key, name=view.name, cookies=result.get("cookies", "?"), login_state=result.get("login_state", "unknown"))
         return flash(request, message)
 
     @post("/instances/{instance_id:str}/session/copy", name="panel:session-copy")

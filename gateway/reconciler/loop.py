@@ -418,7 +418,8 @@ class Reconciler:
                 await self._on_ready(row.id)
 
     async def _deliver_pending_session(self, row: InstanceRow) -> None:
-        """The legacy session waits in the row until the instance can take it."""
+        """A stored session (legacy file, migration, import into a stopped instance) waits in the row until the
+        instance can take it."""
         async with self._sessions() as session:
             pending = await session.scalar(select(Instance.pending_session).where(Instance.id == row.id))
             address = (await session.execute(select(Instance.endpoint, Instance.token).where(Instance.id == row.id))).first()
@@ -431,10 +432,10 @@ class Reconciler:
             return
         except InstanceRejected as exc:
             # The instance cannot read it: it never will, so it is dropped with the reason.
-            await self._write(row.id, row.name, {"pending_session": None}, (EventKind.SESSION_IMPORTED, f"legacy session rejected: {exc}"))
+            await self._write(row.id, row.name, {"pending_session": None}, (EventKind.SESSION_IMPORTED, f"stored session rejected: {exc}"))
             return
         values = {"pending_session": None, "login_state": _login_state(str(result.get("login_state", "unknown")))}
-        message = f"legacy session imported: {result.get('cookies', '?')} cookies"
+        message = f"stored session imported: {result.get('cookies', '?')} cookies"
         await self._write(row.id, row.name, values, (EventKind.SESSION_IMPORTED, message))
 
     # Failure and restart -------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from gateway.services.instance_client import (
     InstanceUnreachable,
 )
 from gateway.dispatcher.statements import block_in_force
+from gateway.services.session_shape import SessionShapeError, check_session
 from gateway.services.views import EngineView, EventView, InstanceView, ModelBlockView, StatsView
 from gateway.settings import Settings
 
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # Letters and digits of any script (CJK included), "-" and "_"; the container name derives from the id.
 NAME_PATTERN = re.compile(rf"^[\w-]{{1,{NAME_MAX_LENGTH}}}$")
+# The old system's instance ids (`aistudio-fleet migrate`): ASCII letters, digits and a few separators.
+LEGACY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 LEGACY_MARKER_PREFIX = "legacy_session:"
 
 _VIEW_COLUMNS = (
@@ -77,6 +80,7 @@ _VIEW_COLUMNS = (
     Instance.handle,
     Instance.proxy_url,
     Instance.page_error,
+    Instance.legacy_id,
 )
 
 
@@ -204,17 +208,28 @@ class InstanceService:
 
     # Targets -------------------------------------------------------------------------------------
 
-    async def create(self, name: str, proxy: str | None = None) -> InstanceView:
+    async def create(
+        self, name: str, proxy: str | None = None, *, legacy_id: str | None = None, session: bytes | None = None
+    ) -> InstanceView:
+        """A stopped instance. `legacy_id`: the old system's id of the instance it replaces (once only);
+        `session`: a session it gets once it is ready, stored with the row in one transaction."""
         name = _valid_name(name)
         proxy_url = _valid_proxy(proxy)
-        legacy = await self._read_legacy_session()
+        legacy_id = _valid_legacy_id(legacy_id)
+        pending = self._valid_pending(session) if session is not None else None
+        # A migrated instance brings its own login; the single-instance file stays for the next plain create.
+        legacy = await self._read_legacy_session() if legacy_id is None and pending is None else None
         for with_legacy in (True, False):
             try:
-                instance_id = await self._insert(name, legacy if with_legacy else None, proxy_url)
+                instance_id = await self._insert(
+                    name, legacy if with_legacy else None, proxy_url, legacy_id=legacy_id, pending=pending
+                )
                 break
             except IntegrityError:
                 if await self._name_taken(name):
                     raise Conflict("instance_name_taken", name=name) from None
+                if legacy_id is not None and (owner := await self._legacy_owner(legacy_id)) is not None:
+                    raise Conflict("instance_legacy_taken", legacy_id=legacy_id, name=owner) from None
                 if not (with_legacy and legacy):
                     raise
                 # Another create consumed the same legacy file in between: create without it.
@@ -287,8 +302,13 @@ class InstanceService:
         return await self._instance_call(view, self._client.get_session(address))
 
     async def import_session(self, instance_id: str, body: bytes, *, origin: str = "through the API") -> dict[str, Any]:
+        """Into the running instance now; a stopped one keeps it in its row and gets it when next ready
+        (the answer then says `pending`)."""
         if len(body) > self._settings.max_session_bytes:
             raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
+        view = await self.get(instance_id)
+        if view.status in (Status.STOPPED, Status.ERROR):
+            return await self._store_pending(view, body, origin)
         view, address = await self._running_address(instance_id)
         result = await self._instance_call(view, self._client.put_session(address, body))
         message = f"session imported {origin}: {result.get('cookies', '?')} cookies"
@@ -340,13 +360,23 @@ class InstanceService:
 
     # Internals -----------------------------------------------------------------------------------
 
-    async def _insert(self, name: str, legacy: tuple[str, str, bytes] | None, proxy_url: str | None = None) -> uuid.UUID:
+    async def _insert(
+        self, name: str, legacy: tuple[str, str, bytes] | None, proxy_url: str | None = None, *,
+        legacy_id: str | None = None, pending: tuple[str, int] | None = None,
+    ) -> uuid.UUID:
         instance_id = uuid.uuid4()
         async with self._sessions.begin() as session:
-            session.add(Instance(id=instance_id, name=name, proxy_url=proxy_url))
+            session.add(Instance(
+                id=instance_id, name=name, proxy_url=proxy_url, legacy_id=legacy_id,
+                pending_session=pending[0] if pending else None,
+            ))
             # Flush first, so a taken name fails before the legacy marker is written.
             await session.flush()
-            session.add(new_event(instance_id, name, EventKind.CREATED, "created through the API"))
+            created = "created through the API" + (f" for old instance {legacy_id}" if legacy_id else "")
+            session.add(new_event(instance_id, name, EventKind.CREATED, created))
+            if pending is not None:
+                message = f"session with {pending[1]} cookies stored; imported once the instance is ready"
+                session.add(new_event(instance_id, name, EventKind.SESSION_IMPORTED, message))
             if proxy_url is not None:
                 session.add(new_event(instance_id, name, EventKind.PROXY_CHANGED, _proxy_event(proxy_url)))
             if legacy is not None:
@@ -358,6 +388,37 @@ class InstanceService:
                 message = f"legacy session {path} will be imported once the instance is ready"
                 session.add(new_event(instance_id, name, EventKind.SESSION_IMPORTED, message))
         return instance_id
+
+    def _valid_pending(self, body: bytes) -> tuple[str, int]:
+        """A session to keep until the instance is ready: checked now, as the instance would, and its cookie count."""
+        if len(body) > self._settings.max_session_bytes:
+            raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
+        try:
+            summary = check_session(body)
+        except SessionShapeError as exc:
+            raise Invalid("session_invalid", reason=str(exc)) from None
+        return body.decode("utf-8-sig"), summary.cookies
+
+    async def _store_pending(self, view: InstanceView, body: bytes, origin: str) -> dict[str, Any]:
+        text, cookies = self._valid_pending(body)
+        uid = uuid.UUID(view.instance_id)
+        async with self._sessions.begin() as session:
+            # Only while it is still stopped: a start that slipped in gets a 409 rather than a lost session.
+            stored = await session.execute(
+                update(Instance)
+                .where(Instance.id == uid, Instance.status.in_((Status.STOPPED, Status.ERROR)))
+                .values(pending_session=text)
+            )
+            if stored.rowcount != 1:
+                raise Conflict("instance_not_running", name=view.name, status=Status.STARTING)
+            message = f"session stored {origin}: {cookies} cookies; imported once the instance is ready"
+            session.add(new_event(uid, view.name, EventKind.SESSION_IMPORTED, message))
+            await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uid))
+        return {"cookies": cookies, "login_state": view.login_state, "pending": True}
+
+    async def _legacy_owner(self, legacy_id: str) -> str | None:
+        async with self._sessions() as session:
+            return await session.scalar(select(Instance.name).where(Instance.legacy_id == legacy_id))
 
     async def _name_taken(self, name: str) -> bool:
         async with self._sessions() as session:
@@ -477,6 +538,7 @@ def _to_view(row: Any, default_proxy: str | None) -> InstanceView:
         proxy=mask_proxy(row.proxy_url),
         effective_proxy=mask_proxy(row.proxy_url or default_proxy),
         page_error=row.page_error,
+        legacy_id=row.legacy_id,
     )
 
 
@@ -492,6 +554,14 @@ def _valid_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise Invalid("instance_name_invalid", name=name[:80])
     return name
+
+
+def _valid_legacy_id(legacy_id: str | None) -> str | None:
+    if legacy_id is None:
+        return None
+    if not isinstance(legacy_id, str) or not LEGACY_ID_PATTERN.fullmatch(legacy_id):
+        raise Invalid("instance_legacy_id_invalid", legacy_id=str(legacy_id)[:80])
+    return legacy_id
 
 
 def _valid_proxy(proxy: str | None) -> str | None:

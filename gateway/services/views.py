@@ -34,6 +34,8 @@ class InstanceView(msgspec.Struct, kw_only=True):
     page_error: str | None = None
     # Models its account said it cannot use: no task for them goes here until a restart or a new session.
     unavailable_models: list[ModelBlockView] = msgspec.field(default_factory=list)
+    # The id it had in the old multi-instance system, when `aistudio-fleet migrate` created it.
+    legacy_id: str | None = None
 
 
 class ModelBlockView(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ default `aistudio-fleet` project) is never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from tests.e2e.harness import (
     wait_for,
 )
 from tests.instance.harness import require_chromium
+from tests.legacy.old_system import EXPIRED, NO_COOKIES, SIGNED_IN, write_old_data
 from tests.panel.harness import launch_browser, login, sign_in_through_the_live_view
 from tests.simulator.fixtures import control, free_port, signin_field_centres
 
@@ -240,6 +242,58 @@ def test_sign_in_through_the_panels_live_view(fleet: ComposeFleet, tmp_path: Pat
             state = admin.get(f"/api/instances/{instance_id}/session").json()
             assert {c["name"]: c["value"] for c in state["cookies"]}["SID"] == "acct-live"
             assert admin.post(f"/api/instances/{instance_id}/stop").status_code == 200
+    finally:
+        control(simulator, "/_sim/config", {"signin_required": False})
+
+
+def test_an_old_deployment_moves_in_with_one_command(fleet: ComposeFleet, tmp_path: Path) -> None:
+    """deploy/migrate.sh: `aistudio-fleet migrate` in a one-off container of the gateway image (its entrypoint and
+    user), the old data/ directory mounted read-only; the instance containers come up signed in as before."""
+    simulator = f"http://127.0.0.1:{fleet.env['FLEET_SIMULATOR_PORT']}"
+    wait_for(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=f"the gateway\n{fleet.logs()}")
+    control(simulator, "/_sim/config", {"signin_required": True})
+    try:
+        old = write_old_data(tmp_path / "data", "http://simulator:9000")  # the instances' name for the simulator
+
+        def migrate(*args: str) -> dict:
+            run = subprocess.run(["bash", str(DEPLOY / "migrate.sh"), str(old), *args, "--json"], env=fleet.env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stdout + run.stderr
+            return json.loads(run.stdout)
+
+        report = migrate("--start")
+        assert [i["result"] for i in report["instances"]] == ["created"] * 3 and report["summary"]["started_total"] == 3
+        assert len(report["stray_cookie_files"]) == 1
+        ids = {i["name"]: i["instance_id"] for i in report["instances"]}
+        with _admin(fleet) as admin:
+            def state(name: str) -> tuple[str, str]:
+                view = admin.get(f"/api/instances/{ids[name]}").json()["instance"]
+                assert view["status"] != "error", f"{view['error_message']}\n{fleet.logs()}"
+                return view["status"], view["login_state"]
+
+            wait_for(lambda: state(SIGNED_IN.name) == ("running", "logged_in"), timeout=180, what="the migrated account signed in")
+            wait_for(lambda: state(EXPIRED.name) == ("running", "needs_login"), timeout=180, what="the expired account running")
+            session = admin.get(f"/api/instances/{ids[SIGNED_IN.name]}/session").json()
+            assert {c["name"]: c["value"] for c in session["cookies"]}["SID"] == SIGNED_IN.account
+
+        again = migrate("--start")
+        assert [i["result"] for i in again["instances"]] == ["skipped"] * 3 and again["summary"]["created"] == 0
+
+        # The CLI inside the running gateway container, as its user, with the token its environment holds.
+        engine = docker.from_env(timeout=60)
+        try:
+            gateway = engine.containers.list(filters={"label": [f"{PROJECT_LABEL}={fleet.project}",
+                                                                "com.docker.compose.service=gateway"]})[0]
+            listed = gateway.exec_run(["aistudio-fleet", "instances", "ls", "--json"], user="gateway")
+            assert listed.exit_code == 0, listed.output
+            legacy = {v["name"]: v["legacy_id"] for v in json.loads(listed.output)["instances"] if v["legacy_id"]}
+            assert legacy == {SIGNED_IN.name: SIGNED_IN.instance_id, EXPIRED.name: EXPIRED.instance_id,
+                              "gamma-one": NO_COOKIES.instance_id}
+            for name in ids:
+                stopped = gateway.exec_run(["aistudio-fleet", "instances", "stop", name], user="gateway")
+                assert stopped.exit_code == 0, stopped.output
+        finally:
+            engine.close()
     finally:
         control(simulator, "/_sim/config", {"signin_required": False})
 

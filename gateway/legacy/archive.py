@@ -1,0 +1,117 @@
+"""A zip of the old `data/` directory (the panel's upload), read in memory: nothing is extracted to disk.
+
+The archive is refused whole, with a message that names the entry, when any entry escapes its root (`../`,
+an absolute path, a drive letter), is a symlink or encrypted, when it has too many entries, or when a file the
+migration reads is larger than its limit. Only `browser_instances.json`, `cookies/*.json` and
+`ai_studio_session.json` are decompressed, each at most up to its limit (a zip bomb's header lies about sizes).
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+import zlib
+from pathlib import PurePosixPath
+
+from gateway.legacy.olddata import (
+    COOKIES_DIR,
+    INDEX_FILE,
+    MAX_COOKIE_FILES,
+    MAX_INDEX_BYTES,
+    SINGLE_FILE,
+    Note,
+    OldFiles,
+)
+
+MAX_ARCHIVE_BYTES = 8 * 1024 * 1024
+MAX_ENTRIES = 2000
+CHUNK = 64 * 1024
+
+
+class ArchiveRejected(Exception):
+    """The archive is unsafe or not an old data directory; `note` says why, nothing was read from it."""
+
+    def __init__(self, key: str, **params: object) -> None:
+        self.note = Note(key, dict(params))
+        super().__init__(key)
+
+
+def read_zip(data: bytes, *, source: str, max_session_bytes: int) -> OldFiles:
+    if len(data) > MAX_ARCHIVE_BYTES:
+        raise ArchiveRejected("migrate_zip_too_large", size=len(data), limit=MAX_ARCHIVE_BYTES)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise ArchiveRejected("migrate_zip_invalid") from None
+    with archive:
+        entries = archive.infolist()
+        if len(entries) > MAX_ENTRIES:
+            raise ArchiveRejected("migrate_zip_too_many", count=len(entries), limit=MAX_ENTRIES)
+        paths = {entry.filename: _checked_path(entry) for entry in entries}
+        root = _root(paths.values())
+        if root is None:
+            raise ArchiveRejected("migrate_zip_not_old_data")
+        files = OldFiles(source=source)
+        for entry in entries:
+            relative = _relative(paths[entry.filename], root)
+            if relative is None or entry.is_dir():
+                continue
+            if relative == (INDEX_FILE,):
+                files.index = _read(archive, entry, INDEX_FILE, MAX_INDEX_BYTES)
+            elif relative == (SINGLE_FILE,):
+                files.single = _read(archive, entry, SINGLE_FILE, max_session_bytes)
+            elif len(relative) == 2 and relative[0] == COOKIES_DIR and relative[1].endswith(".json"):
+                if len(files.cookie_files) >= MAX_COOKIE_FILES:
+                    raise ArchiveRejected("migrate_zip_too_many", count=len(entries), limit=MAX_COOKIE_FILES)
+                files.cookie_files[relative[1]] = _read(archive, entry, "/".join(relative), max_session_bytes)
+    return files
+
+
+def _checked_path(entry: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The entry's path parts, or a refusal when it is unsafe to have in a directory at all."""
+    name = entry.filename
+    unix_mode = entry.external_attr >> 16
+    if stat.S_ISLNK(unix_mode):
+        raise ArchiveRejected("migrate_zip_symlink", entry=name[:200])
+    if entry.flag_bits & 0x1:
+        raise ArchiveRejected("migrate_zip_encrypted", entry=name[:200])
+    normalized = name.replace("\\", "/")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or "\x00" in normalized:
+        raise ArchiveRejected("migrate_zip_unsafe_path", entry=name[:200])
+    parts = tuple(p for p in PurePosixPath(normalized).parts if p not in ("", "."))
+    if ".." in parts:
+        raise ArchiveRejected("migrate_zip_unsafe_path", entry=name[:200])
+    return parts
+
+
+def _root(paths: object) -> tuple[str, ...] | None:
+    """The folder that holds the old files: the zip of `data/` itself, or of its contents (shallowest wins)."""
+    candidates: list[tuple[str, ...]] = []
+    for parts in paths:  # type: ignore[attr-defined]
+        if parts and parts[-1] in (INDEX_FILE, SINGLE_FILE):
+            candidates.append(parts[:-1])
+        elif len(parts) >= 2 and parts[-2] == COOKIES_DIR:
+            candidates.append(parts[:-2])
+    return min(candidates, key=len) if candidates else None
+
+
+def _relative(parts: tuple[str, ...], root: tuple[str, ...]) -> tuple[str, ...] | None:
+    return parts[len(root):] if parts[: len(root)] == root and len(parts) > len(root) else None
+
+
+def _read(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, label: str, limit: int) -> bytes:
+    if entry.file_size > limit:
+        raise ArchiveRejected("migrate_zip_file_too_large", entry=label, limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with archive.open(entry) as handle:
+            while chunk := handle.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ArchiveRejected("migrate_zip_file_too_large", entry=label, limit=limit)
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError, RuntimeError) as exc:
+        raise ArchiveRejected("migrate_zip_entry_unreadable", entry=label, reason=str(exc)[:200]) from None
+    return b"".join(chunks)

@@ -1,0 +1,92 @@
+"""The panel's "Move in" page in process (fake runtime): a zip's preview changes nothing, the confirm carries the
+previewed file's digest, and a bad zip gets its message (422) with nothing created. The same page in a real
+browser against real instances: tests/panel/test_migration_panel.py."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from tests.legacy.old_system import write_old_data, zip_directory
+from tests.panel.conftest import csrf_token
+
+Client = AsyncTestClient[Any]
+
+
+async def post_zip(panel: Client, path: str, archive: bytes, **fields: str) -> Any:
+    token = csrf_token((await panel.get("/migrate")).text)
+    headers = {"X-CSRFToken": token, "HX-Request": "true", "Accept-Language": "en"}
+    files = {"file": ("data.zip", archive, "application/zip")}
+    return await panel.post(path, files=files, data=fields, headers=headers)
+
+
+async def names(panel: Client) -> list[str]:
+    return [v["name"] for v in (await panel.get("/api/instances")).json()["instances"]]
+
+
+async def test_preview_then_confirm(panel: Client, tmp_path: Path) -> None:
+    archive = zip_directory(write_old_data(tmp_path / "data", "http://127.0.0.1:9000"))
+    page = await panel.get("/migrate")
+    assert page.status_code == 200 and 'data-nav="migrate"' in page.text
+
+    preview = await post_zip(panel, "/migrate/preview", archive)
+    assert preview.status_code == 200, preview.text
+    assert preview.text.count('data-result="would_create"') == 3 and "deadbeef" in preview.text
+    assert 'data-action="migrate-confirm"' in preview.text
+    assert await names(panel) == []  # a preview changes nothing
+
+    stale = await post_zip(panel, "/migrate/apply", archive, digest="0" * 64)
+    assert 'data-migrate-notice' in stale.text and 'data-migrate-phase="preview"' in stale.text
+    assert await names(panel) == []  # not the previewed file: previewed again, nothing migrated
+
+    digest = preview.text.split('name="digest" value="', 1)[1].split('"', 1)[0]
+    done = await post_zip(panel, "/migrate/apply", archive, digest=digest)
+    assert done.status_code == 200 and done.text.count('data-result="created"') == 3
+    assert sorted(await names(panel)) == sorted(["账号-alpha", "beta", "gamma-one"])
+
+    again = await post_zip(panel, "/migrate/preview", archive)
+    assert again.text.count('data-result="skipped"') == 3 and 'data-action="migrate-confirm"' not in again.text
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+INDEX = json.dumps({"instances": [{"instance_id": "a1", "name": "a"}], "updated_at": None}).encode()
+
+
+async def test_bad_zips_get_a_message_and_change_nothing(panel: Client) -> None:
+    cases = {
+        "points outside the archive": _zip({"data/browser_instances.json": INDEX, "data/../evil.json": b"[]"}),
+        "not a zip archive": b"plain text",
+        "is not a session an instance can read": _zip({"data/browser_instances.json": INDEX,
+                                                       "data/cookies/browser_a1_session.json": b'{"cookies": []}'}),
+        "is not in the old system's shape": _zip({"data/browser_instances.json": b'["a1"]'}),
+        "cannot be read": _zip({"data/browser_instances.json": b"{not json"}),
+    }
+    for expected, archive in cases.items():
+        for path in ("/migrate/preview", "/migrate/apply"):
+            answer = await post_zip(panel, path, archive, digest="x")
+            assert answer.status_code == 422, (expected, answer.status_code, answer.text[:300])
+            assert expected in html.unescape(answer.text) and "data-migrate-error" in answer.text, (expected, answer.text[:500])
+    missing = await post_zip(panel, "/migrate/preview", b"")
+    assert missing.status_code in (400, 422)
+    assert await names(panel) == []
+
+
+async def test_the_page_needs_its_csrf_token(panel: Client, tmp_path: Path) -> None:
+    archive = zip_directory(write_old_data(tmp_path / "data", "http://127.0.0.1:9000"))
+    await panel.get("/migrate")
+    answer = await panel.post("/migrate/apply", files={"file": ("data.zip", archive, "application/zip")})
+    assert answer.status_code == 403
+    assert await names(panel) == []
