@@ -23,6 +23,7 @@ from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.gemini import gemini_router
 from gateway.api.generation import generation_router
 from gateway.api.health import HealthController
+from gateway.api.probes import ProbesController
 from gateway.api.hosts import AllowedHostsPlugin
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
@@ -138,7 +139,7 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health,
     OpenAI's /v1/... and Gemini's /v1beta/..., and /metrics."""
-    handlers = [HealthController, generation_router(settings), openai_router(settings), gemini_router(settings), MetricsController]
+    handlers = [HealthController, ProbesController, generation_router(settings), openai_router(settings), gemini_router(settings), MetricsController]
     return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet generation API")
 
 

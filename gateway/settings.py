@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.proxy_url import ProxyURLError, normalize_proxy
 
-RuntimeName = Literal["docker", "local", "fake"]
+RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
 ADMIN_TOKEN_MIN_LENGTH = 16
 Language = Literal["zh", "en"]
 
@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     local_base_dir: Path | None = None  # default: data_dir / "local"
     local_python: str = sys.executable
     local_port_range_start: int = Field(18000, gt=0, le=65535)
+
+    # Kubernetes engine (a pod, a claim and a token Secret per instance; gateway/runtime/kubernetes.py).
+    kubernetes_namespace: str | None = None  # default: the ServiceAccount's, or the kubeconfig context's
+    kubernetes_kubeconfig: Path | None = None  # default: in-cluster, then $KUBECONFIG or ~/.kube/config
+    kubernetes_context: str | None = None
+    # Names are <prefix><id>, <prefix>data-<id>, <prefix>token-<id>: with a 36-character id each fits a DNS label.
+    kubernetes_name_prefix: str = Field("aistudio-fleet-", min_length=1, max_length=21, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    kubernetes_storage_size: str = "1Gi"
+    kubernetes_storage_class: str | None = None
+    kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # RuntimeDefault (Chromium then runs --no-sandbox), or Localhost:<path> of instance-seccomp.json on every node.
+    kubernetes_seccomp: str = "RuntimeDefault"
+    kubernetes_read_only_root: bool = True
+    kubernetes_api_qps: float = Field(20.0, gt=0)  # client-side pacing of API calls
+    kubernetes_api_burst: int = Field(40, ge=1)
 
     # Reconciler.
     reconcile_interval: float = Field(5.0, gt=0)

@@ -60,6 +60,30 @@ def build_runtime(settings: Settings) -> Runtime:
             python=settings.local_python,
             port_range_start=settings.local_port_range_start,
         )
+    if settings.runtime == "kubernetes":
+        from gateway.runtime.kube_objects import PodTemplate
+        from gateway.runtime.kubernetes import KubernetesRuntime
+
+        template = PodTemplate(
+            image=settings.instance_image,
+            memory=settings.instance_memory,
+            cpus=settings.instance_cpus,
+            shm_size=settings.instance_shm_size,
+            image_pull_policy=settings.kubernetes_image_pull_policy,
+            seccomp=settings.kubernetes_seccomp,
+            read_only_root=settings.kubernetes_read_only_root,
+            storage_size=settings.kubernetes_storage_size,
+            storage_class=settings.kubernetes_storage_class,
+        )
+        return KubernetesRuntime(
+            template,
+            namespace=settings.kubernetes_namespace,
+            name_prefix=settings.kubernetes_name_prefix,
+            kubeconfig=settings.kubernetes_kubeconfig,
+            context=settings.kubernetes_context,
+            api_rate=settings.kubernetes_api_qps,
+            api_burst=settings.kubernetes_api_burst,
+        )
     if settings.runtime == "fake":
         from gateway.runtime.fake import FakeRuntime
 

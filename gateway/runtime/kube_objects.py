@@ -1,0 +1,326 @@
+"""What the `kubernetes` engine sends and how it reads what comes back: pure functions over plain dicts.
+
+Kept apart from the client calls so that the pod spec, the names and the state mapping are tested without an
+API server, and so that the runtime module holds only the flow (create, delete, wait, list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.runtime.base import (
+    LABEL_INSTANCE_ID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+    InstanceSpec,
+    RuntimePhase,
+    RuntimeState,
+)
+
+# The same label keys as the docker engine; a label value cannot end in `-`, so the namespace value is trimmed.
+LABEL_NAMESPACE = "io.aistudio-fleet.namespace"
+# Label values are limited to 63 safe characters: the display name and the exact id live in annotations.
+ANNOTATION_INSTANCE_ID = "aistudio-fleet.io/instance-id"
+ANNOTATION_INSTANCE_NAME = "aistudio-fleet.io/instance-name"
+ANNOTATION_SPEC_HASH = "aistudio-fleet.io/spec-hash"
+APP_LABELS = {"app.kubernetes.io/name": "aistudio-fleet-instance", "app.kubernetes.io/part-of": "aistudio-fleet"}
+
+CONTAINER = "instance"
+INSTANCE_PORT = 8000
+DATA_PATH = "/data"
+TOKEN_KEY = "token"
+# Variables whose values stay out of the pod spec (readable to whoever may list pods): the token, and the proxy URL
+# with its password. They live in the instance's Secret, under these keys.
+SECRET_ENV = {"INSTANCE_API_TOKEN": TOKEN_KEY, "INSTANCE_PROXY": "proxy"}
+RUN_AS = 10001  # the image's `app` user
+HOME = "/home/app"  # Chromium's profile, caches and fontconfig: writable while the root filesystem is not
+
+# Waiting reasons that do not mend by waiting longer: the instance is in error, with the reason.
+FATAL_WAITING = {
+    "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CrashLoopBackOff",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "PreCreateHookError",
+}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+# ---- names -------------------------------------------------------------------------------------------
+
+
+def dns_label(text: str, max_length: int = 63) -> str:
+    """`text` as a DNS label (pod, claim and secret names): itself when it is one, else a lower-cased, cleaned
+    form with a short hash of the original, so two different names never meet in one cleaned form."""
+    if len(text) <= max_length and _DNS_LABEL.match(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    cleaned = cleaned[: max_length - len(digest) - 1].strip("-")
+    return f"{cleaned}-{digest}" if cleaned else f"x{digest}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value (63 characters of [A-Za-z0-9-_.], alphanumeric at both ends)."""
+    if len(text) <= 63 and _LABEL_VALUE.match(text):
+        return text
+    return dns_label(text)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names of one fleet's objects in one namespace."""
+
+    prefix: str  # e.g. aistudio-fleet-
+
+    @property
+    def namespace_label(self) -> str:
+        return label_value(self.prefix.strip("-._") or "fleet")
+
+    def pod(self, instance_id: str) -> str:
+        return dns_label(f"{self.prefix}{instance_id}")
+
+    def claim(self, instance_id: str) -> str:
+        return dns_label(f"{self.prefix}data-{instance_id}")
+
+    def secret(self, instance_id: str) -> str:
+        return dns_label(f"{self.prefix}token-{instance_id}")
+
+    def selector(self, instance_id: str | None = None) -> dict[str, str]:
+        """The label selector of the fleet's objects, or of one instance's."""
+        labels = {LABEL_MANAGED_BY: MANAGED_BY_VALUE, LABEL_NAMESPACE: self.namespace_label}
+        if instance_id is not None:
+            labels[LABEL_INSTANCE_ID] = label_value(instance_id)
+        return labels
+
+    def metadata(self, name: str, spec: InstanceSpec, namespace: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**APP_LABELS, **self.selector(spec.instance_id)},
+            "annotations": {ANNOTATION_INSTANCE_ID: spec.instance_id, ANNOTATION_INSTANCE_NAME: spec.name},
+        }
+
+
+# ---- quantities ----------------------------------------------------------------------------------------
+
+
+def quantity(docker_size: str) -> str:
+    """A Docker-style size (`1g`, `512m`, `1.5g`, `1Gi`) as a Kubernetes quantity (`1Gi`, `512Mi`)."""
+    m = _SIZE.match(docker_size)
+    if not m:
+        raise ValueError(f"not a size: {docker_size!r}")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
+    size = int(number * scale)
+    for suffix, factor in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{suffix}"
+    return str(size)
+
+
+def cpu_quantity(cpus: float) -> str:
+    return f"{max(1, int(round(cpus * 1000)))}m"
+
+
+# ---- what is sent ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """The engine's settings that shape every instance pod."""
+
+    image: str
+    memory: str = "1g"  # Docker-style, as GATEWAY_INSTANCE_MEMORY
+    cpus: float = 1.0
+    shm_size: str = "512m"
+    image_pull_policy: str = "IfNotPresent"
+    seccomp: str = "RuntimeDefault"  # or Localhost:<profile under the kubelet's seccomp root>
+    read_only_root: bool = True
+    termination_grace: int = 30
+    storage_size: str = "1Gi"
+    storage_class: str | None = None
+
+    def seccomp_profile(self) -> dict[str, str]:
+        kind, _, profile = self.seccomp.partition(":")
+        if kind == "Localhost":
+            if not profile:
+                raise ValueError("a Localhost seccomp profile needs its path: Localhost:profiles/instance.json")
+            return {"type": "Localhost", "localhostProfile": profile}
+        if kind not in ("RuntimeDefault", "Unconfined"):
+            raise ValueError(f"seccomp must be RuntimeDefault, Unconfined or Localhost:<path>, not {self.seccomp!r}")
+        return {"type": kind}
+
+
+def secret_body(names: Names, spec: InstanceSpec, namespace: str) -> dict[str, Any]:
+    """The instance's token (and proxy URL), so they never stand in the pod spec."""
+    meta = names.metadata(names.secret(spec.instance_id), spec, namespace)
+    data = {key: spec.env[name] for name, key in SECRET_ENV.items() if spec.env.get(name)}
+    data[TOKEN_KEY] = spec.token
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque", "stringData": data}
+
+
+def claim_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTemplate) -> dict[str, Any]:
+    """The instance's /data (its login): no owner, so it outlives every pod of the instance."""
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": names.metadata(names.claim(spec.instance_id), spec, namespace),
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": template.storage_size}}},
+    }
+    if template.storage_class:
+        body["spec"]["storageClassName"] = template.storage_class
+    return body
+
+
+def pod_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTemplate) -> dict[str, Any]:
+    memory, cpu = quantity(template.memory), cpu_quantity(template.cpus)
+    env = [{"name": k, "value": v} for k, v in sorted(spec.env.items()) if k not in SECRET_ENV]
+    hidden = [k for k in SECRET_ENV if k == "INSTANCE_API_TOKEN" or spec.env.get(k)]  # as secret_body stores them
+    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": names.secret(spec.instance_id), "key": SECRET_ENV[k]}}}
+            for k in hidden]
+    mounts = [
+        {"name": "data", "mountPath": DATA_PATH},
+        {"name": "tmp", "mountPath": "/tmp"},  # Xvfb's socket, Playwright's and Chromium's temporary files
+        {"name": "home", "mountPath": HOME},
+        {"name": "shm", "mountPath": "/dev/shm"},  # Chromium's renderers share memory here; 64 MiB by default
+    ]
+    volumes = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": names.claim(spec.instance_id)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": "home", "emptyDir": {"sizeLimit": "512Mi"}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(template.shm_size)}},
+    ]
+    container = {
+        "name": CONTAINER,
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "ports": [{"name": "http", "containerPort": INSTANCE_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": template.read_only_root,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": INSTANCE_PORT}, "periodSeconds": 10},
+        "volumeMounts": mounts,
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": names.metadata(names.pod(spec.instance_id), spec, namespace),
+        "spec": {
+            "restartPolicy": "Never",  # the reconciler restarts, with its backoff and its limit, as with Docker
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,  # no other service's address in the browser's environment
+            "terminationGracePeriodSeconds": template.termination_grace,
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                "seccompProfile": template.seccomp_profile(),
+            },
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    pod["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = _hash(pod["spec"])
+    return pod
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- what comes back ------------------------------------------------------------------------------------
+
+
+def instance_id_of(obj: dict[str, Any]) -> str | None:
+    meta = obj.get("metadata") or {}
+    return (meta.get("annotations") or {}).get(ANNOTATION_INSTANCE_ID) or (meta.get("labels") or {}).get(LABEL_INSTANCE_ID)
+
+
+def pod_state(pod: dict[str, Any]) -> RuntimeState:
+    """The runtime's view of one pod.
+
+    A pod on its way up (being scheduled, pulling its image, creating its container) counts as `running`
+    without an endpoint: the reconciler then waits for its IP instead of calling the start a failure. What
+    does not mend by waiting (image not found, crash loop, unschedulable, evicted) is `exited`, with the reason
+    in `detail`.
+    """
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    instance_id = instance_id_of(pod) or ""
+    handle = meta.get("name")
+
+    def state(phase: RuntimePhase, detail: str, *, exit_code: int | None = None, endpoint: str | None = None) -> RuntimeState:
+        return RuntimeState(instance_id, phase, handle=handle, endpoint=endpoint, exit_code=exit_code, detail=detail)
+
+    phase = status.get("phase") or "Pending"
+    container = _container_status(status)
+    if meta.get("deletionTimestamp"):
+        disruption = _condition(status, "DisruptionTarget")
+        if disruption and disruption.get("status") == "True":
+            return state("exited", _say("evicted", disruption.get("reason"), disruption.get("message")))
+        return state("exited", "terminating: the pod is being deleted")
+    if phase == "Failed" and status.get("reason"):  # Evicted, Preempted, OutOfmemory, NodeShutdown, ...
+        word = "evicted" if status["reason"] == "Evicted" else status["reason"]
+        return state("exited", _say(word, None, status.get("message")), exit_code=_exit_code(container))
+    if phase in ("Failed", "Succeeded"):
+        return _terminated(state, container, phase)
+    if phase == "Unknown":
+        return state("exited", _say("node unreachable", None, status.get("message") or "pod phase Unknown"))
+    waiting = ((container or {}).get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in FATAL_WAITING:
+        last = ((container or {}).get("lastState") or {}).get("terminated") or {}
+        code = last.get("exitCode")
+        message = waiting.get("message") or (f"last exit code {code}" if code is not None else "")
+        return state("exited", _say(waiting["reason"], None, message), exit_code=code)
+    terminated = ((container or {}).get("state") or {}).get("terminated")
+    if terminated:  # the container ended and the pod has not caught up yet
+        return _terminated(state, container, "Failed")
+    if phase == "Pending":
+        scheduled = _condition(status, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return state("exited", _say("unschedulable", None, scheduled.get("message")))
+        return state("running", f"pending: {waiting.get('reason') or ('scheduling' if not scheduled else 'starting')}")
+    ip = status.get("podIP")
+    if not ip or waiting:  # a Running pod whose container still waits (e.g. its first start)
+        return state("running", "pending: waiting for the pod's address")
+    host = f"[{ip}]" if ":" in ip else ip
+    return state("running", "running", endpoint=f"http://{host}:{INSTANCE_PORT}")
+
+
+def _terminated(state: Any, container: dict[str, Any] | None, phase: str) -> RuntimeState:
+    terminated = ((container or {}).get("state") or {}).get("terminated") or {}
+    code = terminated.get("exitCode")
+    reason = terminated.get("reason") or phase
+    if reason == "OOMKilled":
+        return state("exited", "killed: out of memory (raise the memory limit)", exit_code=code)
+    detail = f"exited with code {code}" if code is not None else f"pod {phase.lower()}"
+    if reason not in ("Error", "Completed", phase):
+        detail += f" ({reason})"
+    if terminated.get("message"):
+        detail += f": {terminated['message']}"
+    return state("exited", detail, exit_code=code)
+
+
+def _container_status(status: dict[str, Any]) -> dict[str, Any] | None:
+    for c in status.get("containerStatuses") or []:
+        if c.get("name") == CONTAINER:
+            return c
+    return None
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _exit_code(container: dict[str, Any] | None) -> int | None:
+    return (((container or {}).get("state") or {}).get("terminated") or {}).get("exitCode")
+
+
+def _say(word: str, reason: str | None, message: str | None) -> str:
+    text = word if not reason or reason == word else f"{word} ({reason})"
+    return f"{text}: {message}" if message else text
