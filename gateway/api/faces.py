@@ -20,6 +20,7 @@ from litestar.types import ExceptionHandlersMap
 from gateway.api.errors import EXCEPTION_HANDLERS, describe_error, request_language
 from gateway.api.generation import task_message
 from gateway.dispatcher import Dispatcher, GenerationRequest, InputLimits, TaskResult
+from gateway.dispatcher.durable import TaskMeta
 from gateway.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ _PARAMS = (
     ("n_", "n"),
     ("response_format_", "response_format"),
     ("output_format_", "output_format"),
+    ("output_quality_", "output_compression"),
+    ("idempotency_key_", "Idempotency-Key"),
+    ("callback_url_", "callback_url"),
     ("mask_", "mask"),
     ("messages_", "messages"),
     ("image_url_", "messages"),
@@ -173,15 +177,20 @@ class DisconnectWatch:
             self._watch.cancel()
 
 
-async def run_all(request: Request[Any, Any, Any], generations: Sequence[GenerationRequest]) -> list[TaskResult]:
+async def run_all(
+    request: Request[Any, Any, Any], generations: Sequence[GenerationRequest], meta: TaskMeta | None = None
+) -> list[TaskResult]:
     """Runs the generations as tasks side by side (each leases its own idle instance, or waits in the queue),
     and answers once all have ended. Results in order; a task that could not be admitted raises its 429/503
-    only when no other task got as far as running."""
+    only when no other task got as far as running. With an idempotency key, the i-th task gets its own."""
     dispatcher = dispatcher_of(request)
     watch = DisconnectWatch(request)
+    meta = meta or TaskMeta()
+    count = len(generations)
     try:
         outcomes = await asyncio.gather(
-            *(dispatcher.generate(g, client_left=watch) for g in generations), return_exceptions=True
+            *(dispatcher.generate(g, client_left=watch, meta=meta.keyed(i, count)) for i, g in enumerate(generations)),
+            return_exceptions=True,
         )
     finally:
         watch.close()

@@ -19,6 +19,7 @@ from gateway import catalogue
 from gateway.api.errors import request_language
 from gateway.api.faces import TaskFailed, exception_handlers, failure, gemini_error, limits_of, mime_of_b64, run_all
 from gateway.api.keys import require_api_key
+from gateway.api.task_options import task_meta
 from gateway.catalogue import ModelSpec
 from gateway.dispatcher import GenerationRequest, TaskResult, form_request, generation_options
 from gateway.dispatcher.inputs import decoded_reference, refuse_control_characters
@@ -49,6 +50,8 @@ class Content(msgspec.Struct, kw_only=True):
 class ImageConfig(msgspec.Struct, kw_only=True):
     aspectRatio: str | None = None  # noqa: N815
     imageSize: str | None = None  # noqa: N815
+    outputMimeType: str | None = None  # noqa: N815 - image/png, image/jpeg or image/webp
+    outputCompressionQuality: int | None = None  # noqa: N815
 
 
 class GenerationConfig(msgspec.Struct, kw_only=True):
@@ -122,7 +125,17 @@ def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateCo
     refuse_control_characters({"prompt": prompt, "model": model, "aspectRatio": image_config.aspectRatio,
                                "imageSize": image_config.imageSize})
     spec = generation_options(model, None, None).spec
-    return form_request(prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize)
+    return form_request(
+        prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize,
+        output_format=_format_of(image_config.outputMimeType), output_quality=image_config.outputCompressionQuality,
+    )
+
+
+def _format_of(mime_type: str | None) -> str | None:
+    """Gemini names the format by its MIME type; anything else than image/... is left to the one check."""
+    if mime_type is None:
+        return None
+    return mime_type[len("image/"):] if mime_type.startswith("image/") else mime_type
 
 
 def _last_user_turn(contents: list[Content]) -> Content:
@@ -187,7 +200,7 @@ async def _generate_content(request: Request[Any, Any, Any], model_action: str, 
     if action != ACTION:
         raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
     generation = gemini_request(request, model, data)
-    (result,) = await run_all(request, [generation])
+    (result,) = await run_all(request, [generation], await task_meta(request, "gemini"))
     return gemini_answer(result, generation.model, request_language(request))
 
 

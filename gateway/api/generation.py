@@ -26,7 +26,9 @@ from gateway.api.generation_schemas import (
     json_schema,
 )
 from gateway.api.keys import require_api_key
+from gateway.api.task_options import task_meta
 from gateway.dispatcher import Dispatcher, InputLimits, TaskResult, form_request, parse_json_request
+from gateway.dispatcher.inputs import body_request, json_object
 from gateway.errors import BadRequest, Invalid
 from gateway.i18n import catalog, translate
 from gateway.settings import Settings
@@ -43,7 +45,8 @@ class GenerationController(Controller):
     )
     async def generate(self, request: Request[Any, Any, Any]) -> Response[TaskOut]:
         generation = parse_json_request(await request.body(), _limits(request))
-        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
+        meta = await task_meta(request, "generate")
+        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request), meta=meta)
         return Response(task_body(result, request_language(request)))
 
     @post(
@@ -57,7 +60,8 @@ class GenerationController(Controller):
     )
     async def generate_with_file(self, request: Request[Any, Any, Any]) -> Response[TaskOut]:
         generation = await _form_generation(request)
-        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request))
+        meta = await task_meta(request, "generate")
+        result = await _dispatcher(request).generate(generation, client_left=_disconnect_of(request), meta=meta)
         return Response(task_body(result, request_language(request)))
 
 
@@ -70,8 +74,10 @@ class TaskController(Controller):
         operation_class=documented_body(json_schema(GenerateIn)),
     )
     async def submit(self, request: Request[Any, Any, Any]) -> Response[TaskAcceptedOut]:
-        generation = parse_json_request(await request.body(), _limits(request))
-        result = await _dispatcher(request).submit(generation)
+        body = json_object(await request.body(), _limits(request))
+        generation = body_request(body, _limits(request))
+        meta = await task_meta(request, "tasks", callback_url=body.get("callback_url"))
+        result = await _dispatcher(request).submit(generation, meta=meta)
         language = request_language(request)
         location = f"/tasks/{result.task_id}"
         body = TaskAcceptedOut(
@@ -120,6 +126,8 @@ def task_body(result: TaskResult, language: str) -> TaskOut:
         mode=result.mode,
         created_at=result.created_at.isoformat() if result.created_at else None,
         finished_at=result.finished_at.isoformat() if result.finished_at else None,
+        output_format=result.output_format,
+        image_hashes=result.image_hashes,
     )
 
 
@@ -164,6 +172,7 @@ async def _form_generation(request: Request[Any, Any, Any]) -> Any:
     return form_request(
         form.get("prompt"), form.get("aspect_ratio"), files, _limits(request),
         model=form.get("model"), image_size=form.get("image_size"),
+        output_format=form.get("output_format"), output_quality=form.get("output_quality"),
     )
 
 

@@ -35,6 +35,7 @@ from gateway.api.faces import (
 )
 from gateway.api.openai_images import openai_request
 from gateway.api.remote_images import fetch_image
+from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
 from gateway.dispatcher.inputs import decoded_reference
 from gateway.errors import Invalid, TooLarge
@@ -111,10 +112,11 @@ class OpenAIChatController(Controller):
     @post("/chat/completions", operation_id="openaiChatCompletion", status_code=200, summary="Chat completion (OpenAI)")
     async def completions(self, request: Request[Any, Any, Any], data: JSONBody[ChatCompletionIn]) -> Any:
         generation = await chat_request(request, data)
+        meta = await task_meta(request, "openai")
         if data.stream:
-            task = await dispatcher_of(request).begin(generation)  # a 429/503 still comes as a status
+            task = await dispatcher_of(request).begin(generation, meta=meta)  # a 429/503 still comes as a status
             return _stream(request, task, generation.model)
-        (result,) = await run_all(request, [generation])
+        (result,) = await run_all(request, [generation], meta)
         return _completion(result, generation.model, request_language(request))
 
 

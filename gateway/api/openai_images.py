@@ -25,6 +25,7 @@ from gateway.api.faces import exception_handlers, limits_of, openai_error, run_a
 from gateway.api.generation_schemas import ImageEditFormIn, documented_body, form_schema
 from gateway.api.image_urls import ImageFilesController, image_url
 from gateway.api.keys import require_api_key
+from gateway.api.task_options import task_meta
 from gateway.catalogue import ModelSpec
 from gateway.dispatcher import GenerationRequest, form_request, generation_options
 from gateway.dispatcher.inputs import refuse_control_characters
@@ -145,19 +146,31 @@ def image_count(value: Any, settings: Settings) -> int:
 
 
 def openai_request(
-    request: Request[Any, Any, Any], *, prompt: Any, model: Any, size: Any, images: list[bytes]
+    request: Request[Any, Any, Any],
+    *,
+    prompt: Any,
+    model: Any,
+    size: Any,
+    images: list[bytes],
+    output_format: Any = None,
+    output_compression: Any = None,
 ) -> GenerationRequest:
-    """The one checked request behind an OpenAI call (prompt, model, ratio and size, references)."""
+    """The one checked request behind an OpenAI call (prompt, model, ratio and size, references, output)."""
     refuse_control_characters({"prompt": prompt, "model": model, "size": size})
     spec = model_spec(model)
     aspect_ratio, image_size = ratio_and_size(size, spec)
-    return form_request(prompt, aspect_ratio, images, limits_of(request), model=spec.id, image_size=image_size)
+    quality = max(1, output_compression) if isinstance(output_compression, int) and not isinstance(output_compression, bool) else output_compression
+    return form_request(
+        prompt, aspect_ratio, images, limits_of(request), model=spec.id, image_size=image_size,
+        output_format=output_format, output_quality=quality,
+    )
 
 
 async def images_answer(request: Request[Any, Any, Any], generation: GenerationRequest, n: int, fmt: str) -> ImagesOut:
     """Runs n tasks side by side and answers with their images (at most n), each with its task's text."""
     language = request_language(request)
-    results = succeeded_or_raise(await run_all(request, [generation] * n), language)
+    meta = await task_meta(request, "openai")
+    results = succeeded_or_raise(await run_all(request, [generation] * n, meta), language)
     data: list[ImageOut] = []
     for result in results:
         for index, image in enumerate(result.images_b64):
@@ -188,7 +201,10 @@ class OpenAIImagesController(Controller):
         settings: Settings = request.app.state.settings
         n = image_count(data.n, settings)
         fmt = response_format(data.response_format, settings)
-        generation = openai_request(request, prompt=data.prompt, model=data.model, size=data.size, images=[])
+        generation = openai_request(
+            request, prompt=data.prompt, model=data.model, size=data.size, images=[],
+            output_format=data.output_format, output_compression=data.output_compression,
+        )
         return await images_answer(request, generation, n, fmt)
 
     @post(
@@ -218,7 +234,8 @@ class OpenAIImagesController(Controller):
         n = image_count(_form_int(form.get("n"), "n", 1), settings)
         fmt = response_format(form.get("response_format"), settings)
         generation = openai_request(
-            request, prompt=form.get("prompt"), model=form.get("model"), size=form.get("size"), images=images
+            request, prompt=form.get("prompt"), model=form.get("model"), size=form.get("size"), images=images,
+            output_format=form.get("output_format"), output_compression=form.get("output_compression"),
         )
         return await images_answer(request, generation, n, fmt)
 

@@ -1,20 +1,18 @@
 """Images a chat message names by an http(s) URL, fetched by the gateway under limits.
 
-The gateway sits beside the instances, the database and often a cloud's metadata service, so a URL is only
-fetched when every address its name resolves to is a public one, and the connection goes to the address that
-was checked (a second DNS answer cannot swap in 127.0.0.1). Redirects are followed by hand, each checked the
+Only public addresses are fetched (`gateway.addresses`), and the connection goes to the address that was
+checked. Redirects are followed by hand, each checked the
 same way; the whole download has a time limit and a size limit (the reference image limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from gateway.addresses import AddressRefused, checked_address, netloc
 from gateway.errors import BadRequest, Invalid, TooLarge
 
 MAX_REDIRECTS = 3
@@ -34,7 +32,7 @@ async def _follow(url: str, max_bytes: int, allow_private: bool) -> bytes:
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as client:
         for _ in range(MAX_REDIRECTS + 1):
             parts, address = await _checked_target(url, allow_private)
-            target = parts._replace(netloc=_netloc(address, parts.port or _PORTS[parts.scheme])).geturl()
+            target = parts._replace(netloc=netloc(address, parts.port or _PORTS[parts.scheme])).geturl()
             headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
             try:
                 async with client.stream("GET", target, headers=headers, extensions={"sni_hostname": parts.hostname}) as response:
@@ -49,7 +47,7 @@ async def _follow(url: str, max_bytes: int, allow_private: bool) -> bytes:
         raise BadRequest("image_url_redirects", limit=MAX_REDIRECTS)
 
 
-async def _checked_target(url: str, allow_private: bool) -> tuple[object, str]:
+async def _checked_target(url: str, allow_private: bool) -> tuple[SplitResult, str]:
     parts = urlsplit(url)
     if parts.scheme not in _PORTS or not parts.hostname:
         raise Invalid("image_url_scheme")
@@ -58,28 +56,11 @@ async def _checked_target(url: str, allow_private: bool) -> tuple[object, str]:
     except ValueError:
         raise Invalid("image_url_scheme") from None
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+        return parts, await checked_address(parts.hostname, port, allow_private=allow_private)
+    except AddressRefused as refused:
+        if refused.reason == "private":
+            raise Invalid("image_url_private", host=parts.hostname[:100]) from None
         raise BadRequest("image_url_unresolved", host=parts.hostname[:100]) from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
-    if not addresses:
-        raise BadRequest("image_url_unresolved", host=parts.hostname[:100])
-    if not allow_private and not all(public(a) for a in addresses):
-        raise Invalid("image_url_private", host=parts.hostname[:100])
-    return parts, str(addresses[0])
-
-
-def public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Routable on the internet: not private, loopback, link-local (cloud metadata), multicast or reserved."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return address.is_global and not address.is_multicast
-
-
-def _netloc(address: str, port: int) -> str:
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port}"
 
 
 async def _body(response: httpx.Response, max_bytes: int) -> bytes:

@@ -25,12 +25,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.models import EventKind, TaskStatus, new_event
 from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 from gateway.dispatcher import outcomes
+from gateway.dispatcher.durable import RequestFiles, TaskMeta, fingerprint
+from gateway.dispatcher.images import content_hashes, encode_all
 from gateway.dispatcher.inputs import GenerationRequest
 from gateway.dispatcher.ledger import Lease, Ledger, NewTask, PoolSnapshot, Release, TaskEnd
 from gateway.dispatcher.metrics import DispatchMetrics
@@ -38,7 +41,8 @@ from gateway.dispatcher.outcomes import Attempt, Cooldowns
 from gateway.dispatcher.queue import WaitQueue, Waiter
 from gateway.dispatcher.results import ResultStore
 from gateway.dispatcher.signals import PoolListener
-from gateway.errors import Gone, NotFound, QueueFull, Unavailable
+from gateway.dispatcher.webhooks import Webhooks
+from gateway.errors import Conflict, Gone, NotFound, QueueFull, Unavailable
 from gateway.services.instance_client import InstanceCallError, InstanceClient
 from gateway.settings import Settings
 
@@ -68,6 +72,8 @@ class TaskResult:
     finished_at: datetime | None = None
     model: str | None = None
     image_size: str | None = None
+    output_format: str | None = None
+    image_hashes: list[str] = field(default_factory=list)  # sha256 of each image, as the client receives it
 
     @property
     def succeeded(self) -> bool:
@@ -92,6 +98,10 @@ class _Progress:
     tries: list[dict[str, Any]] = field(default_factory=list)
     last: Attempt | None = None
     last_lease: Lease | None = None
+    request: GenerationRequest | None = None
+    meta: TaskMeta = field(default_factory=TaskMeta)
+    request_path: str | None = None  # its inputs kept as a file: the next gateway resumes it while it waits
+    waiting: bool = False
 
     def record(self, lease: Lease, attempt: Attempt, seconds: float) -> None:
         self.run_s += seconds
@@ -134,6 +144,8 @@ class _Progress:
             finished_at=utcnow(),
             model=self.model,
             image_size=self.image_size,
+            output_format=self.request.output_format if self.request else None,
+            image_hashes=list(end.image_hashes or []),
         )
 
 
@@ -174,6 +186,8 @@ class Dispatcher:
         self._capacity_hint = 1
         self._background: set[asyncio.Task[Any]] = set()
         self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.requests = RequestFiles(Path(settings.data_dir) / "requests")
+        self.webhooks = Webhooks(settings, ledger.record_callback)
         self._pruner: asyncio.Task[None] | None = None
         self._closing = False
         self._listener = (
@@ -211,9 +225,29 @@ class Dispatcher:
         on this database to own them; otherwise the pruner ends them once no live gateway could still."""
         end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
         abandoned = await self._ledger.abandon_orphans(end, application_prefix)
+        if abandoned is None:
+            return 0  # another gateway is alive: they are its to finish
         if abandoned:
             log.warning("marked %d tasks abandoned by a gateway that died; their instances are free", abandoned)
+        await self._resume_kept(end)
         return abandoned
+
+    async def _resume_kept(self, end: TaskEnd) -> None:
+        """Queued asynchronous tasks whose inputs were kept: back in the queue, in their order."""
+        resumed = 0
+        for row in await self._ledger.resumable_tasks():
+            kept = await self.requests.load(row.request_path)
+            if kept is None:
+                await self._ledger.end_task(row.id, end)
+                continue
+            request, meta = kept
+            progress = _Progress(row.id, row.mode, request.model, request.image_size, request=request, meta=meta,
+                                 request_path=row.request_path)
+            progress.created_at = row.created_at or progress.created_at
+            self._run_in_background(progress, request, None, self._enqueue(progress))
+            resumed += 1
+        if resumed:
+            log.info("resumed %d queued tasks a stopped gateway left", resumed)
 
     async def close(self) -> None:
         """Ends this process's queued and running asynchronous tasks (their rows say so) and stops the loops."""
@@ -223,6 +257,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.settled()  # what finished is recorded
+        await self.webhooks.close()
         await self._ledger.backlog.close()
         if self._pruner is not None:
             self._pruner.cancel()
@@ -257,29 +292,43 @@ class Dispatcher:
 
     # Public operations ---------------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest, *, client_left: ClientWatch | None = None) -> TaskResult:
+    async def generate(
+        self, request: GenerationRequest, *, client_left: ClientWatch | None = None, meta: TaskMeta | None = None
+    ) -> TaskResult:
         """Runs a task while the caller waits. Raises QueueFull or Unavailable when it cannot be run;
         a generation that fails is a result (the old clients read `success: false`), not an exception.
-        `client_left()` returns once the client has disconnected; watched only while the task waits."""
-        progress, lease = await self._admit(request, "sync")
+        `client_left()` returns once the client has disconnected; watched only while the task waits.
+        A known idempotency key with the same request answers with that task, once it has ended."""
+        admitted = await self._admit_keyed(request, "sync", meta)
+        if isinstance(admitted, uuid.UUID):
+            return await self._ended(admitted)
+        progress, lease = admitted
         return await self._drive(progress, request, lease, client_left, self._settings.queue_wait_timeout)
 
-    async def submit(self, request: GenerationRequest) -> TaskResult:
-        """Admits a task and runs it in the background; answers at once with its id and status."""
-        progress, lease = await self._admit(request, "async")
+    async def submit(self, request: GenerationRequest, *, meta: TaskMeta | None = None) -> TaskResult:
+        """Admits a task and runs it in the background; answers at once with its id and status. Its inputs are
+        kept as a file until it ends, so a gateway started after this one stopped resumes it while it waits."""
+        admitted = await self._admit_keyed(request, "async", meta)
+        if isinstance(admitted, uuid.UUID):
+            return self._row_result(await self._ledger.get_task(admitted))
+        progress, lease = admitted
         # In the queue now, not when the runner first runs: its place was counted at admission.
         waiter = self._enqueue(progress) if lease is None else None
-        runner = asyncio.create_task(self._drive_in_background(progress, request, lease, waiter), name=f"task-{progress.task_id}")
-        self._background.add(runner)
-        runner.add_done_callback(self._background.discard)
+        self._run_in_background(progress, request, lease, waiter)
+        if progress.request_path is not None:
+            await self.requests.save(progress.task_id, request, progress.meta)
         status = TaskStatus.RUNNING if lease is not None else TaskStatus.QUEUED
         return TaskResult(progress.task_id, status, "async", instance_id=lease.instance_id if lease else None,
-                          instance_name=lease.name if lease else None, model=request.model, image_size=request.image_size)
+                          instance_name=lease.name if lease else None, model=request.model, image_size=request.image_size,
+                          output_format=request.output_format)
 
-    async def begin(self, request: GenerationRequest) -> asyncio.Task[TaskResult]:
+    async def begin(self, request: GenerationRequest, *, meta: TaskMeta | None = None) -> asyncio.Task[TaskResult]:
         """Admits a task the caller waits for, as `generate` does (QueueFull and Unavailable are raised here, before
         any answer starts), and runs it on its own, so the caller can talk meanwhile (a stream's keep-alives)."""
-        progress, lease = await self._admit(request, "sync")
+        admitted = await self._admit_keyed(request, "sync", meta)
+        if isinstance(admitted, uuid.UUID):
+            return asyncio.create_task(self._ended(admitted))
+        progress, lease = admitted
         waiter = self._enqueue(progress) if lease is None else None  # its place was counted at admission
         limit = self._settings.queue_wait_timeout
         return asyncio.create_task(self._drive(progress, request, lease, None, limit, waiter), name=f"task-{progress.task_id}")
@@ -297,7 +346,18 @@ class Dispatcher:
         row = await self._ledger.get_task(uid)
         if row is None:
             raise NotFound("task_not_found", task_id=str(uid))
-        result = TaskResult(
+        result = self._row_result(row)
+        if row.status == TaskStatus.SUCCEEDED:
+            stored = await self.results.load(row.result_path)
+            if stored is None:
+                raise Gone("task_result_gone", task_id=str(uid), ttl=int(self._settings.task_result_ttl))
+            result.images_b64 = [i for i in stored.get("images_b64") or [] if isinstance(i, str)]
+            result.text = stored.get("text") if isinstance(stored.get("text"), str) else None
+        return result
+
+    @staticmethod
+    def _row_result(row: Any) -> TaskResult:
+        return TaskResult(
             task_id=row.id,
             status=row.status,
             mode=row.mode,
@@ -311,28 +371,63 @@ class Dispatcher:
             finished_at=row.finished_at,
             model=row.model,
             image_size=row.image_size,
+            output_format=row.output_format,
+            image_hashes=list(row.image_hashes or []),
         )
-        if row.status == TaskStatus.SUCCEEDED:
-            stored = await self.results.load(row.result_path)
-            if stored is None:
-                raise Gone("task_result_gone", task_id=str(uid), ttl=int(self._settings.task_result_ttl))
-            result.images_b64 = [i for i in stored.get("images_b64") or [] if isinstance(i, str)]
-            result.text = stored.get("text") if isinstance(stored.get("text"), str) else None
-        return result
+
+    async def _ended(self, task_id: uuid.UUID) -> TaskResult:
+        """A task admitted by an earlier request with the same idempotency key, once it has ended."""
+        settings = self._settings
+        deadline = time.monotonic() + settings.task_wait_timeout + settings.max_attempts * settings.generation_timeout
+        while time.monotonic() < deadline:
+            row = await self._ledger.get_task(task_id)
+            if row is not None and row.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+                return await self.task(str(task_id))
+            await asyncio.sleep(settings.queue_poll_interval)
+        return await self.task(str(task_id))
 
     # Admission -----------------------------------------------------------------------------------
 
-    async def _admit(self, request: GenerationRequest, mode: str) -> tuple[_Progress, Lease | None]:
+    async def _admit_keyed(
+        self, request: GenerationRequest, mode: str, meta: TaskMeta | None
+    ) -> tuple[_Progress, Lease | None] | uuid.UUID:
+        """Admits the task, or, when its idempotency key is known, names the task admitted with it (409 when
+        that one was asked something else)."""
+        meta = meta or TaskMeta()
+        if meta.idempotency_key is None:
+            return await self._admit(request, mode, meta)
+        digest = fingerprint(request, meta)
+        for _ in range(2):
+            row = await self._ledger.task_by_key(meta.idempotency_key)
+            if row is not None:
+                if row.request_hash != digest:
+                    raise Conflict("idempotency_key_reused", value=meta.idempotency_key[:100])
+                return row.id
+            try:
+                return await self._admit(request, mode, meta, digest)
+            except IntegrityError:
+                continue  # a request with the same key was admitted a moment ago: answer with its task
+        raise Conflict("idempotency_key_reused", value=meta.idempotency_key[:100])
+
+    # Admission -----------------------------------------------------------------------------------
+
+    async def _admit(
+        self, request: GenerationRequest, mode: str, meta: TaskMeta, digest: str | None = None
+    ) -> tuple[_Progress, Lease | None]:
         if self._closing:
             raise Unavailable("gateway_stopping", headers=self._retry_after(5))
         # First in, first out: nobody overtakes a waiting task (arrivals at the same moment race for leases).
         behind_others = len(self._queue) > 0
         if behind_others and self._queue_room() <= 0:
             raise self._queue_full()
-        progress = _Progress(uuid.uuid4(), mode, request.model, request.image_size)
+        progress = _Progress(uuid.uuid4(), mode, request.model, request.image_size, request=request, meta=meta)
+        if mode == "async":  # the file is written once admitted; a row without it is ended at the next start
+            progress.request_path = str(self.requests.path_for(progress.task_id))
         task = NewTask(
             progress.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
-            request.model, request.image_size,
+            request.model, request.image_size, api=meta.api, output_format=request.output_format,
+            idempotency_key=meta.idempotency_key, request_hash=digest, request_path=progress.request_path,
+            callback_url=meta.callback_url,
         )
         # Instances that answered here a moment ago may not be released yet: before queueing, wait for that.
         settling = list(self._settling.values()) if not behind_others else []
@@ -404,8 +499,9 @@ class Dispatcher:
         try:
             while True:
                 if lease is None:
+                    progress.waiting = True
                     lease = await self._wait(progress, waiter or self._enqueue(progress), client_left, wait_limit)
-                    waiter = None
+                    progress.waiting, waiter = False, None
                 end = await self._attempt(progress, request, lease)
                 lease = None
                 if end is not None:
@@ -414,6 +510,8 @@ class Dispatcher:
         except _WaitEnded as ended:
             return await self._end_waiting(progress, ended.code)
         except asyncio.CancelledError:
+            if self._closing and progress.waiting and progress.request_path is not None:
+                raise  # still queued, its inputs kept: the next gateway resumes it
             end = progress.end(TaskStatus.FAILED, outcomes.SHUTDOWN, "the gateway stopped while the task was under way")
             await asyncio.shield(self._ledger.end_task(progress.task_id, end, attempts=progress.attempts))
             raise
@@ -422,11 +520,22 @@ class Dispatcher:
         self, progress: _Progress, request: GenerationRequest, lease: Lease | None, waiter: Waiter | None
     ) -> None:
         try:
-            await self._drive(progress, request, lease, None, self._settings.task_wait_timeout, waiter)
+            result = await self._drive(progress, request, lease, None, self._settings.task_wait_timeout, waiter)
         except asyncio.CancelledError:
+            if not progress.waiting:
+                await asyncio.shield(self.requests.remove(progress.request_path))
             raise
         except Exception:  # nobody awaits this task: its failure must at least be logged
             log.exception("task %s failed in the gateway", progress.task_id)
+            return
+        await self.requests.remove(progress.request_path)
+        if progress.meta.callback_url:
+            self.webhooks.send(progress.task_id, progress.meta.callback_url, webhook_payload(result))
+
+    def _run_in_background(self, progress: _Progress, request: GenerationRequest, lease: Lease | None, waiter: Waiter | None) -> None:
+        runner = asyncio.create_task(self._drive_in_background(progress, request, lease, waiter), name=f"task-{progress.task_id}")
+        self._background.add(runner)
+        runner.add_done_callback(self._background.discard)
 
     def _enqueue(self, progress: _Progress) -> Waiter:
         waiter = Waiter(progress.task_id, frozenset(progress.tried), progress.model)
@@ -471,7 +580,7 @@ class Dispatcher:
         began = time.monotonic()
         self.metrics.running.inc()
         try:
-            attempt = await self._call(lease, request)
+            attempt = await self._output(await self._call(lease, request), request)
         except BaseException as exc:
             # Cancelled (gateway stopping) or a bug: the instance may still be generating; free it all the same.
             stopping = isinstance(exc, asyncio.CancelledError)
@@ -555,7 +664,19 @@ class Dispatcher:
     def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:
         if not attempt.success:
             return progress.end(TaskStatus.FAILED, attempt.error_code, attempt.error_message)
-        return progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64))
+        end = progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64))
+        return replace(end, image_hashes=content_hashes(attempt.images_b64))
+
+    @staticmethod
+    async def _output(attempt: Attempt, request: GenerationRequest) -> Attempt:
+        """The images in the format the client asked for (the page gives PNG)."""
+        if not attempt.success:
+            return attempt
+        try:
+            attempt.images_b64 = await encode_all(attempt.images_b64, request.output_format, request.output_quality)
+        except (OSError, ValueError) as exc:  # not an image after all: the contract was broken
+            return Attempt(False, error_code=outcomes.BAD_ANSWER, error_message=f"cannot re-encode its image: {exc}"[:500])
+        return attempt
 
     def _keeps(self, mode: str) -> bool:
         return mode == "async" or self._settings.store_sync_results
@@ -669,3 +790,23 @@ def _taken(waiter: Waiter) -> Lease | None:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def webhook_payload(result: TaskResult) -> dict[str, Any]:
+    """What a task's webhook carries: its end, and its images while they are at hand."""
+    return {
+        "task_id": str(result.task_id),
+        "status": result.status,
+        "success": result.succeeded,
+        "generated_images": result.images_b64,
+        "image_hashes": result.image_hashes,
+        "output_format": result.output_format,
+        "ai_text_response": result.text,
+        "error_code": result.error_code,
+        "error_message": result.error_message,
+        "model": result.model,
+        "image_size": result.image_size,
+        "instance": result.instance_name,
+        "attempts": result.attempts,
+        "finished_at": result.finished_at.isoformat() if result.finished_at else None,
+    }

@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import catalogue
@@ -52,6 +52,8 @@ class GenerationRequest:
     references_b64: tuple[str, ...] = ()
     model: str = field(default_factory=lambda: catalogue.load().default_model)  # an id of the catalogue, never an alias
     image_size: str | None = None  # None: the page's default size
+    output_format: str = "png"  # what the gateway answers with: png (the page's own), jpeg or webp
+    output_quality: int | None = None  # jpeg and webp, 1-100; None: the converter's default
 
     def instance_payload(self, task_id: str) -> dict[str, Any]:
         payload = {
@@ -68,6 +70,10 @@ class GenerationRequest:
 
 def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
     """POST /generate and POST /tasks: the old JSON body, with one or several reference images."""
+    return body_request(json_object(raw, limits), limits)
+
+
+def json_object(raw: bytes, limits: InputLimits) -> dict[str, Any]:
     if len(raw) > limits.max_body_bytes:
         raise TooLarge("body_too_large", limit=limits.max_body_bytes)
     try:
@@ -76,17 +82,31 @@ def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:
         raise BadRequest("body_not_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
+    return body
+
+
+def body_request(body: dict[str, Any], limits: InputLimits) -> GenerationRequest:
+    """The old JSON body, already parsed into an object."""
     refuse_control_characters({name: body.get(name) for name in _TEXT_FIELDS})
     prompt = _prompt(body.get("prompt"), limits)
     options = generation_options(body.get("model"), body.get("aspect_ratio"), body.get("image_size"))
     encoded = _reference_strings(body.get("reference_image_b64"), body.get("reference_images_b64"), limits)
     options.check_references(len(encoded))
     references = tuple(_checked_base64(text, index, limits) for index, text in enumerate(encoded))
-    return options.request(prompt, references)
+    output_format, output_quality = output_options(body.get("output_format"), body.get("output_quality"))
+    return replace(options.request(prompt, references), output_format=output_format, output_quality=output_quality)
 
 
 def form_request(
-    prompt: Any, aspect_ratio: Any, files: list[bytes], limits: InputLimits, *, model: Any = None, image_size: Any = None
+    prompt: Any,
+    aspect_ratio: Any,
+    files: list[bytes],
+    limits: InputLimits,
+    *,
+    model: Any = None,
+    image_size: Any = None,
+    output_format: Any = None,
+    output_quality: Any = None,
 ) -> GenerationRequest:
     """POST /generate-with-file: form fields and uploaded files (already read) under `reference_images`."""
     refuse_control_characters({"prompt": prompt, "model": model, "aspect_ratio": aspect_ratio, "image_size": image_size})
@@ -96,7 +116,9 @@ def form_request(
         raise Invalid("too_many_references", limit=limits.max_reference_images)
     options.check_references(len(files))
     references = tuple(_checked_image(data, index, limits) for index, data in enumerate(files))
-    return options.request(checked_prompt, tuple(base64.b64encode(data).decode("ascii") for data in references))
+    checked_format, checked_quality = output_options(output_format, output_quality)
+    request = options.request(checked_prompt, tuple(base64.b64encode(data).decode("ascii") for data in references))
+    return replace(request, output_format=checked_format, output_quality=checked_quality)
 
 
 _TEXT_FIELDS = ("prompt", "model", "aspect_ratio", "image_size")
@@ -231,3 +253,25 @@ def _is_image(data: bytes) -> bool:
 def decoded_reference(text: str, index: int, limits: InputLimits) -> bytes:
     """One reference image sent as base64 or a data URL (the OpenAI and Gemini faces), checked, as bytes."""
     return base64.b64decode(_checked_base64(text, index, limits))
+
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+def output_options(output_format: Any, quality: Any) -> tuple[str, int | None]:
+    """The answer's image format and quality, for every face: 422 naming the choices."""
+    if output_format is None or output_format == "":
+        fmt = "png"
+    elif not isinstance(output_format, str):
+        raise Invalid("field_type", field="output_format", expected="string")
+    else:
+        fmt = {"jpg": "jpeg"}.get(output_format.strip().lower(), output_format.strip().lower())
+        if fmt not in OUTPUT_FORMATS:
+            raise Invalid("output_format_unknown", value=output_format[:20], choices=", ".join(OUTPUT_FORMATS))
+    if quality is None or quality == "":
+        return fmt, None
+    if isinstance(quality, str) and quality.strip().isdigit():
+        quality = int(quality.strip())  # a form field
+    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
+        raise Invalid("output_quality_out_of_range", value=str(quality)[:20])
+    return fmt, quality

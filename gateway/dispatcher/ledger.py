@@ -61,6 +61,14 @@ class NewTask:
     reference_count: int
     model: str
     image_size: str | None = None
+    # Which face took it, the answer's format, the client's idempotency key and what it was given for, the
+    # kept inputs of a task that may outlive this gateway, and the webhook.
+    api: str | None = None
+    output_format: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    request_path: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class TaskEnd:
     image_count: int
     result_path: str | None
     timings: dict[str, Any]
+    image_hashes: list[str] | None = None  # sha256 of each image the client received
 
 
 @dataclass(frozen=True)
@@ -296,23 +305,40 @@ class Ledger:
             )
         return int(result.rowcount or 0)
 
-    async def abandon_orphans(self, end: TaskEnd, application_prefix: str) -> int:
+    async def abandon_orphans(self, end: TaskEnd, application_prefix: str) -> int | None:
         """Ends every unfinished task and frees its lease, unless another gateway is connected to this
-        database (Postgres: its connections' application_name; SQLite: one process only)."""
-        unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
+        database (Postgres: its connections' application_name; SQLite: one process only): then None.
+        Queued tasks whose inputs were kept (`request_path`) are spared: the caller resumes them."""
+        resumable = and_(T.status == TaskStatus.QUEUED, T.request_path.is_not(None))
+        unfinished = and_(T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING)), ~resumable)
         async with self._transaction() as connection:
             if self._postgres:
                 others = await connection.scalar(
                     sql.OTHER_GATEWAYS, {"p_prefix": application_prefix + "%", "p_me": application_prefix + self._origin}
                 )
                 if others:
-                    return 0
+                    return None
             orphans = select(T.id).where(unfinished).scalar_subquery()
             await connection.execute(
                 update(INSTANCES).where(I.lease_task_id.in_(orphans)).values(lease_task_id=None, lease_expires_at=None)
             )
             result = await connection.execute(update(TASKS).where(unfinished).values(**_ended(end, utcnow())))
         return int(result.rowcount or 0)
+
+    async def resumable_tasks(self) -> list[Row[Any]]:
+        """Queued tasks whose inputs were kept as files, oldest first: a gateway that stopped left them."""
+        query = select(TASKS).where(T.status == TaskStatus.QUEUED, T.request_path.is_not(None)).order_by(T.created_at)
+        async with self._engine.connect() as connection:
+            return list((await connection.execute(query)).all())
+
+    async def task_by_key(self, idempotency_key: str) -> Row[Any] | None:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(select(TASKS).where(T.idempotency_key == idempotency_key))).first()
+
+    async def record_callback(self, task_id: uuid.UUID, attempts: list[dict[str, Any]]) -> None:
+        """Every delivery attempt of a task's webhook so far (time, status or error)."""
+        async with self._transaction() as connection:
+            await connection.execute(update(TASKS).where(T.id == task_id).values(callback_attempts=attempts))
 
     async def abandon_stale(self, created_before: datetime, end: TaskEnd) -> int:
         """Tasks still queued or running long after any live gateway would have ended them."""
@@ -332,6 +358,12 @@ def _task_params(task: NewTask) -> dict[str, Any]:
         "p_model": task.model,
         "p_image_size": task.image_size,
         "p_reference_count": task.reference_count,
+        "p_api": task.api,
+        "p_output_format": task.output_format,
+        "p_idempotency_key": task.idempotency_key,
+        "p_request_hash": task.request_hash,
+        "p_request_path": task.request_path,
+        "p_callback_url": task.callback_url,
     }
 
 
@@ -352,6 +384,7 @@ def _end_columns(end: TaskEnd) -> dict[str, Any]:
         "image_count": end.image_count,
         "result_path": end.result_path,
         "timings": end.timings,
+        "image_hashes": end.image_hashes,
     }
 
 

@@ -99,15 +99,17 @@ LEASE = (
 )
 
 # A new task's row.
+# What a client asked of a task beyond the generation (its face, output, idempotency, kept inputs, webhook).
+_REQUEST_COLUMNS = ("api", "output_format", "idempotency_key", "request_hash", "request_path", "callback_url")
 _NEW_TASK_COLUMNS = (
     "id", "mode", "prompt", "aspect_ratio", "model", "image_size", "reference_count", "status", "instance_id",
-    "instance_name", "started_at", "created_at", "attempts", "image_count",
+    "instance_name", "started_at", "created_at", "attempts", "image_count", *_REQUEST_COLUMNS,
 )
 INSERT_TASK = insert(TASKS).values(
     id=_TASK_ID,
     **_bound(
         T, "mode", "prompt", "aspect_ratio", "model", "image_size", "reference_count", "status", "instance_id",
-        "instance_name", "started_at",
+        "instance_name", "started_at", *_REQUEST_COLUMNS,
     ),
     created_at=_NOW,
     attempts=0,
@@ -149,7 +151,7 @@ END_TASK = (
     update(TASKS)
     .where(T.id == _TASK_ID)
     .values(
-        **_bound(T, "status", "error_code", "error_message", "image_count", "result_path", "timings", "attempts"),
+        **_bound(T, "status", "error_code", "error_message", "image_count", "result_path", "timings", "attempts", "image_hashes"),
         finished_at=_NOW,
     )
 )
@@ -195,6 +197,7 @@ LEASE_AND_REGISTER = select(_LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _L
             _NOW,
             literal(0),
             literal(0),
+            *(_param(name, T[name]) for name in _REQUEST_COLUMNS),
         ),
     )
     .cte("registered")

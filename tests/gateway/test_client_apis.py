@@ -22,7 +22,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from gateway.api.openai_images import nearest_ratio, ratio_and_size
-from gateway.api.remote_images import public
+from gateway.addresses import public
 from gateway.catalogue import load
 from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
 from tests.gateway.pool import Pool, open_pool

@@ -1,0 +1,226 @@
+"""Durable asynchronous tasks and output images, on the fake runtime, on SQLite and Postgres: Idempotency-Key
+(same key and body → the same task, another body → 409), signed webhooks retried with every attempt recorded,
+queued tasks resumed by the next gateway, and the answer's format and content hashes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from gateway.app import Fleet, create_api_app
+from gateway.db.models import Task
+from gateway.runtime.fake import TINY_PNG, FakeRuntime
+from tests.gateway.conftest import make_settings
+from tests.gateway.pool import DISPATCH_FAST, Pool, open_pool, serve, wait_for
+
+SECRET = "webhook-test-secret"
+
+
+async def row(pool: Pool, task_id: str) -> Task:
+    await pool.fleet.dispatcher.settled()
+    async with pool.fleet.sessions() as session:
+        found = await session.scalar(select(Task).where(Task.id == __import__("uuid").UUID(task_id)))
+    assert found is not None
+    return found
+
+
+# ---- Idempotency-Key ------------------------------------------------------------------------------------
+
+
+async def test_the_same_key_and_body_is_the_same_task_and_another_body_a_conflict(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
+        body = {"prompt": "一只猫", "aspect_ratio": "1:1"}
+        headers = {"Idempotency-Key": "order-42", "Accept-Language": "en"}
+        first, again = await asyncio.gather(
+            pool.http.post("/tasks", json=body, headers=headers), pool.http.post("/tasks", json=body, headers=headers)
+        )
+        assert first.status_code == again.status_code == 202
+        assert first.json()["task_id"] == again.json()["task_id"]
+        other = await pool.http.post("/tasks", json={**body, "prompt": "一只狗"}, headers=headers)
+        assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
+        task_id = first.json()["task_id"]
+        await wait_for(lambda: _done(pool, task_id))
+        later = await pool.http.post("/tasks", json=body, headers=headers)
+        assert later.json()["task_id"] == task_id and later.json()["status"] == "succeeded"
+        assert [g.task_id for g in pool.fake.generations] == [task_id]
+        stored = await row(pool, task_id)
+        assert stored.idempotency_key == "order-42" and len(stored.request_hash or "") == 64 and stored.api == "tasks"
+        bad = await pool.http.post("/tasks", json=body, headers={"Idempotency-Key": "x" * 101})
+        assert bad.status_code == 422 and bad.json()["error"] == "idempotency_key_invalid"
+
+
+async def _done(pool: Pool, task_id: str) -> bool:
+    return (await pool.http.get(f"/tasks/{task_id}")).json()["done"]
+
+
+async def test_openai_images_with_a_key_answer_the_same_images_without_running_again(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=2) as pool:
+        client = openai.AsyncOpenAI(base_url=f"{pool.url}/v1", api_key="none", max_retries=0)
+        headers = {"Idempotency-Key": "batch-7"}
+        first = await client.images.generate(prompt="a fox", n=2, extra_headers=headers)
+        again = await client.images.generate(prompt="a fox", n=2, extra_headers=headers)
+        assert [d.b64_json for d in again.data] == [d.b64_json for d in first.data]
+        assert len(pool.fake.generations) == 2
+        with pytest.raises(openai.ConflictError) as conflict:
+            await client.images.generate(prompt="a wolf", n=2, extra_headers=headers)
+        assert conflict.value.body["code"] == "idempotency_key_reused"
+        rows = await pool.task_rows()
+        assert sorted(r.idempotency_key for r in rows) == ["batch-7:0", "batch-7:1"] and {r.api for r in rows} == {"openai"}
+
+
+# ---- webhooks ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def receiver(statuses: list[int]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback webhook receiver answering the given statuses in turn (then 200); records each request."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"headers": dict(self.headers), "body": body})
+            self.send_response(statuses[len(received) - 1] if len(received) <= len(statuses) else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_callback_is_signed_retried_and_every_attempt_recorded(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    # Private addresses allowed here only so that a loopback receiver can stand in for the client's server.
+    settings = {"webhook_secret": SECRET, "webhook_backoff": 0.05, "webhook_attempts": 3, "fetch_private_addresses": True}
+    async with open_pool(database_url, tmp_path, fake, instances=1, **settings) as pool:
+        with receiver([500]) as (url, received):
+            accepted = await pool.http.post("/tasks", json={"prompt": "a fox", "callback_url": url, "output_format": "jpeg"})
+            assert accepted.status_code == 202, accepted.text
+            task_id = accepted.json()["task_id"]
+            await wait_for(lambda: _count(received, 2), timeout=10)
+            await pool.fleet.dispatcher.webhooks.settled()
+        first, second = received
+        assert first["body"] == second["body"]
+        payload = json.loads(second["body"])
+        assert payload["task_id"] == task_id and payload["status"] == "succeeded" and payload["output_format"] == "jpeg"
+        image = base64.b64decode(payload["generated_images"][0])
+        assert image.startswith(b"\xff\xd8") and payload["image_hashes"] == [hashlib.sha256(image).hexdigest()]
+        headers = {k.lower(): v for k, v in second["headers"].items()}
+        expected = hmac.new(SECRET.encode(), headers["x-fleet-timestamp"].encode() + b"." + second["body"], hashlib.sha256)
+        assert headers["x-fleet-signature"] == "sha256=" + expected.hexdigest()
+        attempts = (await row(pool, task_id)).callback_attempts
+        assert [(a["attempt"], a["status"], a["ok"]) for a in attempts] == [(1, 500, False), (2, 200, True)]
+
+
+async def _count(received: list[Any], wanted: int) -> bool:
+    return len(received) >= wanted
+
+
+async def test_bad_callbacks_are_refused_before_anything_is_stored(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1, webhook_secret=SECRET) as pool:
+        for url, code in (("http://127.0.0.1:9/hook", "callback_url_refused"), ("http://169.254.169.254/", "callback_url_refused"),
+                          ("ftp://example.com/x", "callback_url_invalid"), (42, "field_type")):
+            refused = await pool.http.post("/tasks", json={"prompt": "x", "callback_url": url})
+            assert refused.status_code == 422 and refused.json()["error"] == code, refused.text
+    async with open_pool(database_url, tmp_path / "unsigned", fake, instances=0) as pool:
+        refused = await pool.http.post("/tasks", json={"prompt": "x", "callback_url": "https://example.com/hook"})
+        assert refused.status_code == 422 and refused.json()["error"] == "callback_url_not_configured"
+        assert await pool.task_count() == 0 and pool.fake.generations == []
+
+
+# ---- a queued task outlives its gateway -----------------------------------------------------------------
+
+
+async def test_a_queued_task_is_resumed_by_the_next_gateway(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    settings = make_settings(database_url, tmp_path, **{**DISPATCH_FAST, "generation_timeout": 30.0})
+    fleet = await Fleet.open(settings, runtime=fake)
+    from tests.gateway.pool import start_instances
+
+    await start_instances(fleet, 1)
+    fake.generate_delay = 20.0  # the first task holds the only instance until the gateway stops
+    async with serve(create_api_app(settings, fleet=fleet)) as url:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            running = (await http.post("/tasks", json={"prompt": "first"})).json()["task_id"]
+            await wait_for(lambda: _started(fake))
+            queued = (await http.post("/tasks", json={"prompt": "second", "output_format": "webp"})).json()["task_id"]
+    kept = tmp_path / "requests" / f"{queued}.json"
+    assert kept.exists()
+    await fleet.close()  # a restart: the queued task stays queued, its inputs on disk
+    fake.generate_delay = 0.0
+
+    fleet = await Fleet.open(settings, runtime=fake)
+    try:
+        result = None
+        for _ in range(400):
+            result = await fleet.dispatcher.task(queued)
+            if result.status in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert result is not None and result.status == "succeeded", result
+        assert base64.b64decode(result.images_b64[0])[8:12] == b"WEBP" and result.output_format == "webp"
+        assert [g.prompt for g in fake.generations] == ["first", "second"]
+        assert (await fleet.dispatcher.task(running)).error_code == "gateway_shutdown"
+        assert not kept.exists()  # removed once the task ended
+    finally:
+        await fleet.close()
+
+
+async def _started(fake: FakeRuntime) -> bool:
+    return bool(fake.generations)
+
+
+# ---- output images -------------------------------------------------------------------------------------------
+
+
+async def test_output_formats_and_content_hashes(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
+        plain = (await pool.generate()).json()
+        assert base64.b64decode(plain["generated_images"][0]) == TINY_PNG  # PNG: the page's own bytes
+        assert plain["image_hashes"] == [hashlib.sha256(TINY_PNG).hexdigest()] and plain["output_format"] == "png"
+        jpeg = (await pool.generate(output_format="jpeg", output_quality=70)).json()
+        image = base64.b64decode(jpeg["generated_images"][0])
+        assert image.startswith(b"\xff\xd8\xff") and jpeg["image_hashes"] == [hashlib.sha256(image).hexdigest()]
+        stored = await row(pool, jpeg["task_id"])
+        assert stored.output_format == "jpeg" and stored.image_hashes == jpeg["image_hashes"] and stored.api == "generate"
+        again = (await pool.http.get(f"/tasks/{jpeg['task_id']}")).json()
+        assert again["image_hashes"] == jpeg["image_hashes"] and again["generated_images"] == jpeg["generated_images"]
+
+        client = openai.AsyncOpenAI(base_url=f"{pool.url}/v1", api_key="none", max_retries=0)
+        webp = await client.images.generate(prompt="x", output_format="webp", output_compression=50, response_format="url")
+        fetched = await pool.http.get(webp.data[0].url)
+        assert fetched.headers["content-type"] == "image/webp" and fetched.content[8:12] == b"WEBP"
+        assert webp.data[0].url.split("?")[0].endswith("/0.webp")
+
+        for body, code in (({"output_format": "gif"}, "output_format_unknown"), ({"output_quality": 0}, "output_quality_out_of_range"),
+                           ({"output_quality": "high"}, "output_quality_out_of_range")):
+            refused = await pool.generate(**body)
+            assert refused.status_code == 422 and refused.json()["error"] == code
+        bad = await pool.http.post("/v1/images/generations", json={"prompt": "x", "output_format": "bmp"})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "output_format"
+        assert len(pool.fake.generations) == 3
