@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     restart_backoff_max: float = Field(120.0, ge=0)
     max_restarts: int = Field(5, ge=0)
     restart_reset_after: float = Field(300.0, ge=0)  # running this long clears the crash count
+    # Session health: an idle instance's login is checked on the page this often (0: never), and a session
+    # whose Google auth cookies expire within session_warn_before seconds is flagged in the panel and /metrics.
+    login_check_interval: float = Field(600.0, ge=0)
+    session_warn_before: float = Field(3 * 86400.0, ge=0)
     remove_volume_on_delete: bool = True
 
     # Dispatcher: the generation API's queue, leases, retries and results.

@@ -24,7 +24,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from playwright.async_api import Error as PlaywrightError
 
 from instance import __version__
-from instance.browser import UNREACHABLE, BrowserHost
+from instance.browser import UNREACHABLE, BrowserHost, SessionRejected
 from instance.catalogue import ModelSpec
 from instance.catalogue import load as load_catalogue
 from instance.driver import Driver, GenerationRequest, GenerationResult
@@ -51,6 +51,7 @@ class InstanceState:
         self.current_task: str | None = None
         self.counters = {"tasks": 0, "succeeded": 0, "failed": 0}
         self.started_at = datetime.now(UTC)
+        self.last_success_at: datetime | None = None
         self._tasks_since_save = 0
         self._last_save = time.monotonic()
         self._background: set[asyncio.Task] = set()
@@ -66,6 +67,8 @@ class InstanceState:
     def release(self, result: GenerationResult | None) -> None:
         self.busy, self.current_task = False, None
         if result is not None:
+            if result.success:
+                self.last_success_at = datetime.now(UTC)
             self.counters["tasks"] += 1
             self.counters["succeeded" if result.success else "failed"] += 1
             self._tasks_since_save += 1
@@ -237,8 +240,8 @@ async def status(request: Request) -> dict[str, Any]:
         "ready": host.ready and host.browser_state == "up",
         "browser": host.browser_state,
         "login_state": host.login_state,
-        "browser_mode": st.settings.browser_mode,
         "page_error": host.page_error,
+        "browser_mode": st.settings.browser_mode,
         "busy": st.busy,
         "current_task": st.current_task,
         "page_url": host.page_url,
@@ -246,7 +249,41 @@ async def status(request: Request) -> dict[str, Any]:
         "version": __version__,
         "selectors_version": host.selectors.version,
         "started_at": st.started_at.isoformat(),
+        **_session_health(st),
     }
+
+
+def _session_health(st: InstanceState) -> dict[str, str | None]:
+    """When the login was last checked on the page, last saved to the volume, and when its cookies expire."""
+    host = st.host
+    return {
+        "login_checked_at": _iso(host.login_checked_at),
+        "session_saved_at": _iso(host.store.saved_at()),
+        "session_expires_at": _iso(host.session_expires_at),
+        "last_success_at": _iso(st.last_success_at),
+    }
+
+
+def _iso(when: datetime | float | None) -> str | None:
+    if when is None:
+        return None
+    if isinstance(when, (int, float)):
+        when = datetime.fromtimestamp(when, UTC)
+    return when.isoformat()
+
+
+@post("/login/check", status_code=200)
+async def check_login(request: Request) -> Response:
+    """Reload AI Studio while idle, so a signed-out idle instance is noticed now, not at its next task."""
+    st = _state(request)
+    if not st.claim("login-check"):
+        return _error(409, "this instance is running a task", current_task=st.current_task)
+    try:
+        await st.host.wait_reset()
+        await st.host.load_home()
+    finally:
+        st.release(None)
+    return Response({"login_state": st.host.login_state, **_session_health(st)})
 
 
 @post("/generate")
@@ -301,6 +338,11 @@ async def import_session(request: Request) -> Response:
         return _error(409, "this instance is running a task; import the session when it is idle")
     try:
         await st.host.replace_session(state)
+    except SessionRejected as exc:
+        raise BadInput(f"the session was not imported: {exc}") from None
+    except OSError as exc:
+        # /data is full or read-only: the file is written atomically, so the stored login is the old one, whole.
+        return _error(507, f"the session could not be stored on the instance's volume: {exc.strerror or exc}")
     finally:
         st.release(None)
     return Response({"ok": True, "cookies": len(state["cookies"]), "login_state": st.host.login_state})
@@ -464,6 +506,7 @@ def create_app(settings: InstanceSettings | None = None) -> Litestar:
             install_selectors,
             remove_selectors,
             liveview,
+            check_login,
         ],
         guards=[require_token],
         lifespan=[_lifespan],

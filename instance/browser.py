@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,14 +18,13 @@ from playwright.async_api import Error as PlaywrightError
 from instance.display import VirtualDisplay
 from instance.proxy import BrowserProxy, browser_proxy
 from instance.selectors import SelectorBook, load_selectors
-from instance.session_store import SessionStore, auth_cookies_expired
+from instance.session_store import SessionStore, auth_cookies_expire_at, auth_cookies_expired
 from instance.settings import InstanceSettings
 
 log = logging.getLogger(__name__)
 
 # Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
 CHROMIUM_ARGS = (
-    "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-blink-features=AutomationControlled",
@@ -37,14 +39,18 @@ CHROMIUM_ARGS = (
     "--password-store=basic",
     "--renderer-process-limit=2",
     "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,BackForwardCache",
-    # Fewer processes for a one-tab browser: each helper process costs tens of MiB.
-    "--no-zygote",
-    "--in-process-gpu",
+    "--in-process-gpu",  # one process fewer: each helper process costs tens of MiB
 )
+# Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
+NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
 
 LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = "unknown", "logged_in", "needs_login"
 SIGNIN_REFUSED = "signin_refused"  # Google's sign-in took this browser for automation
 UNREACHABLE = "unreachable"  # AI Studio did not load (network error, proxy, DNS, timeout, error page)
+
+
+class SessionRejected(Exception):
+    """The browser refused an imported session (a cookie it will not set, an origin it cannot open)."""
 
 
 class PageUnreachable(PlaywrightError):
@@ -72,18 +78,43 @@ def is_refusal_text(text: str) -> bool:
     return any(phrase in text for phrase in REFUSAL_TEXTS)
 
 
-def launch_options(settings: InstanceSettings, display: str | None) -> dict[str, Any]:
+def launch_options(settings: InstanceSettings, display: str | None, sandbox: bool = False) -> dict[str, Any]:
     """Keyword arguments for Playwright's chromium.launch in the configured browser mode."""
-    args = [*CHROMIUM_ARGS, f"--lang={settings.accept_languages.split(',')[0]}",
+    args = [*CHROMIUM_ARGS, *(() if sandbox else NO_SANDBOX_ARGS), f"--lang={settings.accept_languages.split(',')[0]}",
             f"--accept-lang={settings.accept_languages}"]
     options: dict[str, Any] = {
         "executable_path": settings.chromium_executable,
         "headless": settings.browser_mode != "headed",
         "args": args,
+        "chromium_sandbox": sandbox,  # False makes Playwright add --no-sandbox itself
     }
     if display is not None:
         options["env"] = {**os.environ, "DISPLAY": display}
     return options
+
+
+def user_namespaces_work() -> bool:
+    """Whether this process may create the user, PID and network namespaces Chromium's sandbox is built on
+    (Docker's default seccomp profile refuses them; gateway/runtime/instance-seccomp.json permits them)."""
+    # unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET) in a throwaway process: 0 where it is allowed.
+    probe = "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x10000000 | 0x20000000 | 0x40000000))"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def choose_sandbox(setting: str) -> tuple[bool, str]:
+    """Chromium's sandbox on or off, and why: `on` insists, `off` never, `auto` uses it where it can work."""
+    if setting == "off":
+        return False, "INSTANCE_SANDBOX=off"
+    if setting == "on":
+        return True, "INSTANCE_SANDBOX=on"
+    if os.geteuid() == 0:
+        return False, "running as root, where Chromium refuses its sandbox"
+    if not user_namespaces_work():
+        return False, "no user namespaces here (Docker's default seccomp profile refuses them)"
+    return True, "user namespaces available"
 
 
 def desktop_user_agent(version: str) -> str:
@@ -128,6 +159,7 @@ class BrowserHost:
         self.login_state = LOGIN_UNKNOWN
         self.ready = False
         self.restarts = 0
+        self.sandbox = False  # Chromium's own sandbox, decided at start (choose_sandbox)
         self.page_generation = 0  # bumps whenever `page` is a new object (live views re-attach)
         self.page_changed = asyncio.Event()
         self._pw: Playwright | None = None
@@ -143,6 +175,8 @@ class BrowserHost:
         self._display = (VirtualDisplay(settings.screen_width, settings.screen_height)
                          if settings.browser_mode == "headed" else None)
         self._refusal_task: asyncio.Task | None = None
+        self.session_expires_at: float | None = None  # epoch seconds: the first Google auth cookie to expire
+        self.login_checked_at: datetime | None = None  # the last load of AI Studio that told the login state
         self._proxy: BrowserProxy | None = None
         self._page_error: str | None = None
 
@@ -152,6 +186,8 @@ class BrowserHost:
         # Playwright's Node.js driver inherits this; a small young generation keeps its idle heap small.
         os.environ.setdefault("NODE_OPTIONS", self.settings.driver_node_options)
         self._pw = await async_playwright().start()
+        self.sandbox, why = await asyncio.to_thread(choose_sandbox, self.settings.sandbox)
+        log.info("Chromium's sandbox %s: %s", "on" if self.sandbox else "off", why)
         self._proxy = browser_proxy(self.settings.proxy.get_secret_value() if self.settings.proxy else None)
         if self._proxy is not None:
             await self._proxy.start()
@@ -180,7 +216,8 @@ class BrowserHost:
         self.browser_state, self.ready = "starting", False
         started = time.monotonic()
         display = await self._display.start() if self._display is not None else None
-        self._browser = await self._pw.chromium.launch(**launch_options(self.settings, display), proxy=self._proxy_option())
+        self._browser = await self._pw.chromium.launch(
+            **launch_options(self.settings, display, self.sandbox), proxy=self._proxy_option())
         self._browser.on("disconnected", self._on_disconnected)
         # Headless Chromium announces itself in its user agent; a headed one needs no override.
         self._user_agent = None if display else desktop_user_agent(self._browser.version)
@@ -197,13 +234,16 @@ class BrowserHost:
         return self._proxy.launch_option() if self._proxy is not None else None
 
     async def _open_context(self, state: dict[str, Any]) -> None:
-        self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
-        self._context = await self._browser.new_context(
+        context = await self._browser.new_context(
             viewport={"width": self.settings.viewport_width, "height": self.settings.viewport_height},
             screen={"width": self.settings.screen_width, "height": self.settings.screen_height},
             storage_state=state,
             user_agent=self._user_agent,
         )
+        # Only a state the browser accepted becomes this host's login (a refused import changes nothing).
+        self._context = context
+        self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
+        self.session_expires_at = auth_cookies_expire_at(state)
         # No script hides navigator.webdriver: --disable-blink-features=AutomationControlled makes it a native
         # false, as in desktop Chrome, where a patched getter would itself be a tell.
         await self._new_page()
@@ -287,6 +327,7 @@ class BrowserHost:
                 self.ready = True
                 self._reachable()
                 self._update_login_state(self.page.url)
+                self.login_checked_at = datetime.now(UTC)
                 return
             log.warning("loading %s failed (attempt %d): %s", self.settings.new_chat_url, attempt, problem)
         self.ready = True  # the browser is up even if AI Studio is not reachable; /status says why
@@ -381,21 +422,58 @@ class BrowserHost:
                 log.warning("could not read storage state: %s", exc)
                 return
             await asyncio.to_thread(self.store.save, state)
+            self.session_expires_at = auth_cookies_expire_at(state)
             log.info("session saved (%d cookies)", len(state.get("cookies", [])))
 
     async def export_session(self) -> dict[str, Any]:
         return await self._context.storage_state()
 
     async def replace_session(self, state: dict[str, Any]) -> None:
-        """Imported login: persist it, then reload the context with it."""
-        await asyncio.to_thread(self.store.save, state)
+        """Imported login: opened in a new context first; only once the browser accepted it does it replace the
+        old context and the stored file. SessionRejected leaves both as they were."""
         old = self._context
-        await self._open_context(state)
+        try:
+            await self._open_context(state)
+        except PlaywrightError as exc:
+            if self.browser_state != "up" or not self._browser.is_connected():
+                raise  # the browser itself went away: not the import's fault
+            raise SessionRejected(await self._rejection_reason(state, exc)) from None
+        try:
+            await asyncio.to_thread(self.store.save, state)
+        except OSError:
+            await self._back_to_stored(old)  # a full or read-only volume: the login that stays is the stored one
+            raise
         try:
             await old.close()
         except PlaywrightError:
             pass
         await self.load_home()
+
+    async def _back_to_stored(self, old: BrowserContext) -> None:
+        """After an import the volume could not keep: the browser reopens the stored login, as a restart would."""
+        unstored = self._context
+        await self._open_context(await asyncio.to_thread(self.store.load))
+        for context in (unstored, old):
+            try:
+                await context.close()
+            except PlaywrightError:
+                pass
+        await self.load_home()
+
+    async def _rejection_reason(self, state: dict[str, Any], exc: PlaywrightError) -> str:
+        """The browser's words, and which cookie it refused (tried one at a time in a throwaway context)."""
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = lines[0] if lines else str(exc).splitlines()[0]
+        probe = await self._browser.new_context()
+        try:
+            for index, cookie in enumerate(state.get("cookies", [])):
+                try:
+                    await probe.add_cookies([cookie])
+                except PlaywrightError:
+                    return f"the browser refused cookie #{index} ({cookie['name']} for {cookie['domain']}): {detail}"
+        finally:
+            await probe.close()
+        return f"the browser refused the session: {detail}"
 
     def reload_selectors(self) -> SelectorBook:
         self.selectors = load_selectors(self.settings.selectors_override_path)

@@ -91,6 +91,16 @@ def auth_cookies_expired(state: dict[str, Any], now: float | None = None) -> boo
     return all(0 < float(c.get("expires", -1)) < now for c in auth)
 
 
+def auth_cookies_expire_at(state: dict[str, Any]) -> float | None:
+    """When the first of the Google auth cookies expires (epoch seconds); None without any that expire."""
+    stamps = [
+        float(c["expires"])
+        for c in state.get("cookies", [])
+        if c.get("name") in AUTH_COOKIE_NAMES and float(c.get("expires", -1)) > 0
+    ]
+    return min(stamps) if stamps else None
+
+
 class SessionStore:
     """The storage-state file on the volume. Writes are atomic: temp file, fsync, rename."""
 
@@ -110,6 +120,13 @@ class SessionStore:
             os.replace(self.path, aside)
             log.error("session file %s unreadable (%s); moved to %s", self.path, exc, aside.name)
             return dict(EMPTY_STATE)
+
+    def saved_at(self) -> float | None:
+        """When the login was last written to the volume (epoch seconds), None when never."""
+        try:
+            return self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

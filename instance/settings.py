@@ -31,6 +31,9 @@ class InstanceSettings(BaseSettings):
     # Debian's old headless shell, the lightest, with the tells (tests/bench/bench_browser_modes.py).
     browser_mode: Literal["headed", "headless", "headless-shell"] = "headed"
     chromium_path: str | None = None  # unset: chromium-headless-shell in that mode, else chromium
+    # Chromium's sandbox: auto uses it where user namespaces work (not as root, not under Docker's default
+    # seccomp profile: the gateway passes gateway/runtime/instance-seccomp.json); on: required; off: --no-sandbox.
+    sandbox: Literal["auto", "on", "off"] = "auto"
     viewport_width: int = 1440
     viewport_height: int = 900
     # The screen the page sees (and the virtual display's size); a desktop screen is larger than the window.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Uuid, and_, bindparam, func, insert, literal, or_, select, text, update
+from sqlalchemy import Uuid, and_, bindparam, case, func, insert, literal, or_, select, text, update
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -137,6 +137,7 @@ RELEASE = (
         cooldown_until=func.coalesce(_param("cooldown_until", I.cooldown_until), I.cooldown_until),
         tasks_done=I.tasks_done + bindparam("p_done"),
         tasks_failed=I.tasks_failed + bindparam("p_failed"),
+        last_success_at=case((bindparam("p_done") == 1, _NOW), else_=I.last_success_at),
         updated_at=_NOW,
     )
 )

@@ -37,6 +37,11 @@ class InstanceRow:
     started_at: datetime | None
     endpoint: str | None
     token: str | None
+    # Session health, as last stored (the probe writes only what changed).
+    login_checked_at: datetime | None = None
+    signed_in_since: datetime | None = None
+    session_saved_at: datetime | None = None
+    session_expires_at: datetime | None = None
     page_error: str | None = None  # why the page cannot reach AI Studio (login_state unreachable)
 
 

@@ -26,6 +26,7 @@ from gateway.db.outage import Backlog, DatabaseUnreachable, database_unreachable
 from gateway.db.types import utcnow
 from gateway.reconciler.leader import LeaderLock
 from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide, describe_exit
+from gateway.reconciler.session_health import health_changes, login_check_due
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.services.instance_client import (
@@ -94,6 +95,7 @@ class Reconciler:
         self._actions: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._finished_during_pass: set[uuid.UUID] = set()
         self._probe_failures: dict[uuid.UUID, int] = {}
+        self._login_checks: dict[uuid.UUID, float] = {}  # when each instance's login was last checked (monotonic)
         self._suspects: set[uuid.UUID] = set()
         # Running instances this reconciler started or has seen healthy; any other running one is adopted.
         self._known_running: set[uuid.UUID] = set()
@@ -228,6 +230,10 @@ class Reconciler:
             Instance.started_at,
             Instance.endpoint,
             Instance.token,
+            Instance.login_checked_at,
+            Instance.signed_in_since,
+            Instance.session_saved_at,
+            Instance.session_expires_at,
             Instance.page_error,
         )
         async with self._sessions() as session:
@@ -408,9 +414,11 @@ class Reconciler:
             "next_restart_at": None,
             "page_error": status.page_error if status.login_state == LoginState.UNREACHABLE else None,
         }
+        health, warnings = health_changes(row, status, values["login_state"], utcnow(), self._settings.session_warn_before)
+        values.update(health)  # the session's age and freshness from the first answer, not the next probe's
         kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
         said = f"{how}; login state {status.login_state}" + (f": {values['page_error']}" if values["page_error"] else "")
-        if await self._write(row.id, row.name, values, (kind, said)):
+        if await self._write(row.id, row.name, values, (kind, said), *warnings):
             self._known_running.add(row.id)
             self._probe_failures.pop(row.id, None)
             await self._deliver_pending_session(row)
@@ -537,6 +545,11 @@ class Reconciler:
             outcome.events.append((EventKind.LOGIN_STATE_CHANGED, _login_change(row.login_state, login_state, status)))
         if status.ready:
             outcome.values.update(_page_error_values(row, status, login_state))
+            values, events = health_changes(row, status, login_state, now, self._settings.session_warn_before)
+            outcome.values.update(values)
+            outcome.events.extend(events)
+            if login_check_due(status, now, self._settings.login_check_interval):
+                self._check_login_soon(row, endpoint)
         stable_for = (now - row.started_at).total_seconds() if row.started_at else 0.0
         if row.restart_count and stable_for >= self._settings.restart_reset_after:
             outcome.values["restart_count"] = 0
@@ -544,6 +557,33 @@ class Reconciler:
             self._known_running.add(row.id)
             outcome.events.append((EventKind.ADOPTED, f"found running after a gateway restart; kept (login state {login_state})"))
         return outcome
+
+    def _check_login_soon(self, row: InstanceRow, endpoint: str) -> None:
+        """At most one check per instance per interval, whether it worked or not."""
+        last = self._login_checks.get(row.id)
+        if last is not None and time.monotonic() - last < self._settings.login_check_interval:
+            return
+        self._login_checks[row.id] = time.monotonic()
+        self._spawn(row.id, self._check_login(row, endpoint))
+
+    async def _check_login(self, row: InstanceRow, endpoint: str) -> None:
+        """The idle instance reloads AI Studio; a changed login state is written as the probe would."""
+        try:
+            status = await self._client.check_login(InstanceAddress(endpoint, row.token), timeout=self._settings.start_timeout)
+        except InstanceRejected as exc:
+            if exc.status_code != 409:  # 409: a task got there first, which tells the login state anyway
+                log.warning("login check of %s refused: %s", row.name, exc)
+            return
+        except (InstanceUnreachable, msgspec.DecodeError) as exc:
+            log.warning("login check of %s failed: %s", row.name, exc)
+            return
+        login_state = _login_state(status.login_state)
+        values, events = health_changes(row, status, login_state, utcnow(), self._settings.session_warn_before)
+        if login_state != row.login_state:
+            values["login_state"] = login_state
+            events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state} (login check)"))
+        if values or events:
+            await self._write(row.id, row.name, values, *events)
 
     async def _apply_probes(self, outcomes: list[_ProbeOutcome]) -> None:
         """All healthy probes' changes in one transaction; crashes go through the restart path."""

@@ -83,6 +83,11 @@ class InstanceClient:
         response = await self._request("GET", address, "/status", timeout=timeout)
         return msgspec.json.decode(response.content, type=InstanceStatus)
 
+    async def check_login(self, address: InstanceAddress, *, timeout: float | None = None) -> InstanceStatus:
+        """Have an idle instance reload AI Studio and say its login state (409 while it runs a task)."""
+        response = await self._request("POST", address, "/login/check", timeout=timeout)
+        return msgspec.json.decode(response.content, type=InstanceStatus)
+
     async def get_session(self, address: InstanceAddress) -> bytes:
         return (await self._request("GET", address, "/session")).content
 

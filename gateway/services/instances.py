@@ -38,6 +38,7 @@ from gateway.db.models import (
     new_event,
 )
 from gateway.db.types import utcnow
+from gateway.reconciler.session_health import expiring
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
 from gateway.proxy_url import ProxyURLError, mask_proxy, normalize_proxy
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
@@ -80,6 +81,11 @@ _VIEW_COLUMNS = (
     Instance.handle,
     Instance.proxy_url,
     Instance.page_error,
+    Instance.login_checked_at,
+    Instance.signed_in_since,
+    Instance.session_saved_at,
+    Instance.session_expires_at,
+    Instance.last_success_at,
     Instance.legacy_id,
 )
 
@@ -109,7 +115,7 @@ class InstanceService:
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
             blocks = await _model_blocks(session)
-        return [_blocked(_to_view(row, self._settings.default_proxy_url), blocks) for row in rows]
+        return [_blocked(_to_view(row, self._settings), blocks) for row in rows]
 
     async def get(self, instance_id: str) -> InstanceView:
         uid = _parse_id(instance_id)
@@ -118,7 +124,7 @@ class InstanceService:
             blocks = await _model_blocks(session, uid)
         if row is None:
             raise NotFound("instance_not_found", instance_id=instance_id)
-        return _blocked(_to_view(row, self._settings.default_proxy_url), blocks)
+        return _blocked(_to_view(row, self._settings), blocks)
 
     async def stats(self) -> StatsView:
         now = utcnow()
@@ -516,7 +522,8 @@ def _view_query(now: datetime) -> Any:
     return select(*_VIEW_COLUMNS, is_busy(now).label("is_busy"), is_available(now).label("available"))
 
 
-def _to_view(row: Any, default_proxy: str | None) -> InstanceView:
+def _to_view(row: Any, settings: Settings) -> InstanceView:
+    default_proxy = settings.default_proxy_url
     return InstanceView(
         instance_id=str(row.id),
         name=row.name,
@@ -537,6 +544,12 @@ def _to_view(row: Any, default_proxy: str | None) -> InstanceView:
         handle=row.handle,
         proxy=mask_proxy(row.proxy_url),
         effective_proxy=mask_proxy(row.proxy_url or default_proxy),
+        login_checked_at=row.login_checked_at,
+        signed_in_since=row.signed_in_since,
+        session_saved_at=row.session_saved_at,
+        session_expires_at=row.session_expires_at,
+        session_expiring=expiring(row.session_expires_at, utcnow(), settings.session_warn_before),
+        last_success_at=row.last_success_at,
         page_error=row.page_error,
         legacy_id=row.legacy_id,
     )

@@ -27,13 +27,21 @@ class InstanceView(msgspec.Struct, kw_only=True):
     restart_count: int
     next_restart_at: datetime | None
     handle: str | None
+    # Models its account said it cannot use: no task for them goes here until a restart or a new session.
+    unavailable_models: list[ModelBlockView] = msgspec.field(default_factory=list)
     # Egress proxy, masked: the instance's own (None: the fleet default applies) and the one its browser uses.
     proxy: str | None = None
     effective_proxy: str | None = None
     # Why the page cannot reach AI Studio (login_state `unreachable`), in the browser's words.
     page_error: str | None = None
-    # Models its account said it cannot use: no task for them goes here until a restart or a new session.
-    unavailable_models: list[ModelBlockView] = msgspec.field(default_factory=list)
+    # Session health: the last check of the login on the page, since when it is signed in, the last save of
+    # the login to the volume, when its Google auth cookies expire (and whether that is soon), the last success.
+    login_checked_at: datetime | None = None
+    signed_in_since: datetime | None = None
+    session_saved_at: datetime | None = None
+    session_expires_at: datetime | None = None
+    session_expiring: bool = False
+    last_success_at: datetime | None = None
     # The id it had in the old multi-instance system, when `aistudio-fleet migrate` created it.
     legacy_id: str | None = None
 

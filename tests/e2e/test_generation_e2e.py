@@ -9,6 +9,7 @@ their order matters: the quota test leaves an instance cooling down, so it comes
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import threading
 import uuid
@@ -33,6 +34,7 @@ from tests.e2e.harness import (
     remove_namespace,
     wait_for,
 )
+from instance.images import reencode
 from tests.instance.harness import png_bytes, signed_in_state
 from tests.simulator.fixtures import control
 
@@ -175,7 +177,8 @@ def test_the_old_clients_calls_work_unchanged(pool: Pool) -> None:
     assert health["browser_instances"]["total"] == INSTANCES
 
     uploads = [g["uploads"] for g in pool.record()["generations"]]
-    assert [len(u) for u in uploads] == [1, 1] and all(u[0]["size"] == len(reference) for u in uploads)
+    reencoded = reencode(reference, 0, 40_000_000).data  # the instance re-encodes every reference it takes
+    assert [len(u) for u in uploads] == [1, 1] and all(u[0]["sha256"] == hashlib.sha256(reencoded).hexdigest() for u in uploads)
 
 
 def test_a_full_queue_answers_429(pool: Pool) -> None:

@@ -53,9 +53,9 @@ def fake() -> FakeRuntime:
 
 
 @pytest.fixture
-async def fleet(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Fleet]:
-    """A Fleet whose reconciler does not loop: tests drive passes themselves."""
-    opened = await Fleet.open(make_settings(sqlite_url, tmp_path), runtime=fake, reconcile=False)
+async def fleet(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Fleet]:
+    """A Fleet whose reconciler does not loop: tests drive passes themselves; on each database."""
+    opened = await Fleet.open(make_settings(database_url, tmp_path), runtime=fake, reconcile=False)
     try:
         yield opened
     finally:
@@ -95,7 +95,7 @@ async def admin(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIt
 
 
 @pytest.fixture
-async def api(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_api_app(make_settings(sqlite_url, tmp_path), runtime=fake)
+async def api(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_api_app(make_settings(database_url, tmp_path), runtime=fake)
     async with AsyncTestClient(app) as client:
         yield client

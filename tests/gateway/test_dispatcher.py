@@ -136,11 +136,12 @@ async def test_an_expired_lease_does_not_block_the_instance(database_url: str, t
 
 async def test_queue_is_first_in_first_out(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
-        fake.generate_delay = 0.1
-        calls = []
-        for i in range(5):
+        fake.generate_delay = 0.5  # p0 holds the one instance while the others line up
+        calls = [asyncio.create_task(pool.generate(prompt="p0"))]
+        await wait_for(lambda: _running(pool))
+        for i in range(1, 5):
             calls.append(asyncio.create_task(pool.generate(prompt=f"p{i}")))
-            await asyncio.sleep(0.02)  # each one queued before the next arrives
+            await wait_for(lambda n=i: _queued(pool, n))  # each one queued before the next arrives
         responses = await asyncio.gather(*calls)
         assert [g.prompt for g in fake.generations] == [f"p{i}" for i in range(5)]
         assert [r.json()["timings"]["queued_ms"] > 0 for r in responses] == [False, True, True, True, True]

@@ -15,7 +15,7 @@ import pytest
 from gateway.app import Fleet, create_api_app
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
-from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
+from tests.gateway.pool import DISPATCH_FAST, serve, start_instances, wait_for
 from tests.gateway.test_dispatcher import assert_no_overlap
 
 pytestmark = pytest.mark.postgres
@@ -58,8 +58,11 @@ async def test_a_release_in_one_gateway_wakes_the_queue_of_the_other(postgres_ur
             assert listening is not None
             await asyncio.wait_for(listening.wait(), 10)
             first = asyncio.create_task(http_a.post("/generate", json={"prompt": "on a"}))
-            while not fake.generations:
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: _any_generation(fake), timeout=10)
             second = await http_b.post("/generate", json={"prompt": "queued on b"})
             assert (await first).json()["success"] is True
     assert second.json()["success"] is True and second.json()["timings"]["queued_ms"] > 0
+
+
+async def _any_generation(fake: FakeRuntime) -> bool:
+    return bool(fake.generations)

@@ -3,6 +3,7 @@ the panel and /metrics; and the pure rules behind them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,30 +138,44 @@ async def _has(fleet: Fleet, instance_id: str, field: str) -> bool:
 
 async def test_an_expiring_session_shows_in_the_api_the_panel_and_metrics(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     settings = make_settings(sqlite_url, tmp_path, session_warn_before=2 * DAY)
-    admin_app = create_admin_app(settings, runtime=fake)
-    api_app = create_api_app(settings, runtime=fake)
-    async with AsyncTestClient(admin_app) as admin, AsyncTestClient(api_app) as api:
-        fleet: Fleet = admin_app.state.fleet
-        instance_id = await _running(fleet, "expiring")
-        other_id = await _running(fleet, "fine")
-        expires = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    expires = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    async with AsyncTestClient(create_admin_app(settings, runtime=fake)) as admin:  # its reconciler loops
+        instance_id, other_id = [await _started_through_the_api(admin, name) for name in ("expiring", "fine")]
         fake.set_session_expiry(instance_id, expires.isoformat())
         fake.set_session_expiry(other_id, (datetime.now(UTC) + timedelta(days=300)).isoformat())
-        await passes_until(fleet, lambda: _has(fleet, instance_id, "session_expires_at"))
-
-        view = (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
+        view = await _view_until(admin, instance_id, lambda v: v["session_expires_at"] is not None)
         assert view["session_expiring"] is True and view["signed_in_since"] is not None
         assert datetime.fromisoformat(view["session_expires_at"]) == expires
-        assert (await admin.get(f"/api/instances/{other_id}")).json()["instance"]["session_expiring"] is False
-        assert "session_expiring" in await event_kinds(fleet, instance_id)
+        other = await _view_until(admin, other_id, lambda v: v["session_expires_at"] is not None)
+        assert other["session_expiring"] is False
+        events = (await admin.get(f"/api/instances/{instance_id}/events")).json()["events"]
+        assert "session_expiring" in [e["kind"] for e in events]
 
         page = await admin.get(f"/instances/{instance_id}", headers={"Accept-Language": "en"})
         assert "data-session-expiring" in page.text and "Signed in for" in page.text
         assert "data-session-expiring" not in (await admin.get(f"/instances/{other_id}")).text
 
+    async with AsyncTestClient(create_api_app(settings, runtime=fake)) as api:
         metrics = (await api.get("/metrics")).text
-        assert _metric(metrics, "aistudio_sessions_expiring") == 1
-        assert _metric(metrics, 'aistudio_session_expiry_timestamp_seconds{instance="expiring"}') == expires.timestamp()
+    assert _metric(metrics, "aistudio_sessions_expiring") == 1
+    assert _metric(metrics, 'aistudio_session_expiry_timestamp_seconds{instance="expiring"}') == expires.timestamp()
+
+
+async def _started_through_the_api(admin: AsyncTestClient[Any], name: str) -> str:
+    instance_id = (await admin.post("/api/instances", json={"name": name})).json()["instance_id"]
+    await admin.post(f"/api/instances/{instance_id}/start")
+    await _view_until(admin, instance_id, lambda v: v["status"] == "running")
+    return instance_id
+
+
+async def _view_until(admin: AsyncTestClient[Any], instance_id: str, check: Any, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        view = (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
+        if check(view):
+            return view
+        assert asyncio.get_running_loop().time() < deadline, f"not reached in {timeout}s: {view}"
+        await asyncio.sleep(0.02)
 
 
 def _metric(exposition: str, name: str) -> float:
@@ -169,20 +184,13 @@ def _metric(exposition: str, name: str) -> float:
     return values[0]
 
 
-async def test_a_refused_sign_in_tells_the_operator_what_to_do(panel_fleet: tuple[Fleet, AsyncTestClient[Any]], fake: FakeRuntime) -> None:
-    fleet, admin = panel_fleet
-    instance_id = await _running(fleet, "refused")
-    fake.set_login_state(instance_id, "signin_refused")
-    await passes_until(fleet, lambda: _login(fleet, instance_id, "signin_refused"))
-    assert not (await fleet.instances.get(instance_id)).available
-    zh = (await admin.get(f"/instances/{instance_id}")).text
-    assert 'data-login-advice="signin_refused"' in zh and "Google 拒绝登录" in zh and "导入" in zh
-    en = (await admin.get(f"/instances/{instance_id}", headers={"Accept-Language": "en"})).text
-    assert "Google refused sign-in" in en and "INSTANCE_BROWSER_MODE" in en
-
-
-@pytest.fixture
-async def panel_fleet(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[tuple[Fleet, AsyncTestClient[Any]]]:
-    app = create_admin_app(make_settings(sqlite_url, tmp_path), runtime=fake)
-    async with AsyncTestClient(app) as client:
-        yield app.state.fleet, client
+async def test_a_refused_sign_in_tells_the_operator_what_to_do(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with AsyncTestClient(create_admin_app(make_settings(sqlite_url, tmp_path), runtime=fake)) as admin:
+        instance_id = await _started_through_the_api(admin, "refused")
+        fake.set_login_state(instance_id, "signin_refused")
+        view = await _view_until(admin, instance_id, lambda v: v["login_state"] == "signin_refused")
+        assert view["available"] is False
+        zh = (await admin.get(f"/instances/{instance_id}")).text
+        assert 'data-login-advice="signin_refused"' in zh and "Google 拒绝登录" in zh and "导入" in zh
+        en = (await admin.get(f"/instances/{instance_id}", headers={"Accept-Language": "en"})).text
+        assert "Google refused sign-in" in en and "INSTANCE_BROWSER_MODE" in en

@@ -192,3 +192,31 @@ def test_session_is_written_back_every_n_tasks(simulator_url, fresh_dir):
         while _saved_sid(fresh_dir) is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _saved_sid(fresh_dir) == "acct-periodic"
+
+
+def _refused_by_the_browser(sim_url: str, kind: str) -> dict:
+    """Parseable imports that Chromium refuses: a __Secure- cookie without Secure, an origin it cannot open."""
+    state = signed_in_state(sim_url, "acct-new")
+    if kind == "cookie":
+        state["cookies"].append({"name": "__Secure-1PSID", "value": "acct-new", "domain": httpx.URL(sim_url).host,
+                                 "path": "/", "secure": False, "sameSite": "Lax"})
+    else:
+        state["origins"] = [{"origin": "not a url", "localStorage": [{"name": "k", "value": "v"}]}]
+    return state
+
+
+@pytest.mark.parametrize(("kind", "says"), [("cookie", "__Secure-1PSID"), ("origin", "invalid URL")])
+def test_a_session_the_browser_refuses_changes_nothing(simulator_url, fresh_dir, kind, says):
+    with start_instance(simulator_url, fresh_dir, session=signed_in_state(simulator_url, "acct-keep")) as inst:
+        inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        stored = (fresh_dir / "storage_state.json").read_bytes()
+        answer = inst.client.put("/session", json=_refused_by_the_browser(simulator_url, kind))
+        assert answer.status_code == 422, answer.text
+        assert "refused" in answer.json()["detail"] and says in answer.json()["detail"], answer.text
+        assert (fresh_dir / "storage_state.json").read_bytes() == stored
+        status = inst.status()
+        assert status["login_state"] == "logged_in" and "/prompts/" in status["page_url"]
+        exported = {c["name"]: c["value"] for c in inst.client.get("/session").json()["cookies"]}
+        assert exported["SID"] == "acct-keep" and "__Secure-1PSID" not in exported
+        assert inst.generate("still the old login").json()["success"]
+        assert sim(simulator_url, "/_sim/record")["generations"][0]["account"] == "acct-keep"
