@@ -133,6 +133,7 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,
         forms_allowed=lambda path: not path.startswith("/api/"),  # the panel's htmx forms, behind its CSRF check
+        untyped_is_json=True,  # every route wants the admin token or a panel session
     )
 
 
@@ -152,6 +153,7 @@ def _create_app(
     title: str,
     plugins: Sequence[PluginProtocol] = (),
     forms_allowed: Callable[[str], bool] = lambda _path: False,
+    untyped_is_json: bool = False,
 ) -> Litestar:
     """With a `fleet`, the app borrows it (its owner closes it); without, the app's lifespan owns one."""
     lifespan = []
@@ -170,7 +172,7 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed), AllowedHostsPlugin(settings)],  # last: its check runs first
+        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed, untyped_is_json=untyped_is_json), AllowedHostsPlugin(settings)],  # last: its check runs first
         openapi_config=openapi_config(title),  # its reading page served from the image
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,

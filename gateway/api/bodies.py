@@ -2,8 +2,10 @@
 
 - A request that changes state (POST, PUT, PATCH, DELETE) with a body says it is JSON or multipart: any other
   type is `415`. `text/plain` and friends are what a page on another site can send without asking (no CORS
-  preflight), so refusing them keeps such pages from spending the accounts' quota. The panel's own forms
-  (htmx, `application/x-www-form-urlencoded`) are accepted on the panel's routes, behind its CSRF check.
+  preflight), so refusing them keeps such pages from spending the accounts' quota; so is a body with no type
+  at all, which a page can send likewise. The admin listener, whose every route wants the admin token or a
+  panel session, takes an untyped body as JSON (scripts that PUT a session file as it is), and the panel's own
+  forms (htmx, `application/x-www-form-urlencoded`) on the panel's routes, behind its CSRF check.
 - A JSON body is read whole up to the listener's size limit (`413` past it), and its nesting is measured
   before anything parses it: deeper than `MAX_JSON_DEPTH` is `400`, so no parser recurses into a
   `[[[[...]]]]` of a million levels.
@@ -66,10 +68,13 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 class BodyGuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, forms_allowed: Callable[[str], bool]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, forms_allowed: Callable[[str], bool], untyped_is_json: bool
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.forms_allowed = forms_allowed
+        self.untyped_is_json = untyped_is_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["method"] not in STATE_CHANGING:
@@ -80,7 +85,7 @@ class BodyGuardMiddleware:
         if content_type is None and not _has_body(headers):
             await self.app(scope, receive, send)  # e.g. POST /api/instances/{id}/start with nothing in it
             return
-        kind = media_kind(content_type)
+        kind = JSON if content_type is None and self.untyped_is_json else media_kind(content_type)
         if kind is None or (kind == FORM and not self.forms_allowed(scope["path"])):
             raise UnsupportedMediaType(content_type=(content_type or "none")[:100])
         if kind != JSON:
@@ -134,10 +139,13 @@ def _has_body(headers: dict[bytes, str]) -> bool:
 
 
 class BodyGuardPlugin(InitPluginProtocol):
-    """Adds `BodyGuardMiddleware` to a listener; `forms_allowed(path)` says where the panel's forms post."""
+    """Adds `BodyGuardMiddleware` to a listener; `forms_allowed(path)` says where the panel's forms post, and
+    `untyped_is_json` whether a body without a Content-Type is read as JSON (the admin listener) or refused."""
 
-    def __init__(self, max_body_bytes: int, forms_allowed: Callable[[str], bool]) -> None:
-        self.options: dict[str, Any] = {"max_body_bytes": max_body_bytes, "forms_allowed": forms_allowed}
+    def __init__(self, max_body_bytes: int, forms_allowed: Callable[[str], bool], *, untyped_is_json: bool = False) -> None:
+        self.options: dict[str, Any] = {
+            "max_body_bytes": max_body_bytes, "forms_allowed": forms_allowed, "untyped_is_json": untyped_is_json,
+        }
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.append(DefineMiddleware(BodyGuardMiddleware, **self.options))

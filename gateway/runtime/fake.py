@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import time
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,11 @@ class FakeContainer:
     ready_at: float = 0.0  # monotonic time when /status turns ready
     login_state: str = "logged_in"
     page_error: str | None = None  # reported with login_state "unreachable"
+    # What a reload of AI Studio would find (a sign-out the page has not seen yet); None: the same as login_state.
+    account_login_state: str | None = None
+    login_checked_at: str | None = None
+    session_expires_at: str | None = None
+    login_checks: int = 0
     busy: bool = False
     refuses_selectors: bool = False
     hang_http: bool = False  # accepts connections but never answers
@@ -96,6 +102,9 @@ class FakeContainer:
     unavailable_models: set[str] = field(default_factory=set)  # its account cannot use these: model_unavailable
     log_lines: list[str] = field(default_factory=list)
     log_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    current_task: str | None = None
+    last_success_at: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -165,13 +174,13 @@ class FakeRuntime:
         """The instance's next generations do these, in order; then it succeeds again."""
         self.containers[instance_id].script.extend(outcomes)
 
-    def refuse_selectors(self, instance_id: str) -> None:
-        """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
-        self.containers[instance_id].refuses_selectors = True
-
     def refuse_model(self, instance_id: str, model: str) -> None:
         """The instance's account cannot use `model`: every generation with it answers model_unavailable."""
         self.containers[instance_id].unavailable_models.add(model)
+
+    def refuse_selectors(self, instance_id: str) -> None:
+        """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
+        self.containers[instance_id].refuses_selectors = True
 
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
@@ -179,6 +188,16 @@ class FakeRuntime:
     def set_login_state(self, instance_id: str, login_state: str, *, page_error: str | None = None) -> None:
         self.containers[instance_id].login_state = login_state
         self.containers[instance_id].page_error = page_error
+
+    def sign_out_silently(self, instance_id: str, login_state: str = "needs_login") -> None:
+        """The account is signed out, but the idle page has not been reloaded: /status still says the old state."""
+        self.containers[instance_id].account_login_state = login_state
+
+    def set_login_checked_at(self, instance_id: str, when: str | None) -> None:
+        self.containers[instance_id].login_checked_at = when
+
+    def set_session_expiry(self, instance_id: str, when: str | None) -> None:
+        self.containers[instance_id].session_expires_at = when
 
     def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
         """A labeled container the gateway did not start, e.g. left over from a deleted row."""
@@ -219,6 +238,7 @@ class FakeRuntime:
         )
         never = spec.instance_id in self._never_ready
         container.ready_at = float("inf") if never else time.monotonic() + self.ready_delay
+        container.login_checked_at = datetime.now(UTC).isoformat()  # a real instance loads AI Studio at start
         container.log(f"instance {spec.name} starting")
         if spec.instance_id in self._exit_on_start:
             container.phase, container.exit_code = "exited", 1
@@ -320,11 +340,39 @@ class FakeRuntime:
                 "browser": "up" if ready else "starting",
                 "login_state": container.login_state if ready else "unknown",
                 "page_error": container.page_error if ready else None,
+                "login_checked_at": container.login_checked_at,
+                "session_expires_at": container.session_expires_at,
                 "busy": container.busy,
-                "current_task": None,
+                "current_task": container.current_task,
                 "version": "fake",
+                # The rest of the real instance's /status (tests/instance/test_fake_contract.py keeps them alike).
+                "browser_mode": "fake",
+                "page_url": f"https://{FAKE_DOMAIN}/prompts/new_chat" if ready else None,
+                "counters": {"browser_restarts": 0},
+                "selectors_version": self._selectors_version(container),
+                "started_at": container.started_at,
+                **self._saved_and_success(container),
             },
         )
+
+    def _selectors_version(self, container: FakeContainer) -> str:
+        return (self.volumes.get(container.instance_id, {}).get("selectors") or {}).get("version", "packaged")
+
+    def _saved_and_success(self, container: FakeContainer) -> dict[str, str | None]:
+        saved = self.volumes.get(container.instance_id, {}).get("session_saved_at")
+        return {"session_saved_at": saved, "last_success_at": container.last_success_at}
+
+    async def _check_login(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        """Like the real instance: reloads the page (when idle), which reveals the account's real state."""
+        if container.busy:
+            return httpx.Response(409, json={"detail": "this instance is running a task"})
+        container.login_checks += 1
+        if container.account_login_state is not None:
+            container.login_state, container.account_login_state = container.account_login_state, None
+        container.login_checked_at = datetime.now(UTC).isoformat()
+        body = {"login_state": container.login_state, "login_checked_at": container.login_checked_at,
+                "session_expires_at": container.session_expires_at, **self._saved_and_success(container)}
+        return httpx.Response(200, json=body)
 
     async def _get_session(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         stored = self.volumes.get(container.instance_id, {}).get("session", {"cookies": [], "origins": []})
@@ -343,7 +391,7 @@ class FakeRuntime:
         state = {"cookies": cookies, "origins": body.get("origins", []) if isinstance(body, dict) else []}
         container.login_state = "logged_in" if cookies else "needs_login"
         volume = self.volumes.setdefault(container.instance_id, {})
-        volume.update(session=state, login_state=container.login_state)
+        volume.update(session=state, login_state=container.login_state, session_saved_at=datetime.now(UTC).isoformat())
         return httpx.Response(200, json={"ok": True, "cookies": len(cookies), "login_state": container.login_state})
 
     async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
@@ -385,8 +433,11 @@ class FakeRuntime:
     async def _generate(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
         if container.busy:
             self.busy_rejections += 1
-            return httpx.Response(409, json={"detail": "this instance is already running a task"})
+            return httpx.Response(409, json={"detail": "this instance is already running a task", "current_task": container.current_task})
         body = json.loads(request.content or b"{}")
+        problem = _bad_generation(body)
+        if problem is not None:  # as the real instance answers bad input
+            return httpx.Response(422, json={"detail": problem, "error": {"code": "bad_input", "message": problem}})
         task_id = body.get("task_id")
         if body.get("model") in container.unavailable_models:
             outcome = FakeOutcome.error("model_unavailable", retry_safe=True)
@@ -404,13 +455,13 @@ class FakeRuntime:
             model=body.get("model"), image_size=body.get("image_size"),
         )
         self.generations.append(record)
-        container.busy = True
+        container.busy, container.current_task = True, task_id
         try:
             await self._generating(container, delay, request)
             if outcome.kind == "reset":
                 raise httpx.ReadError("connection reset by peer", request=request)
         finally:
-            container.busy = False
+            container.busy, container.current_task = False, None
             record.ended = time.monotonic()
         timings = {"total_ms": int(delay * 1000)}
         if outcome.kind == "error":
@@ -419,6 +470,7 @@ class FakeRuntime:
             error = {"code": outcome.code, "message": f"injected {outcome.code}", "retry_safe": outcome.retry_safe}
             body = {"success": False, "task_id": task_id, "images_b64": [], "text": None, "error": error, "timings": timings}
             return httpx.Response(200, json=body)
+        container.last_success_at = datetime.now(UTC).isoformat()
         image = base64.b64encode(TINY_PNG).decode()
         return httpx.Response(
             200,
@@ -438,8 +490,19 @@ class FakeRuntime:
             await asyncio.sleep(min(remaining, 0.01))
 
 
+def _bad_generation(body: object) -> str | None:
+    """What the real instance refuses with 422 before it touches the page (docs/instance-api.md)."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "'prompt' must be a non-empty string"
+    return None
+
+
 _ROUTES = {
     ("GET", "/status"): FakeRuntime._status,
+    ("POST", "/login/check"): FakeRuntime._check_login,
     ("GET", "/session"): FakeRuntime._get_session,
     ("PUT", "/session"): FakeRuntime._put_session,
     ("GET", "/screenshot"): FakeRuntime._screenshot,

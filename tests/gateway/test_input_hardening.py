@@ -168,8 +168,10 @@ async def test_the_management_api_takes_json_or_multipart_only(admin: AsyncTestC
     assert (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]["target"] == "stopped"
     session = await admin.put(f"/api/instances/{instance_id}/session", content=b"[]", headers={"content-type": "text/plain"})
     assert session.status_code == 415
-    # No body at all (curl -X POST): nothing to mistake, so it is served.
+    # No body at all (curl -X POST): nothing to mistake, so it is served; an untyped body is read as JSON here.
     assert (await admin.post(f"/api/instances/{instance_id}/start")).status_code == 200
+    untyped_deep = await admin.post("/api/instances", content=DEEP, headers=EN)
+    assert untyped_deep.status_code == 400 and untyped_deep.json()["error"] == "body_too_deep"
 
 
 async def test_the_panels_own_forms_still_post_urlencoded(admin: AsyncTestClient[Any]) -> None:

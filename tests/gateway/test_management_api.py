@@ -115,7 +115,7 @@ async def test_unknown_id_is_404(admin: Client, bad_id: str) -> None:
     kept = await create(admin, "kept")
     before = await snapshot(admin)
     for method, suffix in ROUTES_WITH_ID:
-        response = await admin.request(method, f"/api/instances/{bad_id}{suffix}", content=b"{}", headers=EN)
+        response = await admin.request(method, f"/api/instances/{bad_id}{suffix}", json={}, headers=EN)
         assert response.status_code == 404, (method, suffix)
         assert response.json() == {
             "success": False, "error": "instance_not_found",

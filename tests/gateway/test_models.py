@@ -94,10 +94,10 @@ async def test_options_the_model_lacks_are_422_naming_what_it_offers(
 
 
 async def test_the_form_is_checked_the_same_way(pool: Pool, untouched: None) -> None:
+    files = [("reference_images", ("a.png", TINY_PNG, "image/png"))]  # multipart: the endpoint takes no other form
     form = {"prompt": "p", "model": PRO, "image_size": "16K"}
-    response = await pool.http.post("/generate-with-file", data=form, headers=EN)
+    response = await pool.http.post("/generate-with-file", data=form, files=files, headers=EN)
     assert response.status_code == 422 and response.json()["error"] == "image_size_unknown"
-    files = [("reference_images", ("a.png", TINY_PNG, "image/png"))]
     imagen = {"prompt": "p", "model": "imagen-4.0-fast-generate-001"}
     response = await pool.http.post("/generate-with-file", data=imagen, files=files, headers=EN)
     assert response.status_code == 422 and response.json()["error"] == "model_takes_no_references"
