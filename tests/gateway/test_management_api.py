@@ -218,7 +218,7 @@ async def test_oversize_session_is_413_and_nothing_reaches_the_instance(admin: C
 async def test_session_import_and_export_pass_through_to_the_instance(admin: Client, fake: FakeRuntime) -> None:
     fake.default_login_state = "needs_login"
     instance_id = await started(admin)
-    cookies = [{"name": "SID", "value": "abc", "domain": ".google.com"}]
+    cookies = [{"name": "SID", "value": "secret-sid-value", "domain": ".google.com"}]
     imported = await admin.put(f"/api/instances/{instance_id}/session", content=json.dumps(cookies), headers=EN)
     assert imported.status_code == 200, imported.text
     assert imported.json()["cookies"] == 1 and imported.json()["login_state"] == "logged_in"
@@ -226,7 +226,7 @@ async def test_session_import_and_export_pass_through_to_the_instance(admin: Cli
     assert exported.status_code == 200 and exported.json()["cookies"] == cookies
     assert exported.headers["cache-control"] == "no-store"
     events = (await admin.get(f"/api/instances/{instance_id}/events")).json()["events"]
-    assert "session_imported" in [e["kind"] for e in events] and "abc" not in json.dumps(events)  # never logged
+    assert "session_imported" in [e["kind"] for e in events] and "secret-sid-value" not in json.dumps(events)  # never logged
 
     unreadable = await admin.put(f"/api/instances/{instance_id}/session", content=b"{broken", headers=EN)
     assert unreadable.status_code == 422 and unreadable.json()["error"] == "session_invalid"
