@@ -315,17 +315,21 @@ async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.Docke
     state = await runtime.start(spec)
     await wait_http(f"{state.endpoint}/healthz")
     c = client.containers.get(state.handle)
-    for i in range(5):  # the container's own stdout, whatever the instance logs
+    # The instance logs its own start (browser, page loads) for a moment: let that burst pass first.
+    await _until(lambda: b"login state" in c.logs(), timeout=60)  # the page's first load ended, one way or another
+    await asyncio.sleep(0.5)
+    for i in range(5):  # the container's own stdout
         _exec(c, f"echo tail-line-{i} > /proc/1/fd/1")
 
     lines = [line async for line in runtime.logs(spec.instance_id, tail=3)]
     assert lines == ["tail-line-2", "tail-line-3", "tail-line-4"]
 
-    # Follow: a line written now arrives; closing the iterator ends the reading thread.
+    # Follow: a line written now arrives (after any the instance wrote meanwhile); closing the iterator ends
+    # the reading thread.
     follower = runtime.logs(spec.instance_id, tail=1, follow=True)
     assert await asyncio.wait_for(anext(follower), 10) == "tail-line-4"
     _exec(c, "echo followed-line > /proc/1/fd/1")
-    assert await asyncio.wait_for(anext(follower), 10) == "followed-line"
+    assert await asyncio.wait_for(_next_matching(follower, "followed-line"), 10) == "followed-line"
     await follower.aclose()
     await _until(lambda: not [t for t in threading.enumerate() if t.name.startswith("docker-logs-")])
 
@@ -347,6 +351,13 @@ async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.Docke
     with pytest.raises(RuntimeError_):
         [line async for line in runtime.logs("no-such-instance")]
     await runtime.remove(spec.instance_id, remove_volume=True)
+
+
+async def _next_matching(lines: AsyncIterator[str], wanted: str) -> str:
+    async for line in lines:
+        if line == wanted:
+            return line
+    raise AssertionError(f"the log ended before {wanted!r}")
 
 
 async def test_container_killed_from_outside_shows_exited(

@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.db.models import EventKind, LoginState, Status, Target, Task, TaskStatus
 from gateway.db.types import utcnow
+from gateway.i18n import catalog
 from gateway.panel.i18n import panel_catalog
 from tests.panel.conftest import csrf_token, served
 
@@ -149,5 +150,6 @@ def test_every_panel_label_exists_in_both_languages() -> None:
         used |= set(re.findall(r"\bt\('([a-z_]+)',", template.read_text()))
     dynamic = {f"status_{s}" for s in Status} | {f"status_{t}" for t in Target} | {f"login_{s}" for s in LoginState}
     dynamic |= {f"task_{s}" for s in TaskStatus} | {f"event_{k}" for k in EventKind}
-    missing = sorted(key for key in used | dynamic if key not in zh)
+    api_zh = catalog("zh")  # panel_text falls back to the API's messages by the same key
+    missing = sorted(key for key in used | dynamic if key not in zh and key not in api_zh)
     assert not missing, missing
