@@ -37,7 +37,7 @@ from tests.e2e.harness import (
     wait_for,
 )
 from tests.instance.harness import require_chromium
-from tests.legacy.old_system import EXPIRED, NO_COOKIES, SIGNED_IN, write_old_data
+from tests.legacy.old_system import EXPIRED, NO_COOKIES, SIGNED_IN, OldInstance, write_old_data, zip_directory
 from tests.panel.harness import launch_browser, login, sign_in_through_the_live_view
 from tests.simulator.fixtures import control, free_port, signin_field_centres
 
@@ -294,6 +294,51 @@ def test_an_old_deployment_moves_in_with_one_command(fleet: ComposeFleet, tmp_pa
                 assert stopped.exit_code == 0, stopped.output
         finally:
             engine.close()
+    finally:
+        control(simulator, "/_sim/config", {"signin_required": False})
+
+
+PANEL_MOVER = OldInstance("f00dcafe", "账号-panel", "acct-panel")
+
+
+def test_an_old_deployment_moves_in_through_the_panel(fleet: ComposeFleet, tmp_path: Path) -> None:
+    """The panel's "Move in" page in Chromium, the gateway in its container: a zip of an old data/ directory,
+    previewed, confirmed, and its account signed in inside an instance container."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    simulator = f"http://127.0.0.1:{fleet.env['FLEET_SIMULATOR_PORT']}"
+    control(simulator, "/_sim/config", {"signin_required": True})
+    try:
+        old = write_old_data(tmp_path / "data", "http://simulator:9000", (PANEL_MOVER,), stray=False)
+        archive = tmp_path / "data.zip"
+        archive.write_bytes(zip_directory(old))
+        with _admin(fleet) as admin, sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            page = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN").new_page()
+            page.set_default_timeout(30_000)
+            login(page, fleet.admin_url, fleet.env["GATEWAY_ADMIN_TOKEN"])
+            page.goto(fleet.admin_url + "/migrate")
+            page.set_input_files("[data-migrate-file]", str(archive))
+            page.check("[data-migrate-start]")
+            page.click("[data-action=migrate-preview]")
+            result = page.locator("[data-migrate-result]")
+            expect(result.locator("tr[data-result=would_create]")).to_have_count(1)
+            page.click("[data-action=migrate-confirm]")
+            expect(result.locator("tr[data-result=created]")).to_have_count(1)
+            browser.close()
+
+            def migrated() -> dict | None:
+                views = admin.get("/api/instances").json()["instances"]
+                view = next((v for v in views if v["legacy_id"] == PANEL_MOVER.instance_id), None)
+                assert view is None or view["status"] != "error", f"{view}\n{fleet.logs()}"
+                return view if view and (view["status"], view["login_state"]) == ("running", "logged_in") else None
+
+            view = wait_for(migrated, timeout=180, what="the account moved in through the panel, signed in")
+            assert view["name"] == PANEL_MOVER.name
+            session = admin.get(f"/api/instances/{view['instance_id']}/session").json()
+            assert {c["name"]: c["value"] for c in session["cookies"]}["SID"] == PANEL_MOVER.account
+            assert admin.post(f"/api/instances/{view['instance_id']}/stop").status_code == 200
     finally:
         control(simulator, "/_sim/config", {"signin_required": False})
 
