@@ -96,6 +96,7 @@ class Reconciler:
         self._finished_during_pass: set[uuid.UUID] = set()
         self._probe_failures: dict[uuid.UUID, int] = {}
         self._login_checks: dict[uuid.UUID, float] = {}  # when each instance's login was last checked (monotonic)
+        self._checking: set[asyncio.Task[None]] = set()  # login checks: beside, not instead of, starts and stops
         self._suspects: set[uuid.UUID] = set()
         # Running instances this reconciler started or has seen healthy; any other running one is adopted.
         self._known_running: set[uuid.UUID] = set()
@@ -114,7 +115,7 @@ class Reconciler:
 
     async def close(self) -> None:
         """Stops the loop and cancels running actions; instances keep running and are adopted next time."""
-        tasks = [t for t in (self._loop_task, *self._actions.values()) if t is not None]
+        tasks = [t for t in (self._loop_task, *self._actions.values(), *self._checking) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -564,7 +565,15 @@ class Reconciler:
         if last is not None and time.monotonic() - last < self._settings.login_check_interval:
             return
         self._login_checks[row.id] = time.monotonic()
-        self._spawn(row.id, self._check_login(row, endpoint))
+        # Not an action: a page load that hangs on a dead proxy must not hold up an operator's stop.
+        task = asyncio.create_task(self._check_login(row, endpoint), name=f"login-check-{row.id}")
+        self._checking.add(task)
+        task.add_done_callback(self._login_check_done)
+
+    def _login_check_done(self, task: asyncio.Task[None]) -> None:
+        self._checking.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("login check failed: %s", task.exception())
 
     async def _check_login(self, row: InstanceRow, endpoint: str) -> None:
         """The idle instance reloads AI Studio; a changed login state is written as the probe would."""
