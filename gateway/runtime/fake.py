@@ -94,6 +94,7 @@ class FakeContainer:
     login_checked_at: str | None = None
     session_expires_at: str | None = None
     login_checks: int = 0
+    followers: int = 0  # log readers waiting for the next line
     busy: bool = False
     refuses_selectors: bool = False
     hang_http: bool = False  # accepts connections but never answers
@@ -287,7 +288,11 @@ class FakeRuntime:
             sent = len(container.log_lines)
             if not follow or container.phase != "running":
                 return
-            await changed.wait()
+            container.followers += 1  # tests wait for a reader before they write what it should see
+            try:
+                await changed.wait()
+            finally:
+                container.followers -= 1
 
     # Internals -----------------------------------------------------------------------------------
 

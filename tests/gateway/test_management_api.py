@@ -258,11 +258,15 @@ async def test_logs_tail_and_follow_as_server_sent_events(admin: Client, fake: F
 
     # Litestar's test client runs the app on a loop in another thread and returns a response only when its
     # body is complete, so what happens during the stream is done from a timer, on the app's loop.
-    def while_streaming() -> None:
+    async def while_streaming() -> None:
+        for _ in range(500):  # until the stream has sent its tail and waits for more (at most 5 s)
+            if fake.containers[instance_id].followers:
+                break
+            await asyncio.sleep(0.01)
         fake.containers[instance_id].log("live line")
         fake.kill(instance_id)  # the stream ends when the container does
 
-    timer = threading.Timer(0.3, admin.blocking_portal.call, args=(while_streaming,))
+    timer = threading.Timer(0.05, admin.blocking_portal.call, args=(while_streaming,))
     timer.start()
     try:
         response = await admin.get(f"/api/instances/{instance_id}/logs?follow=1&tail=1", timeout=5)
