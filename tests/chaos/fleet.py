@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     GatewayProcess,
     SimulatorNetwork,
     fleet_containers,
+    print_fleet_logs,
     new_namespace,
     remove_namespace,
     wait_for,
@@ -155,9 +156,7 @@ def open_chaos_fleet(
     finally:
         gateway.stop()
         if request.session.testsfailed > failed_before:
-            print(f"\n---- gateway log ----\n{gateway.log_tail(150)}\n---- postgres log ----\n{postgres.log_tail()}")
-            for container in fleet_containers(engine, namespace):
-                print(f"---- {container.name} ({container.status}) ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
+            print_fleet_logs(engine, gateway, extra=f"\n---- postgres log ----\n{postgres.log_tail()}")
         remove_namespace(engine, namespace)
         if not postgres.running():
             postgres.start()

@@ -97,6 +97,13 @@ def container_of(client: docker.DockerClient, namespace: str, instance_id: str) 
     return found[0] if found else None
 
 
+def print_fleet_logs(engine: docker.DockerClient, gateway: Any, *, extra: str = "") -> None:
+    """What the gateway and its containers said, printed for a test that failed (like dockerspawner's conftest)."""
+    print(f"\n---- gateway log ----\n{gateway.log_tail(150)}{extra}")
+    for container in fleet_containers(engine, gateway.namespace):
+        print(f"---- {container.name} ({container.status}) ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
+
+
 def remove_namespace(client: docker.DockerClient, namespace: str) -> None:
     """Remove a gateway namespace's containers and volumes (the gateway's labels say whose they are)."""
     for container in fleet_containers(client, namespace):

@@ -18,7 +18,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from tests.e2e.conftest import FAST_SETTINGS
-from tests.e2e.harness import GatewayProcess, SimulatorNetwork, fleet_containers, new_namespace, remove_namespace
+from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace
 from tests.instance.harness import png_bytes, signed_in_state
 from tests.simulator.fixtures import control
 
@@ -78,9 +78,7 @@ def fleet(engine: docker.DockerClient, sim_network: SimulatorNetwork, tmp_path_f
     finally:
         gateway.stop()
         if request.session.testsfailed > failed_before:
-            print(f"\n---- gateway log ----\n{gateway.log_tail(150)}")
-            for container in fleet_containers(engine, namespace):
-                print(f"---- {container.name} ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
+            print_fleet_logs(engine, gateway)
         remove_namespace(engine, namespace)
         control(sim_network.control_url, "/_sim/reset", {})
         control(sim_network.control_url, "/_sim/config", {"signin_required": False})

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import FAST_SETTINGS
-from tests.e2e.harness import GatewayProcess, SimulatorNetwork, fleet_containers, new_namespace, remove_namespace, wait_for
+from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace, wait_for
 from tests.instance.harness import signed_in_state
 from tests.simulator.fixtures import control
 
@@ -76,9 +76,7 @@ def pair(engine: docker.DockerClient, sim_network: SimulatorNetwork, tmp_path_fa
     finally:
         gateway.stop()
         if request.session.testsfailed > failed_before:
-            print(f"\n---- gateway log ----\n{gateway.log_tail(120)}")
-            for container in fleet_containers(engine, namespace):
-                print(f"---- {container.name} ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
+            print_fleet_logs(engine, gateway)
         remove_namespace(engine, namespace)
         control(sim_network.control_url, "/_sim/reset", {})
         control(sim_network.control_url, "/_sim/config", {"signin_required": False})

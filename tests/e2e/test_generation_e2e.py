@@ -29,7 +29,7 @@ from tests.e2e.harness import (
     GatewayProcess,
     SimulatorNetwork,
     container_of,
-    fleet_containers,
+    print_fleet_logs,
     new_namespace,
     remove_namespace,
     wait_for,
@@ -80,7 +80,7 @@ def pool(request: pytest.FixtureRequest, engine: docker.DockerClient, sim_networ
         finally:
             gateway.stop()
             if request.session.testsfailed > failed_before:
-                _report(engine, gateway)
+                print_fleet_logs(engine, gateway)
             remove_namespace(engine, namespace)
             control(sim_network.control_url, "/_sim/reset", {})
             control(sim_network.control_url, "/_sim/config", {"signin_required": False})
@@ -125,12 +125,6 @@ class _database:
     def __exit__(self, *exc: object) -> None:
         if self.name:
             run_in_thread(_admin_sql(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-
-
-def _report(engine: docker.DockerClient, gateway: GatewayProcess) -> None:
-    print(f"\n---- gateway log ----\n{gateway.log_tail(150)}")
-    for container in fleet_containers(engine, gateway.namespace):
-        print(f"---- {container.name} ({container.status}) ----\n{container.logs(tail=40).decode('utf-8', 'replace')}")
 
 
 def generate(pool: Pool, prompt: str, **extra: Any) -> requests.Response:

@@ -23,7 +23,7 @@ from tests.e2e.harness import (
     SIMULATOR_IMAGE,
     GatewayProcess,
     SimulatorNetwork,
-    fleet_containers,
+    print_fleet_logs,
     new_namespace,
     remove_namespace,
     wait_for,
@@ -73,9 +73,7 @@ def gateway_sqlite(
     finally:
         process.stop()
         if request.session.testsfailed > failed_before:
-            print(f"\n---- gateway log ----\n{process.log_tail(150)}")
-            for container in fleet_containers(engine, namespace):
-                print(f"---- {container.name} ----\n{container.logs(tail=60).decode('utf-8', 'replace')}")
+            print_fleet_logs(engine, process)
         remove_namespace(engine, namespace)
 
 
