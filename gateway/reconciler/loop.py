@@ -103,6 +103,7 @@ class Reconciler:
         self._start_slots = asyncio.Semaphore(settings.start_concurrency)
         self._probe_slots = asyncio.Semaphore(settings.probe_concurrency)
         self._next_due: float | None = None
+        self._passes_begun = self._passes_ended = 0  # loop passes, so a caller can wait for one that began later
         self.last_report: PassReport | None = None
         # Status moves that met a database outage: written before the next pass reads the rows.
         self._unwritten = Backlog("reconciler")
@@ -133,6 +134,13 @@ class Reconciler:
         self._suspects.add(instance_id)
         self.wake()
 
+    async def next_pass(self) -> None:
+        """Wait for a loop pass that begins after this call to end (what a target change did shows in the rows)."""
+        wanted = self._passes_begun + 1
+        self.wake()
+        while self._passes_ended < wanted:
+            await asyncio.sleep(0.01)
+
     async def drain(self) -> None:
         """Wait for every background start/stop to finish (tests and shutdown)."""
         while self._actions:
@@ -149,6 +157,7 @@ class Reconciler:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            self._passes_begun += 1
             try:
                 if self._leader is None or await self._leader.acquire():
                     self.last_report = await self.reconcile_once()
@@ -157,6 +166,8 @@ class Reconciler:
                     log.warning("reconcile pass skipped: database unreachable (%s)", _first_line(exc))
                 else:
                     log.exception("reconcile pass failed")
+            finally:
+                self._passes_ended += 1
             timeout = self._settings.reconcile_interval
             if self._next_due is not None:
                 timeout = max(0.0, min(timeout, self._next_due - time.monotonic()))

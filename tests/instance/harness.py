@@ -76,6 +76,16 @@ class RunningInstance:
     def generate(self, prompt: str = "a red square", **body) -> httpx.Response:
         return self.client.post("/generate", json={"prompt": prompt, **body})
 
+    def generate_between_checks(self, prompt: str, timeout: float = 20.0) -> httpx.Response:
+        """Generate, waiting out the instance's own reachability check (which holds the task slot, as a task would)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.generate(prompt)
+            held_by_check = response.status_code == 409 and response.json().get("current_task") == "reachability-check"
+            if not held_by_check or time.monotonic() > deadline:
+                return response
+            time.sleep(0.05)
+
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition") -> dict:
         deadline = time.monotonic() + timeout
         status: dict = {}

@@ -85,7 +85,7 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
             assert "net::ERR_PROXY_CONNECTION_FAILED" in status["page_error"]
             assert status["page_url"].startswith("chrome-error://")
             # A task is refused as retry-safe: it never reached AI Studio.
-            refused = inst.generate("nowhere to go").json()
+            refused = inst.generate_between_checks("nowhere to go").json()
             assert refused["success"] is False and refused["error"]["retry_safe"] is True, refused
             proxy.start()
             # The background retry holds the task slot while it loads the page (busy), as a task would.
@@ -93,7 +93,7 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
             status = inst.wait_for(back, timeout=30, what="back after the proxy")
             assert status["page_error"] is None
             assert carried_as in proxy.carried
-            assert inst.generate("a green triangle, proxy back").json()["success"]
+            assert inst.generate_between_checks("a green triangle, proxy back").json()["success"]
     finally:
         proxy.close()
 
