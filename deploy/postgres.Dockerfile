@@ -6,8 +6,11 @@
 #
 # Build (context: the repository root):  deploy/build-images.sh  (as aistudio-fleet-postgres:15)
 #   docker build -f deploy/postgres.Dockerfile -t aistudio-fleet-postgres:15 .
+# The build-time extras in deploy/.build/ (the host's apt settings) are used in the `system` stage and left
+# behind with it: the image starts from scratch with that stage's files (see Dockerfile.instance).
 ARG BASE_IMAGE=debian:bookworm-slim
-FROM ${BASE_IMAGE}
+
+FROM ${BASE_IMAGE} AS system
 
 SHELL ["/bin/sh", "-eu", "-c"]
 
@@ -37,6 +40,10 @@ RUN groupadd --system --gid 999 postgres; \
     mkdir -p /var/run/postgresql /docker-entrypoint-initdb.d; \
     chown postgres:postgres /var/run/postgresql; chmod 2775 /var/run/postgresql; \
     /usr/lib/postgresql/15/bin/postgres --version
+
+FROM scratch
+COPY --from=system / /
+SHELL ["/bin/sh", "-eu", "-c"]
 
 COPY deploy/postgres-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 RUN chmod 755 /usr/local/bin/docker-entrypoint.sh
