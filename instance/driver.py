@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from playwright.async_api import Error as PlaywrightError
@@ -20,7 +21,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from instance.browser import BrowserHost, is_signin_url
 from instance.errors import ErrorCode, GenerationError, UIChanged
-from instance.images import ReferenceImage, to_png
+from instance.images import ReferenceImage, reference_files, to_png
 from instance.selectors import SelectorBook
 from instance.settings import InstanceSettings
 
@@ -381,7 +382,8 @@ class Driver:
         clock = _Clock()
         self._submitted = False
         try:
-            images, text = await self._generate(request, clock)
+            with reference_files(request.references) as files:
+                images, text = await self._generate(request, files, clock)
             return GenerationResult(success=True, images_png=images, text=text or None, timings=clock.done())
         except GenerationError as exc:
             return GenerationResult(success=False, error=exc, text=exc.text, timings=clock.done())
@@ -395,7 +397,7 @@ class Driver:
         finally:
             self.host.schedule_reset()
 
-    async def _generate(self, request: GenerationRequest, clock: _Clock) -> tuple[list[bytes], str]:
+    async def _generate(self, request: GenerationRequest, files: list[Path], clock: _Clock) -> tuple[list[bytes], str]:
         page = await self._open_chat(request.model)
         prompt_box = await self._find(page, "prompt_textarea", self.settings.page_load_timeout_s)
         clock.lap("page_ms")
@@ -409,8 +411,8 @@ class Driver:
         if request.image_size:
             await self._ensure_choice(page, SIZE, request.image_size, state["size"])
         clock.lap("prepare_ms")
-        for image in request.references:
-            await self._upload(page, image)
+        for file in files:
+            await self._upload(page, file)
         clock.lap("upload_ms")
         await self._fill_prompt(prompt_box, request.prompt)
         state = await self._step(page, mark_seen=True)
@@ -647,9 +649,8 @@ class Driver:
 
     # ---- uploads ---------------------------------------------------------------------------------
 
-    async def _upload(self, page: Page, image: ReferenceImage) -> None:
+    async def _upload(self, page: Page, file: Path) -> None:
         before = (await self._step(page))["upload"]
-        files = {"name": image.name, "mimeType": image.mime, "buffer": image.data}
         add = await self._find(page, "add_media_button")
         await add.click()
         item = await self._present(page, "upload_menu_item")
@@ -658,11 +659,11 @@ class Driver:
             try:
                 async with page.expect_file_chooser(timeout=self._ms(self.settings.element_timeout_s)) as chooser:
                     await item.click()
-                await (await chooser.value).set_files(files)
+                await (await chooser.value).set_files(file)
             except PlaywrightTimeout:
-                await (await self._find(page, "file_input", state="attached")).set_input_files(files)
+                await (await self._find(page, "file_input", state="attached")).set_input_files(file)
         else:
-            await (await self._find(page, "file_input", state="attached")).set_input_files(files)
+            await (await self._find(page, "file_input", state="attached")).set_input_files(file)
         await self._wait_uploaded(page, before)
         await page.keyboard.press("Escape")
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from instance.errors import BadInput
 
@@ -115,3 +119,21 @@ def to_png(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as img:
         img.save(out, format="PNG")
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def reference_files(images: Sequence[ReferenceImage]) -> Iterator[list[Path]]:
+    """The task's references as files in a private temporary folder, removed when the task ends.
+
+    A file path lets Chromium read the bytes itself; a buffer would cross Playwright's pipe as base64 and be
+    rebuilt in the page (about 200 ms for 1 MB). The files outlive the upload: a page may read them again at Run."""
+    if not images:
+        yield []
+        return
+    with tempfile.TemporaryDirectory(prefix="fleet-refs-") as folder:  # mode 0700
+        paths = []
+        for image in images:
+            path = Path(folder) / image.name
+            path.write_bytes(image.data)
+            paths.append(path)
+        yield paths

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from instance.errors import BadInput
-from instance.images import decode_reference, reencode
+from instance.images import decode_reference, reencode, reference_files
 from tests.instance.conftest import sim
 from tests.instance.harness import b64, png_bytes
 
@@ -66,6 +66,21 @@ REFUSED = [
 
 
 # ---- the decoder alone -----------------------------------------------------------------------------
+
+
+def test_reference_files_are_private_and_removed_when_the_task_ends():
+    images = [reencode(png_bytes(20, 10), 0, MAX_PIXELS), reencode(png_bytes(10, 20, (0, 0, 255)), 1, MAX_PIXELS)]
+    with reference_files(images) as paths:
+        assert [p.name for p in paths] == ["reference-1.png", "reference-2.png"]
+        assert [p.read_bytes() for p in paths] == [image.data for image in images]
+        assert paths[0].parent.stat().st_mode & 0o777 == 0o700  # other users of the host read nothing
+        folder = paths[0].parent
+    assert not folder.exists()
+    with pytest.raises(RuntimeError), reference_files(images) as paths:
+        raise RuntimeError("the task failed")  # a failed task leaves nothing behind either
+    assert not paths[0].parent.exists()
+    with reference_files([]) as none:
+        assert none == []
 
 
 @pytest.mark.parametrize(("name", "make", "says"), REFUSED, ids=[r[0] for r in REFUSED])
