@@ -23,6 +23,16 @@ from instance.settings import InstanceSettings
 
 log = logging.getLogger(__name__)
 
+# Playwright passes a --disable-features list of its own, and Chromium keeps only the last such flag: ours
+# repeats Playwright's (tests/instance/test_browser_flags.py checks it still covers the installed Playwright's).
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding", "ThirdPartyStoragePartitioning",
+    "AvoidCorsURLLoaderRestartOnRedirect", "TcpPortRandomizationWin", "OptimizationHints", "NetworkTimeServiceQuerying",
+    "AimEnabled", "PreconnectToSearch", "msForceBrowserSignIn", "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+OWN_DISABLED_FEATURES = ("Translate", "AutofillServerCommunication", "BackForwardCache")
+
 # Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
 CHROMIUM_ARGS = (
     "--disable-gpu",
@@ -38,7 +48,7 @@ CHROMIUM_ARGS = (
     "--mute-audio",
     "--password-store=basic",
     "--renderer-process-limit=2",
-    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,BackForwardCache",
+    "--disable-features=" + ",".join(dict.fromkeys(PLAYWRIGHT_DISABLED_FEATURES + OWN_DISABLED_FEATURES)),
     "--in-process-gpu",  # one process fewer: each helper process costs tens of MiB
 )
 # Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
