@@ -322,6 +322,9 @@ class InstanceService:
             session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
             # Perhaps another account now: the models the old one could not use may work again.
             await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uuid.UUID(view.instance_id)))
+            # A new login: the session's age starts again (the reconciler stamps it when none is set).
+            since = utcnow() if result.get("login_state") == LoginState.LOGGED_IN else None
+            await session.execute(update(Instance).where(Instance.id == uuid.UUID(view.instance_id)).values(signed_in_since=since))
         self._on_target_changed()  # a pass probes it now, so its new login state shows at once
         return result
 

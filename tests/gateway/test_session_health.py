@@ -4,6 +4,7 @@ the panel and /metrics; and the pure rules behind them."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.reconciler.session_health import health_changes, login_check_due, p
 from gateway.runtime.fake import FakeRuntime
 from gateway.services.instance_client import InstanceStatus
 from tests.gateway.conftest import event_kinds, make_settings, passes_until, status_is
+from tests.polling import await_until
 
 NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 DAY = 86400.0
@@ -125,6 +127,19 @@ async def test_a_busy_instance_is_not_checked(checked_fleet: Fleet, fake: FakeRu
     assert fake.containers[instance_id].login_checks == 0
 
 
+async def test_a_session_import_starts_the_session_age_again(checked_fleet: Fleet) -> None:
+    fleet = checked_fleet
+    instance_id = await _running(fleet, "imported")
+    await passes_until(fleet, lambda: _has(fleet, instance_id, "signed_in_since"))
+    first = (await fleet.instances.get(instance_id)).signed_in_since
+    state = {"cookies": [{"name": "SID", "value": "another", "domain": ".google.com", "path": "/"}], "origins": []}
+    await fleet.instances.import_session(instance_id, json.dumps(state).encode())
+    assert (await fleet.instances.get(instance_id)).signed_in_since > first
+    # An import that leaves the browser signed out leaves no session age behind.
+    await fleet.instances.import_session(instance_id, json.dumps({"cookies": [], "origins": []}).encode())
+    assert (await fleet.instances.get(instance_id)).signed_in_since is None
+
+
 async def _login(fleet: Fleet, instance_id: str, state: str) -> bool:
     return (await fleet.instances.get(instance_id)).login_state == state
 
@@ -169,13 +184,11 @@ async def _started_through_the_api(admin: AsyncTestClient[Any], name: str) -> st
 
 
 async def _view_until(admin: AsyncTestClient[Any], instance_id: str, check: Any, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        view = (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
-        if check(view):
-            return view
-        assert asyncio.get_running_loop().time() < deadline, f"not reached in {timeout}s: {view}"
-        await asyncio.sleep(0.02)
+    return await await_until(lambda: _view(admin, instance_id), until=check, timeout=timeout, what="the instance's view")
+
+
+async def _view(admin: AsyncTestClient[Any], instance_id: str) -> dict[str, Any]:
+    return (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
 
 
 def _metric(exposition: str, name: str) -> float:
