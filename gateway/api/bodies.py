@@ -6,6 +6,9 @@
   at all, which a page can send likewise. The admin listener, whose every route wants the admin token or a
   panel session, takes an untyped body as JSON (scripts that PUT a session file as it is), and the panel's own
   forms (htmx, `application/x-www-form-urlencoded`) on the panel's routes, behind its CSRF check.
+- A multipart body is the one accepted type a page on another site can also send without asking (an HTML
+  form): one that a browser marks as sent by a page on another site (`Origin`, `Sec-Fetch-Site`) is `403`.
+  Clients that are not browsers send neither header.
 - A JSON body is read whole up to the listener's size limit (`413` past it), and its nesting is measured
   before anything parses it: deeper than `MAX_JSON_DEPTH` is `400`, so no parser recurses into a
   `[[[[...]]]]` of a million levels.
@@ -23,7 +26,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import BadRequest, FleetError, TooLarge
+from gateway.api.hosts import same_origin
+from gateway.errors import BadRequest, FleetError, Forbidden, TooLarge
 
 MAX_JSON_DEPTH = 32
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -88,6 +92,8 @@ class BodyGuardMiddleware:
         kind = JSON if content_type is None and self.untyped_is_json else media_kind(content_type)
         if kind is None or (kind == FORM and not self.forms_allowed(scope["path"])):
             raise UnsupportedMediaType(content_type=(content_type or "none")[:100])
+        if kind == MULTIPART and (origin := cross_site_origin(headers)) is not None:
+            raise Forbidden("origin_mismatch", origin=origin[:100])
         if kind != JSON:
             await self.app(scope, receive, send)
             return
@@ -113,6 +119,16 @@ class BodyGuardMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def cross_site_origin(headers: dict[bytes, str]) -> str | None:
+    """The origin of a page on another site that made the browser send this request; None when no page did."""
+    origin = headers.get(b"origin")
+    if headers.get(b"sec-fetch-site", "").lower() == "cross-site":
+        return origin or "cross-site"
+    if origin is None or same_origin(origin, headers.get(b"host"), headers.get(b"x-forwarded-host")):
+        return None
+    return origin
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -9,6 +9,7 @@ needs no listing: no DNS answer can make a page on another site send one as its 
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 from litestar.config.app import AppConfig
 from litestar.enums import ScopeType
@@ -79,3 +80,9 @@ def _is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def same_origin(origin: str, host: str | None, forwarded_host: str | None = None) -> bool:
+    """A browser's `Origin` names this listener (or the reverse proxy in front of it); `null` never does."""
+    netloc = urlsplit(origin).netloc.lower()
+    return bool(netloc) and netloc in {(host or "").lower(), (forwarded_host or "").lower()}

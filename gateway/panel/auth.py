@@ -18,12 +18,12 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from litestar.datastructures import Cookie
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.hosts import same_origin
 from gateway.errors import Forbidden, Unauthorized
 from gateway.panel.sessions import PanelSessions
 from gateway.settings import Settings
@@ -159,9 +159,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 def _same_origin(origin: str, headers: dict[str, str]) -> bool:
     """The page that sent it was served by this listener (or by the proxy in front of it)."""
-    netloc = urlsplit(origin).netloc.lower()
-    hosts = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()}
-    return bool(netloc) and netloc in hosts
+    return same_origin(origin, headers.get("host"), headers.get("x-forwarded-host"))
 
 
 def _cookie(header: str, name: str) -> str | None:

@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.api.bodies import MAX_JSON_DEPTH, json_depth_exceeds
 from gateway.app import create_admin_app
-from gateway.runtime.fake import FakeRuntime
+from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import Pool, open_pool
 
@@ -148,6 +148,28 @@ async def test_the_generation_api_takes_json_or_multipart_only(pool: Pool, path:
     assert response.status_code == 415, response.text
     assert response.json()["error"] == "unsupported_media_type" and "application/json" in response.json()["message"]
     assert pool.fake.generations == [] and await pool.task_count() == 0
+
+
+CROSS_SITE = [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},  # a sandboxed frame or a file: page
+    {"Sec-Fetch-Site": "cross-site"},
+]
+
+
+@pytest.mark.parametrize("browser", CROSS_SITE, ids=["origin", "null_origin", "sec_fetch_site"])
+async def test_a_form_from_a_page_on_another_site_is_refused(pool: Pool, browser: dict[str, str]) -> None:
+    """A multipart form needs no CORS preflight: a page the operator visits could post one to spend the quota."""
+    files = {"reference_images": ("r.png", TINY_PNG, "image/png")}
+    response = await pool.http.post("/generate-with-file", data={"prompt": "spend"}, files=files, headers={**EN, **browser})
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "origin_mismatch"
+    assert pool.fake.generations == [] and await pool.task_count() == 0
+    # The same form from the gateway's own origin, or from a client that is not a browser, is served.
+    same = {**EN, "Origin": pool.url, "Sec-Fetch-Site": "same-origin"}
+    for headers in (same, EN):
+        served = await pool.http.post("/generate-with-file", data={"prompt": "p"}, files=files, headers=headers)
+        assert served.status_code == 200 and served.json()["success"] is True, served.text
 
 
 async def test_json_with_a_charset_still_works(pool: Pool) -> None:
