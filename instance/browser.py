@@ -31,7 +31,11 @@ PLAYWRIGHT_DISABLED_FEATURES = (
     "AvoidCorsURLLoaderRestartOnRedirect", "TcpPortRandomizationWin", "OptimizationHints", "NetworkTimeServiceQuerying",
     "AimEnabled", "PreconnectToSearch", "msForceBrowserSignIn", "msEdgeUpdateLaunchServicesPreferredVersion",
 )
-OWN_DISABLED_FEATURES = ("Translate", "AutofillServerCommunication", "BackForwardCache")
+# The omnibox popups are WebUI pages that a headed Chromium preloads in a renderer of their own (about 100 MiB);
+# nobody types in the address bar here.
+OWN_DISABLED_FEATURES = (
+    "Translate", "AutofillServerCommunication", "BackForwardCache", "WebUIOmniboxPopup", "WebUIOmniboxAimPopup",
+)
 
 # Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
 CHROMIUM_ARGS = (
