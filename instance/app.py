@@ -312,6 +312,17 @@ async def generate(request: Request) -> Response:
     return Response(_result_body(gen.task_id, result), status_code=200)
 
 
+class BrowserNotUp(Exception):
+    """The browser is starting or restarting and did not come up within the page-load timeout."""
+
+
+async def _host_up(st: InstanceState) -> BrowserHost:
+    """The host, once its browser is up (a call right after start waits for it); else 503, retry-safe."""
+    if not await _wait_browser(st.host, st.settings.page_load_timeout_s):
+        raise BrowserNotUp(f"the browser is not running (it is {st.host.browser_state})")
+    return st.host
+
+
 async def _wait_browser(host: BrowserHost, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while host.browser_state != "up" or not host.ready:
@@ -323,7 +334,7 @@ async def _wait_browser(host: BrowserHost, timeout_s: float) -> bool:
 
 @get("/session")
 async def export_session(request: Request) -> dict[str, Any]:
-    return await _state(request).host.export_session()
+    return await (await _host_up(_state(request))).export_session()
 
 
 @put("/session")
@@ -334,6 +345,7 @@ async def import_session(request: Request) -> Response:
         state = normalize_session(payload)
     except SessionFormatError as exc:
         raise BadInput(f"unreadable session: {exc}") from None
+    await _host_up(st)
     if not st.claim("session-import"):
         return _error(409, "this instance is running a task; import the session when it is idle")
     try:
@@ -360,6 +372,7 @@ async def navigate(request: Request) -> Response:
         raise BadInput("give 'target' ('signin' or 'home') or an http(s) 'url'")
     if st.busy:
         return _error(409, "this instance is running a task")
+    await _host_up(st)
     await st.host.wait_reset()  # the page reset after a task would race this navigation
     await st.host.page.goto(url, wait_until="domcontentloaded", timeout=st.settings.page_load_timeout_s * 1000)
     return Response({"ok": True, "url": st.host.page.url, "login_state": st.host.login_state})
@@ -368,7 +381,7 @@ async def navigate(request: Request) -> Response:
 @get("/screenshot")
 async def screenshot(request: Request, format: str = "png") -> Response:
     kind = "jpeg" if format in ("jpeg", "jpg") else "png"
-    data = await _state(request).host.page.screenshot(type=kind, **({"quality": 70} if kind == "jpeg" else {}))
+    data = await (await _host_up(_state(request))).page.screenshot(type=kind, **({"quality": 70} if kind == "jpeg" else {}))
     return Response(data, media_type=f"image/{kind}")
 
 
@@ -382,7 +395,7 @@ async def reload_selectors(request: Request) -> dict[str, str]:
 async def page_check(request: Request) -> dict[str, Any]:
     """Which selector candidates match the page now; read-only, so it answers beside a running task."""
     st = _state(request)
-    return await diagnose(st.host, busy=st.busy, timeout_s=st.settings.element_timeout_s)
+    return await diagnose(await _host_up(st), busy=st.busy, timeout_s=st.settings.element_timeout_s)
 
 
 @put("/selectors")
@@ -394,7 +407,7 @@ async def install_selectors(request: Request, dry_run: bool = False) -> Response
         raise BadInput(f"the override is larger than {SELECTORS_MAX_BYTES} bytes", 413)
     try:
         document = parse_override(raw)
-        await check_syntax(st.host, document, st.settings.element_timeout_s)
+        await check_syntax(await _host_up(st), document, st.settings.element_timeout_s)
     except OverrideInvalid as exc:
         raise BadInput(str(exc), exc.status_code) from None
     if dry_run:
@@ -429,6 +442,10 @@ async def liveview(socket: WebSocket) -> None:
 
 def _bad_input(_: Request, exc: BadInput) -> Response:
     return _error(exc.status_code, exc.message, error={"code": "bad_input", "message": exc.message})
+
+
+def _browser_not_up(_: Request, exc: BrowserNotUp) -> Response:
+    return _error(503, str(exc), retry_safe=True)
 
 
 def _browser_failure(_: Request, exc: PlaywrightError) -> Response:
@@ -510,7 +527,7 @@ def create_app(settings: InstanceSettings | None = None) -> Litestar:
         ],
         guards=[require_token],
         lifespan=[_lifespan],
-        exception_handlers={BadInput: _bad_input, PlaywrightError: _browser_failure, Exception: _unexpected},
+        exception_handlers={BadInput: _bad_input, BrowserNotUp: _browser_not_up, PlaywrightError: _browser_failure, Exception: _unexpected},
         request_max_body_size=settings.max_body_bytes,
         state=State({"instance": InstanceState(settings)}),
         openapi_config=None,
