@@ -27,6 +27,7 @@ import uvicorn  # noqa: E402
 from gateway.app import Fleet, create_admin_app  # noqa: E402
 from gateway.runtime.fake import FakeRuntime  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from tests.polling import await_until  # noqa: E402
 
 TARGET_HTTP_P50_MS = 30.0
 TARGET_PASS_MS = 250.0
@@ -54,20 +55,20 @@ async def fill(fleet: Fleet, count: int) -> None:
     for n in range(count):
         view = await fleet.instances.create(f"bench-{n:04d}")
         await fleet.instances.start(view.instance_id)
-    for _ in range(50):
+
+    async def all_running_after_a_pass() -> bool:
         await fleet.reconciler.reconcile_once()
         await fleet.reconciler.drain()
-        if (await fleet.instances.stats()).running_instances == count:
-            return
-    raise RuntimeError("instances did not all reach running")
+        return (await fleet.instances.stats()).running_instances == count
+
+    await await_until(all_running_after_a_pass, timeout=120, what=f"all {count} instances running", pause=0)
 
 
 async def measure_http(fleet: Fleet, settings: Settings, requests: int) -> dict[str, list[float]]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_admin_app(settings, fleet=fleet), host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await await_until(lambda: server.started, timeout=10, what="uvicorn to listen", pause=0.01)
     timings: dict[str, list[float]] = {"/api/instances": [], "/api/stats": []}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

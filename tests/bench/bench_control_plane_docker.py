@@ -40,8 +40,8 @@ from tests.e2e.harness import (  # noqa: E402
     remove_stale,
     simulator_network,
     started_at,
-    wait_for,
 )
+from tests.polling import wait_until  # noqa: E402
 
 TARGET_START_P50_S = 4.0
 TARGET_BURST_S = 20.0
@@ -61,14 +61,17 @@ def start_and_wait(gateway: GatewayProcess, ids: list[str]) -> dict[str, float]:
     began = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(ids)) as pool:
         list(pool.map(lambda i: gateway.call("POST", f"/api/instances/{i}/start"), ids))
-    deadline = began + 180
-    while len(done) < len(ids):
+
+    def all_running() -> bool:
         now = time.monotonic()
-        if now > deadline:
-            raise RuntimeError(f"only {len(done)} of {len(ids)} running after 180 s\n{gateway.log_tail()}")
         for instance_id in running_and_logged_in(gateway) & set(ids) - set(done):
             done[instance_id] = now - began
-        time.sleep(POLL_S)
+        return len(done) == len(ids)
+
+    try:
+        wait_until(all_running, timeout=180, what=lambda: f"{len(ids)} running, {len(done)} so far", pause=POLL_S)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{gateway.log_tail()}") from None
     return done
 
 
@@ -122,7 +125,7 @@ def bench_adopt(gateway: GatewayProcess, engine: docker.DockerClient, count: int
     gateway.kill()
     began = time.monotonic()
     listening = gateway.start()
-    wait_for(
+    wait_until(
         lambda: all(gateway.event_kinds(i).count("adopted") == 1 for i in ids),
         timeout=60, what="every instance adopted", pause=POLL_S,
     )

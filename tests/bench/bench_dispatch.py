@@ -47,6 +47,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
+
+from tests.polling import wait_until  # noqa: E402
+
 PNG_B64 = base64.b64encode(
     base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
 ).decode()
@@ -191,15 +194,13 @@ def child(*args: str) -> subprocess.Popen:
 
 
 def wait_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def connect() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"child exited with {process.returncode}")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+
+    wait_until(connect, timeout=timeout, what=f"something to listen on {port}", ignore=(OSError,))
 
 
 def stop(process: subprocess.Popen) -> None:

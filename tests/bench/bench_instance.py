@@ -16,11 +16,17 @@ import base64
 import io
 import os
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 
-import docker
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from a checkout
+
+import docker  # noqa: E402
+import httpx  # noqa: E402
+
+from tests.polling import wait_until  # noqa: E402
 
 INSTANCE_IMAGE = os.environ.get("BENCH_INSTANCE_IMAGE", "aistudio-fleet-instance:latest")
 SIMULATOR_IMAGE = os.environ.get("BENCH_SIMULATOR_IMAGE", "aistudio-fleet-simulator:latest")
@@ -36,29 +42,22 @@ def percentile(values: list[float], q: float) -> float:
 
 def published_port(container, timeout: float = 10) -> int:
     """The host port Docker published; it shows in inspect a moment after the container starts."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def bindings() -> list | None:
         container.reload()
-        for key in ("8000/tcp", "9000/tcp"):
-            if container.ports.get(key):
-                return int(container.ports[key][0]["HostPort"])
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{container.name} published no port ({container.status})")
-        time.sleep(0.02)
+        return container.ports.get("8000/tcp") or container.ports.get("9000/tcp")
+
+    found = wait_until(bindings, timeout=timeout, what=lambda: f"{container.name} to publish a port ({container.status})",
+                       pause=0.02)
+    return int(found[0]["HostPort"])
 
 
 def wait_http(url: str, ok, timeout: float, headers: dict | None = None) -> float:
     """Seconds until `ok(response)` holds, polling every 20 ms."""
     start = time.monotonic()
     with httpx.Client(timeout=2, headers=headers) as client:
-        while time.monotonic() - start < timeout:
-            try:
-                if ok(client.get(url)):
-                    return time.monotonic() - start
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-    raise TimeoutError(url)
+        wait_until(lambda: client.get(url), until=ok, timeout=timeout, what=url, ignore=(httpx.HTTPError,), pause=0.02)
+    return time.monotonic() - start
 
 
 def cgroup_memory_mib(container) -> dict[str, float]:

@@ -39,6 +39,7 @@ import httpx  # noqa: E402
 
 from tests.instance.harness import descendants, png_bytes, signed_in_state  # noqa: E402
 from tests.panel.harness import Gateway, launch_browser, login, start_gateway  # noqa: E402
+from tests.polling import await_until, wait_until  # noqa: E402
 from tests.simulator.fixtures import control, start_simulator  # noqa: E402
 
 TARGET_RENDER_P50_MS = 100.0
@@ -74,8 +75,8 @@ async def overview_render(count: int, renders: int) -> bool:
             ids = [(await client.post("/api/instances", json={"name": f"bench-{i:03d}"})).json()["instance_id"] for i in range(count)]
             for instance_id in ids:
                 await client.post(f"/api/instances/{instance_id}/start")
-            while (await client.get("/api/stats")).json()["stats"]["running_instances"] < count:
-                await asyncio.sleep(0.05)
+            await await_until(lambda: client.get("/api/stats"), until=lambda r: r.json()["stats"]["running_instances"] == count,
+                              timeout=60, what=f"{count} instances running")
             timings = []
             for _ in range(renders):
                 began = time.perf_counter()
@@ -152,16 +153,13 @@ def status_changes(playwright: Any, count: int, changes: int, soak: float) -> bo
 
 def _status_written_at(gateway: Gateway, instance_id: str, status: str) -> float:
     """When the reconciler wrote `status`: the timestamp of the event written in the same transaction."""
-    kind = {"stopped": "stopped", "running": "ready"}[status]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        events = gateway.api.get(f"/api/instances/{instance_id}/events", params={"limit": 1}).json()["events"]
-        if events and events[0]["kind"] == kind:
-            from datetime import datetime
+    from datetime import datetime
 
-            return datetime.fromisoformat(events[0]["created_at"].replace("Z", "+00:00")).timestamp()
-        time.sleep(0.01)
-    raise AssertionError(f"{status} never written")
+    kind = {"stopped": "stopped", "running": "ready"}[status]
+    events = wait_until(lambda: gateway.api.get(f"/api/instances/{instance_id}/events", params={"limit": 1}).json()["events"],
+                        until=lambda latest: latest and latest[0]["kind"] == kind, timeout=10, what=f"{status} written",
+                        pause=0.01)
+    return datetime.fromisoformat(events[0]["created_at"].replace("Z", "+00:00")).timestamp()
 
 
 def _seen_at(page: Any, instance_id: str, status: str) -> float:
@@ -280,9 +278,8 @@ def live_view(playwright: Any, gateway: Gateway, instance_id: str, seconds: floa
             wanted.append((x, y))
             page.mouse.click(box["x"] + x * box["width"] / width, box["y"] + y * box["height"] / height)
             time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while len(target.clicks) < clicks and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(AssertionError):  # clicks that never arrive are reported below, not raised
+            wait_until(lambda: len(target.clicks) >= clicks, timeout=10, what="every click to arrive")
         browser.close()
     errors = [((a - c) ** 2 + (b - d) ** 2) ** 0.5 for (a, b), (c, d) in zip(wanted, target.clicks, strict=False)]
     met = fps >= TARGET_FPS and len(target.clicks) == clicks

@@ -5,8 +5,10 @@ the browser-mode benchmark; the image is the simulator's, which carries this pac
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
+
+# This module runs on the host only: the image, which has no tests/polling.py, runs server.py.
+from tests.polling import wait_until
 
 PORT = 8765
 PAGE_URL = f"http://localhost:{PORT}/"
@@ -20,20 +22,22 @@ def run_sidecar(engine: Any, image: str, instance_container: Any, name: str, lab
         detach=True, name=name, labels=labels, network_mode=f"container:{instance_container.id}",
         security_opt=["no-new-privileges"], cap_drop=["ALL"],
     )
-    deadline = time.monotonic() + timeout
-    while b"botcheck listening" not in container.logs(stdout=False, stderr=True):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not listen: {container.logs().decode(errors='replace')[-2000:]}")
-        time.sleep(0.1)
+    wait_until(lambda: b"botcheck listening" in container.logs(stdout=False, stderr=True), timeout=timeout,
+               what=lambda: f"{name} to listen; its log: {_log(container)}", pause=0.1)
     return container
 
 
 def read_report(sidecar: Any, timeout: float = 30) -> dict[str, Any]:
     """The report line the sidecar prints (`{"botcheck": {...}}`) once the page has posted it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in sidecar.logs(stdout=True, stderr=False).decode(errors="replace").splitlines():
-            if line.startswith('{"botcheck"'):
-                return json.loads(line)["botcheck"]
-        time.sleep(0.2)
-    raise TimeoutError(f"no bot-check report; sidecar logs:\n{sidecar.logs().decode(errors='replace')[-2000:]}")
+
+    def report_line() -> str | None:
+        lines = sidecar.logs(stdout=True, stderr=False).decode(errors="replace").splitlines()
+        return next((line for line in lines if line.startswith('{"botcheck"')), None)
+
+    line = wait_until(report_line, timeout=timeout, what=lambda: f"a bot-check report; sidecar log:\n{_log(sidecar)}",
+                      pause=0.2)
+    return json.loads(line)["botcheck"]
+
+
+def _log(container: Any) -> str:
+    return container.logs().decode(errors="replace")[-2000:]

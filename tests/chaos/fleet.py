@@ -24,10 +24,10 @@ from tests.e2e.harness import (
     print_fleet_logs,
     new_namespace,
     remove_namespace,
-    wait_for,
 )
 from tests.instance.harness import signed_in_state
 from tests.pgserver import PostgresServer
+from tests.polling import wait_until
 from tests.simulator.fixtures import control
 
 INSTANCES = 3
@@ -100,23 +100,24 @@ class ChaosFleet:
         return results
 
     def wait_load(self, *, active: int, queued: int, timeout: float = 60) -> None:
-        def reached() -> bool:
-            status, body = self.health()
+        def reached(health: tuple[int, dict[str, Any]]) -> bool:
+            status, body = health
             return status == 200 and body.get("active_tasks") == active and body.get("queued_tasks") == queued
 
-        wait_for(reached, timeout=timeout, what=f"{active} tasks running and {queued} queued", pause=0.1)
+        wait_until(self.health, until=reached, timeout=timeout, what=f"{active} tasks running and {queued} queued", pause=0.1)
 
     def capacity_back(self, timeout: float) -> float:
         """Seconds until every instance is available again and no task is running or queued."""
         began = time.monotonic()
 
-        def free() -> bool:
-            status, body = self.health()
+        def free(health: tuple[int, dict[str, Any]]) -> bool:
+            status, body = health
             pool = body.get("browser_instances", {})
             return (status == 200 and pool.get("available") == len(self.instance_ids) and pool.get("busy") == 0
                     and body.get("active_tasks") == 0 and body.get("queued_tasks") == 0)
 
-        wait_for(free, timeout=timeout, what=f"all {len(self.instance_ids)} instances free, no task active", pause=0.1)
+        wait_until(self.health, until=free, timeout=timeout,
+                   what=f"all {len(self.instance_ids)} instances free, no task active", pause=0.1)
         return time.monotonic() - began
 
     def containers(self) -> dict[str, Any]:

@@ -17,8 +17,9 @@ import requests
 from gateway.runtime.base import LABEL_MANAGED_BY, MANAGED_BY_VALUE
 from gateway.runtime.docker import LABEL_NAMESPACE
 from tests.chaos.fleet import INSTANCES, QUEUE_MAX, ChaosFleet
-from tests.e2e.harness import started_at, wait_for
+from tests.e2e.harness import started_at
 from tests.instance.harness import signed_in_state
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -56,7 +57,7 @@ def test_postgres_restarted_under_load_loses_no_request_and_leaks_no_lease(fleet
         status, body = fleet.health()
         return status == 503 and body.get("database") == "unavailable" and body.get("unwritten", 0) >= 1
 
-    wait_for(releases_waiting, timeout=30, what="/health to report the outage with releases waiting", pause=0.2)
+    wait_until(releases_waiting, timeout=30, what="/health to report the outage with releases waiting", pause=0.2)
     fleet.postgres.start()
     outage = time.monotonic() - began
     outcomes = answers()
@@ -71,7 +72,7 @@ def test_postgres_restarted_under_load_loses_no_request_and_leaks_no_lease(fleet
 def test_an_instance_container_killed_mid_task_and_the_task_succeeds_on_another(fleet: ChaosFleet) -> None:
     fleet.simulator(latency_ms=4000)
     answers = fleet.load(INSTANCES, prompt="killed")
-    wait_for(lambda: len(fleet.record()["generations"]) >= INSTANCES, timeout=60, what="every instance generating")
+    wait_until(lambda: len(fleet.record()["generations"]) >= INSTANCES, timeout=60, what="every instance generating")
     victim = fleet.instance_ids[0]
     fleet.containers()[victim].kill()
     outcomes = answers()

@@ -25,7 +25,8 @@ import requests
 
 from tests.chaos.conftest import LAST_MARK
 from tests.chaos.fleet import INSTANCES, ChaosFleet
-from tests.e2e.harness import E2E_PREFIX, wait_for
+from tests.e2e.harness import E2E_PREFIX
+from tests.polling import wait_until
 from tests.simulator.fixtures import control
 
 ENABLED = os.environ.get("AISTUDIO_CHAOS_DOCKERD") == "1" or os.environ.get("CI") == "true"
@@ -63,7 +64,7 @@ def restart_dockerd() -> None:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     command = [part.decode() for part in command if part]
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=90, what="dockerd to exit", pause=0.2)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=90, what="dockerd to exit", pause=0.2)
     with DOCKERD_LOG.open("ab") as log:
         subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -76,19 +77,19 @@ def test_the_fleet_is_signed_in_and_available_within_20_s_of_a_dockerd_restart(f
     assert fleet.generate("before").json()["success"] is True
 
     restart_dockerd()
-    wait_for(_engine_answers, timeout=120, what="the Docker engine to answer again", pause=0.2)
+    wait_until(_engine_answers, timeout=120, what="the Docker engine to answer again", pause=0.2)
     engine_back = time.monotonic()
 
     sim.reload()
     fleet.sim.control_url = f"http://127.0.0.1:{sim.ports['9000/tcp'][0]['HostPort']}"
-    wait_for(lambda: _answers(fleet.sim.control_url + "/_sim/record"), timeout=BACK_WITHIN_S, what="the simulator")
+    wait_until(lambda: _answers(fleet.sim.control_url + "/_sim/record"), timeout=BACK_WITHIN_S, what="the simulator")
     control(fleet.sim.control_url, "/_sim/config", {"signin_required": False, "latency_ms": 300})
 
     def all_available() -> bool:
         status, body = fleet.health()
         return status == 200 and body["browser_instances"]["available"] == INSTANCES
 
-    wait_for(all_available, timeout=BACK_WITHIN_S, what=f"all {INSTANCES} instances available again", pause=0.2)
+    wait_until(all_available, timeout=BACK_WITHIN_S, what=f"all {INSTANCES} instances available again", pause=0.2)
     took = time.monotonic() - engine_back
     print(f"\ndockerd restarted: all {INSTANCES} instances signed in and available {took:.1f} s after the engine answered")
     for instance_id in fleet.instance_ids:

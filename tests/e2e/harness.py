@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
@@ -27,6 +27,7 @@ import httpx
 
 from gateway.runtime.base import LABEL_INSTANCE_ID, LABEL_MANAGED_BY, MANAGED_BY_VALUE
 from gateway.runtime.docker import LABEL_NAMESPACE
+from tests.polling import wait_until
 from tests.simulator.fixtures import control, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +37,6 @@ E2E_PREFIX = "aistudio-e2e-"
 E2E_LABEL = "io.aistudio-fleet.e2e"  # on what this harness makes itself (networks, the simulator)
 STALE_AFTER_S = 1800  # leftovers older than this are from a dead run, not a concurrent one
 ADMIN_TOKEN = "e2e-admin-token-0123456789"  # at least 16 characters, or the gateway refuses to start
-
-T = TypeVar("T")
 
 
 def engine_problem(*images: str) -> str | None:
@@ -63,18 +62,6 @@ def new_namespace(kind: str) -> str:
     namespace = f"{E2E_PREFIX}{kind}-{uuid.uuid4().hex[:6]}-"
     assert len(namespace) <= 27, namespace
     return namespace
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, pause: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(pause)
 
 
 # ---- engine objects ----------------------------------------------------------------------------------
@@ -177,7 +164,7 @@ def simulator_network(client: docker.DockerClient, *, signin_required: bool = Fa
             ports={"9000/tcp": ("127.0.0.1", None)},
         )
         control_url = _published(sim, "9000/tcp")
-        wait_for(lambda: _answers(control_url + "/_sim/record"), timeout=30, what="the simulator")
+        wait_until(lambda: _answers(control_url + "/_sim/record"), timeout=30, what="the simulator")
         control(control_url, "/_sim/config", {"signin_required": signin_required})
         yield SimulatorNetwork(network.name, f"http://{sim.name}:9000", control_url)
     finally:
@@ -194,7 +181,7 @@ def _published(container: Any, port: str) -> str:
         bindings = container.ports.get(port)
         return bindings[0]["HostPort"] if bindings else None
 
-    return f"http://127.0.0.1:{wait_for(host_port, timeout=15, what=f'{container.name} to publish {port}')}"
+    return f"http://127.0.0.1:{wait_until(host_port, timeout=15, what=f'{container.name} to publish {port}')}"
 
 
 def _answers(url: str) -> bool:
@@ -274,7 +261,7 @@ class GatewayProcess:
                 raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.log_tail()}")
             return _answers(f"{self.api_url}/health") and self._admin_answers()
 
-        wait_for(up, timeout=timeout, what="the gateway to listen", pause=0.05)
+        wait_until(up, timeout=timeout, what="the gateway to listen", pause=0.05)
         return time.monotonic() - began
 
     def _admin_answers(self) -> bool:
@@ -340,18 +327,15 @@ class GatewayProcess:
     ) -> dict[str, Any]:
         """Until running and logged in; with `fail_on_error`, fails at once when the instance lands in error."""
 
-        def running() -> dict[str, Any] | None:
-            view = self.instance(instance_id)
-            if fail_on_error and view["status"] == "error":
-                raise AssertionError(f"instance {instance_id} failed: {view['error_message']}\n{self.log_tail()}")
-            if view["status"] == "running" and view["login_state"] == "logged_in":
-                return view
-            return None
+        def view() -> dict[str, Any]:
+            current = self.instance(instance_id)
+            if fail_on_error and current["status"] == "error":
+                raise AssertionError(f"instance {instance_id} failed: {current['error_message']}\n{self.log_tail()}")
+            return current
 
-        return wait_for(running, timeout=timeout, what=f"instance {instance_id} running and logged in", pause=pause)
+        return wait_until(view, until=lambda v: (v["status"], v["login_state"]) == ("running", "logged_in"), timeout=timeout,
+                          what=f"instance {instance_id} running and logged in", pause=pause)
 
     def wait_status(self, instance_id: str, status: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        return wait_for(
-            lambda: (view := self.instance(instance_id))["status"] == status and view,
-            timeout=timeout, what=f"instance {instance_id} {status}",
-        )
+        return wait_until(lambda: self.instance(instance_id), until=lambda view: view["status"] == status, timeout=timeout,
+                          what=f"instance {instance_id} {status}")

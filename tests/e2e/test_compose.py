@@ -34,11 +34,11 @@ from tests.e2e.harness import (
     fleet_volumes,
     new_namespace,
     remove_namespace,
-    wait_for,
 )
 from tests.instance.harness import require_chromium
 from tests.legacy.old_system import EXPIRED, NO_COOKIES, SIGNED_IN, OldInstance, write_old_data, zip_directory
 from tests.panel.harness import launch_browser, login, sign_in_through_the_live_view
+from tests.polling import wait_until
 from tests.simulator.fixtures import control, free_port, signin_field_centres
 
 pytestmark = pytest.mark.docker
@@ -166,7 +166,7 @@ def _healthy(url: str) -> bool:
 def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFleet) -> None:
     engine = docker.from_env(timeout=60)
     try:
-        wait_for(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=f"the gateway\n{fleet.logs()}")
+        wait_until(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=lambda: f"the gateway\n{fleet.logs()}")
         # The admin listener binds every interface in its container, so the token compose sets is required.
         assert httpx.get(f"{fleet.admin_url}/api/instances", trust_env=False).status_code == 401
         with _admin(fleet) as admin:
@@ -180,7 +180,7 @@ def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFle
                 assert view["status"] != "error", f"{view['error_message']}\n{fleet.logs()}"
                 return view if view["status"] == "running" and view["login_state"] == "logged_in" else None
 
-            wait_for(running, timeout=120, what="the instance running and logged in")
+            wait_until(running, timeout=120, what="the instance running and logged in")
             health = httpx.get(f"{fleet.api_url}/health", trust_env=False).json()
             assert health["browser_instances"]["available"] == 1
             assert health["engine"] == {"name": "docker", "ok": True, "reason": ""}
@@ -250,7 +250,7 @@ def test_an_old_deployment_moves_in_with_one_command(fleet: ComposeFleet, tmp_pa
     """deploy/migrate.sh: `aistudio-fleet migrate` in a one-off container of the gateway image (its entrypoint and
     user), the old data/ directory mounted read-only; the instance containers come up signed in as before."""
     simulator = f"http://127.0.0.1:{fleet.env['FLEET_SIMULATOR_PORT']}"
-    wait_for(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=f"the gateway\n{fleet.logs()}")
+    wait_until(lambda: _healthy(f"{fleet.api_url}/health"), timeout=120, what=lambda: f"the gateway\n{fleet.logs()}")
     control(simulator, "/_sim/config", {"signin_required": True})
     try:
         old = write_old_data(tmp_path / "data", "http://simulator:9000")  # the instances' name for the simulator
@@ -271,8 +271,8 @@ def test_an_old_deployment_moves_in_with_one_command(fleet: ComposeFleet, tmp_pa
                 assert view["status"] != "error", f"{view['error_message']}\n{fleet.logs()}"
                 return view["status"], view["login_state"]
 
-            wait_for(lambda: state(SIGNED_IN.name) == ("running", "logged_in"), timeout=180, what="the migrated account signed in")
-            wait_for(lambda: state(EXPIRED.name) == ("running", "needs_login"), timeout=180, what="the expired account running")
+            wait_until(lambda: state(SIGNED_IN.name) == ("running", "logged_in"), timeout=180, what="the migrated account signed in")
+            wait_until(lambda: state(EXPIRED.name) == ("running", "needs_login"), timeout=180, what="the expired account running")
             session = admin.get(f"/api/instances/{ids[SIGNED_IN.name]}/session").json()
             assert {c["name"]: c["value"] for c in session["cookies"]}["SID"] == SIGNED_IN.account
 
@@ -334,7 +334,7 @@ def test_an_old_deployment_moves_in_through_the_panel(fleet: ComposeFleet, tmp_p
                 assert view is None or view["status"] != "error", f"{view}\n{fleet.logs()}"
                 return view if view and (view["status"], view["login_state"]) == ("running", "logged_in") else None
 
-            view = wait_for(migrated, timeout=180, what="the account moved in through the panel, signed in")
+            view = wait_until(migrated, timeout=180, what="the account moved in through the panel, signed in")
             assert view["name"] == PANEL_MOVER.name
             session = admin.get(f"/api/instances/{view['instance_id']}/session").json()
             assert {c["name"]: c["value"] for c in session["cookies"]}["SID"] == PANEL_MOVER.account

@@ -5,7 +5,6 @@ outside, an orphan container."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import docker
@@ -22,8 +21,8 @@ from tests.e2e.harness import (
     fleet_volumes,
     remove_namespace,
     started_at,
-    wait_for,
 )
+from tests.polling import wait_until
 from tests.simulator.fixtures import control
 
 pytestmark = pytest.mark.docker
@@ -64,6 +63,35 @@ def test_create_start_stop_delete(gateway: GatewayProcess, engine: docker.Docker
     assert fleet_volumes(engine, gateway.namespace) == []
 
 
+def labeled(engine: docker.DockerClient, namespace: str) -> docker.models.containers.Container:
+    """A container (created, not started) with a gateway namespace's labels and an instance id no row has."""
+    orphan_id = str(uuid.uuid4())
+    return engine.containers.create(
+        INSTANCE_IMAGE,
+        name=f"{namespace}{orphan_id}",
+        labels={
+            LABEL_MANAGED_BY: MANAGED_BY_VALUE,
+            LABEL_NAMESPACE: namespace,
+            LABEL_INSTANCE_ID: orphan_id,
+            LABEL_INSTANCE_NAME: "orphan",
+        },
+    )
+
+
+def orphan_removed(
+    gateway: GatewayProcess, engine: docker.DockerClient, orphan: docker.models.containers.Container
+) -> None:
+    wait_until(lambda: container_of(engine, gateway.namespace, orphan.labels[LABEL_INSTANCE_ID]) is None,
+               timeout=30, what="the orphan removed")
+
+
+def whole_passes(gateway: GatewayProcess, engine: docker.DockerClient, count: int) -> None:
+    """Until `count` reconcile passes that began now have ended. A pass removes the orphans it lists as it begins,
+    so the one that removes an orphan planted once the last is gone begins after the one that removed that ended."""
+    for _ in range(count + 1):
+        orphan_removed(gateway, engine, labeled(engine, gateway.namespace))
+
+
 def test_gateway_killed_and_restarted_adopts_its_running_instances(
     gateway: GatewayProcess, engine: docker.DockerClient
 ) -> None:
@@ -81,11 +109,11 @@ def test_gateway_killed_and_restarted_adopts_its_running_instances(
 
     gateway.start()
     # Adopted: each running row probed and found healthy by the new process, recorded as an event.
-    wait_for(
+    wait_until(
         lambda: all(gateway.event_kinds(i).count("adopted") == 1 for i in ids),
         timeout=30, what="the 3 instances adopted",
     )
-    time.sleep(4 * float(gateway.settings["RECONCILE_INTERVAL"]))  # a few more passes: still nothing to do
+    whole_passes(gateway, engine, 2)  # passes that found the adopted instances as they should be: nothing to do
     after = {c.id: started_at(c) for c in fleet_containers(engine, gateway.namespace)}
     assert after == before  # the same 3 containers, none restarted, no duplicate, no orphan
     for instance_id in ids:
@@ -103,8 +131,8 @@ def test_container_killed_from_outside_is_restarted(gateway: GatewayProcess, eng
     volume = [m["Name"] for m in first.attrs["Mounts"]]
 
     first.kill()
-    wait_for(lambda: "died" in gateway.event_kinds(instance_id), timeout=30, what="the reconciler to notice")
-    view = wait_for(
+    wait_until(lambda: "died" in gateway.event_kinds(instance_id), timeout=30, what="the reconciler to notice")
+    view = wait_until(
         lambda: (v := gateway.instance(instance_id))["status"] == "running" and v["restart_count"] == 1 and v,
         timeout=120, what="the instance running again",
     )
@@ -119,25 +147,11 @@ def test_container_killed_from_outside_is_restarted(gateway: GatewayProcess, eng
 def test_orphan_container_is_removed_and_other_namespaces_are_left_alone(
     gateway: GatewayProcess, engine: docker.DockerClient
 ) -> None:
-    def labeled(namespace: str) -> docker.models.containers.Container:
-        orphan_id = str(uuid.uuid4())
-        return engine.containers.create(
-            INSTANCE_IMAGE,
-            name=f"{namespace}{orphan_id}",
-            labels={
-                LABEL_MANAGED_BY: MANAGED_BY_VALUE,
-                LABEL_NAMESPACE: namespace,
-                LABEL_INSTANCE_ID: orphan_id,
-                LABEL_INSTANCE_NAME: "orphan",
-            },
-        )
-
     other_namespace = f"{gateway.namespace}other-"
-    orphan = labeled(gateway.namespace)  # the fleet's labels, but no row owns it
-    neighbour = labeled(other_namespace)  # another gateway's: not ours to touch
+    orphan = labeled(engine, gateway.namespace)  # the fleet's labels, but no row owns it
+    neighbour = labeled(engine, other_namespace)  # another gateway's: not ours to touch
     try:
-        wait_for(lambda: container_of(engine, gateway.namespace, orphan.labels[LABEL_INSTANCE_ID]) is None,
-                 timeout=30, what="the orphan removed")
+        orphan_removed(gateway, engine, orphan)
         with pytest.raises(docker.errors.NotFound):
             engine.containers.get(orphan.id)
         neighbour.reload()

@@ -20,8 +20,9 @@ import pytest
 import requests
 
 from tests.e2e.conftest import FAST_SETTINGS
-from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace, wait_for
+from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace
 from tests.instance.harness import signed_in_state
+from tests.polling import wait_until
 from tests.simulator.fixtures import control
 
 pytestmark = [pytest.mark.docker]
@@ -98,7 +99,7 @@ def test_post_tasks_then_get_tasks(pair: Pair) -> None:
         body = requests.get(f"{pair.gateway.api_url}{location}", timeout=30).json()
         return body if body["done"] else None
 
-    body = wait_for(finished, timeout=120, what="the task to finish", pause=0.2)
+    body = wait_until(finished, timeout=120, what="the task to finish", pause=0.2)
     assert body["status"] == "succeeded" and body["success"] is True and len(body["generated_images"]) == 1
     assert [g["prompt"] for g in pair.generations()] == ["异步任务"]
     assert requests.get(f"{pair.gateway.api_url}/tasks/00000000-0000-0000-0000-000000000000", timeout=30).status_code == 404
@@ -117,8 +118,8 @@ def test_a_rate_limit_cools_that_instance_down_and_the_task_goes_elsewhere(pair:
     assert "cooling_down" in pair.gateway.event_kinds(limited)
     # While it rests, the next task goes to the other one.
     assert pair.generate("限流之后")["instance_id"] != limited
-    wait_for(lambda: requests.get(f"{pair.gateway.api_url}/health", timeout=10).json()["browser_instances"]["available"] == 2,
-             timeout=60, what="the rested instance back in the pool")
+    wait_until(lambda: requests.get(f"{pair.gateway.api_url}/health", timeout=10).json()["browser_instances"]["available"] == 2,
+               timeout=60, what="the rested instance back in the pool")
 
 
 def test_an_internal_error_after_the_prompt_fails_the_task_without_a_retry(pair: Pair) -> None:
@@ -136,8 +137,8 @@ def test_a_sign_out_in_the_middle_of_a_task(pair: Pair) -> None:
     (generation,) = pair.generations()
     signed_out = by_account(pair)[generation["account"]]
     assert body["instance_id"] == signed_out
-    wait_for(lambda: pair.gateway.instance(signed_out)["login_state"] == "needs_login", timeout=60,
-             what="the instance to show needs_login")
+    wait_until(lambda: pair.gateway.instance(signed_out)["login_state"] == "needs_login", timeout=60,
+               what="the instance to show needs_login")
     # It is out of the pool: the next task runs on the other instance.
     after = pair.generate("登出之后")
     assert after["success"] is True and after["instance_id"] != signed_out

@@ -32,10 +32,10 @@ from tests.e2e.harness import (
     print_fleet_logs,
     new_namespace,
     remove_namespace,
-    wait_for,
 )
 from instance.images import reencode
 from tests.instance.harness import png_bytes, signed_in_state
+from tests.polling import wait_until
 from tests.simulator.fixtures import control
 
 pytestmark = [pytest.mark.docker]
@@ -188,8 +188,8 @@ def test_a_full_queue_answers_429(pool: Pool) -> None:
     threads = [threading.Thread(target=call, args=(n,)) for n in range(INSTANCES + QUEUE_MAX)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: requests.get(f"{pool.api}/health", timeout=10).json()["queued_tasks"] == QUEUE_MAX,
-             timeout=30, what="a full queue")
+    wait_until(lambda: requests.get(f"{pool.api}/health", timeout=10).json()["queued_tasks"] == QUEUE_MAX,
+               timeout=30, what="a full queue")
     rejected = requests.post(f"{pool.api}/generate", json={"prompt": "one too many"}, headers={"Accept-Language": "en"}, timeout=30)
     assert rejected.status_code == 429 and int(rejected.headers["Retry-After"]) >= 1
     assert "queue is full" in rejected.json()["message"]
@@ -205,7 +205,7 @@ def test_a_container_killed_mid_task_and_the_task_succeeds_on_another(pool: Pool
     with ThreadPoolExecutor(max_workers=1) as executor:
         pending = executor.submit(generate, pool, "被打断的任务")
         # The simulator says which account (so which instance) is generating.
-        (generation,) = wait_for(lambda: pool.record()["generations"], timeout=60, what="the generation to start")
+        (generation,) = wait_until(lambda: pool.record()["generations"], timeout=60, what="the generation to start")
         victim = {account: iid for iid, account in pool.accounts.items()}[generation["account"]]
         container = container_of(pool.engine, pool.gateway.namespace, victim)
         assert container is not None

@@ -21,9 +21,10 @@ import pytest
 import requests
 
 from tests.e2e.conftest import FAST_SETTINGS
-from tests.e2e.harness import GatewayProcess, SimulatorNetwork, new_namespace, wait_for
+from tests.e2e.harness import GatewayProcess, SimulatorNetwork, new_namespace
 from tests.kube.apiserver import FakeApiServer
 from tests.kube.kubelet import LABEL, DockerKubelet, remove_stale
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.docker]
 
@@ -113,13 +114,13 @@ def test_a_generation_runs_in_a_pod(cluster: Cluster, sim_network: SimulatorNetw
 
         gateway.call("POST", f"/api/instances/{instance_id}/stop")
         gateway.wait_status(instance_id, "stopped", timeout=60)
-        wait_for(lambda: cluster.read(lambda: cluster.server.pod(NAMESPACE, pod_name)) is None, timeout=30, what="the pod gone")
+        wait_until(lambda: cluster.read(lambda: cluster.server.pod(NAMESPACE, pod_name)) is None, timeout=30, what="the pod gone")
         claims = cluster.read(lambda: cluster.server.items("persistentvolumeclaims", NAMESPACE))
         assert f"{PREFIX}data-{instance_id}" in claims  # the login outlives the pod
         assert not engine.containers.list(all=True, filters={"label": [f"{LABEL}={cluster.run}", f"io.kubernetes.pod.name={pod_name}"]})
 
         gateway.call("DELETE", f"/api/instances/{instance_id}")
-        wait_for(lambda: f"{PREFIX}data-{instance_id}" not in cluster.read(
+        wait_until(lambda: f"{PREFIX}data-{instance_id}" not in cluster.read(
             lambda: cluster.server.items("persistentvolumeclaims", NAMESPACE)), timeout=30, what="the claim deleted")
     except BaseException:
         print(f"\n---- gateway log ----\n{gateway.log_tail(150)}")

@@ -26,8 +26,8 @@ from tests.e2e.harness import (
     print_fleet_logs,
     new_namespace,
     remove_namespace,
-    wait_for,
 )
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.docker]
 
@@ -50,7 +50,7 @@ def proxy_container(engine: docker.DockerClient, sim_network: SimulatorNetwork) 
         volumes={str(PROXIES_PY): {"bind": "/proxy/proxies.py", "mode": "ro"}},
     )
     try:
-        wait_for(lambda: b"LISTENING" in container.logs(), timeout=30, what="the proxy container")
+        wait_until(lambda: b"LISTENING" in container.logs(), timeout=30, what="the proxy container")
         yield container
     finally:
         with contextlib.suppress(docker.errors.NotFound):
@@ -102,7 +102,7 @@ def test_proxied_instance_reaches_the_simulator_through_its_proxy_and_a_dead_one
         view = gateway.instance(dead)
         return view if view["status"] == "running" and view["login_state"] == "unreachable" else None
 
-    view = wait_for(unreachable, timeout=120, what="the dead-proxy instance to be unreachable")
+    view = wait_until(unreachable, timeout=120, what="the dead-proxy instance to be unreachable")
     assert "net::ERR_PROXY_CONNECTION_FAILED" in view["page_error"] and view["available"] is False
     assert "ERR_PROXY_CONNECTION_FAILED" in " ".join(e["message"] for e in gateway.events(dead))
     stats = gateway.call("GET", "/api/stats")["stats"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from gateway.app import Fleet, create_admin_app, create_api_app
 from gateway.runtime.fake import FakeRuntime
 from gateway.settings import Settings
+from tests.polling import await_until
 
 
 class IsolatedSettings(Settings):
@@ -66,15 +65,13 @@ async def passes_until(
     fleet: Fleet, check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, pause: float = 0.01
 ) -> None:
     """Run reconcile passes (and let their actions finish) until `check` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def after_a_pass() -> bool:
         await fleet.reconciler.reconcile_once()
         await fleet.reconciler.drain()
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s")
-        await asyncio.sleep(pause)
+        return await check()
+
+    await await_until(after_a_pass, timeout=timeout, what="the condition after a reconcile pass", pause=pause)
 
 
 async def status_is(fleet: Fleet, instance_id: str, status: str) -> bool:

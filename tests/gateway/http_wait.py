@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
+
+from tests.polling import await_until
 
 
 async def wait_http(
@@ -16,16 +15,15 @@ async def wait_http(
 ) -> httpx.Response:
     """Poll `url` until it answers 200 (and `until(json)` holds); fail after `timeout` seconds."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
-    last: object = None
+
+    last_body = ""
+
+    def answered(response: httpx.Response) -> bool:
+        nonlocal last_body
+        last_body = response.text[:200]
+        return response.status_code == 200 and (until is None or until(response.json()))
+
     async with httpx.AsyncClient(timeout=10.0, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            try:
-                r = await http.get(url, headers=headers)
-                last = f"{r.status_code} {r.text[:200]}"
-                if r.status_code == 200 and (until is None or until(r.json())):
-                    return r
-            except httpx.TransportError as e:
-                last = repr(e)
-            await asyncio.sleep(0.1)
-    pytest.fail(f"{url} did not answer in {timeout} s; last: {last}")
+        return await await_until(lambda: http.get(url, headers=headers), until=answered, timeout=timeout,
+                                 what=lambda: f"{url} to answer (last body: {last_body!r})",
+                                 ignore=(httpx.TransportError,), pause=0.1)

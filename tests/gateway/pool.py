@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from gateway.app import Fleet, create_api_app
 from gateway.db.models import Task
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
+from tests.polling import await_until
 
 # Queue wake-ups fast enough for tests; generation timeouts short enough for timeouts to be tested.
 DISPATCH_FAST = {"queue_poll_interval": 0.05, "generation_timeout": 5.0, "lease_margin": 1.0}
@@ -66,21 +66,15 @@ async def start_instances(fleet: Fleet, count: int, *, timeout: float = 10.0) ->
         view = await fleet.instances.create(f"i{n}")
         await fleet.instances.start(view.instance_id)
         ids.append(view.instance_id)
-    await wait_for(lambda: _all_ready(fleet, ids), timeout=timeout)
+    ready = [("running", "logged_in")] * count
+    await await_until(lambda: _states(fleet, ids), until=lambda states: states == ready, timeout=timeout,
+                      what=f"{count} instances running and logged in")
     return ids
 
 
-async def _all_ready(fleet: Fleet, ids: list[str]) -> bool:
+async def _states(fleet: Fleet, ids: list[str]) -> list[tuple[str, str]]:
     views = [await fleet.instances.get(i) for i in ids]
-    return all(v.status == "running" and v.login_state == "logged_in" for v in views)
-
-
-async def wait_for(check: Any, *, timeout: float = 5.0, pause: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s")
-        await asyncio.sleep(pause)
+    return [(v.status, v.login_state) for v in views]
 
 
 @contextlib.asynccontextmanager
@@ -89,10 +83,13 @@ async def serve(app: Litestar) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
+            task.result()  # uvicorn's own error rather than a timeout
+        return server.started
+
+    await await_until(started, timeout=10, what="uvicorn to listen", pause=0.005)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"

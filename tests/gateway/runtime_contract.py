@@ -10,14 +10,13 @@ real engine).
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import pytest
 
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState
+from tests.polling import await_until
 
 
 class EngineHarness(Protocol):
@@ -42,14 +41,6 @@ class EngineHarness(Protocol):
 
 def new_spec(name: str = "实例-1") -> InstanceSpec:
     return InstanceSpec(uuid.uuid4().hex[:12], name, uuid.uuid4().hex, env={"INSTANCE_LOG_LEVEL": "INFO"})
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 # ---- the checks ----------------------------------------------------------------------------------------
@@ -127,7 +118,7 @@ async def killed_from_outside_shows_exited_and_restarts(h: EngineHarness) -> Non
     async def exited() -> bool:
         return (await rt.inspect(spec.instance_id)).phase == "exited"
 
-    await until(exited)
+    await await_until(exited, timeout=30, what="the killed instance to show exited")
     seen = await rt.inspect(spec.instance_id)
     assert seen.endpoint is None and seen.exit_code == 137, seen
     again = await rt.start(spec)  # the reconciler's restart is a plain start

@@ -26,6 +26,7 @@ from gateway.addresses import public
 from gateway.catalogue import load
 from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
 from tests.gateway.pool import Pool, open_pool
+from tests.polling import await_until
 
 TINY_B64 = base64.b64encode(TINY_PNG).decode()
 TINY_DATA_URL = f"data:image/png;base64,{TINY_B64}"
@@ -230,8 +231,7 @@ async def test_busy_and_empty_pools_answer_429_and_503_with_retry_after(database
     async with open_pool(database_url, tmp_path, fake, instances=1, queue_max=0) as pool:
         pool.fake.generate_delay = 0.5
         first = asyncio.create_task(pool.http.post("/v1/images/generations", json={"prompt": "x"}))
-        while not pool.fake.generations:
-            await asyncio.sleep(0.01)
+        await await_until(lambda: pool.fake.generations, timeout=5, what="the first generation to start")
         full = await pool.http.post("/v1/images/generations", json={"prompt": "x"})
         assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
         assert full.json()["error"]["type"] == "rate_limit_error" and full.json()["error"]["code"] == "queue_full"
@@ -241,9 +241,7 @@ async def test_busy_and_empty_pools_answer_429_and_503_with_retry_after(database
         assert gemini_full.status_code == 429 and gemini_full.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
         assert (await first).status_code == 200
         await pool.fleet.instances.stop(pool.instance_ids[0])
-        from tests.gateway.pool import wait_for
-
-        await wait_for(lambda: _stopped(pool))
+        await await_until(lambda: _stopped(pool), timeout=5, what="the instance stopped")
         empty = await pool.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "stream": True})
         assert empty.status_code == 503 and "retry-after" in empty.headers
         assert empty.json()["error"]["code"] == "no_instance_running"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import Pool, open_pool
 from tests.pgserver import PostgresServer, postgres_server
+from tests.polling import await_until
 
 pytestmark = pytest.mark.postgres
 
@@ -57,17 +57,6 @@ async def pool(database: str, tmp_path: Path) -> AsyncIterator[Pool]:
         yield opened
 
 
-async def wait_until(check: Any, *, timeout: float, what: str, pause: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(pause)
-
-
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info and r.name.startswith("gateway")]
 
@@ -85,7 +74,7 @@ async def test_releases_during_a_restart_land_when_postgres_is_back(
         body = (await pool.http.get("/health")).json()
         return body.get("active_tasks") == 2 and body.get("queued_tasks") == 1
 
-    await wait_until(two_running_one_queued, timeout=10, what="two tasks running and one queued")
+    await await_until(two_running_one_queued, timeout=10, what="two tasks running and one queued")
     await asyncio.to_thread(server.stop)  # connections cut while both instances generate
 
     health = await pool.http.get("/health")
@@ -98,7 +87,7 @@ async def test_releases_during_a_restart_land_when_postgres_is_back(
         assert refused.json()["error"] == "database_unavailable" and "database" in refused.json()["message"]
         assert int(refused.headers["Retry-After"]) >= 1
     # Both generations end during the outage: their releases and rows wait in memory.
-    await wait_until(lambda: _true(pool.fleet.dispatcher.unwritten >= 2), timeout=10, what="the releases kept")
+    await await_until(lambda: pool.fleet.dispatcher.unwritten >= 2, timeout=10, what="the releases kept")
     await asyncio.to_thread(server.start)
 
     async def all_free() -> bool:
@@ -109,19 +98,15 @@ async def test_releases_during_a_restart_land_when_postgres_is_back(
 
     answers = await asyncio.gather(*held)  # the queued one ran once the database was back: none was lost
     assert [a.status_code for a in answers] == [200, 200] and all(a.json()["success"] for a in answers), [a.text for a in answers]
-    await wait_until(all_free, timeout=10, what="both instances free and no task active after the restart")
+    await await_until(all_free, timeout=10, what="both instances free and no task active after the restart")
     rows = await pool.task_rows()
     held_ids = {a.json()["task_id"] for a in answers}
     assert {str(r.id): r.status for r in rows if str(r.id) in held_ids} == {i: "succeeded" for i in held_ids}
-    task = await wait_until(lambda: _finished(pool, submitted.json()["task_id"]), timeout=10, what="the async task")
+    task = await await_until(lambda: _finished(pool, submitted.json()["task_id"]), timeout=10, what="the async task")
     assert task["status"] == "succeeded" and task["generated_images"]
     after = await pool.generate()
     assert after.status_code == 200 and after.json()["success"] is True
     assert tracebacks(caplog) == []
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _finished(pool: Pool, task_id: str) -> dict[str, Any] | None:
@@ -138,14 +123,14 @@ async def test_a_reconciler_write_that_meets_the_outage_lands_afterwards(
     try:
         instance_id = (await fleet.instances.create("r1")).instance_id
         await fleet.instances.start(instance_id)
-        await wait_until(lambda: _status(fleet, instance_id, "starting"), timeout=10, what="starting")
+        await await_until(lambda: _status(fleet, instance_id, "starting"), timeout=10, what="starting")
         await asyncio.to_thread(server.stop)
-        await wait_until(lambda: _true(any("database unreachable" in r.getMessage() for r in caplog.records
-                                              if r.name == "gateway.reconciler.loop" and "reconcile action" in r.getMessage())),
-                         timeout=15, what="the start's write to meet the outage")
+        await await_until(lambda: any("database unreachable" in r.getMessage() for r in caplog.records
+                                      if r.name == "gateway.reconciler.loop" and "reconcile action" in r.getMessage()),
+                          timeout=15, what="the start's write to meet the outage")
         assert fake.starts(instance_id) == 1
         await asyncio.to_thread(server.start)
-        await wait_until(lambda: _status(fleet, instance_id, "running"), timeout=20, what="running after the outage")
+        await await_until(lambda: _status(fleet, instance_id, "running"), timeout=20, what="running after the outage")
         kinds = [e.kind for e in await fleet.instances.events(instance_id, limit=100)]
         assert "started" in kinds, kinds  # the move made during the outage was not lost
         assert fake.starts(instance_id) == 1  # and the container it started was kept, not started again

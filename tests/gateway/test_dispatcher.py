@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
-from tests.gateway.pool import Pool, open_pool, wait_for
+from tests.gateway.pool import Pool, open_pool
+from tests.polling import await_until
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ async def test_concurrent_tasks_spread_and_never_share_an_instance(database_url:
         assert all(r.status_code == 200 and r.json()["success"] for r in responses)
         assert sorted(len(pool.ran_on(i)) for i in pool.instance_ids) == [4, 4, 4]
         assert_no_overlap(fake)
-        await wait_for(lambda: _leases_free(pool))
+        await await_until(lambda: _leases_free(pool), timeout=5, what="every lease freed")
 
 
 async def _leases_free(pool: Pool) -> bool:
@@ -138,10 +139,11 @@ async def test_queue_is_first_in_first_out(database_url: str, tmp_path: Path, fa
     async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
         fake.generate_delay = 0.5  # p0 holds the one instance while the others line up
         calls = [asyncio.create_task(pool.generate(prompt="p0"))]
-        await wait_for(lambda: _running(pool))
+        await await_until(lambda: _running(pool), timeout=5, what="a generation running")
         for i in range(1, 5):
             calls.append(asyncio.create_task(pool.generate(prompt=f"p{i}")))
-            await wait_for(lambda n=i: _queued(pool, n))  # each one queued before the next arrives
+            # each one queued before the next arrives
+            await await_until(lambda n=i: _queued(pool, n), timeout=5, what=f"{i} tasks queued")
         responses = await asyncio.gather(*calls)
         assert [g.prompt for g in fake.generations] == [f"p{i}" for i in range(5)]
         assert [r.json()["timings"]["queued_ms"] > 0 for r in responses] == [False, True, True, True, True]
@@ -153,7 +155,7 @@ async def test_full_queue_answers_429_with_retry_after_and_stores_nothing(
     async with open_pool(database_url, tmp_path, fake, instances=1, queue_max=2) as pool:
         fake.generate_delay = 0.5
         admitted = [asyncio.create_task(pool.generate(prompt=f"p{i}")) for i in range(3)]
-        await wait_for(lambda: _queued(pool, 2))
+        await await_until(lambda: _queued(pool, 2), timeout=5, what="two tasks queued")
         rejected = await pool.http.post("/generate", json={"prompt": "one too many"}, headers={"Accept-Language": "en"})
         assert rejected.status_code == 429
         assert int(rejected.headers["retry-after"]) >= 1
@@ -171,7 +173,7 @@ async def test_waiting_too_long_answers_503_and_the_task_fails(database_url: str
     async with open_pool(database_url, tmp_path, fake, instances=1, queue_wait_timeout=0.2) as pool:
         fake.generate_delay = 1.0
         first = asyncio.create_task(pool.generate(prompt="slow"))
-        await wait_for(lambda: _running(pool))
+        await await_until(lambda: _running(pool), timeout=5, what="a generation running")
         late = await pool.generate(prompt="late")
         assert late.status_code == 503 and late.json()["error"] == "queue_timeout"
         assert int(late.headers["retry-after"]) >= 1
@@ -206,7 +208,7 @@ async def test_signed_out_or_cooling_pools_say_which(database_url: str, tmp_path
         assert 3500 < int(cooling.headers["retry-after"]) <= 3600
 
         fake.set_login_state(iid, "needs_login")
-        await wait_for(lambda: _login_state(pool, iid, "needs_login"))
+        await await_until(lambda: _login_state(pool, iid, "needs_login"), timeout=5, what="the instance needs_login")
         signed_out = await pool.generate()
         assert signed_out.status_code == 503 and signed_out.json()["error"] == "no_instance_logged_in"
 
@@ -221,13 +223,13 @@ async def test_a_client_that_disconnects_while_queued_leaves_the_queue(
     async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
         fake.generate_delay = 0.6
         first = asyncio.create_task(pool.generate(prompt="first"))
-        await wait_for(lambda: _running(pool))
+        await await_until(lambda: _running(pool), timeout=5, what="a generation running")
         with pytest.raises(httpx.ReadTimeout):
             await pool.http.post("/generate", json={"prompt": "impatient"}, timeout=0.2)
-        await wait_for(lambda: _queued(pool, 0))
+        await await_until(lambda: _queued(pool, 0), timeout=5, what="the queue empty")
         assert (await first).json()["success"] is True
         rows = {row.prompt: row for row in await pool.task_rows()}
-        await wait_for(lambda: _status(pool, "impatient", "failed"))
+        await await_until(lambda: _status(pool, "impatient", "failed"), timeout=5, what="the impatient task failed")
         rows = {row.prompt: row for row in await pool.task_rows()}
         assert rows["impatient"].error_code == "client_disconnected"
         assert [g.prompt for g in fake.generations] == ["first"]
@@ -259,12 +261,12 @@ async def test_a_container_killed_mid_task_is_retried_and_restarted(pool: Pool) 
     first, second = pool.lru_order()
     pool.fake.set_generate_delay(first, 0.3)
     call = asyncio.create_task(pool.generate())
-    await wait_for(lambda: _running(pool))
+    await await_until(lambda: _running(pool), timeout=5, what="a generation running")
     pool.fake.kill(first)
     body = (await call).json()
     assert body["success"] is True and body["instance_id"] == second and body["attempts"] == 2
-    await wait_for(lambda: _has_event(pool, first, "died"))
-    await wait_for(lambda: _status_is(pool, first, "running"), timeout=10)
+    await await_until(lambda: _has_event(pool, first, "died"), timeout=5, what="a 'died' event")
+    await await_until(lambda: _status_is(pool, first, "running"), timeout=10, what="the instance running again")
 
 
 async def _has_event(pool: Pool, iid: str, kind: str) -> bool:
@@ -303,7 +305,7 @@ async def test_a_rate_limit_cooldown_ends(database_url: str, tmp_path: Path, fak
         fake.script_generations(first, FakeOutcome.error("rate_limited", retry_safe=True))
         assert (await pool.generate()).json()["instance_id"] == second
         assert (await pool.generate()).json()["instance_id"] == second
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # a cooldown is wall-clock time: only waiting it out ends it
         assert (await pool.generate()).json()["instance_id"] == first
 
 
@@ -312,7 +314,7 @@ async def test_needs_login_takes_the_instance_out_of_the_pool(pool: Pool) -> Non
     pool.fake.script_generations(first, FakeOutcome.error("needs_login", retry_safe=True))
     body = (await pool.generate()).json()
     assert body["success"] is True and body["instance_id"] == second
-    await wait_for(lambda: _login_state(pool, first, "needs_login"))
+    await await_until(lambda: _login_state(pool, first, "needs_login"), timeout=5, what="the instance needs_login")
     assert [(await pool.generate()).json()["instance_id"] for _ in range(2)] == [second, second]
 
 
@@ -375,7 +377,7 @@ async def test_async_task_runs_in_the_background_and_its_result_expires(
         async def done() -> bool:
             return (await pool.http.get(f"/tasks/{task_id}")).json()["done"]
 
-        await wait_for(done)
+        await await_until(done, timeout=5, what="the task to finish")
         finished = (await pool.http.get(f"/tasks/{task_id}")).json()
         assert finished["success"] is True and finished["status"] == "succeeded"
         assert base64.b64decode(finished["generated_images"][0]) == TINY_PNG and finished["ai_text_response"] == "fake text"
@@ -413,7 +415,7 @@ async def test_a_failed_async_task_reports_why(pool: Pool) -> None:
     async def done() -> bool:
         return (await pool.http.get(f"/tasks/{task_id}")).json()["done"]
 
-    await wait_for(done)
+    await await_until(done, timeout=5, what="the task to finish")
     body = (await pool.http.get(f"/tasks/{task_id}")).json()
     assert body["success"] is False and body["error_code"] == "blocked" and body["generated_images"] == []
 

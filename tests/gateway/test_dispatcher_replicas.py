@@ -15,8 +15,9 @@ import pytest
 from gateway.app import Fleet, create_api_app
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
-from tests.gateway.pool import DISPATCH_FAST, serve, start_instances, wait_for
+from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
 from tests.gateway.test_dispatcher import assert_no_overlap
+from tests.polling import await_until
 
 pytestmark = pytest.mark.postgres
 
@@ -58,7 +59,7 @@ async def test_a_release_in_one_gateway_wakes_the_queue_of_the_other(postgres_ur
             assert listening is not None
             await asyncio.wait_for(listening.wait(), 10)
             first = asyncio.create_task(http_a.post("/generate", json={"prompt": "on a"}))
-            await wait_for(lambda: _any_generation(fake), timeout=10)
+            await await_until(lambda: _any_generation(fake), timeout=10, what="a generation on gateway A")
             second = await http_b.post("/generate", json={"prompt": "queued on b"})
             assert (await first).json()["success"] is True
     assert second.json()["success"] is True and second.json()["timings"]["queued_ms"] > 0

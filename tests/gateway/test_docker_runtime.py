@@ -33,6 +33,7 @@ from gateway.runtime.base import (
 from gateway.runtime.docker import LABEL_NAMESPACE, DockerRuntime
 from tests.conftest import skip_or_fail
 from tests.gateway.http_wait import wait_http
+from tests.polling import await_until
 
 pytestmark = pytest.mark.docker
 
@@ -316,7 +317,8 @@ async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.Docke
     await wait_http(f"{state.endpoint}/healthz")
     c = client.containers.get(state.handle)
     # The instance logs its own start (browser, page loads) for a moment: let that burst pass first.
-    await _until(lambda: b"login state" in c.logs(), timeout=60)  # the page's first load ended, one way or another
+    await await_until(lambda: b"login state" in c.logs(), timeout=60,
+                      what="the page's first load to end, one way or another (its 'login state' line)")
     await asyncio.sleep(0.5)
     for i in range(5):  # the container's own stdout
         _exec(c, f"echo tail-line-{i} > /proc/1/fd/1")
@@ -331,7 +333,8 @@ async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.Docke
     _exec(c, "echo followed-line > /proc/1/fd/1")
     assert await asyncio.wait_for(_next_matching(follower, "followed-line"), 10) == "followed-line"
     await follower.aclose()
-    await _until(lambda: not [t for t in threading.enumerate() if t.name.startswith("docker-logs-")])
+    await await_until(lambda: [t.name for t in threading.enumerate() if t.name.startswith("docker-logs-")],
+                      until=lambda left: not left, timeout=15, what="the log reading threads to end")
 
     # Follow ends by itself when the container stops.
     follower = runtime.logs(spec.instance_id, tail=0, follow=True)
@@ -342,7 +345,7 @@ async def test_logs_tail_and_follow(runtime: DockerRuntime, client: docker.Docke
             collected.append(line)
 
     task = asyncio.create_task(drain())
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a sleep: nothing shows when the follower is attached, and with tail=0 a line before is lost
     _exec(c, "echo last-words > /proc/1/fd/1")
     await runtime.stop(spec.instance_id, timeout=10)
     await asyncio.wait_for(task, 15)
@@ -366,7 +369,8 @@ async def test_container_killed_from_outside_shows_exited(
     spec = _spec()
     state = await runtime.start(spec)
     client.containers.get(state.handle).kill()
-    await _until(lambda: client.containers.get(state.handle).status == "exited")
+    await await_until(lambda: client.containers.get(state.handle).status, until=lambda status: status == "exited",
+                      timeout=15, what="the killed container to show exited")
     seen = await runtime.inspect(spec.instance_id)
     assert seen.phase == "exited"
     assert seen.exit_code == 137
@@ -516,11 +520,3 @@ async def test_engine_down_is_runtime_unavailable(host: str) -> None:
     with pytest.raises(RuntimeUnavailable):
         await rt.start(_spec())
     await rt.close()
-
-
-async def _until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.05)

@@ -24,7 +24,8 @@ from gateway.app import Fleet, create_api_app
 from gateway.db.models import Task
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
-from tests.gateway.pool import DISPATCH_FAST, Pool, open_pool, serve, wait_for
+from tests.gateway.pool import DISPATCH_FAST, Pool, open_pool, serve
+from tests.polling import await_until
 
 SECRET = "webhook-test-secret"
 
@@ -54,7 +55,7 @@ async def test_the_same_key_and_body_is_the_same_task_and_another_body_a_conflic
         other = await pool.http.post("/tasks", json={**body, "prompt": "一只狗"}, headers=headers)
         assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
         task_id = first.json()["task_id"]
-        await wait_for(lambda: _done(pool, task_id))
+        await await_until(lambda: _done(pool, task_id), timeout=5, what="the task to finish")
         later = await pool.http.post("/tasks", json=body, headers=headers)
         assert later.json()["task_id"] == task_id and later.json()["status"] == "succeeded"
         assert [g.task_id for g in pool.fake.generations] == [task_id]
@@ -121,7 +122,7 @@ async def test_a_callback_is_signed_retried_and_every_attempt_recorded(database_
             accepted = await pool.http.post("/tasks", json={"prompt": "a fox", "callback_url": url, "output_format": "jpeg"})
             assert accepted.status_code == 202, accepted.text
             task_id = accepted.json()["task_id"]
-            await wait_for(lambda: _count(received, 2), timeout=10)
+            await await_until(lambda: _count(received, 2), timeout=10, what="two callback attempts")
             await pool.fleet.dispatcher.webhooks.settled()
         first, second = received
         assert first["body"] == second["body"]
@@ -167,7 +168,7 @@ async def test_a_queued_task_is_resumed_by_the_next_gateway(database_url: str, t
 
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             running = (await http.post("/tasks", json={"prompt": "first"})).json()["task_id"]
-            await wait_for(lambda: _started(fake))
+            await await_until(lambda: _started(fake), timeout=5, what="the first generation to start")
             queued = (await http.post("/tasks", json={"prompt": "second", "output_format": "webp"})).json()["task_id"]
     kept = tmp_path / "requests" / f"{queued}.json"
     assert kept.exists()
@@ -176,13 +177,10 @@ async def test_a_queued_task_is_resumed_by_the_next_gateway(database_url: str, t
 
     fleet = await Fleet.open(settings, runtime=fake)
     try:
-        result = None
-        for _ in range(400):
-            result = await fleet.dispatcher.task(queued)
-            if result.status in ("succeeded", "failed"):
-                break
-            await asyncio.sleep(0.05)
-        assert result is not None and result.status == "succeeded", result
+        result = await await_until(lambda: fleet.dispatcher.task(queued),
+                                   until=lambda task: task.status in ("succeeded", "failed"), timeout=20,
+                                   what="the queued task to end after the restart")
+        assert result.status == "succeeded", result
         assert base64.b64decode(result.images_b64[0])[8:12] == b"WEBP" and result.output_format == "webp"
         assert [g.prompt for g in fake.generations] == ["first", "second"]
         assert (await fleet.dispatcher.task(running)).error_code == "gateway_shutdown"

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from tests.polling import wait_until
 from tests.simulator.fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,16 +45,12 @@ class Gateway:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
 
     def wait_up(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def health() -> httpx.Response:
             assert self.process.poll() is None, "the gateway exited"
-            try:
-                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the gateway did not listen")
+            return httpx.get(f"{self.api}/health", timeout=2)
+
+        wait_until(health, until=lambda r: r.status_code == 200, timeout=60, what="the gateway to listen",
+                   ignore=(httpx.HTTPError,), pause=0.1)
 
     def start_instances(self, count: int) -> None:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -62,13 +58,13 @@ class Gateway:
             ids = [admin.post("/api/instances", json={"name": f"fuzz-{n}"}).json()["instance_id"] for n in range(count)]
             for instance_id in ids:
                 admin.post(f"/api/instances/{instance_id}/start")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+
+            def states() -> list[tuple[str, str]]:
                 views = [admin.get(f"/api/instances/{i}").json()["instance"] for i in ids]
-                if all(v["status"] == "running" and v["login_state"] == "logged_in" for v in views):
-                    return
-                time.sleep(0.1)
-        raise AssertionError("the fake instances did not come up")
+                return [(v["status"], v["login_state"]) for v in views]
+
+            wait_until(states, until=lambda seen: seen == [("running", "logged_in")] * count, timeout=30,
+                       what="the fake instances running and logged in", pause=0.1)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -46,6 +46,7 @@ from gateway.runtime.kubernetes import ApiPacer, KubernetesRuntime
 from tests.gateway import runtime_contract
 from tests.gateway.conftest import make_settings, passes_until
 from tests.kube.apiserver import FakeApiServer, container_status
+from tests.polling import await_until
 
 NAMESPACE = "fleet"
 IMAGE = "aistudio-fleet-instance:latest"
@@ -241,7 +242,8 @@ async def test_stop_waits_for_a_terminating_pod(runtime: KubernetesRuntime, serv
     server.run_pod(NAMESPACE, name)
     server.hold_deletions = True  # the kubelet takes its time to stop the container
     stopping = asyncio.create_task(runtime.stop(spec.instance_id, timeout=7))
-    await runtime_contract.until(lambda: _true(server.pod(NAMESPACE, name)["metadata"].get("deletionTimestamp")))
+    await await_until(lambda: server.pod(NAMESPACE, name)["metadata"].get("deletionTimestamp"), timeout=30,
+                      what="the pod marked for deletion")
     assert (await runtime.inspect(spec.instance_id)).detail == "terminating: the pod is being deleted"
     assert not stopping.done()
     assert server.calls("DELETE", f"/pods/{name}")[0].query["gracePeriodSeconds"] == "7"
@@ -275,9 +277,9 @@ async def test_logs_come_from_the_pod_log_api(runtime: KubernetesRuntime, server
             collected.append(line)
 
     task = asyncio.create_task(drain())
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # a sleep: nothing shows when the stream has begun, and with tail=0 a line before is lost
     server.log(NAMESPACE, name).append("followed")
-    await runtime_contract.until(lambda: _true("followed" in collected))
+    await await_until(lambda: "followed" in collected, timeout=30, what="the followed line")
     server.set_pod_status(NAMESPACE, name, {"phase": "Succeeded"})  # the stream ends with the container
     await asyncio.wait_for(task, 10)
     assert server.calls("GET", f"/pods/{name}/log")[-1].query["follow"] == "true"
@@ -430,11 +432,8 @@ class StandInHarness:
         return rt
 
     async def running(self, runtime: Runtime, instance_id: str) -> RuntimeState:
-        async def has_endpoint() -> bool:
-            return bool((await runtime.inspect(instance_id)).endpoint)
-
-        await runtime_contract.until(has_endpoint)
-        return await runtime.inspect(instance_id)
+        return await await_until(lambda: runtime.inspect(instance_id), until=lambda state: state.endpoint, timeout=30,
+                                 what="the pod running with an endpoint")
 
     async def kill(self, runtime: Runtime, instance_id: str) -> None:
         assert isinstance(runtime, KubernetesRuntime)
@@ -465,7 +464,3 @@ async def test_protocol(check: Any, server: FakeApiServer, kubeconfig: Path) -> 
 
 def _waiting(reason: str, message: str) -> dict[str, Any]:
     return container_status({"waiting": {"reason": reason, "message": message}})
-
-
-async def _true(value: object) -> bool:
-    return bool(value)

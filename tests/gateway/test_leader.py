@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from gateway.app import Fleet
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
+from tests.polling import await_until
 
 
-async def wait_for(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+async def a_pass_of_each(*fleets: Fleet) -> None:
+    """Every fleet's loop makes a whole pass that begins now: what a pass would do wrongly has been done by then."""
+    for fleet in fleets:
+        await asyncio.wait_for(fleet.reconciler.next_pass(), 10)
 
 
 async def test_one_reconciler_per_database_and_failover(postgres_url: str, tmp_path: Path) -> None:
@@ -24,21 +23,23 @@ async def test_one_reconciler_per_database_and_failover(postgres_url: str, tmp_p
     first = await Fleet.open(settings, runtime=fake)
     second = await Fleet.open(settings, runtime=fake)
     try:
-        await wait_for(lambda: first.reconciler.is_leader or second.reconciler.is_leader)
-        await asyncio.sleep(0.2)
+        await await_until(lambda: first.reconciler.is_leader or second.reconciler.is_leader, timeout=5,
+                          what="either gateway to lead")
+        await a_pass_of_each(first, second)  # each tried the lock again after one took it
         assert first.reconciler.is_leader != second.reconciler.is_leader
         leader, follower = (first, second) if first.reconciler.is_leader else (second, first)
         # The follower's API still works; the leader does the work.
         instance_id = (await follower.instances.create("shared")).instance_id
         await follower.instances.start(instance_id)
-        await wait_for(lambda: fake.starts(instance_id) == 1)
-        await asyncio.sleep(0.3)  # several passes of both
+        await await_until(lambda: follower.instances.get(instance_id), until=lambda view: view.status == "running",
+                          timeout=5, what="the instance running")
+        await a_pass_of_each(leader, follower)
         assert fake.starts(instance_id) == 1
-        assert (await follower.instances.get(instance_id)).status == "running"
         await leader.close()
-        await wait_for(lambda: follower.reconciler.is_leader)
+        await await_until(lambda: follower.reconciler.is_leader, timeout=5, what="the follower to take over")
         fake.kill(instance_id)  # the new leader notices and restarts it
-        await wait_for(lambda: fake.starts(instance_id) == 2)
+        await await_until(lambda: fake.starts(instance_id), until=lambda starts: starts == 2, timeout=5,
+                          what="the new leader to restart the instance")
     finally:
         for fleet in (first, second):
             await fleet.close()

@@ -25,6 +25,7 @@ import pytest
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_
 from gateway.runtime.local import LocalRuntime
 from tests.gateway.http_wait import wait_http
+from tests.polling import await_until
 
 REPO = Path(__file__).resolve().parents[2]
 USE_STANDIN = (
@@ -150,14 +151,6 @@ def _processes(data_dir: Path) -> list[int]:
     return sorted(marked | {p for p, g in groups.items() if g in marked_groups})
 
 
-async def _until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_start_serves_the_contract_with_its_token(
     runtime: LocalRuntime, base_dir: Path, standin_path: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,7 +233,8 @@ async def test_stop_kills_the_process_group_and_is_idempotent(
     await wait_http(f"{state.endpoint}/status", token=spec.token)
     if standin_path or CHROMIUM:
         # The stand-in's grandchild, or the real instance's driver and Chromium.
-        await _until(lambda: len(_processes(data_dir)) > (1 if standin_path else 3), timeout=60)
+        await await_until(lambda: len(_processes(data_dir)) > (1 if standin_path else 3), timeout=60,
+                          what="the instance's child processes")
     print("processes before stop:", len(_processes(data_dir)))
 
     t0 = time.monotonic()
@@ -264,12 +258,11 @@ async def test_a_process_killed_from_outside_shows_exited(
     spec = _spec(standin_path)
     state = await runtime.start(spec)
     await wait_http(f"{state.endpoint}/status", token=spec.token)
-    await _until(lambda: len(_processes(base_dir / spec.instance_id / "data")) > 1, timeout=60)
+    await await_until(lambda: len(_processes(base_dir / spec.instance_id / "data")) > 1, timeout=60,
+                      what="the instance's child processes")
     os.kill(int(state.handle), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while (seen := await runtime.inspect(spec.instance_id)).phase == "running":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    seen = await await_until(lambda: runtime.inspect(spec.instance_id), until=lambda state: state.phase != "running",
+                             timeout=10, what="the killed process to show")
     assert seen.phase == "exited"
     assert seen.exit_code == -signal.SIGKILL
     await runtime.stop(spec.instance_id)  # what the dead process left (Chromium) goes too
@@ -283,7 +276,7 @@ async def test_logs_tail_and_follow(runtime: LocalRuntime, base_dir: Path, stand
     state = await runtime.start(spec)
     await wait_http(f"{state.endpoint}/healthz")
     log_path = base_dir / spec.instance_id / "instance.log"
-    await _until(lambda: log_path.read_text().count("\n") >= 2)
+    await await_until(lambda: log_path.read_text().count("\n") >= 2, timeout=15, what="two lines in the log")
 
     lines = [line async for line in runtime.logs(spec.instance_id, tail=200)]
     assert lines[0].startswith("[local runtime]")
@@ -298,10 +291,10 @@ async def test_logs_tail_and_follow(runtime: LocalRuntime, base_dir: Path, stand
             collected.append(line)
 
     task = asyncio.create_task(drain())
-    await _until(lambda: collected)  # the follower has read up to the end
+    await await_until(lambda: collected, timeout=15, what="the follower to read up to the end")
     with open(log_path, "a") as f:  # what the process would print
         f.write("followed-line\n")
-    await _until(lambda: "followed-line" in collected)
+    await await_until(lambda: "followed-line" in collected, timeout=15, what="the followed line")
     await runtime.stop(spec.instance_id, timeout=10)
     await asyncio.wait_for(task, 10)  # ends by itself once the process is gone
 

@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,14 +23,11 @@ def free_port() -> int:
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 15.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
+    def answer() -> httpx.Response:
         assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-        try:
-            return httpx.get(url, timeout=1.0)
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.1)
+        return httpx.get(url, timeout=1.0)
+
+    return wait_until(answer, timeout=timeout, what=f"{url} to answer", ignore=(httpx.TransportError,), pause=0.1)
 
 
 def test_two_listeners_in_one_process_and_sigterm(tmp_path: Path) -> None:
@@ -96,10 +94,8 @@ def test_what_the_gateway_writes_is_its_own_alone(tmp_path: Path) -> None:
         admin = f"http://127.0.0.1:{admin_port}/api/instances"
         instance_id = httpx.post(admin, json={"name": "one"}).json()["instance_id"]
         assert httpx.post(f"{admin}/{instance_id}/start").status_code == 200
-        deadline = time.monotonic() + 15
-        while httpx.get(f"http://127.0.0.1:{api_port}/health").json()["browser_instances"]["available"] < 1:
-            assert time.monotonic() < deadline, "the instance never became available"
-            time.sleep(0.1)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{api_port}/health").json()["browser_instances"]["available"],
+                   timeout=15, what="the instance to become available", pause=0.1)
         answer = httpx.post(f"http://127.0.0.1:{api_port}/generate", json={"prompt": "a cat"}, timeout=30).json()
         assert answer["success"] is True, answer
     finally:

@@ -5,10 +5,8 @@ Every rejected request is checked to leave what is stored unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from gateway.app import create_admin_app
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
+from tests.polling import await_until
 
 Client = AsyncTestClient[Any]
 EN = {"Accept-Language": "en"}
@@ -37,13 +36,12 @@ async def instance(admin: Client, instance_id: str) -> dict[str, Any]:
 
 
 async def wait_status(admin: Client, instance_id: str, status: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await instance(admin, instance_id)
-        if view["status"] == status:
-            return view
-        assert time.monotonic() < deadline, f"still {view['status']}, wanted {status}"
-        await asyncio.sleep(0.02)
+    return await await_until(lambda: instance(admin, instance_id), until=lambda view: view["status"] == status,
+                             timeout=timeout, what=f"status {status}")
+
+
+async def _engine_health(admin: Client) -> dict[str, Any]:
+    return (await admin.get("/api/stats")).json()["stats"]["engine"]
 
 
 async def started(admin: Client, name: str = "a") -> str:
@@ -196,11 +194,9 @@ async def test_engine_down_is_503_naming_the_engine_and_reads_keep_working(admin
 
     assert await snapshot(admin) == before  # nothing stored changed
     assert (await admin.get("/api/instances")).status_code == 200
-    deadline = time.monotonic() + 3.0
-    while (stats := (await admin.get("/api/stats")).json()["stats"])["engine"]["ok"] is not False:
-        assert time.monotonic() < deadline, "no reconcile pass noticed the outage"
-        await asyncio.sleep(0.02)
-    assert "docker.sock" in stats["engine"]["reason"]
+    engine = await await_until(lambda: _engine_health(admin), until=lambda seen: seen["ok"] is False, timeout=3,
+                               what="a reconcile pass to notice the outage")
+    assert "docker.sock" in engine["reason"]
     assert running_id in fake.volumes  # the refused delete removed nothing
 
 
@@ -259,12 +255,12 @@ async def test_logs_tail_and_follow_as_server_sent_events(admin: Client, fake: F
     # Litestar's test client runs the app on a loop in another thread and returns a response only when its
     # body is complete, so what happens during the stream is done from a timer, on the app's loop.
     async def while_streaming() -> None:
-        for _ in range(500):  # until the stream has sent its tail and waits for more (at most 5 s)
-            if fake.containers[instance_id].followers:
-                break
-            await asyncio.sleep(0.01)
-        fake.containers[instance_id].log("live line")
-        fake.kill(instance_id)  # the stream ends when the container does
+        try:
+            await await_until(lambda: fake.containers[instance_id].followers, timeout=5,
+                              what="the stream to send its tail and wait for more", pause=0.01)
+            fake.containers[instance_id].log("live line")
+        finally:
+            fake.kill(instance_id)  # the stream ends when the container does (a failed wait must not hang it)
 
     timer = threading.Timer(0.05, admin.blocking_portal.call, args=(while_streaming,))
     timer.start()

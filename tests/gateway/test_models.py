@@ -19,7 +19,8 @@ from gateway.app import create_admin_app
 from gateway.catalogue import CATALOGUE_PATH
 from gateway.catalogue import load as load_catalogue
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
-from tests.gateway.pool import Pool, open_pool, serve, wait_for
+from tests.gateway.pool import Pool, open_pool, serve
+from tests.polling import await_until
 
 PNG = base64.b64encode(TINY_PNG).decode()
 EN = {"Accept-Language": "en"}
@@ -133,7 +134,7 @@ async def test_the_extra_ratios_of_3_1_flash_and_an_async_task_reports_its_optio
     async def done() -> bool:
         return (await pool.http.get(f"/tasks/{task_id}")).json()["done"]
 
-    await wait_for(done)
+    await await_until(done, timeout=5, what="the task to finish")
     body = (await pool.http.get(f"/tasks/{task_id}")).json()
     assert body["success"] is True and (body["model"], body["image_size"]) == (FLASH_31, "4K")
     generation = next(g for g in pool.fake.generations if g.task_id == task_id)
@@ -216,9 +217,9 @@ async def test_a_restart_clears_the_block(pair: Pool) -> None:
     assert (await pair.generate(model=PRO)).json()["instance_id"] == second
     assert await unavailable_models(pair, first) == [PRO]
     await pair.fleet.instances.stop(first)
-    await wait_for(lambda: _status(pair, first, "stopped"))
+    await await_until(lambda: _status(pair, first, "stopped"), timeout=5, what="the instance stopped")
     await pair.fleet.instances.start(first)
-    await wait_for(lambda: _ready(pair, first))
+    await await_until(lambda: _ready(pair, first), timeout=5, what="the instance ready again")
     assert await unavailable_models(pair, first) == []
     # Its new container's account has the model: the least recently used instance takes it again.
     body = (await pair.generate(model=PRO)).json()
@@ -256,7 +257,7 @@ async def test_a_queued_task_for_a_blocked_model_lets_other_models_through(pair:
     async def behind_done() -> bool:
         return (await pair.http.get(f"/tasks/{behind['task_id']}")).json()["done"]
 
-    await wait_for(behind_done, timeout=10)
+    await await_until(behind_done, timeout=10, what="the task behind to finish")
     finished = (await pair.http.get(f"/tasks/{behind['task_id']}")).json()
     assert finished["success"] is True and finished["instance_id"] == first
     # The one ahead of it still waits for the only instance that can use its model.

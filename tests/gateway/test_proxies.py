@@ -4,8 +4,6 @@ handed to the instance's environment at its next start; refusals change nothing.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from gateway.proxy_url import mask_proxy, parse_proxy
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import IsolatedSettings, make_settings
 from tests.panel.conftest import csrf_token
+from tests.polling import await_until
 
 Client = AsyncTestClient[Any]
 EN = {"Accept-Language": "en"}
@@ -51,31 +50,19 @@ async def events(admin: Client, instance_id: str) -> list[dict[str, Any]]:
     return list(reversed((await admin.get(f"/api/instances/{instance_id}/events?limit=100")).json()["events"]))
 
 
-async def until(check: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-    return value
+async def view_until(admin: Client, instance_id: str, field: str, value: str) -> dict[str, Any]:
+    return await await_until(lambda: view(admin, instance_id), until=lambda current: current[field] == value,
+                             timeout=5, what=f"{field} {value}")
 
 
 async def start_and_wait(admin: Client, instance_id: str) -> dict[str, Any]:
     assert (await admin.post(f"/api/instances/{instance_id}/start")).status_code == 200
-    return await until(lambda: _running(admin, instance_id))
-
-
-async def _running(admin: Client, instance_id: str) -> dict[str, Any] | None:
-    current = await view(admin, instance_id)
-    return current if current["status"] == "running" else None
+    return await view_until(admin, instance_id, "status", "running")
 
 
 async def stop_and_wait(admin: Client, instance_id: str) -> None:
     assert (await admin.post(f"/api/instances/{instance_id}/stop")).status_code == 200
-    await until(lambda: _stopped(admin, instance_id))
-
-
-async def _stopped(admin: Client, instance_id: str) -> bool:
-    return (await view(admin, instance_id))["status"] == "stopped"
+    await view_until(admin, instance_id, "status", "stopped")
 
 
 # ---- the URL rules ---------------------------------------------------------------------------------
@@ -215,12 +202,7 @@ async def test_unreachable_instance_leaves_the_pool_with_its_error_and_comes_bac
     assert running["available"] is True and running["page_error"] is None
     error = "net::ERR_PROXY_CONNECTION_FAILED at https://aistudio.google.com/prompts/new_chat"
     fake.set_login_state(instance_id, "unreachable", page_error=error)
-
-    async def unreachable() -> dict[str, Any] | None:
-        current = await view(admin, instance_id)
-        return current if current["login_state"] == "unreachable" else None
-
-    shown = await until(unreachable)
+    shown = await view_until(admin, instance_id, "login_state", "unreachable")
     assert shown["page_error"] == error and shown["available"] is False
     stats = (await admin.get("/api/stats")).json()["stats"]
     assert stats["available_instances"] == 0 and stats["running_instances"] == 1
@@ -228,12 +210,7 @@ async def test_unreachable_instance_leaves_the_pool_with_its_error_and_comes_bac
     assert changes == [f"logged_in → unreachable: {error}"]
 
     fake.set_login_state(instance_id, "logged_in")
-
-    async def back() -> dict[str, Any] | None:
-        current = await view(admin, instance_id)
-        return current if current["login_state"] == "logged_in" else None
-
-    recovered = await until(back)
+    recovered = await view_until(admin, instance_id, "login_state", "logged_in")
     assert recovered["page_error"] is None and recovered["available"] is True
 
 
@@ -259,9 +236,9 @@ async def test_panel_creates_and_changes_proxies_through_the_same_service(admin:
     await start_and_wait(admin, item["instance_id"])
     fake.set_login_state(item["instance_id"], "unreachable", page_error=fake_error)
 
-    async def shown() -> str | None:
-        text = (await admin.get(f"/instances/{item['instance_id']}", headers=ZH)).text
-        return text if 'data-login="unreachable"' in text else None
+    async def page() -> str:
+        return (await admin.get(f"/instances/{item['instance_id']}", headers=ZH)).text
 
-    text = await until(shown)
+    text = await await_until(page, until=lambda shown: 'data-login="unreachable"' in shown, timeout=5,
+                             what="the page to show the instance unreachable")
     assert fake_error in text and "无法访问 AI Studio" in text and "页面错误" in text

@@ -12,6 +12,7 @@ import pytest
 from gateway.app import Fleet
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import event_kinds, make_settings, passes_until, status_is
+from tests.polling import await_until
 
 
 async def create_started(fleet: Fleet, name: str = "a") -> str:
@@ -24,6 +25,12 @@ async def running(fleet: Fleet, name: str = "a") -> str:
     instance_id = await create_started(fleet, name)
     await passes_until(fleet, lambda: status_is(fleet, instance_id, "running"))
     return instance_id
+
+
+async def engine_started(fleet: Fleet, instance_id: str) -> None:
+    """The engine runs its container (the start's own write says so); waiting for it to be ready comes next."""
+    await await_until(lambda: event_kinds(fleet, instance_id), until=lambda kinds: "started" in kinds, timeout=5,
+                      what="the 'started' event")
 
 
 async def test_start_waits_for_ready_by_probing_and_records_login(fleet: Fleet, fake: FakeRuntime) -> None:
@@ -220,7 +227,7 @@ async def test_start_in_progress_at_gateway_restart_is_awaited_not_repeated(
     async with _fleet(settings, fake) as first:
         instance_id = await create_started(first)
         await first.reconciler.reconcile_once()
-        await asyncio.sleep(0.1)  # started, not ready yet: the gateway dies now
+        await engine_started(first, instance_id)  # started, not ready yet: the gateway dies now
     async with _fleet(settings, fake) as second:
         assert await status_is(second, instance_id, "starting")
         await passes_until(second, lambda: status_is(second, instance_id, "running"))
@@ -262,12 +269,10 @@ async def test_delete_can_keep_the_volume(sqlite_url: str, tmp_path: Path, fake:
 async def test_loop_wakes_up_when_a_target_changes(sqlite_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     settings = make_settings(sqlite_url, tmp_path, reconcile_interval=30.0)
     async with _fleet(settings, fake, reconcile=True) as fleet:
-        await asyncio.sleep(0.05)  # the first pass has run; the next is 30 s away unless woken
+        await asyncio.wait_for(fleet.reconciler.next_pass(), 5)  # a pass has run; the next is 30 s away unless woken
         instance_id = await create_started(fleet)
-        deadline = time.monotonic() + 2.0
-        while not await status_is(fleet, instance_id, "running"):
-            assert time.monotonic() < deadline, "the API's start did not wake the reconciler"
-            await asyncio.sleep(0.02)
+        await await_until(lambda: status_is(fleet, instance_id, "running"), timeout=2,
+                          what="the API's start to wake the reconciler")
 
 
 async def test_legacy_session_goes_to_the_first_instance_created_after_it_appears(
@@ -305,8 +310,8 @@ async def test_stop_during_a_slow_start_aborts_the_wait(sqlite_url: str, tmp_pat
         fake.never_ready(instance_id)
         await fleet.instances.start(instance_id)
         await fleet.reconciler.reconcile_once()
-        await asyncio.sleep(0.1)
-        await fleet.instances.stop(instance_id)
+        await engine_started(fleet, instance_id)
+        await fleet.instances.stop(instance_id)  # while the start waits for a ready that never comes
         began = time.monotonic()
         await passes_until(fleet, lambda: status_is(fleet, instance_id, "stopped"))
         assert time.monotonic() - began < 3.0  # not held until start_timeout (6 s)

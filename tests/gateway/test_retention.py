@@ -18,6 +18,7 @@ from gateway.db.types import utcnow
 from gateway.runtime.fake import FakeRuntime
 from gateway.services.retention import Purged, Retention
 from tests.gateway.conftest import make_settings
+from tests.polling import await_until
 
 DAY = 86400.0
 
@@ -132,11 +133,9 @@ async def test_the_gateway_runs_it_by_itself(database_url: str, tmp_path: Path, 
     opened = await Fleet.open(settings, runtime=fake, reconcile=False)
     try:
         ids = await seed(opened, now=utcnow(), outside=tmp_path / "absent.json")
-        for _ in range(400):
-            if await task_ids(opened) == {*ids["recent"], *ids["unfinished"]}:
-                break
-            await asyncio.sleep(0.05)
-        assert await task_ids(opened) == {*ids["recent"], *ids["unfinished"]}
+        kept = {*ids["recent"], *ids["unfinished"]}
+        await await_until(lambda: task_ids(opened), until=lambda left: left == kept, timeout=20,
+                          what="the fleet's own retention pass")
         assert await event_messages(opened) == ["recent", "recent"]
     finally:
         await opened.close()

@@ -11,8 +11,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.runtime.fake import FakeRuntime
-from tests.gateway.pool import wait_for
 from tests.gateway.test_management_api import create, started
+from tests.polling import await_until
 
 Client = AsyncTestClient[Any]
 EN = {"Accept-Language": "en"}
@@ -51,8 +51,9 @@ async def test_pushed_to_every_running_instance_and_to_one_started_later(admin: 
     async def delivered() -> bool:
         return fake.volumes.get(stopped, {}).get("selectors") == OVERRIDE
 
-    await wait_for(delivered, timeout=5)
-    await wait_for(lambda: _has_event(admin, stopped, "delivered at start (version fix-1)"), timeout=5)
+    await await_until(delivered, timeout=5, what="the override delivered at start")
+    await await_until(lambda: _has_event(admin, stopped, "delivered at start (version fix-1)"), timeout=5,
+                      what="the delivery's event")
 
     removed = await admin.delete("/api/selectors", headers=EN)
     assert removed.status_code == 200 and removed.json()["removed"] is True and removed.json()["pushed"] == 3
@@ -73,8 +74,8 @@ async def test_an_instance_that_kept_an_old_override_loses_it_when_it_starts(adm
     async def cleared() -> bool:
         return "selectors" not in fake.volumes[instance_id]
 
-    await wait_for(cleared, timeout=5)
-    await wait_for(lambda: _has_event(admin, instance_id, "removed at start"), timeout=5)
+    await await_until(cleared, timeout=5, what="the old override removed")
+    await await_until(lambda: _has_event(admin, instance_id, "removed at start"), timeout=5, what="the removal's event")
 
 
 async def test_a_failed_push_is_reported_for_that_instance_only(admin: Client, fake: FakeRuntime) -> None:

@@ -3,7 +3,6 @@ the panel and /metrics; and the pure rules behind them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta

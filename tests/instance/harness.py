@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import skip_or_fail
+from tests.polling import wait_until
 from tests.simulator.fixtures import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,27 +79,21 @@ class RunningInstance:
 
     def generate_between_checks(self, prompt: str, timeout: float = 20.0) -> httpx.Response:
         """Generate, waiting out the instance's own reachability check (which holds the task slot, as a task would)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            response = self.generate(prompt)
-            held_by_check = response.status_code == 409 and response.json().get("current_task") == "reachability-check"
-            if not held_by_check or time.monotonic() > deadline:
-                return response
-            time.sleep(0.05)
+        return wait_until(lambda: self.generate(prompt), until=lambda response: not _held_by_check(response),
+                          timeout=timeout, what="the reachability check to free the task slot")
 
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition") -> dict:
-        deadline = time.monotonic() + timeout
-        status: dict = {}
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                status = self.status()
-                if predicate(status):
-                    return status
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; last status {status}\n{self.log_tail()}")
+        try:
+            return wait_until(self.status, until=predicate, timeout=timeout, what=what, ignore=(httpx.HTTPError,), pause=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _held_by_check(response: httpx.Response) -> bool:
+    return response.status_code == 409 and response.json().get("current_task") == "reachability-check"
 
 
 @contextlib.contextmanager

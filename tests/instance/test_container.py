@@ -8,7 +8,6 @@ import io
 import json
 import os
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +19,7 @@ import pytest
 from instance.images import reencode
 from tests.conftest import skip_or_fail
 from tests.instance.harness import b64, png_bytes, png_size, signed_in_state
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -30,27 +30,28 @@ TOKEN = "container-token-42"
 
 
 def _published(container, port: str) -> str:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def bindings() -> list | None:
         container.reload()
-        if container.ports.get(port):
-            return f"http://127.0.0.1:{container.ports[port][0]['HostPort']}"
-        time.sleep(0.05)
-    raise AssertionError(f"{container.name}: no published {port}; logs:\n{container.logs().decode()[-2000:]}")
+        return container.ports.get(port)
+
+    def what() -> str:
+        return f"{container.name} to publish {port}; logs:\n{container.logs().decode()[-2000:]}"
+
+    found = wait_until(bindings, timeout=15, what=what)
+    return f"http://127.0.0.1:{found[0]['HostPort']}"
 
 
 def _wait(url: str, ok, timeout: float = 60, headers: dict | None = None) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(url, headers=headers, timeout=3)
-            if ok(last):
-                return last
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting on {url}: {last and last.text}")
+    last_text = ""
+
+    def answer() -> httpx.Response:
+        nonlocal last_text
+        response = httpx.get(url, headers=headers, timeout=3)
+        last_text = response.text
+        return response
+
+    return wait_until(answer, until=ok, timeout=timeout, what=lambda: f"{url} (last body: {last_text[:500]!r})",
+                      ignore=(httpx.HTTPError,), pause=0.1)
 
 
 @pytest.fixture(scope="module")

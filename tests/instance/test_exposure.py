@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.instance.harness import REPO_ROOT, TOKEN
+from tests.polling import wait_until
 from tests.simulator.fixtures import free_port, stop_process
 
 
@@ -47,14 +47,12 @@ def test_loopback_or_a_token_starts(tmp_path, host, token):
     process = subprocess.Popen([sys.executable, "-m", "instance"], cwd=REPO_ROOT, stdout=log,
                                stderr=subprocess.STDOUT, env=_instance_env(host, port, tmp_path, token))
     try:
-        deadline, answer = time.monotonic() + 30, None
-        while answer is None and time.monotonic() < deadline:
+        def healthz() -> httpx.Response:
             assert process.poll() is None, (tmp_path / "instance.log").read_text()
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except httpx.ConnectError:
-                time.sleep(0.1)
-        assert answer is not None and answer.json() == {"ok": True}, (tmp_path / "instance.log").read_text()
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+        answer = wait_until(healthz, timeout=30, what="the instance to listen", ignore=(httpx.ConnectError,), pause=0.1)
+        assert answer.json() == {"ok": True}, (tmp_path / "instance.log").read_text()
         status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5)
         assert status.status_code == (401 if token else 200)
     finally:

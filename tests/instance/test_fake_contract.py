@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from gateway.runtime.base import InstanceSpec
 from gateway.runtime.fake import FakeRuntime
 from tests.instance.harness import signed_in_state
 from tests.instance.test_container import TOKEN, engine, pair  # noqa: F401 - the container fixtures
+from tests.polling import await_until, wait_until
 from tests.simulator.fixtures import control
 
 pytestmark = pytest.mark.docker
@@ -56,15 +56,8 @@ def real_call(pair: dict, method: str, path: str, **kwargs: Any) -> httpx.Respon
 @pytest.fixture(scope="module")
 def both(pair: dict) -> tuple[Fake, dict]:  # noqa: F811
     """The real instance signed in and ready, the fake likewise."""
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if real_call(pair, "GET", "/status").json().get("ready"):
-                break
-        except (httpx.HTTPError, ValueError):
-            pass
-        assert time.monotonic() < deadline, "the real instance never became ready"
-        time.sleep(0.2)
+    wait_until(lambda: real_call(pair, "GET", "/status").json().get("ready"), timeout=120,
+               what="the real instance to be ready", ignore=(httpx.HTTPError, ValueError), pause=0.2)
     state = signed_in_state("http://" + pair["sim_host"] + ":9000", "contract@example.com")
     assert real_call(pair, "PUT", "/session", json=state).status_code == 200
     fake = Fake()
@@ -124,18 +117,15 @@ def test_busy_is_409_on_both(both: tuple[Fake, dict]) -> None:
     async def fake_pair() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=fake.runtime.http_transport, base_url=fake.url) as client:
             first = asyncio.create_task(client.post("/generate", headers=AUTH, json={"prompt": "slow"}))
-            while not any(c.busy for c in fake.runtime.containers.values()):
-                await asyncio.sleep(0.01)
+            await await_until(lambda: any(c.busy for c in fake.runtime.containers.values()), timeout=10,
+                              what="the fake busy", pause=0.01)
             second = await client.post("/generate", headers=AUTH, json={"prompt": "second"})
             return await first, second
 
     fake.runtime.generate_delay = 1.0
     try:
         slow.start()
-        deadline = time.monotonic() + 60
-        while not real_call(pair, "GET", "/status").json()["busy"]:
-            assert time.monotonic() < deadline, "the real instance never got busy"
-            time.sleep(0.05)
+        wait_until(lambda: real_call(pair, "GET", "/status").json()["busy"], timeout=60, what="the real instance busy")
         real_second = real_call(pair, "POST", "/generate", json={"prompt": "second"})
         fake_first, fake_second = asyncio.run(fake_pair())
         slow.join()

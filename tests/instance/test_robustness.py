@@ -15,6 +15,7 @@ from websockets.sync.client import connect
 from instance.selectors import load_packaged
 from tests.instance.conftest import sim
 from tests.instance.harness import b64, chromium_browser_pid, png_bytes, signed_in_state, start_instance
+from tests.polling import wait_until
 
 BAD_BODIES = [
     ({}, 422, "prompt"),
@@ -75,13 +76,8 @@ def test_chromium_killed_mid_task_is_restarted(simulator_url, fresh_dir):
         worker.start()
         inst.wait_for(lambda s: s["busy"], timeout=5, what="busy")
         # Wait until the prompt reached the simulator, then kill the browser process from outside.
-        deadline_ok = False
-        for _ in range(50):
-            if sim(simulator_url, "/_sim/record")["in_flight_by_account"].get("acct-crash"):
-                deadline_ok = True
-                break
-            threading.Event().wait(0.1)
-        assert deadline_ok, "the prompt never reached the simulator"
+        wait_until(lambda: sim(simulator_url, "/_sim/record")["in_flight_by_account"].get("acct-crash"), timeout=5,
+                   what="the prompt to reach the simulator", pause=0.1)
         os.kill(chromium_browser_pid(inst.process.pid), signal.SIGKILL)
         worker.join(timeout=30)
         assert result["success"] is False

@@ -12,6 +12,7 @@ from websockets.sync.client import connect
 
 from tests.instance.conftest import sim
 from tests.instance.harness import TOKEN, signed_in_state, start_instance
+from tests.polling import wait_until
 from tests.simulator.fixtures import signin_field_centres
 
 AUTH = ("SID", "HSID", "SSID", "APISID", "SAPISID")
@@ -158,10 +159,8 @@ def test_sign_in_through_the_live_view(simulator_url, fresh_dir):
             inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in after live sign-in")
             frames_after = sum(1 for _ in range(3) if json.loads(ws.recv(timeout=10))["type"] == "frame")
             assert frames_after == 3
-        deadline = time.monotonic() + 10
-        while _saved_sid(fresh_dir) != "acct-live" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _saved_sid(fresh_dir) == "acct-live"
+        wait_until(lambda: _saved_sid(fresh_dir), until=lambda sid: sid == "acct-live", timeout=10,
+                   what="the live sign-in saved", pause=0.1)
         assert inst.generate("signed in by hand").json()["success"]
         assert sim(simulator_url, "/_sim/record")["generations"][0]["account"] == "acct-live"
 
@@ -185,13 +184,12 @@ def test_session_is_written_back_every_n_tasks(simulator_url, fresh_dir):
         inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
         (fresh_dir / "storage_state.json").unlink()
         assert inst.generate("one").json()["success"]
+        # A sleep: a save would run in the background after the answer, and nothing shows that none was started.
         time.sleep(0.5)
         assert _saved_sid(fresh_dir) is None  # not after one task
         assert inst.generate("two").json()["success"]
-        deadline = time.monotonic() + 10
-        while _saved_sid(fresh_dir) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _saved_sid(fresh_dir) == "acct-periodic"
+        wait_until(lambda: _saved_sid(fresh_dir), until=lambda sid: sid == "acct-periodic", timeout=10,
+                   what="the session saved after the second task", pause=0.1)
 
 
 def _refused_by_the_browser(sim_url: str, kind: str) -> dict:

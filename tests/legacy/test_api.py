@@ -4,7 +4,6 @@ SQLite and Postgres."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from gateway.runtime.fake import FakeRuntime
+from tests.polling import await_until
 
 Client = AsyncTestClient[Any]
 EN = {"Accept-Language": "en", "Content-Type": "application/json"}
@@ -20,13 +20,11 @@ COOKIES = [{"name": "SID", "value": "acct-old", "domain": ".google.com", "path":
 
 
 async def wait_for(admin: Client, instance_id: str, check: Any, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        view = (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
-        if check(view):
-            return view
-        assert time.monotonic() < deadline, view
-        await asyncio.sleep(0.02)
+    return await await_until(lambda: _view(admin, instance_id), until=check, timeout=timeout, what="the instance's view")
+
+
+async def _view(admin: Client, instance_id: str) -> dict[str, Any]:
+    return (await admin.get(f"/api/instances/{instance_id}")).json()["instance"]
 
 
 async def listing(admin: Client) -> list[dict[str, Any]]:

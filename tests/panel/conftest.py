@@ -21,6 +21,7 @@ from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.instance.harness import require_chromium
 from tests.panel.harness import Gateway, launch_browser, start_gateway
+from tests.polling import await_until
 from tests.simulator.fixtures import free_port, simulator_server, simulator_url  # noqa: F401
 
 TOKEN = "in-process-admin-token"
@@ -66,9 +67,12 @@ async def served(app: Litestar) -> AsyncIterator[str]:
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
+        return server.started
+
+    await await_until(started, timeout=10, what="uvicorn to listen", pause=0.02)
     try:
         yield f"http://127.0.0.1:{server.config.port}"
     finally:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tests.polling import wait_until
 from tests.simulator.fixtures import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +54,11 @@ class Gateway:
         return self.api.get(f"/api/instances/{instance_id}").json()["instance"]
 
     def wait_instance(self, instance_id: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60, what: str = "") -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        view: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            view = self.instance(instance_id)
-            if predicate(view):
-                return view
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what or 'instance'}; last {view}\n{self.log_tail()}")
+        try:
+            return wait_until(lambda: self.instance(instance_id), until=predicate, timeout=timeout, what=what or "instance",
+                              pause=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     def create_running(self, name: str, *, timeout: float = 90) -> str:
         """An instance created and started through the API, once it runs."""
@@ -126,30 +123,29 @@ def start_gateway(
 
 
 def _wait_until_up(gateway: Gateway, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def stats() -> httpx.Response:
         if gateway.process.poll() is not None:
             raise RuntimeError(f"gateway exited with {gateway.process.returncode}:\n{gateway.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if gateway.api.get("/api/stats").status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway did not answer within {timeout}s:\n{gateway.log_tail()}")
+        return gateway.api.get("/api/stats")
+
+    try:
+        wait_until(stats, until=lambda response: response.status_code == 200, timeout=timeout, what="the gateway to answer",
+                   ignore=(httpx.HTTPError,), pause=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{gateway.log_tail()}") from None
 
 
 def _stop_instances(gateway: Gateway) -> None:
     if gateway.process.poll() is not None:
         return
-    with contextlib.suppress(httpx.HTTPError):
+    # Best effort: whatever has not stopped in time is killed by _kill_local_leftovers.
+    with contextlib.suppress(httpx.HTTPError, AssertionError):
         instances = gateway.api.get("/api/instances").json()["instances"]
         for view in instances:
             gateway.api.post(f"/api/instances/{view['instance_id']}/stop")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            views = gateway.api.get("/api/instances").json()["instances"]
-            if all(v["status"] in ("stopped", "error") for v in views):
-                return
-            time.sleep(0.2)
+        wait_until(lambda: [v["status"] for v in gateway.api.get("/api/instances").json()["instances"]],
+                   until=lambda statuses: all(s in ("stopped", "error") for s in statuses), timeout=30,
+                   what="every instance stopped", pause=0.2)
 
 
 def _kill_local_leftovers(base_dir: Path) -> None:

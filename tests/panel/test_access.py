@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.panel.conftest import TOKEN, csrf_token, served
+from tests.polling import await_until
 
 REPO = Path(__file__).resolve().parents[2]
 HTMX = {"HX-Request": "true"}
@@ -185,10 +186,8 @@ async def test_action_errors_come_back_as_messages_and_change_nothing(panel: Asy
 async def test_logs_download_as_a_text_file_named_after_the_instance(panel: AsyncTestClient[Any]) -> None:
     instance_id = (await panel.post("/api/instances", json={"name": "日志-1"})).json()["instance_id"]
     await panel.post(f"/api/instances/{instance_id}/start")
-    for _ in range(100):
-        if (await panel.get(f"/api/instances/{instance_id}")).json()["instance"]["status"] == "running":
-            break
-        await asyncio.sleep(0.02)
+    await await_until(lambda: panel.get(f"/api/instances/{instance_id}"),
+                      until=lambda r: r.json()["instance"]["status"] == "running", timeout=5, what="the instance running")
     response = await panel.get(f"/instances/{instance_id}/logs.txt")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     assert "attachment; filename*=UTF-8''%E6%97%A5%E5%BF%97-1-" in response.headers["content-disposition"]

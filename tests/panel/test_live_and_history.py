@@ -20,6 +20,7 @@ from gateway.db.types import utcnow
 from gateway.i18n import catalog
 from gateway.panel.i18n import panel_catalog
 from tests.panel.conftest import csrf_token, served
+from tests.polling import await_until
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "gateway" / "panel" / "templates"
 
@@ -48,13 +49,6 @@ async def next_event(events: AsyncIterator[tuple[str, str]], wanted: str, contai
     return await asyncio.wait_for(find(), timeout)
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 async def test_the_pool_stream_follows_changes_and_forgets_a_viewer_who_leaves(admin_app: Litestar) -> None:
     watcher = admin_app.state.pool_watcher
     async with served(admin_app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -67,7 +61,8 @@ async def test_the_pool_stream_follows_changes_and_forgets_a_viewer_who_leaves(a
             changed = await next_event(events, "pool", "seen-live")
             assert 'class="card"' in changed
         # The viewer is gone: its wait ends, and with nobody watching the poller stops.
-        await eventually(lambda: watcher.watchers == 0 and not watcher.polling)
+        await await_until(lambda: (watcher.watchers, watcher.polling), until=lambda seen: seen == (0, False), timeout=5,
+                          what="the viewer forgotten and the poller stopped")
 
 
 async def test_the_instance_stream_shows_its_state_its_events_and_its_end(admin_app: Litestar) -> None:
@@ -96,7 +91,8 @@ async def test_many_viewers_share_one_poller(admin_app: Litestar) -> None:
             await next_event(first, "pool")
             await next_event(second, "pool")
             assert watcher.watchers == 2 and watcher.polling
-        await eventually(lambda: watcher.watchers == 0 and not watcher.polling)
+        await await_until(lambda: (watcher.watchers, watcher.polling), until=lambda seen: seen == (0, False), timeout=5,
+                          what="the viewer forgotten and the poller stopped")
 
 
 async def add_task(app: Litestar, **values: Any) -> None:

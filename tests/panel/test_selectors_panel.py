@@ -3,14 +3,13 @@ the same services as the API, CSRF-checked, refusals shown beside the textarea w
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 
 from tests.panel.test_access import signed_in
+from tests.polling import await_until
 
 HTMX = {"HX-Request": "true", "Accept-Language": "en"}
 
@@ -21,10 +20,8 @@ async def running_instance(client: AsyncTestClient[Any], csrf: str, name: str) -
     listing = (await client.get("/api/instances")).json()["instances"]
     instance_id = next(i["instance_id"] for i in listing if i["name"] == name)
     assert (await client.post(f"/instances/{instance_id}/start", headers=headers)).status_code == 200
-    deadline = time.monotonic() + 5
-    while (await client.get(f"/api/instances/{instance_id}")).json()["instance"]["status"] != "running":
-        assert time.monotonic() < deadline, "instance did not start"
-        await asyncio.sleep(0.05)
+    await await_until(lambda: client.get(f"/api/instances/{instance_id}"),
+                      until=lambda r: r.json()["instance"]["status"] == "running", timeout=5, what="the instance running")
     return instance_id
 
 
