@@ -25,6 +25,7 @@ class ModelSpec:
     aspect_ratios: tuple[str, ...]
     image_sizes: tuple[str, ...]  # empty: the page offers no size choice
     references: bool
+    driven: bool  # on a page the instance's driver can run (the catalogue's pages_driven)
 
     @property
     def ratio_choices(self) -> tuple[str, ...]:
@@ -57,8 +58,14 @@ class Catalogue:
     def ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.models)
 
+    @property
+    def driven(self) -> tuple[ModelSpec, ...]:
+        """The models a request may name: those on a page the driver can run."""
+        return tuple(m for m in self.models if m.driven)
+
 
 def parse(raw: dict) -> Catalogue:
+    pages_driven = tuple(raw.get("pages_driven", ("chat",)))
     models = tuple(
         ModelSpec(
             id=m["id"],
@@ -68,6 +75,7 @@ def parse(raw: dict) -> Catalogue:
             aspect_ratios=tuple(m.get("aspect_ratios", ())),
             image_sizes=tuple(m.get("image_sizes", ())),
             references=bool(m.get("references", True)),
+            driven=m.get("page", "chat") in pages_driven,
         )
         for m in raw["models"]
     )

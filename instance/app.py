@@ -184,8 +184,11 @@ def _model(value: Any, settings: InstanceSettings) -> ModelSpec:
     if not isinstance(name, str):
         raise BadInput("'model' must be a string")
     spec = catalogue.find(name)
+    choices = ", ".join(m.id for m in catalogue.driven)
     if spec is None:
-        raise BadInput(f"unknown model {name[:80]!r}; use one of {', '.join(catalogue.ids)}")
+        raise BadInput(f"unknown model {name[:80]!r}; use one of {choices}")
+    if not spec.driven:
+        raise BadInput(f"model {spec.id!r} is on a page this instance cannot drive yet; use one of {choices}")
     return spec
 
 

@@ -176,7 +176,7 @@ class GeminiController(Controller):
 
     @get("/v1beta/models", operation_id="geminiListModels", summary="The image models (Gemini's model list)")
     async def list_models(self) -> GeminiModelListOut:
-        return GeminiModelListOut(models=[_model_out(m) for m in catalogue.load().models])
+        return GeminiModelListOut(models=[_model_out(m) for m in catalogue.load().driven])
 
     @post(
         "/v1beta/models/{model_action:str}", operation_id="geminiGenerateContent", status_code=200,

@@ -128,11 +128,11 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 
 
 def _catalogue_choices(schema: dict[str, Any]) -> None:
-    known = catalogue.load()
+    offered = catalogue.load().driven
     choices = {
-        "model": [name for m in known.models for name in (m.id, *m.aliases)],
-        "aspect_ratio": list(dict.fromkeys([catalogue.AUTO, *(r for m in known.models for r in m.aspect_ratios)])),
-        "image_size": list(dict.fromkeys(s for m in known.models for s in m.image_sizes)),
+        "model": [name for m in offered for name in (m.id, *m.aliases)],
+        "aspect_ratio": list(dict.fromkeys([catalogue.AUTO, *(r for m in offered for r in m.aspect_ratios)])),
+        "image_size": list(dict.fromkeys(s for m in offered for s in m.image_sizes)),
         "output_format": ["png", "jpeg", "webp"],
     }
     for name, values in choices.items():

@@ -190,7 +190,7 @@ class OpenAIImagesController(Controller):
 
     @get("/models", operation_id="openaiListModels", summary="The image models (OpenAI's model list)")
     async def list_models(self) -> ModelListOut:
-        return ModelListOut(data=[_model_out(m) for m in catalogue.load().models])
+        return ModelListOut(data=[_model_out(m) for m in catalogue.load().driven])
 
     @get("/models/{model:str}", operation_id="openaiGetModel", summary="One image model")
     async def get_model(self, model: FromPath[str]) -> ModelOut:

@@ -161,8 +161,11 @@ def _model(value: Any) -> ModelSpec:
     if not isinstance(value, str):
         raise Invalid("field_type", field="model", expected="string")
     spec = known.find(value.strip())
+    choices = ", ".join(m.id for m in known.driven)
     if spec is None:
-        raise Invalid("model_unknown", value=value[:80], choices=", ".join(known.ids))
+        raise Invalid("model_unknown", value=value[:80], choices=choices)
+    if not spec.driven:
+        raise Invalid("model_not_driven", value=spec.id, choices=choices)
     return spec
 
 

@@ -32,6 +32,14 @@ FLASH_31 = "gemini-3.1-flash-image"
 # ---- the catalogue itself ---------------------------------------------------------------------------
 
 
+def test_imagen_is_listed_but_only_models_on_a_driven_page_are_offered() -> None:
+    catalogue = load_catalogue()
+    imagen = catalogue.find("imagen-4.0-generate-001")
+    assert imagen is not None and imagen.page == "imagen" and not imagen.driven
+    offered = {m.id for m in catalogue.driven}
+    assert {DEFAULT, PRO, FLASH_31} <= offered and not any(m.startswith("imagen") for m in offered)
+
+
 def test_the_catalogue_is_the_instance_packages_file_and_lists_todays_models() -> None:
     assert CATALOGUE_PATH.parts[-2:] == ("instance", "models.json")
     raw = json.loads(CATALOGUE_PATH.read_text("utf-8"))
@@ -77,7 +85,8 @@ BAD: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("size without a model", {"image_size": "4K"}, "image_size_not_offered", [DEFAULT]),
     ("model not text", {"model": 3}, "field_type", ["model"]),
     ("size not text", {"model": PRO, "image_size": 2}, "field_type", ["image_size"]),
-    ("references to Imagen", {"model": "imagen-4.0-generate-001", "reference_image_b64": PNG}, "model_takes_no_references", ["imagen-4.0-generate-001"]),
+    # Imagen is listed, but its page is not driven yet: refused at once, naming the models that are.
+    ("Imagen", {"model": "imagen-4.0-generate-001"}, "model_not_driven", ["imagen-4.0-generate-001", DEFAULT, PRO]),
 ]
 
 
@@ -102,7 +111,7 @@ async def test_the_form_is_checked_the_same_way(pool: Pool, untouched: None) -> 
     assert response.status_code == 422 and response.json()["error"] == "image_size_unknown"
     imagen = {"prompt": "p", "model": "imagen-4.0-fast-generate-001"}
     response = await pool.http.post("/generate-with-file", data=imagen, files=files, headers=EN)
-    assert response.status_code == 422 and response.json()["error"] == "model_takes_no_references"
+    assert response.status_code == 422 and response.json()["error"] == "model_not_driven"
 
 
 # ---- what reaches the instance --------------------------------------------------------------------------
