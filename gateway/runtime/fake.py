@@ -130,6 +130,8 @@ class FakeRuntime:
         self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
         self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
         self.generate_delay = 0.0
+        self.selectors_removal_delay = 0.0  # how long DELETE /selectors takes (a delivery at start in flight)
+        self.selectors_removals = {"begun": 0, "done": 0}
         self.generations: list[FakeGeneration] = []
         self.busy_rejections = 0  # /generate calls that found the instance busy (the gateway's lease was bypassed)
         self._engine_down_reason: str | None = None
@@ -418,7 +420,10 @@ class FakeRuntime:
     async def _delete_selectors(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         if container.refuses_selectors:
             return httpx.Response(500, json={"detail": "injected selectors failure"})
+        self.selectors_removals["begun"] += 1
+        await asyncio.sleep(self.selectors_removal_delay)
         removed = self.volumes.setdefault(container.instance_id, {}).pop("selectors", None) is not None
+        self.selectors_removals["done"] += 1
         return httpx.Response(200, json={"ok": True, "removed": removed, "version": "packaged"})
 
     async def _diagnose(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:

@@ -131,6 +131,11 @@ class SelectorsService:
 
     async def deliver(self, instance_id: uuid.UUID) -> None:
         """Bring a just-ready instance in line: the stored override, or none (it may keep an old one on its volume)."""
+        # Under the change lock: a delivery that read "no override" must not land after a change pushed one.
+        async with self._change_lock:
+            await self._deliver(instance_id)
+
+    async def _deliver(self, instance_id: uuid.UUID) -> None:
         async with self._sessions() as session:
             row = (
                 await session.execute(

@@ -90,6 +90,16 @@ async def test_a_failed_push_is_reported_for_that_instance_only(admin: Client, f
     assert (await selectors_events(admin, bad))[0].startswith("selectors override set (version fix-1); push failed: HTTP 500")
 
 
+async def test_a_delivery_at_start_never_undoes_a_change_made_meanwhile(admin: Client, fake: FakeRuntime) -> None:
+    fake.selectors_removal_delay = 0.5  # the delivery at start ("no override": remove any) is still on its way
+    instance_id = await create(admin, "racing")
+    assert (await admin.post(f"/api/instances/{instance_id}/start")).status_code == 200
+    await await_until(lambda: fake.selectors_removals["begun"], timeout=5, what="the delivery at start to begin")
+    assert (await put(admin, OVERRIDE)).status_code == 200
+    await await_until(lambda: fake.selectors_removals["done"], timeout=5, what="the delivery at start to end")
+    assert fake.volumes[instance_id].get("selectors") == OVERRIDE
+
+
 BAD = [
     pytest.param(b"{roles:", 400, "The selectors override is not valid JSON", id="not-json"),
     pytest.param(b"[]", 422, "must be a JSON object", id="not-an-object"),
