@@ -3,6 +3,7 @@ its two apps."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -108,13 +109,25 @@ class Fleet:
     async def close(self) -> None:
         """Stops the gateway's own work; instances keep running and are adopted on the next start."""
         try:
-            await self.retention.close()
-            await self.dispatcher.close()
-            await self.reconciler.close()
-            await self.client.close()
-            await self.runtime.close()
+            for name, part in (("retention", self.retention), ("dispatcher", self.dispatcher),
+                               ("reconciler", self.reconciler), ("instance client", self.client),
+                               ("runtime", self.runtime)):
+                await _close_within(name, part.close(), CLOSE_PART_TIMEOUT)
         finally:
-            await self.db.dispose()
+            await _close_within("database", self.db.dispose(), CLOSE_PART_TIMEOUT)
+
+
+CLOSE_PART_TIMEOUT = 15.0  # a shutdown that hangs on one part would outlive the stop timeout and be killed
+
+
+async def _close_within(name: str, closing: Any, timeout: float) -> None:
+    """Close one part, but stop waiting after `timeout` (logged): the rest of the gateway still closes."""
+    task = asyncio.ensure_future(closing)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.error("closing the %s took more than %.0f s; going on without it", name, timeout)
+        return
+    task.result()
 
 
 @asynccontextmanager
