@@ -346,7 +346,8 @@ def image_server(*, size: int = len(TINY_PNG), delay: float = 0.0) -> Iterator[s
 
 async def test_chat_fetches_http_images_under_limits(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     # Private addresses allowed here only so that a loopback server can stand in for the internet.
-    settings = {"fetch_private_addresses": True, "fetch_timeout": 0.5, "max_reference_bytes": 4096}
+    # A timeout a loaded CI machine meets easily for a loopback fetch; the slow server takes twice as long.
+    settings = {"fetch_private_addresses": True, "fetch_timeout": 2.0, "max_reference_bytes": 4096}
     async with open_pool(database_url, tmp_path, fake, instances=1, **settings) as pool:
         with image_server() as url:
             answer = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
@@ -355,7 +356,7 @@ async def test_chat_fetches_http_images_under_limits(database_url: str, tmp_path
         with image_server(size=8192) as url:
             large = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
             assert large.status_code == 413 and large.json()["error"]["code"] == "image_url_too_large"
-        with image_server(delay=2.0) as url:
+        with image_server(delay=4.0) as url:
             slow = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages(url)})
             assert slow.status_code == 400 and slow.json()["error"]["code"] == "image_url_slow"
         unresolved = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages("http://no-such-host.invalid/a.png")})
