@@ -40,7 +40,7 @@ from gateway.reconciler.leader import LeaderLock
 from gateway.runtime import Runtime, RuntimeUnavailable, build_runtime
 from gateway.runtime.health import EngineHealth
 from gateway.services.history import TaskHistoryService
-from gateway.services.instance_client import InstanceClient
+from gateway.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
 from gateway.services.retention import Retention
 from gateway.services.selectors import SelectorsService

@@ -43,7 +43,7 @@ from gateway.dispatcher.results import ResultStore
 from gateway.dispatcher.signals import PoolListener
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Gone, NotFound, QueueFull, Unavailable
-from gateway.services.instance_client import InstanceCallError, InstanceClient
+from gateway.instance_client import InstanceCallError, InstanceClient
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)

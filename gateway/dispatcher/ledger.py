@@ -24,7 +24,7 @@ from gateway.db.outage import Backlog
 from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
 from gateway.dispatcher.statements import EVENTS, INSTANCES, MODEL_BLOCKS, NOTIFY_CHANNEL, TASKS, B, I, T
-from gateway.services.instance_client import InstanceAddress
+from gateway.instance_client import InstanceAddress
 
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
 

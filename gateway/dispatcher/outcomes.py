@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from gateway.services.instance_client import InstanceCallError, InstanceRejected, InstanceUnreachable
+from gateway.instance_client import InstanceCallError, InstanceRejected, InstanceUnreachable
 
 # Error codes the gateway itself gives a task (the instance's own are in docs/instance-api.md).
 UNREACHABLE = "instance_unreachable"  # refused, reset, container gone, 5xx

@@ -29,7 +29,7 @@ from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide
 from gateway.reconciler.session_health import health_changes, login_check_due
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
-from gateway.services.instance_client import (
+from gateway.instance_client import (
     InstanceAddress,
     InstanceClient,
     InstanceRejected,

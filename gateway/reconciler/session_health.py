@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.db.models import EventKind, LoginState
 from gateway.reconciler.decide import InstanceRow
-from gateway.services.instance_client import InstanceStatus
+from gateway.instance_client import InstanceStatus
 
 # States in which the account is known to be signed out: the session's age starts again at the next login.
 SIGNED_OUT = (LoginState.NEEDS_LOGIN, LoginState.SIGNIN_REFUSED)

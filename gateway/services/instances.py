@@ -43,7 +43,7 @@ from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, N
 from gateway.proxy_url import ProxyURLError, mask_proxy, normalize_proxy
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
-from gateway.services.instance_client import (
+from gateway.instance_client import (
     ClientConnection,
     InstanceAddress,
     InstanceClient,

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.models import EventKind, FleetSetting, Instance, Status, new_event
 from gateway.db.types import utcnow
 from gateway.errors import BadRequest, FleetError, Invalid, TooLarge
-from gateway.services.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
+from gateway.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.runtime.base import InstanceSpec
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
-from gateway.services.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
+from gateway.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
 
 
 @pytest.fixture

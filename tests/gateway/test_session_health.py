@@ -16,7 +16,7 @@ from gateway.app import Fleet, create_admin_app, create_api_app
 from gateway.reconciler.decide import InstanceRow
 from gateway.reconciler.session_health import health_changes, login_check_due, parse_time
 from gateway.runtime.fake import FakeRuntime
-from gateway.services.instance_client import InstanceStatus
+from gateway.instance_client import InstanceStatus
 from tests.gateway.conftest import event_kinds, make_settings, passes_until, status_is
 from tests.polling import await_until
 
