@@ -1,7 +1,7 @@
 """One generation on the AI Studio page, step by step as AISTUDIO.md describes it.
 
-Every step starts with one in-page sweep (`_STEP_JS`): it closes the dialogs the page may have opened since the
-last step and reads the state the step needs, in one round trip. Waits run inside the page too.
+Every step starts with one in-page sweep (`scripts/step.js`): it closes the dialogs the page may have opened since
+the last step and reads the state the step needs, in one round trip. Waits run inside the page too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Locator, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from instance import page_scripts
 from instance.browser import BrowserHost, is_signin_url
 from instance.errors import ErrorCode, GenerationError, UIChanged
 from instance.images import ReferenceImage, reference_files, to_png
@@ -37,242 +38,14 @@ RUN_CONFIRM_S = 1.5  # how long a Run click may take to show the run as started
 REGIONS_PATH_PART = "available-regions"  # ai.google.dev/.../available-regions: outside the served regions
 _NEW_CHAT_PATH = re.compile(r"^(?:/app)?(?:/u/\d+)?/prompts/(new_chat|new_image)$")
 
-# Shared by the in-page scripts below. `sweepDialogs` clicks what closes a known dialog: a dismiss candidate
-# (copyright acknowledgement included), a button named like "Got it" inside a dialog, or, in a dialog with
-# a consent checkbox, the box and then its Continue. `settings` reads what the page shows as chosen.
-_HELPERS = """
-  const q = (css, root = document) => {
-    if (!css) return [];
-    try { return Array.from(root.querySelectorAll(css)); } catch (error) { return []; }
-  };
-  const shown = (el) => {
-    if (!el || !el.isConnected) return false;
-    const box = el.getBoundingClientRect();
-    return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== "hidden";
-  };
-  const enabled = (el) => !el.disabled && el.getAttribute("aria-disabled") !== "true";
-  const labels = (el) => [el.getAttribute("aria-label") || "", el.textContent || ""].map((t) => t.trim().toLowerCase());
-  const firstOf = (candidates, root = document) => {
-    for (const css of candidates) { const found = q(css, root)[0]; if (found) return found; }
-    return null;
-  };
-  const textOf = (el) => (el ? el.textContent.replace(/\\s+/g, " ").trim() : null);
-  const sweepDialogs = (d) => {
-    let clicked = 0;
-    for (let round = 0; round < 6; round++) {
-      let target = null;
-      for (const css of d.dismiss) { target = q(css).find((b) => shown(b) && enabled(b)); if (target) break; }
-      for (const dialog of target ? [] : q(d.dialog).filter(shown)) {
-        const boxes = q(d.checkbox, dialog);
-        boxes.filter((box) => !box.checked && !box.disabled).forEach((box) => box.click());
-        const names = boxes.length ? d.consent.concat(d.names) : d.names;
-        target = q("button, [role=button]", dialog)
-          .find((b) => shown(b) && enabled(b) && labels(b).some((t) => names.includes(t)));
-        if (target) break;
-      }
-      if (!target) break;
-      target.click();
-      clicked++;
-    }
-    return clicked;
-  };
-  const selectValue = (candidates, valueCss) => {
-    const select = firstOf(candidates);
-    if (!select) return null;
-    return textOf(q(valueCss, select)[0] || select);
-  };
-  const settings = (s) => ({
-    model: textOf(firstOf(s.model_name)),
-    ratio: selectValue(s.ratio_select, s.select_value),
-    size: selectValue(s.size_select, s.select_value),
-  });
-  const runEnabled = (s) => { const run = q(s.run_button)[0]; return Boolean(run && enabled(run)); };
-"""
-
-# One step's sweep: dismiss dialogs, optionally switch on Temporary chat and mark the messages already on the
-# page as seen (before Run), and read what the step needs.
-_STEP_JS = (
-    "async ([d, s, options]) => {"
-    + _HELPERS
-    + """
-  const dismissed = sweepDialogs(d);
-  let temporary = null;
-  const toggle = firstOf(s.temporary);
-  if (toggle) {
-    const pressed = () => toggle.getAttribute("aria-pressed") === "true"
-      || toggle.getAttribute("aria-checked") === "true" || toggle.classList.contains("active");
-    if (options.temporary && !pressed() && enabled(toggle)) toggle.click();
-    temporary = pressed();
-  }
-  const messages = q(s.messages).filter(shown);
-  if (options.markSeen) messages.concat(q(s.toasts)).forEach((el) => el.setAttribute("data-fleet-seen", ""));
-  const box = q(s.prompt_box);
-  return {
-    url: location.href, dismissed, temporary, ...settings(s),
-    messages: messages.map(textOf).filter(Boolean),
-    turns: q(s.chat_turn).length, model_turns: q(s.model_turn).length,
-    upload: {
-      chips: q(s.upload_chip).length, media: q(s.upload_media).length,
-      blobs: box.reduce((n, b) => n + q('img[src^="blob:"]', b).length, 0), tokens: textOf(firstOf(s.token_count)),
-    },
-  };
-}
-"""
-)
-
-# Until the upload shows in the prompt box by any signal, dismissing dialogs (the copyright one) meanwhile.
-_UPLOAD_JS = (
-    "async ([d, s, before, interval, budget]) => {"
-    + _HELPERS
-    + """
-  const started = performance.now();
-  for (;;) {
-    sweepDialogs(d);
-    const box = q(s.prompt_box);
-    if (q(s.upload_chip).length > before.chips) return {signal: "chip"};
-    if (q(s.upload_media).length > before.media) return {signal: "media_container"};
-    if (box.reduce((n, b) => n + q('img[src^="blob:"]', b).length, 0) > before.blobs) return {signal: "blob_img"};
-    const tokens = textOf(firstOf(s.token_count));
-    if (before.tokens !== null && tokens !== null && tokens !== before.tokens) return {signal: "token_count"};
-    if (performance.now() - started > budget) return {signal: null, run_enabled: runEnabled(s)};
-    await new Promise((resolve) => setTimeout(resolve, interval));
-  }
-}
-"""
-)
-
-# Until Run is enabled (a late copyright dialog can hold it back), dismissing dialogs meanwhile.
-_RUN_ENABLED_JS = (
-    "async ([d, s, interval, budget]) => {"
-    + _HELPERS
-    + """
-  const started = performance.now();
-  for (;;) {
-    sweepDialogs(d);
-    if (runEnabled(s)) return true;
-    if (performance.now() - started > budget) return false;
-    await new Promise((resolve) => setTimeout(resolve, interval));
-  }
-}
-"""
-)
-
-# Until the run shows as started (a new turn, or the busy indicator), or `budget` ms pass.
-_STARTED_JS = """
-async ([s, turnsBefore, interval, budget]) => {
-  const count = (css) => { try { return document.querySelectorAll(css).length; } catch (error) { return 0; } };
-  const started = performance.now();
-  for (;;) {
-    if (count(s.chat_turn) > turnsBefore || count(s.busy) > 0) return true;
-    if (performance.now() - started > budget) return false;
-    await new Promise((resolve) => setTimeout(resolve, interval));
-  }
-}
-"""
-
-# Until a select shows `value` as chosen (Angular Material can apply a choice after its overlay closed).
-_SHOWS_JS = (
-    "async ([s, which, value, interval, budget]) => {"
-    + _HELPERS
-    + """
-  const same = (text) => text !== null && (text === value || text.split(" ")[0] === value);
-  const named = (text) => value.some((pattern) => new RegExp(pattern, "i").test(text || ""));
-  const shows = () =>
-    which === "model" ? named(textOf(firstOf(s.model_name))) : same(selectValue(s[which], s.select_value));
-  const started = performance.now();
-  for (;;) {
-    if (shows()) return true;
-    if (performance.now() - started > budget) return false;
-    await new Promise((resolve) => setTimeout(resolve, interval));
-  }
-}
-"""
-)
-
-# Waits inside the page, checking every `interval` ms, until the model turn is complete, an error shows, or
-# `budget` ms pass. Complete: no spinner, images loaded, and either as many images as the GenerateContent
-# response carried (`expected`, when it was seen) or the same counts for `settle` ms. Images and text inside
-# the model's thoughts are drafts, not the answer. Only messages that are new since Run and visible count;
-# a notice that names no known failure does not end the wait. Dialogs are dismissed on every round.
-_WAIT_JS = (
-    "async ([d, sel, turnsBefore, interval, budget, expected, settle]) => {"
-    + _HELPERS
-    + """
-  const all = (s) => q(s);
-  const inThought = (el) => Boolean(sel.thought && el.closest(sel.thought));
-  const kindOf = (message) => {
-    const lowered = message.toLowerCase();
-    for (const [kind, needles] of sel.texts) if (needles.some((n) => lowered.includes(n))) return kind;
-    return null;
-  };
-  const isNew = (el) => !el.hasAttribute("data-fleet-seen") && shown(el);
-  const fresh = (s) => all(s).filter(isNew).map(textOf).filter(Boolean);
-  const snapshot = () => {
-    const turns = all(sel.model_turn).slice(turnsBefore);
-    let images = 0, drafts = 0, pending = 0;
-    const texts = [];
-    for (const turn of turns) {
-      for (const img of turn.querySelectorAll(sel.generated_image)) {
-        const loaded = img.complete && (img.currentSrc || img.src);
-        if (inThought(img)) { if (loaded) drafts++; continue; }
-        if (loaded) images++; else pending++;
-      }
-      // Text candidates may nest (a chunk inside a turn-content): take the first candidate that matches.
-      for (const candidate of sel.model_text) {
-        const found = Array.from(turn.querySelectorAll(candidate));
-        if (!found.length) continue;
-        for (const t of found) { const s = t.textContent.trim(); if (s && !inThought(t)) texts.push(s); }
-        break;
-      }
-    }
-    const notices = fresh(sel.warnings).concat(fresh(sel.toasts));
-    return {url: location.href, busy: all(sel.busy).length > 0, turns: turns.length, images, drafts, pending,
-            text: texts.join("\\n"), callouts: fresh(sel.callouts),
-            warnings: notices.filter((m) => kindOf(m) !== null), notices: notices.filter((m) => kindOf(m) === null)};
-  };
-  const started = performance.now();
-  let previous = null, since = 0;
-  for (;;) {
-    sweepDialogs(d);
-    const state = snapshot();
-    const now = performance.now();
-    const settled = state.turns > 0 && !state.busy && state.pending === 0;
-    const key = JSON.stringify([state.turns, state.images, state.text]);
-    if (state.callouts.length || state.warnings.length) return {...state, done: false};
-    // The response counts every image it carried, the thoughts' drafts included.
-    if (settled && expected !== null && state.images + state.drafts >= expected) return {...state, done: true};
-    if (!settled || key !== previous) { previous = settled ? key : null; since = now; }
-    else if (now - since >= settle) return {...state, done: true};
-    if (now - started > budget) return {...state, done: false};
-    await new Promise((resolve) => setTimeout(resolve, interval));
-  }
-}
-"""
-)
-
-# Reads generated images' bytes inside the page: blob: URLs only resolve there. Drafts in thoughts are left out.
-_FETCH_JS = """
-async ([sel, turnsBefore]) => {
-  const turns = Array.from(document.querySelectorAll(sel.model_turn)).slice(turnsBefore);
-  const out = [];
-  for (const turn of turns) {
-    for (const img of turn.querySelectorAll(sel.generated_image)) {
-      if (sel.thought && img.closest(sel.thought)) continue;
-      const src = img.currentSrc || img.src;
-      if (src.startsWith("data:")) { out.push(src.slice(src.indexOf(",") + 1)); continue; }
-      const blob = await (await fetch(src, {credentials: "include"})).blob();
-      const url = await new Promise((resolve, reject) => {
-        const reader = new FileReader();
-        reader.onload = () => resolve(reader.result);
-        reader.onerror = () => reject(reader.error);
-        reader.readAsDataURL(blob);
-      });
-      out.push(url.slice(url.indexOf(",") + 1));
-    }
-  }
-  return out;
-}
-"""
+# The in-page scripts, from instance/scripts/*.js (what each does is written at the top of its file).
+_STEP_JS = page_scripts.script("step")
+_UPLOAD_JS = page_scripts.script("upload")
+_RUN_ENABLED_JS = page_scripts.script("run_enabled")
+_STARTED_JS = page_scripts.script("started")
+_SHOWS_JS = page_scripts.script("shows")
+_WAIT_JS = page_scripts.script("wait")
+_FETCH_JS = page_scripts.script("fetch")
 
 
 @dataclass

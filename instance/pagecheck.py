@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 
+from instance import page_scripts
 from instance.browser import BrowserHost
 from instance.selectors import SelectorBook, load_packaged
 
@@ -34,35 +35,8 @@ OVERRIDE_KEYS = ("version", "roles", "texts")
 # Elements looked at per candidate when deciding whether any of them is visible.
 VISIBILITY_SAMPLE = 20
 
-# One round trip for every role: counts and visibility by document.querySelectorAll. A candidate in
-# Playwright's own syntax (`:has-text(...)`) is not CSS; it comes back with css_error for a second look.
-_PROBE_JS = """
-([roles, modelSelectors, sample]) => {
-  const shown = (el) => {
-    const box = el.getBoundingClientRect();
-    return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== "hidden";
-  };
-  const result = {};
-  for (const [role, candidates] of Object.entries(roles)) {
-    result[role] = candidates.map((selector) => {
-      let found;
-      try { found = document.querySelectorAll(selector); }
-      catch (error) { return {selector, count: 0, visible: false, css_error: String(error.message || error)}; }
-      let visible = false;
-      for (let i = 0; i < found.length && i < sample && !visible; i++) visible = shown(found[i]);
-      return {selector, count: found.length, visible};
-    });
-  }
-  let model = null;
-  for (const selector of modelSelectors) {
-    let element = null;
-    try { element = document.querySelector(selector); } catch (error) { continue; }
-    const text = element && element.textContent.trim();
-    if (text) { model = text; break; }
-  }
-  return {roles: result, model};
-}
-"""
+# One round trip for every role (scripts/probe.js); Playwright-syntax candidates get a second look.
+_PROBE_JS = page_scripts.script("probe")
 
 
 class OverrideInvalid(ValueError):
