@@ -1,9 +1,11 @@
 """A zip of the old `data/` directory (the panel's upload), read in memory: nothing is extracted to disk.
 
 The archive is refused whole, with a message that names the entry, when any entry escapes its root (`../`,
-an absolute path, a drive letter), is a symlink or encrypted, when it has too many entries, or when a file the
-migration reads is larger than its limit. Only `browser_instances.json`, `cookies/*.json` and
+an absolute path, a drive letter), is a symlink or encrypted, when it has too many entries or too many bytes, or
+when a file the migration reads is larger than its limit. Only `browser_instances.json`, `cookies/*.json` and
 `ai_studio_session.json` are decompressed, each at most up to its limit (a zip bomb's header lies about sizes).
+The old system's `logs/` folder beside them is skipped unread: it counts against neither the entry limit nor
+MAX_DATA_BYTES, only against MAX_ARCHIVE_BYTES (what is held in memory at all), and the report says so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import PurePosixPath
 from gateway.legacy.olddata import (
     COOKIES_DIR,
     INDEX_FILE,
+    LOGS_DIR,
     MAX_COOKIE_FILES,
     MAX_INDEX_BYTES,
     SINGLE_FILE,
@@ -24,8 +27,9 @@ from gateway.legacy.olddata import (
     OldFiles,
 )
 
-MAX_ARCHIVE_BYTES = 8 * 1024 * 1024
-MAX_ENTRIES = 2000
+MAX_ARCHIVE_BYTES = 64 * 1024 * 1024  # the whole file, logs/ included: room for months of old logs
+MAX_DATA_BYTES = 8 * 1024 * 1024  # the compressed entries other than logs/
+MAX_ENTRIES = 2000  # entries other than logs/
 CHUNK = 64 * 1024
 
 
@@ -45,14 +49,28 @@ def read_zip(data: bytes, *, source: str, max_session_bytes: int) -> OldFiles:
     except (zipfile.BadZipFile, ValueError, OSError):
         raise ArchiveRejected("migrate_zip_invalid") from None
     with archive:
-        entries = archive.infolist()
-        if len(entries) > MAX_ENTRIES:
-            raise ArchiveRejected("migrate_zip_too_many", count=len(entries), limit=MAX_ENTRIES)
-        paths = {entry.filename: _checked_path(entry) for entry in entries}
+        every = archive.infolist()
+        paths = {entry.filename: _checked_path(entry) for entry in every}
         root = _root(paths.values())
         if root is None:
             raise ArchiveRejected("migrate_zip_not_old_data")
+        entries: list[zipfile.ZipInfo] = []
+        logs: list[zipfile.ZipInfo] = []
+        for entry in every:
+            relative = _relative(paths[entry.filename], root)
+            (logs if relative and relative[0] == LOGS_DIR else entries).append(entry)
+        if len(entries) > MAX_ENTRIES:
+            raise ArchiveRejected("migrate_zip_too_many", count=len(entries), limit=MAX_ENTRIES)
+        data_bytes = sum(e.compress_size for e in entries)
+        if data_bytes > MAX_DATA_BYTES:
+            raise ArchiveRejected("migrate_zip_too_large", size=data_bytes, limit=MAX_DATA_BYTES)
         files = OldFiles(source=source)
+        if logs:
+            files.notices.append(Note("migrate_zip_logs_skipped", {
+                "folder": "/".join((*root, LOGS_DIR)) + "/",
+                "files": sum(1 for e in logs if not e.is_dir()),
+                "size": sum(e.file_size for e in logs),
+            }))
         for entry in entries:
             relative = _relative(paths[entry.filename], root)
             if relative is None or entry.is_dir():

@@ -1,9 +1,11 @@
 """The old system's `data/` directory, as it wrote it, read into what a migration needs.
 
 Layout (ORIGINAL-GUIDE.zh.md): `browser_instances.json` (`{"instances": [{"instance_id", "name", "status",
-"created_at", "last_used", "error_message", "is_busy"}], "updated_at"}`), one Playwright cookie list per
-instance in `cookies/browser_<instance_id>_session.json` (the guide also writes `<instance_id>_session.json`;
-both are read), and perhaps the single-instance system's `ai_studio_session.json` (a storage state).
+"created_at", "last_used", "error_message", "is_busy"}], "updated_at"}`), one Playwright cookie list or storage
+state per instance in `cookies/browser_<instance_id>_session.json` (the guide also writes
+`<instance_id>_session.json`; both are read), and perhaps the single-instance system's `ai_studio_session.json`
+(a storage state). Each file is UTF-8 (with or without a BOM) or, as a Chinese Windows machine writes it, GBK
+(read as GB18030, its superset); the report says which files were not UTF-8. `logs/` is never read.
 Nothing here raises for a bad file: each problem becomes a Note that the report shows.
 """
 
@@ -19,12 +21,14 @@ from gateway.services.session_shape import SessionShapeError, SessionSummary, co
 
 INDEX_FILE = "browser_instances.json"
 COOKIES_DIR = "cookies"
+LOGS_DIR = "logs"  # the old server's logs beside the data: never migrated
 SINGLE_FILE = "ai_studio_session.json"
 SINGLE_LEGACY_ID = "ai_studio_session"  # the id the single-instance session's new instance remembers
 SINGLE_NAME = "legacy"
 MAX_INDEX_BYTES = 1024 * 1024
 MAX_COOKIE_FILES = 1000
 COOKIE_FILE = re.compile(r"^(?P<stem>.+)_session\.json$")
+FALLBACK_ENCODING = "gb18030"  # a superset of GBK, what the old system wrote on a Chinese Windows machine
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class OldFiles:
     index: bytes | Note | None = None  # None: there is no browser_instances.json
     cookie_files: dict[str, bytes | Note] = field(default_factory=dict)  # file name in cookies/ → content
     single: bytes | Note | None = None
+    notices: list[Note] = field(default_factory=list)  # what was left out on purpose (a zip's logs/), for the report
 
     def empty(self) -> bool:
         return self.index is None and not self.cookie_files and self.single is None
@@ -82,6 +87,7 @@ class OldData:
     stray: list[OldSession]  # cookie files that no instance entry claims: reported, not migrated
     problems: list[Note]  # the index is malformed, an entry is unusable, ...
     index_found: bool = False
+    notices: list[Note] = field(default_factory=list)  # not problems: a file read as GBK, a zip's logs/ skipped
 
     @property
     def index_problem(self) -> Note | None:
@@ -122,8 +128,9 @@ def read_directory(path: Path, *, max_session_bytes: int) -> OldFiles:
 def parse(files: OldFiles, now: datetime | None = None) -> OldData:
     """Old instances with their sessions, stray cookie files, and every problem met on the way."""
     problems: list[Note] = []
-    entries = _index_entries(files.index, problems) if files.index is not None else []
-    sessions = {name: _session(f"{COOKIES_DIR}/{name}", content, now, cookie_list=True) for name, content in files.cookie_files.items()}
+    notices = list(files.notices)
+    entries = _index_entries(files.index, problems, notices) if files.index is not None else []
+    sessions = {name: _session(f"{COOKIES_DIR}/{name}", content, now, notices) for name, content in files.cookie_files.items()}
     claimed: set[str] = set()
     instances: list[OldInstance] = []
     for entry in entries:
@@ -133,10 +140,10 @@ def parse(files: OldFiles, now: datetime | None = None) -> OldData:
             entry.session = sessions[file_name]
         instances.append(entry)
     if files.single is not None:
-        single = _session(SINGLE_FILE, files.single, now, cookie_list=False)
+        single = _session(SINGLE_FILE, files.single, now, notices)
         instances.append(OldInstance(legacy_id=SINGLE_LEGACY_ID, name=SINGLE_NAME, session=single, single=True))
     stray = [session for name, session in sessions.items() if name not in claimed]
-    return OldData(files.source, instances, stray, problems, index_found=files.index is not None)
+    return OldData(files.source, instances, stray, problems, index_found=files.index is not None, notices=notices)
 
 
 def cookie_file_names(legacy_id: str) -> tuple[str, ...]:
@@ -144,12 +151,27 @@ def cookie_file_names(legacy_id: str) -> tuple[str, ...]:
     return (f"browser_{legacy_id}_session.json", f"{legacy_id}_session.json")
 
 
-def _index_entries(index: bytes | Note, problems: list[Note]) -> list[OldInstance]:
+def decode_text(content: bytes, file: str, notices: list[Note]) -> bytes:
+    """The file as UTF-8 bytes: UTF-8 (BOM or not) as it is, else GB18030, which the notices then mention."""
+    try:
+        content.decode("utf-8-sig")
+        return content
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = content.decode(FALLBACK_ENCODING)
+    except UnicodeDecodeError:
+        raise SessionShapeError("neither UTF-8 nor GBK/GB18030 text") from None
+    notices.append(Note("migrate_file_encoding", {"file": file, "encoding": "GB18030 (GBK)"}))
+    return text.encode("utf-8")
+
+
+def _index_entries(index: bytes | Note, problems: list[Note], notices: list[Note]) -> list[OldInstance]:
     if isinstance(index, Note):
         problems.append(Note("migrate_index_unreadable", {"file": INDEX_FILE, "reason": _note_reason(index)}))
         return []
     try:
-        document = parse_session(index)  # the same UTF-8 and JSON rules as a session file
+        document = parse_session(decode_text(index, INDEX_FILE, notices))  # the same JSON rules as a session file
     except SessionShapeError as exc:
         problems.append(Note("migrate_index_unreadable", {"file": INDEX_FILE, "reason": str(exc)}))
         return []
@@ -187,11 +209,12 @@ def _entry(raw: Any, position: int, problems: list[Note]) -> OldInstance | None:
     return OldInstance(legacy_id=legacy_id, name=name.strip(), status=status)
 
 
-def _session(file: str, content: bytes | Note, now: datetime | None, *, cookie_list: bool) -> OldSession:
+def _session(file: str, content: bytes | Note, now: datetime | None, notices: list[Note]) -> OldSession:
     if isinstance(content, Note):
         return OldSession(file, problem=content)
     try:
-        cookies = cookies_of(parse_session(content), cookie_list_only=cookie_list)
+        content = decode_text(content, file, notices)  # instances read UTF-8 only: a GBK file moves in re-encoded
+        cookies = cookies_of(parse_session(content))  # a cookie list or a storage state, as an instance reads both
     except SessionShapeError as exc:
         return OldSession(file, problem=Note("migrate_session_invalid", {"file": file, "reason": str(exc)}))
     return OldSession(file, content=content, summary=summarize(cookies, now))

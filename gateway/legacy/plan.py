@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.i18n import translate
+from gateway.i18n import catalog, translate
 from gateway.legacy.olddata import Note, OldData, OldInstance
 from gateway.services.session_shape import SessionSummary
 
@@ -256,6 +256,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "instances": [_outcome_json(o) for o in report.outcomes],
         "stray_cookie_files": [s.to_json() for s in data.stray],
         "problems": [p.to_json() for p in data.problems],
+        "notices": [n.to_json() for n in data.notices],
         "summary": summary_counts(report),
     }
 
@@ -300,19 +301,36 @@ def report_rows(report: Report, language: str) -> list[dict[str, str]]:
     return [_row(outcome, language, report.dry_run) for outcome in report.outcomes]
 
 
+# The notices' texts until gateway/locales carries them (the catalogue wins once it does).
+NOTICE_TEXTS = {
+    "migrate_file_encoding": {
+        "en": "{file} is not UTF-8 text; it was read as {encoding}.",
+        "zh": "{file} 不是 UTF-8 编码，已按 {encoding} 读取。",
+    },
+    "migrate_zip_logs_skipped": {
+        "en": "{folder} was skipped unread (files: {files}, bytes: {size}); the old logs are not migrated.",
+        "zh": "已跳过 {folder}（{files} 个文件，{size} 字节）：旧日志不迁移。",
+    },
+}
+
+
 def note_text(note: Note, language: str) -> str:
     params = {k: _when(v) for k, v in note.params.items()}
+    texts = NOTICE_TEXTS.get(note.key)
+    if texts is not None and note.key not in catalog("en"):
+        return (texts.get(language) or texts["en"]).format(**params)
     return translate(note.key, language, **params)
 
 
 def problem_texts(report: Report, language: str) -> list[str]:
-    """The report's footer: problems with the index, and cookie files no instance claims."""
+    """The report's footer: problems with the index, cookie files no instance claims, then what was read or skipped
+    otherwise than as written (a GBK file, a zip's logs/)."""
     data = report.plan.data
     lines = [note_text(p, language) for p in data.problems]
     for stray in data.stray:
         detail = note_text(stray.problem, language) if stray.problem else session_text(stray.summary, language)
         lines.append(translate("migrate_stray_file", language, file=stray.file, detail=detail))
-    return lines
+    return lines + [note_text(n, language) for n in data.notices]
 
 
 def session_text(summary: SessionSummary | None, language: str) -> str:

@@ -70,7 +70,7 @@ async def test_bad_zips_get_a_message_and_change_nothing(panel: Client) -> None:
         "points outside the archive": _zip({"data/browser_instances.json": INDEX, "data/../evil.json": b"[]"}),
         "not a zip archive": b"plain text",
         "is not a session an instance can read": _zip({"data/browser_instances.json": INDEX,
-                                                       "data/cookies/browser_a1_session.json": b'{"cookies": []}'}),
+                                                       "data/cookies/browser_a1_session.json": b'{"SID": "x"}'}),
         "is not in the old system's shape": _zip({"data/browser_instances.json": b'["a1"]'}),
         "cannot be read": _zip({"data/browser_instances.json": b"{not json"}),
     }
