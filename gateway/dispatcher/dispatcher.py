@@ -9,6 +9,8 @@ Only the reconciler changes an instance's status: a dispatcher that cannot reach
 signed out, asks the reconciler to probe it now (locally, and through Postgres NOTIFY for the gateway whose
 reconciler leads), and skips it for a few seconds meanwhile. Quota and rate limits set `cooldown_until`,
 the dispatcher's own column beside the lease.
+
+The dispatcher admits tasks, queues them and keeps the books; each admitted task is then a `TaskRun` (run.py).
 """
 
 from __future__ import annotations
@@ -19,142 +21,36 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.models import EventKind, TaskStatus, new_event
+from gateway.db.models import TaskStatus
 from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 from gateway.dispatcher import outcomes
 from gateway.dispatcher.durable import RequestFiles, TaskMeta, fingerprint
-from gateway.dispatcher.images import content_hashes, encode_all
 from gateway.dispatcher.inputs import GenerationRequest
-from gateway.dispatcher.ledger import Lease, Ledger, NewTask, PoolSnapshot, Release, TaskEnd
+from gateway.dispatcher.ledger import Lease, Ledger, NewTask, PoolSnapshot, TaskEnd
 from gateway.dispatcher.metrics import DispatchMetrics
-from gateway.dispatcher.outcomes import Attempt, Cooldowns
+from gateway.dispatcher.outcomes import Cooldowns
 from gateway.dispatcher.queue import WaitQueue, Waiter
 from gateway.dispatcher.results import ResultStore
+from gateway.dispatcher.run import MAX_BOUNCES, Avoidance, ClientWatch, Pace, RunContext, RunLimits, TaskRun
 from gateway.dispatcher.signals import PoolListener
+from gateway.dispatcher.task_result import TaskResult, webhook_payload
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Gone, NotFound, QueueFull, Unavailable
-from gateway.instance_client import InstanceCallError, InstanceClient
+from gateway.instance_client import InstanceClient
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ClientWatch = Callable[[], Awaitable[None]]
-MAX_BOUNCES = 3  # busy (409) answers a task may meet; they run nothing, so they are not attempts
 RETRY_AFTER_MAX = 600
-
-
-@dataclass
-class TaskResult:
-    """A task as the API reports it; images only when it succeeded and they are at hand."""
-
-    task_id: uuid.UUID
-    status: str
-    mode: str
-    images_b64: list[str] = field(default_factory=list)
-    text: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    instance_id: uuid.UUID | None = None
-    instance_name: str | None = None
-    attempts: int = 0
-    timings: dict[str, Any] = field(default_factory=dict)
-    created_at: datetime | None = None
-    finished_at: datetime | None = None
-    model: str | None = None
-    image_size: str | None = None
-    output_format: str | None = None
-    image_hashes: list[str] = field(default_factory=list)  # sha256 of each image, as the client receives it
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == TaskStatus.SUCCEEDED
-
-
-@dataclass
-class _Progress:
-    """What a task has been through so far, in this process."""
-
-    task_id: uuid.UUID
-    mode: str
-    model: str
-    image_size: str | None = None
-    began: float = field(default_factory=time.monotonic)
-    created_at: datetime = field(default_factory=utcnow)
-    queued_s: float = 0.0
-    run_s: float = 0.0
-    attempts: int = 0
-    bounces: int = 0
-    tried: set[uuid.UUID] = field(default_factory=set)
-    tries: list[dict[str, Any]] = field(default_factory=list)
-    last: Attempt | None = None
-    last_lease: Lease | None = None
-    request: GenerationRequest | None = None
-    meta: TaskMeta = field(default_factory=TaskMeta)
-    request_path: str | None = None  # its inputs kept as a file: the next gateway resumes it while it waits
-    waiting: bool = False
-
-    def record(self, lease: Lease, attempt: Attempt, seconds: float) -> None:
-        self.run_s += seconds
-        self.tried.add(lease.instance_id)
-        self.last, self.last_lease = attempt, lease
-        if attempt.bounced:
-            self.bounces += 1
-        elif not attempt.model_unavailable:  # nothing ran there: the retry is not spent
-            self.attempts += 1
-        self.tries.append({"instance": lease.name, "outcome": attempt.error_code or "succeeded", "ms": _ms(seconds)})
-
-    def timings(self) -> dict[str, Any]:
-        return {
-            "queued_ms": _ms(self.queued_s),
-            "run_ms": _ms(self.run_s),
-            "total_ms": _ms(time.monotonic() - self.began),
-            "tries": self.tries,
-            **({"instance": self.last.timings} if self.last and self.last.timings else {}),
-        }
-
-    def end(self, status: TaskStatus, code: str | None, message: str | None, images: int = 0, path: str | None = None) -> TaskEnd:
-        return TaskEnd(status, code, message, images, path, self.timings())
-
-    def result(self, end: TaskEnd) -> TaskResult:
-        attempt = self.last
-        lease = self.last_lease
-        return TaskResult(
-            task_id=self.task_id,
-            status=end.status,
-            mode=self.mode,
-            images_b64=attempt.images_b64 if attempt and attempt.success else [],
-            text=attempt.text if attempt else None,
-            error_code=end.error_code,
-            error_message=end.error_message,
-            instance_id=lease.instance_id if lease else None,
-            instance_name=lease.name if lease else None,
-            attempts=self.attempts,
-            timings=end.timings,
-            created_at=self.created_at,
-            finished_at=utcnow(),
-            model=self.model,
-            image_size=self.image_size,
-            output_format=self.request.output_format if self.request else None,
-            image_hashes=list(end.image_hashes or []),
-        )
-
-
-class _WaitEnded(Exception):
-    """The task stopped waiting for an instance; `code` says why."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 class Dispatcher:
@@ -179,10 +75,8 @@ class Dispatcher:
         self._queue = WaitQueue(self._lease_for, ledger.release_unused, poll_interval=settings.queue_poll_interval)
         self.metrics.track_queue(self.queue_length)
         self._claimed = 0  # queue places taken by admissions not yet in the queue
-        # Instances a task just found unreachable or signed out, skipped until the reconciler has had a look.
-        self._avoid: dict[uuid.UUID, float] = {}
-        self._avoid_seconds = min(10.0, max(1.0, settings.reconcile_interval))
-        self._typical_run = 20.0  # seconds, a running average for Retry-After estimates
+        self._avoid = Avoidance(min(10.0, max(1.0, settings.reconcile_interval)))
+        self._pace = Pace()
         self._capacity_hint = 1
         self._background: set[asyncio.Task[Any]] = set()
         self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -194,6 +88,11 @@ class Dispatcher:
             PoolListener(listener_url, ledger.origin, on_free=self._queue.wake, on_suspect=self._suspect_locally)
             if listener_url and ledger.postgres
             else None
+        )
+        self._run_context = RunContext(
+            ledger, client, self._cooldowns, self.metrics, self.results, self._queue, self._avoid, self._pace,
+            self._run_limits(), self._settling, suspect_locally=self._suspect_locally,
+            closing=lambda: self._closing, wait_headers=lambda: self._retry_after(self._estimate_wait()),
         )
 
     @classmethod
@@ -209,6 +108,11 @@ class Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
         ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6))
         return cls(ledger, client, settings, suspect=suspect, listener_url=settings.database_url)
+
+    def _run_limits(self) -> RunLimits:
+        settings = self._settings
+        return RunLimits(settings.generation_timeout, settings.max_attempts, settings.queue_wait_timeout,
+                         settings.task_wait_timeout, settings.store_sync_results)
 
     # Lifecycle -----------------------------------------------------------------------------------
 
@@ -241,10 +145,9 @@ class Dispatcher:
                 await self._ledger.end_task(row.id, end)
                 continue
             request, meta = kept
-            progress = _Progress(row.id, row.mode, request.model, request.image_size, request=request, meta=meta,
-                                 request_path=row.request_path)
-            progress.created_at = row.created_at or progress.created_at
-            self._run_in_background(progress, request, None, self._enqueue(progress))
+            run = TaskRun(self._run_context, row.id, row.mode, request, meta, request_path=row.request_path,
+                          created_at=row.created_at)
+            self._run_in_background(run, None, run.enqueue())
             resumed += 1
         if resumed:
             log.info("resumed %d queued tasks a stopped gateway left", resumed)
@@ -302,8 +205,8 @@ class Dispatcher:
         admitted = await self._admit_keyed(request, "sync", meta)
         if isinstance(admitted, uuid.UUID):
             return await self._ended(admitted)
-        progress, lease = admitted
-        return await self._drive(progress, request, lease, client_left, self._settings.queue_wait_timeout)
+        run, lease = admitted
+        return await run.drive(lease, client_left=client_left)
 
     async def submit(self, request: GenerationRequest, *, meta: TaskMeta | None = None) -> TaskResult:
         """Admits a task and runs it in the background; answers at once with its id and status. Its inputs are
@@ -311,14 +214,14 @@ class Dispatcher:
         admitted = await self._admit_keyed(request, "async", meta)
         if isinstance(admitted, uuid.UUID):
             return self._row_result(await self._ledger.get_task(admitted))
-        progress, lease = admitted
+        run, lease = admitted
         # In the queue now, not when the runner first runs: its place was counted at admission.
-        waiter = self._enqueue(progress) if lease is None else None
-        self._run_in_background(progress, request, lease, waiter)
-        if progress.request_path is not None:
-            await self.requests.save(progress.task_id, request, progress.meta)
+        waiter = run.enqueue() if lease is None else None
+        self._run_in_background(run, lease, waiter)
+        if run.request_path is not None:
+            await self.requests.save(run.task_id, request, run.meta)
         status = TaskStatus.RUNNING if lease is not None else TaskStatus.QUEUED
-        return TaskResult(progress.task_id, status, "async", instance_id=lease.instance_id if lease else None,
+        return TaskResult(run.task_id, status, "async", instance_id=lease.instance_id if lease else None,
                           instance_name=lease.name if lease else None, model=request.model, image_size=request.image_size,
                           output_format=request.output_format)
 
@@ -328,10 +231,9 @@ class Dispatcher:
         admitted = await self._admit_keyed(request, "sync", meta)
         if isinstance(admitted, uuid.UUID):
             return asyncio.create_task(self._ended(admitted))
-        progress, lease = admitted
-        waiter = self._enqueue(progress) if lease is None else None  # its place was counted at admission
-        limit = self._settings.queue_wait_timeout
-        return asyncio.create_task(self._drive(progress, request, lease, None, limit, waiter), name=f"task-{progress.task_id}")
+        run, lease = admitted
+        waiter = run.enqueue() if lease is None else None  # its place was counted at admission
+        return asyncio.create_task(run.drive(lease, waiter), name=f"task-{run.task_id}")
 
     async def task(self, task_id: str) -> TaskResult:
         """A task's row and, once it succeeded, its kept images; 404 unknown, 410 images no longer kept."""
@@ -390,7 +292,7 @@ class Dispatcher:
 
     async def _admit_keyed(
         self, request: GenerationRequest, mode: str, meta: TaskMeta | None
-    ) -> tuple[_Progress, Lease | None] | uuid.UUID:
+    ) -> tuple[TaskRun, Lease | None] | uuid.UUID:
         """Admits the task, or, when its idempotency key is known, names the task admitted with it (409 when
         that one was asked something else)."""
         meta = meta or TaskMeta()
@@ -413,20 +315,20 @@ class Dispatcher:
 
     async def _admit(
         self, request: GenerationRequest, mode: str, meta: TaskMeta, digest: str | None = None
-    ) -> tuple[_Progress, Lease | None]:
+    ) -> tuple[TaskRun, Lease | None]:
         if self._closing:
             raise Unavailable("gateway_stopping", headers=self._retry_after(5))
         # First in, first out: nobody overtakes a waiting task (arrivals at the same moment race for leases).
         behind_others = len(self._queue) > 0
         if behind_others and self._queue_room() <= 0:
             raise self._queue_full()
-        progress = _Progress(uuid.uuid4(), mode, request.model, request.image_size, request=request, meta=meta)
+        run = TaskRun(self._run_context, uuid.uuid4(), mode, request, meta)
         if mode == "async":  # the file is written once admitted; a row without it is ended at the next start
-            progress.request_path = str(self.requests.path_for(progress.task_id))
+            run.request_path = str(self.requests.path_for(run.task_id))
         task = NewTask(
-            progress.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
+            run.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
             request.model, request.image_size, api=meta.api, output_format=request.output_format,
-            idempotency_key=meta.idempotency_key, request_hash=digest, request_path=progress.request_path,
+            idempotency_key=meta.idempotency_key, request_hash=digest, request_path=run.request_path,
             callback_url=meta.callback_url,
         )
         # Instances that answered here a moment ago may not be released yet: before queueing, wait for that.
@@ -436,14 +338,14 @@ class Dispatcher:
             await asyncio.wait(settling)
             lease, snapshot, claimed = await self._try_admit(task, try_lease=True, may_queue=True)
         if lease is not None:
-            return progress, lease
+            return run, lease
         assert snapshot is not None
         self._capacity_hint = max(1, snapshot.servable)
         if snapshot.empty:
             raise self._no_instance(snapshot, request.model)
         if not claimed:
             raise self._queue_full()
-        return progress, None
+        return run, None
 
     async def _try_admit(
         self, task: NewTask, *, try_lease: bool, may_queue: bool
@@ -457,7 +359,7 @@ class Dispatcher:
             return claimed
 
         try:
-            lease, snapshot = await self._ledger.admit(task, avoid=self._avoiding(), try_lease=try_lease, may_queue=claim_place)
+            lease, snapshot = await self._ledger.admit(task, avoid=self._avoid.current(), try_lease=try_lease, may_queue=claim_place)
         finally:
             self._claimed -= claimed  # the caller enqueues it before its next await
         return lease, snapshot, claimed
@@ -485,264 +387,35 @@ class Dispatcher:
         until = snapshot.cooldown_ends.isoformat(timespec="seconds") if snapshot.cooldown_ends else "?"
         return Unavailable("all_instances_cooling_down", until=until, headers=self._retry_after(seconds, cap=None))
 
-    # Running a task ------------------------------------------------------------------------------
+    # Background runs ---------------------------------------------------------------------------
 
-    async def _drive(
-        self,
-        progress: _Progress,
-        request: GenerationRequest,
-        lease: Lease | None,
-        client_left: ClientWatch | None,
-        wait_limit: float,
-        waiter: Waiter | None = None,
-    ) -> TaskResult:
-        try:
-            while True:
-                if lease is None:
-                    progress.waiting = True
-                    lease = await self._wait(progress, waiter or self._enqueue(progress), client_left, wait_limit)
-                    progress.waiting, waiter = False, None
-                end = await self._attempt(progress, request, lease)
-                lease = None
-                if end is not None:
-                    self.metrics.tasks.labels(end.error_code or "succeeded").inc()
-                    return progress.result(end)
-        except _WaitEnded as ended:
-            return await self._end_waiting(progress, ended.code)
-        except asyncio.CancelledError:
-            if self._closing and progress.waiting and progress.request_path is not None:
-                raise  # still queued, its inputs kept: the next gateway resumes it
-            end = progress.end(TaskStatus.FAILED, outcomes.SHUTDOWN, "the gateway stopped while the task was under way")
-            await asyncio.shield(self._ledger.end_task(progress.task_id, end, attempts=progress.attempts))
-            raise
-
-    async def _drive_in_background(
-        self, progress: _Progress, request: GenerationRequest, lease: Lease | None, waiter: Waiter | None
-    ) -> None:
-        try:
-            result = await self._drive(progress, request, lease, None, self._settings.task_wait_timeout, waiter)
-        except asyncio.CancelledError:
-            if not progress.waiting:
-                await asyncio.shield(self.requests.remove(progress.request_path))
-            raise
-        except Exception:  # nobody awaits this task: its failure must at least be logged
-            log.exception("task %s failed in the gateway", progress.task_id)
-            return
-        await self.requests.remove(progress.request_path)
-        if progress.meta.callback_url:
-            self.webhooks.send(progress.task_id, progress.meta.callback_url, webhook_payload(result))
-
-    def _run_in_background(self, progress: _Progress, request: GenerationRequest, lease: Lease | None, waiter: Waiter | None) -> None:
-        runner = asyncio.create_task(self._drive_in_background(progress, request, lease, waiter), name=f"task-{progress.task_id}")
+    def _run_in_background(self, run: TaskRun, lease: Lease | None, waiter: Waiter | None) -> None:
+        runner = asyncio.create_task(self._drive_in_background(run, lease, waiter), name=f"task-{run.task_id}")
         self._background.add(runner)
         runner.add_done_callback(self._background.discard)
 
-    def _enqueue(self, progress: _Progress) -> Waiter:
-        waiter = Waiter(progress.task_id, frozenset(progress.tried), progress.model)
-        self._queue.enqueue(waiter, front=bool(progress.tried))
-        return waiter
-
-    async def _wait(self, progress: _Progress, waiter: Waiter, client_left: ClientWatch | None, limit: float) -> Lease:
-        gone = asyncio.ensure_future(client_left()) if client_left is not None else None
-        began = time.monotonic()
+    async def _drive_in_background(self, run: TaskRun, lease: Lease | None, waiter: Waiter | None) -> None:
+        """An asynchronous task: once it ends, its kept inputs go and its webhook is called."""
         try:
-            await asyncio.wait([waiter.future, *([gone] if gone else [])], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            await self._abandon(waiter)
+            result = await run.drive(lease, waiter)
+        except asyncio.CancelledError:
+            if not run.waiting:
+                await asyncio.shield(self.requests.remove(run.request_path))
             raise
-        finally:
-            if gone is not None:
-                gone.cancel()
-            waited = time.monotonic() - began
-            progress.queued_s += waited
-            self.metrics.wait_seconds.observe(waited)
-        lease = _taken(waiter)
-        if lease is not None:
-            return lease
-        await self._abandon(waiter)
-        left = gone is not None and gone.done() and not gone.cancelled() and gone.exception() is None
-        raise _WaitEnded(outcomes.CLIENT_GONE if left else outcomes.QUEUE_TIMEOUT)
-
-    async def _abandon(self, waiter: Waiter) -> None:
-        self._queue.remove(waiter)
-        lease = _taken(waiter)
-        if lease is not None:
-            await asyncio.shield(self._ledger.release_unused(lease))
-        else:
-            waiter.future.cancel()  # done now, so the pump never hands it a lease
+        except Exception:  # nobody awaits this task: its failure must at least be logged
+            log.exception("task %s failed in the gateway", run.task_id)
+            return
+        await self.requests.remove(run.request_path)
+        if run.meta.callback_url:
+            self.webhooks.send(run.task_id, run.meta.callback_url, webhook_payload(result))
 
     async def _lease_for(self, waiter: Waiter) -> Lease | None:
-        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoiding(), waiter.model)
-
-    async def _attempt(self, progress: _Progress, request: GenerationRequest, lease: Lease) -> TaskEnd | None:
-        """One attempt on a leased instance; the lease is released whatever happens. Returns how the task
-        ended, or None when it goes on to another instance."""
-        began = time.monotonic()
-        self.metrics.running.inc()
-        try:
-            attempt = await self._output(await self._call(lease, request), request)
-        except BaseException as exc:
-            # Cancelled (gateway stopping) or a bug: the instance may still be generating; free it all the same.
-            stopping = isinstance(exc, asyncio.CancelledError)
-            code, why = (outcomes.SHUTDOWN, "the gateway stopped during the generation") if stopping else ("internal_error", repr(exc))
-            progress.record(lease, Attempt(False, error_code=code), time.monotonic() - began)
-            end = progress.end(TaskStatus.FAILED, code, why)
-            await asyncio.shield(self._ledger.finish_attempt(lease, Release(False, counts=False), end, attempts=progress.attempts))
-            raise
-        finally:
-            self.metrics.running.dec()
-        seconds = time.monotonic() - began
-        progress.record(lease, attempt, seconds)
-        self.metrics.run_seconds.observe(seconds)
-        self.metrics.attempts.labels(attempt.error_code or "succeeded").inc()
-        if attempt.success:
-            self._typical_run = 0.8 * self._typical_run + 0.2 * seconds
-        if attempt.suspect:
-            self._avoid[lease.instance_id] = time.monotonic() + self._avoid_seconds
-        if await self._goes_on(progress, attempt):
-            await self._settle(progress, lease, attempt, None)  # released before the task looks elsewhere
-            self.metrics.retries.labels(attempt.error_code or "unknown").inc()
-            log.info("task %s: %s on %s; trying another instance", progress.task_id, attempt.error_code, lease.name)
-            return None
-        end = self._final(progress, attempt)
-        # The answer does not wait for the bookkeeping: the result file, the release and the row are written
-        # just after. Reads here wait for it (`task`, `settled`), and so does a newcomer that found no instance.
-        settling = asyncio.create_task(self._settle(progress, lease, attempt, end), name=f"settle-{progress.task_id}")
-        self._settling[progress.task_id] = settling
-        settling.add_done_callback(lambda _task: self._settling.pop(progress.task_id, None))
-        return end
-
-    async def _settle(self, progress: _Progress, lease: Lease, attempt: Attempt, end: TaskEnd | None) -> None:
-        """Keeps the result (when asked), releases the instance, writes the task row, reports trouble."""
-        try:
-            if end is not None and attempt.success and self._keeps(progress.mode):
-                end = replace(end, result_path=await self._save(progress, attempt))
-            release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced and not attempt.model_unavailable)
-            if attempt.model_unavailable:
-                release = replace(release, blocks_model=progress.model, block_reason=attempt.error_message or "")
-            events = self._events_for(lease, attempt)
-            await self._ledger.finish_attempt(lease, release, end, attempts=progress.attempts, events=events)
-        except Exception:
-            if end is None:
-                raise  # a retry must not go on without its release
-            # Nobody awaits this: the lease expires by itself and the row is marked abandoned later.
-            log.exception("cannot record the end of task %s", progress.task_id)
-            return
-        finally:
-            self._queue.wake()  # the freed instance may suit someone waiting here
-        if attempt.suspect:
-            await self._report_suspect(lease.instance_id)
-
-    async def _call(self, lease: Lease, request: GenerationRequest) -> Attempt:
-        payload = request.instance_payload(str(lease.task_id))
-        try:
-            body = await self._client.generate(lease.address, payload, timeout=self._settings.generation_timeout)
-        except InstanceCallError as exc:
-            return outcomes.from_error(exc)
-        except ValueError:  # not JSON
-            return Attempt(False, error_code=outcomes.BAD_ANSWER, error_message="the instance's answer is not JSON")
-        return outcomes.from_answer(body, self._cooldowns)
-
-    async def _goes_on(self, progress: _Progress, attempt: Attempt) -> bool:
-        if attempt.success or not attempt.retry:
-            return False
-        if attempt.bounced and progress.bounces > MAX_BOUNCES:
-            return False
-        spent = not attempt.bounced and not attempt.model_unavailable
-        if spent and progress.attempts >= self._settings.max_attempts:
-            return False
-        # Another instance must exist that could take it, or waiting would only end in a timeout.
-        try:
-            snapshot = await self._ledger.snapshot(frozenset(progress.tried) | self._avoiding(), progress.model)
-        except Exception as exc:
-            if not database_unreachable(exc):
-                raise
-            log.warning("task %s not retried: the database cannot be reached", progress.task_id)
-            return False  # it ends with this attempt's failure; its release waits for the database
-        return not snapshot.empty
-
-    def _final(self, progress: _Progress, attempt: Attempt) -> TaskEnd:
-        if not attempt.success:
-            return progress.end(TaskStatus.FAILED, attempt.error_code, attempt.error_message)
-        end = progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64))
-        return replace(end, image_hashes=content_hashes(attempt.images_b64))
-
-    @staticmethod
-    async def _output(attempt: Attempt, request: GenerationRequest) -> Attempt:
-        """The images in the format the client asked for (the page gives PNG)."""
-        if not attempt.success:
-            return attempt
-        try:
-            attempt.images_b64 = await encode_all(attempt.images_b64, request.output_format, request.output_quality)
-        except (OSError, ValueError) as exc:  # not an image after all: the contract was broken
-            return Attempt(False, error_code=outcomes.BAD_ANSWER, error_message=f"cannot re-encode its image: {exc}"[:500])
-        return attempt
-
-    def _keeps(self, mode: str) -> bool:
-        return mode == "async" or self._settings.store_sync_results
-
-    async def _save(self, progress: _Progress, attempt: Attempt) -> str | None:
-        try:
-            return await self.results.save(progress.task_id, attempt.images_b64, attempt.text)
-        except OSError as exc:
-            log.error("cannot keep the result of task %s: %s", progress.task_id, exc)
-            return None
-
-    async def _end_waiting(self, progress: _Progress, code: str) -> TaskResult:
-        """The task stopped waiting. A retry that found no instance ends with what the last attempt said;
-        a first wait that ran out is a 503 for a waiting client and a failed task otherwise."""
-        last = progress.last
-        if last is not None and code == outcomes.QUEUE_TIMEOUT:
-            end = progress.end(TaskStatus.FAILED, last.error_code, last.error_message)
-        elif code == outcomes.CLIENT_GONE:
-            end = progress.end(TaskStatus.FAILED, code, "the client disconnected while the task waited for an instance")
-        else:
-            sync = progress.mode == "sync"
-            limit = self._settings.queue_wait_timeout if sync else self._settings.task_wait_timeout
-            end = progress.end(TaskStatus.FAILED, code, f"no instance was free within {limit:g} s")
-        await self._ledger.end_task(progress.task_id, end, attempts=progress.attempts)
-        self.metrics.tasks.labels(end.error_code or "failed").inc()
-        if code == outcomes.QUEUE_TIMEOUT and last is None and progress.mode == "sync":
-            self._reject("queue_timeout")
-            raise Unavailable("queue_timeout", waited=int(progress.queued_s), headers=self._retry_after(self._estimate_wait()))
-        if code == outcomes.CLIENT_GONE:
-            self._reject("client_disconnected")
-        return progress.result(end)
-
-    # Instances in trouble ------------------------------------------------------------------------
-
-    def _events_for(self, lease: Lease, attempt: Attempt) -> list[Any]:
-        events = []
-        if attempt.cooldown:
-            until = (utcnow() + timedelta(seconds=attempt.cooldown)).isoformat(timespec="seconds")
-            message = f"{attempt.error_code}: cooling down until {until} ({attempt.error_message})"
-            events.append(new_event(lease.instance_id, lease.name, EventKind.COOLING_DOWN, message[:2000]))
-        if attempt.suspect and attempt.error_code != outcomes.NEEDS_LOGIN:
-            message = f"a task could not use it ({attempt.error_code}: {attempt.error_message}); asked for a probe"
-            events.append(new_event(lease.instance_id, lease.name, EventKind.UNREACHABLE, message[:2000]))
-        return events
-
-    async def _report_suspect(self, instance_id: uuid.UUID) -> None:
-        """The reconciler probes it now and records what it finds (crashed: error and a restart; signed out:
-        needs_login). With replicas, the one whose reconciler leads hears it through the database."""
-        self._suspect_locally(instance_id)
-        try:
-            await self._ledger.suspect(instance_id)
-        except Exception as exc:  # noqa: BLE001 - the probe cycle finds it anyway, only later
-            log.warning("cannot tell other gateways about instance %s: %s", instance_id, exc)
-
-    def _avoiding(self) -> frozenset[uuid.UUID]:
-        if not self._avoid:
-            return frozenset()
-        now = time.monotonic()
-        for instance_id in [i for i, until in self._avoid.items() if until <= now]:
-            del self._avoid[instance_id]
-        return frozenset(self._avoid)
+        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoid.current(), waiter.model)
 
     # Estimates and bookkeeping -------------------------------------------------------------------
 
     def _estimate_wait(self) -> float:
-        return self._typical_run * (len(self._queue) + 1) / max(1, self._capacity_hint)
+        return self._pace.typical * (len(self._queue) + 1) / max(1, self._capacity_hint)
 
     def _retry_after(self, seconds: float, *, cap: float | None = RETRY_AFTER_MAX) -> dict[str, str]:
         """Estimates are capped (a client should look again); a known cooldown end is not."""
@@ -779,34 +452,3 @@ class Dispatcher:
             abandoned = await self._ledger.abandon_stale(now - timedelta(seconds=max_age), end)
             if abandoned:
                 log.warning("marked %d abandoned tasks failed", abandoned)
-
-
-def _taken(waiter: Waiter) -> Lease | None:
-    future = waiter.future
-    if future.done() and not future.cancelled() and future.exception() is None:
-        return future.result()
-    return None
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def webhook_payload(result: TaskResult) -> dict[str, Any]:
-    """What a task's webhook carries: its end, and its images while they are at hand."""
-    return {
-        "task_id": str(result.task_id),
-        "status": result.status,
-        "success": result.succeeded,
-        "generated_images": result.images_b64,
-        "image_hashes": result.image_hashes,
-        "output_format": result.output_format,
-        "ai_text_response": result.text,
-        "error_code": result.error_code,
-        "error_message": result.error_message,
-        "model": result.model,
-        "image_size": result.image_size,
-        "instance": result.instance_name,
-        "attempts": result.attempts,
-        "finished_at": result.finished_at.isoformat() if result.finished_at else None,
-    }
