@@ -75,7 +75,7 @@ class Fleet:
         try:
             revision = await prepare_schema(db, upgrade=settings.migrate_on_start)
             log.info("database %s at schema revision %s", db.url.render_as_string(hide_password=True), revision)
-            runtime = runtime if runtime is not None else build_runtime(settings)
+            runtime = runtime if runtime is not None else build_runtime(settings.engine)
             health = EngineHealth(runtime.name)
             try:
                 await runtime.setup()
@@ -85,14 +85,20 @@ class Fleet:
             # An engine whose instances are not on the network (the fake) hands over its own transport.
             client = InstanceClient(timeout=30.0, transport=getattr(runtime, "http_transport", None))
             selectors = SelectorsService(sessions, client)
+            # Each part gets only its own settings (gateway/settings.py groups them by concern).
             reconciler = Reconciler(
-                sessions, runtime, client, settings, health, leader=LeaderLock(db), on_ready=selectors.deliver
+                sessions, runtime, client, settings.reconcile, health, leader=LeaderLock(db), on_ready=selectors.deliver,
+                instance=settings.instance, session=settings.sessions,
             )
-            instances = InstanceService(sessions, runtime, client, settings, health, on_target_changed=reconciler.wake)
+            instances = InstanceService(
+                sessions, runtime, client, settings.instance, health, on_target_changed=reconciler.wake, session=settings.sessions
+            )
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
-            dispatcher = Dispatcher.build(db, client, settings, suspect=reconciler.suspect, origin=origin)
+            dispatcher = Dispatcher.build(
+                db, client, settings.dispatch, suspect=reconciler.suspect, origin=origin, listener_url=settings.database_url
+            )
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
-            retention = Retention(sessions, settings, dispatcher.results.directory)
+            retention = Retention(sessions, settings.retention, dispatcher.results.directory)
         except BaseException:
             await db.dispose()
             raise
@@ -142,7 +148,7 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
     handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS]
-    plugins = [HTMXPlugin(), PanelPlugin(settings)]
+    plugins = [HTMXPlugin(), PanelPlugin(settings.listeners)]
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,
         forms_allowed=lambda path: not path.startswith("/api/"),  # the panel's htmx forms, behind its CSRF check
@@ -153,7 +159,7 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health,
     OpenAI's /v1/... and Gemini's /v1beta/..., and /metrics."""
-    handlers = [HealthController, ProbesController, generation_router(settings), openai_router(settings), gemini_router(settings), MetricsController]
+    handlers = [HealthController, ProbesController, generation_router(settings.inputs), openai_router(settings.inputs), gemini_router(settings.inputs), MetricsController]
     return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet generation API")
 
 
@@ -185,7 +191,7 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed, untyped_is_json=untyped_is_json), AllowedHostsPlugin(settings)],  # last: its check runs first
+        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed, untyped_is_json=untyped_is_json), AllowedHostsPlugin(settings.listeners)],  # last: its check runs first
         openapi_config=openapi_config(title),  # its reading page served from the image
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,

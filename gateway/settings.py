@@ -1,12 +1,19 @@
-"""The gateway's one settings tree: read once in `main` (or by Alembic's env.py) and injected everywhere."""
+"""The gateway's one settings tree: read once in `main` (or by Alembic's env.py), then handed out by concern.
+
+`Settings` is the single reader of the environment (flat fields, variables `GATEWAY_<FIELD>`); each module gets
+only its part (`settings.dispatch`, `settings.docker`, ...): a frozen dataclass whose fields are the flat fields
+of that concern, named without the part's prefix (`GATEWAY_DOCKER_NETWORK` is `settings.docker.network`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.proxy_url import ProxyURLError, normalize_proxy
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
+BrowserMode = Literal["headed", "headless", "headless-shell"]
 ADMIN_TOKEN_MIN_LENGTH = 16
 Language = Literal["zh", "en"]
 
@@ -22,6 +30,234 @@ def _default_start_concurrency() -> int:
     # Chromium's start is CPU-bound: many more at once than cores only slows each of them (ten on 2 cores:
     # the last ready after 15.4 s at 10 at once, 12.1 s at 4), but a few slots stay free beside a hung start.
     return max(4, 2 * (os.cpu_count() or 1))
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+# The parts. Each field's value comes from the flat field `<prefix><name>` (or `<name>`): see Settings._part.
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """Both listeners: where they bind, which Host names they answer, and who may call them."""
+
+    api_host: str
+    api_port: int
+    admin_host: str
+    admin_port: int
+    allowed_hosts: str
+    api_keys: SecretStr | None
+    admin_token: SecretStr | None
+    admin_session_hours: float
+    secret_key: SecretStr | None
+    data_dir: Path  # where a generated secret key is kept
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """GATEWAY_ALLOWED_HOSTS as lower-case names (ports and IPv6 brackets dropped); may hold "*"."""
+        return frozenset(name for part in self.allowed_hosts.split(",") if (name := host_name(part)))
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The generation API's keys; empty means the API is open."""
+        return [key.strip() for key in _secret(self.api_keys).split(",") if key.strip()]
+
+    @property
+    def admin_credential(self) -> str | None:
+        """The admin token when one is set (an empty value counts as none)."""
+        return _secret(self.admin_token) or None
+
+    def admin_token_problem(self) -> str | None:
+        """Why the admin token must not be used, or None: a short one is guessed too easily."""
+        token = self.admin_credential
+        if token is None or len(token) >= ADMIN_TOKEN_MIN_LENGTH:
+            return None
+        return (
+            f"GATEWAY_ADMIN_TOKEN has {len(token)} characters; use at least {ADMIN_TOKEN_MIN_LENGTH}, e.g. "
+            "`openssl rand -hex 24` (deploy/up.sh writes such a token into deploy/.env)"
+        )
+
+    def admin_exposure_problem(self) -> str | None:
+        """Why the admin listener must not start as configured, or None: beyond loopback it needs a credential."""
+        if self.admin_credential or _is_loopback(self.admin_host):
+            return None
+        return (
+            f"the admin panel and management API would listen on {self.admin_host}:{self.admin_port}, beyond "
+            "loopback, with no credential: set GATEWAY_ADMIN_TOKEN, or bind GATEWAY_ADMIN_HOST=127.0.0.1"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSettings:
+    """What every instance gets, whatever the engine (GATEWAY_INSTANCE_* and the instance's environment)."""
+
+    image: str
+    aistudio_url: str
+    signin_url: str | None
+    browser_mode: BrowserMode | None
+    default_proxy: SecretStr | None
+    memory: str
+    cpus: float
+    pids_limit: int
+    shm_size: str
+    seccomp: str
+    remove_volume_on_delete: bool
+
+    @property
+    def default_proxy_url(self) -> str | None:
+        return self.default_proxy.get_secret_value() if self.default_proxy is not None else None
+
+    @property
+    def nano_cpus(self) -> int:
+        return int(self.cpus * 1_000_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerSettings:
+    """The Docker engine (GATEWAY_DOCKER_*)."""
+
+    network: str | None
+    publish_host: str | None
+    connect_mode: Literal["auto", "network", "host"]
+    volume_prefix: str
+    name_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSettings:
+    """The local engine: instance processes on this host (GATEWAY_LOCAL_*)."""
+
+    base_dir: Path
+    python: str
+    port_range_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSettings:
+    """The Kubernetes engine (GATEWAY_KUBERNETES_*)."""
+
+    namespace: str | None
+    kubeconfig: Path | None
+    context: str | None
+    name_prefix: str
+    storage_size: str
+    storage_class: str | None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"]
+    seccomp: str
+    read_only_root: bool
+    api_qps: float
+    api_burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What `build_runtime` needs: the engine's name, what every instance gets, and each engine's own part."""
+
+    name: RuntimeName
+    instance: InstanceSettings
+    docker: DockerSettings
+    local: LocalSettings
+    kubernetes: KubernetesSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileSettings:
+    """The reconciler's loop: passes, starts, probes and restarts."""
+
+    reconcile_interval: float
+    start_timeout: float
+    stop_timeout: float
+    start_concurrency: int
+    probe_timeout: float
+    probe_concurrency: int
+    probe_failures_before_restart: int
+    restart_backoff_base: float
+    restart_backoff_max: float
+    max_restarts: int
+    restart_reset_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Google sessions: login checks, expiry warnings, uploads and the legacy session file."""
+
+    login_check_interval: float
+    session_warn_before: float
+    legacy_session_file: Path | None
+    max_session_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Webhook deliveries (GATEWAY_WEBHOOK_*) and whether callback URLs may name private addresses."""
+
+    secret: SecretStr | None
+    attempts: int
+    backoff: float
+    timeout: float
+    fetch_private_addresses: bool
+
+    @property
+    def secret_value(self) -> str:
+        """The signing key; empty when none is set (callbacks are then refused)."""
+        return _secret(self.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """The dispatcher: the queue, leases, attempts, cooldowns, results and webhooks."""
+
+    queue_max: int
+    queue_wait_timeout: float
+    task_wait_timeout: float
+    queue_poll_interval: float
+    generation_timeout: float
+    lease_margin: float
+    cooldown_quota: float
+    cooldown_rate_limit: float
+    max_attempts: int
+    task_result_ttl: float
+    store_sync_results: bool
+    reconcile_interval: float  # how soon the reconciler probes a suspect instance: bounds how long it is avoided
+    data_dir: Path  # results and request files live below it
+    webhooks: WebhookSettings
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    """Limits on what one generation request may carry."""
+
+    max_prompt_chars: int
+    max_reference_images: int
+    max_reference_bytes: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaceSettings:
+    """The OpenAI and Gemini faces on :8812: image counts, image URLs, fetched images and streaming."""
+
+    max_images_per_request: int
+    public_url: str | None
+    image_url_ttl: float
+    task_result_ttl: float  # a signed image URL never outlives its result
+    store_sync_results: bool  # `response_format=url` needs the result kept
+    fetch_timeout: float
+    fetch_private_addresses: bool
+    sse_keepalive_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How long finished tasks, events and result files are kept, and how often old ones are looked for."""
+
+    task_retention: float
+    retention_interval: float
+
+
+Part = TypeVar("Part")
 
 
 class Settings(BaseSettings):
@@ -51,7 +287,7 @@ class Settings(BaseSettings):
     # Forwarded as INSTANCE_SIGNIN_URL ({continue} = the new-chat URL); unset: the instance's default (Google).
     signin_url: str | None = None
     # Forwarded as INSTANCE_BROWSER_MODE (headed, headless, headless-shell); unset: the instance's default (headed).
-    instance_browser_mode: Literal["headed", "headless", "headless-shell"] | None = None
+    instance_browser_mode: BrowserMode | None = None
     # The browsers' egress proxy for instances without their own (scheme://[user:password@]host:port).
     default_proxy: SecretStr | None = None
     instance_memory: str = "1g"
@@ -172,10 +408,6 @@ class Settings(BaseSettings):
         except ProxyURLError as exc:
             raise ValueError(f"GATEWAY_DEFAULT_PROXY: {exc}") from None
 
-    @property
-    def default_proxy_url(self) -> str | None:
-        return self.default_proxy.get_secret_value() if self.default_proxy is not None else None
-
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         if not self.database_url:
@@ -184,41 +416,99 @@ class Settings(BaseSettings):
             self.local_base_dir = self.data_dir / "local"
         return self
 
+    # The parts, built on each access from the current fields (a few fields each, so cheap): a copied or
+    # changed Settings never hands out a stale part. The wiring (gateway/app.py) takes each part once.
+
+    def _part(self, cls: type[Part], prefix: str = "", **given: Any) -> Part:
+        """`cls` filled from the flat fields: `<prefix><name>` when there is one, else `<name>`."""
+        fields = type(self).model_fields
+        values = {
+            field.name: getattr(self, prefix + field.name if prefix + field.name in fields else field.name)
+            for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if field.name not in given
+        }
+        return cls(**values, **given)
+
+    @property
+    def listeners(self) -> ListenerSettings:
+        return self._part(ListenerSettings)
+
+    @property
+    def instance(self) -> InstanceSettings:
+        return self._part(InstanceSettings, "instance_")
+
+    @property
+    def docker(self) -> DockerSettings:
+        return self._part(DockerSettings, "docker_")
+
+    @property
+    def local(self) -> LocalSettings:
+        return self._part(LocalSettings, "local_")
+
+    @property
+    def kubernetes(self) -> KubernetesSettings:
+        return self._part(KubernetesSettings, "kubernetes_")
+
+    @property
+    def engine(self) -> EngineSettings:
+        return EngineSettings(self.runtime, self.instance, self.docker, self.local, self.kubernetes)
+
+    @property
+    def reconcile(self) -> ReconcileSettings:
+        return self._part(ReconcileSettings)
+
+    @property
+    def sessions(self) -> SessionSettings:
+        return self._part(SessionSettings)
+
+    @property
+    def webhooks(self) -> WebhookSettings:
+        return self._part(WebhookSettings, "webhook_")
+
+    @property
+    def dispatch(self) -> DispatchSettings:
+        return self._part(DispatchSettings, webhooks=self.webhooks)
+
+    @property
+    def inputs(self) -> InputSettings:
+        return self._part(InputSettings)
+
+    @property
+    def faces(self) -> FaceSettings:
+        return self._part(FaceSettings)
+
+    @property
+    def retention(self) -> RetentionSettings:
+        return self._part(RetentionSettings)
+
+    # Flat shortcuts kept for callers that hold the whole tree (the entry point, tests).
+
+    @property
+    def default_proxy_url(self) -> str | None:
+        return self.instance.default_proxy_url
+
     @property
     def admin_credential(self) -> str | None:
         """The admin token when one is set (an empty value counts as none)."""
-        value = self.admin_token.get_secret_value() if self.admin_token is not None else ""
-        return value or None
+        return self.listeners.admin_credential
 
     def admin_token_problem(self) -> str | None:
         """Why the admin token must not be used, or None: a short one is guessed too easily."""
-        token = self.admin_credential
-        if token is None or len(token) >= ADMIN_TOKEN_MIN_LENGTH:
-            return None
-        return (
-            f"GATEWAY_ADMIN_TOKEN has {len(token)} characters; use at least {ADMIN_TOKEN_MIN_LENGTH}, e.g. "
-            "`openssl rand -hex 24` (deploy/up.sh writes such a token into deploy/.env)"
-        )
+        return self.listeners.admin_token_problem()
 
     @property
     def allowed_host_names(self) -> frozenset[str]:
         """GATEWAY_ALLOWED_HOSTS as lower-case names (ports and IPv6 brackets dropped); may hold "*"."""
-        return frozenset(name for part in self.allowed_hosts.split(",") if (name := host_name(part)))
+        return self.listeners.allowed_host_names
 
     def admin_exposure_problem(self) -> str | None:
         """Why the admin listener must not start as configured, or None: beyond loopback it needs a credential."""
-        if self.admin_credential or _is_loopback(self.admin_host):
-            return None
-        return (
-            f"the admin panel and management API would listen on {self.admin_host}:{self.admin_port}, beyond "
-            "loopback, with no credential: set GATEWAY_ADMIN_TOKEN, or bind GATEWAY_ADMIN_HOST=127.0.0.1"
-        )
+        return self.listeners.admin_exposure_problem()
 
     @property
     def api_key_list(self) -> list[str]:
         """The generation API's keys; empty means the API is open."""
-        value = self.api_keys.get_secret_value() if self.api_keys is not None else ""
-        return [key.strip() for key in value.split(",") if key.strip()]
+        return self.listeners.api_key_list
 
     @property
     def is_sqlite(self) -> bool:
@@ -226,7 +516,7 @@ class Settings(BaseSettings):
 
     @property
     def instance_nano_cpus(self) -> int:
-        return int(self.instance_cpus * 1_000_000_000)
+        return self.instance.nano_cpus
 
 
 def host_name(host: str) -> str:

@@ -152,7 +152,7 @@ def dispatcher_of(request: Request[Any, Any, Any]) -> Dispatcher:
 
 
 def limits_of(request: Request[Any, Any, Any]) -> InputLimits:
-    return InputLimits.from_settings(request.app.state.settings)
+    return InputLimits.from_settings(request.app.state.settings.inputs)
 
 
 class DisconnectWatch:

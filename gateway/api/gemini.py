@@ -24,7 +24,7 @@ from gateway.catalogue import ModelSpec
 from gateway.dispatcher import GenerationRequest, TaskResult, form_request, generation_options
 from gateway.dispatcher.inputs import decoded_reference, refuse_control_characters
 from gateway.errors import Invalid, NotFound
-from gateway.settings import Settings
+from gateway.settings import InputSettings
 
 ACTION = "generateContent"
 
@@ -204,7 +204,7 @@ async def _generate_content(request: Request[Any, Any, Any], model_action: str, 
     return gemini_answer(result, generation.model, request_language(request))
 
 
-def gemini_router(settings: Settings) -> Router:
+def gemini_router(settings: InputSettings) -> Router:
     return Router(
         path="/",
         route_handlers=[GeminiController],

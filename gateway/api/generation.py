@@ -31,7 +31,7 @@ from gateway.dispatcher import Dispatcher, InputLimits, TaskResult, form_request
 from gateway.dispatcher.inputs import body_request, json_object
 from gateway.errors import BadRequest, Invalid
 from gateway.i18n import catalog, translate
-from gateway.settings import Settings
+from gateway.settings import InputSettings
 
 FILE_FIELD = "reference_images"
 
@@ -95,7 +95,7 @@ class TaskController(Controller):
         return Response(task_body(result, request_language(request)))
 
 
-def generation_router(settings: Settings) -> Router:
+def generation_router(settings: InputSettings) -> Router:
     """The generation handlers behind the API keys, with the body limit the settings give."""
     return Router(
         path="/",
@@ -148,7 +148,7 @@ def _dispatcher(request: Request[Any, Any, Any]) -> Dispatcher:
 
 
 def _limits(request: Request[Any, Any, Any]) -> InputLimits:
-    return InputLimits.from_settings(request.app.state.settings)
+    return InputLimits.from_settings(request.app.state.settings.inputs)
 
 
 async def _form_generation(request: Request[Any, Any, Any]) -> Any:

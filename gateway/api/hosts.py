@@ -18,7 +18,7 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import HostNotAllowed
-from gateway.settings import Settings, host_name
+from gateway.settings import ListenerSettings, host_name
 
 ANY_HOST = "*"
 
@@ -31,7 +31,7 @@ class HostAllowlist:
         self.any = ANY_HOST in names
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HostAllowlist:
+    def from_settings(cls, settings: ListenerSettings) -> HostAllowlist:
         return cls(settings.allowed_host_names)
 
     def allows(self, host_header: str | None) -> bool:
@@ -59,7 +59,7 @@ class AllowedHostsMiddleware:
 class AllowedHostsPlugin(InitPluginProtocol):
     """Puts `AllowedHostsMiddleware` outermost; listed after the other plugins, so it runs before their middleware."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ListenerSettings) -> None:
         self.allowlist = HostAllowlist.from_settings(settings)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:

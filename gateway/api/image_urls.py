@@ -20,7 +20,7 @@ from litestar.params import FromPath, FromQuery
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
 from gateway.errors import Forbidden, NotFound
 from gateway.panel.auth import load_secret
-from gateway.settings import Settings
+from gateway.settings import FaceSettings, ListenerSettings
 
 FILES_PATH = "/v1/images/files"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -32,9 +32,9 @@ class ImageSigner:
         self.ttl = ttl
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ImageSigner:
+    def from_settings(cls, settings: FaceSettings, listeners: ListenerSettings) -> ImageSigner:
         # Derived, so a leaked URL signature says nothing about the key that signs the panel's cookies.
-        key = hmac.new(load_secret(settings).encode(), b"aistudio-fleet image urls", hashlib.sha256).digest()
+        key = hmac.new(load_secret(listeners).encode(), b"aistudio-fleet image urls", hashlib.sha256).digest()
         return cls(key, min(settings.image_url_ttl, settings.task_result_ttl))
 
     def signature(self, task_id: str, index: int, expires: int) -> str:
@@ -58,12 +58,12 @@ def signer_of(request: Request[Any, Any, Any]) -> ImageSigner:
     state = request.app.state
     signer = state.get("image_signer")
     if signer is None:  # made once per app from the injected settings
-        signer = state["image_signer"] = ImageSigner.from_settings(state.settings)
+        signer = state["image_signer"] = ImageSigner.from_settings(state.settings.faces, state.settings.listeners)
     return signer
 
 
 def image_url(request: Request[Any, Any, Any], task_id: uuid.UUID, index: int, image_b64: str) -> str:
-    settings: Settings = request.app.state.settings
+    settings: FaceSettings = request.app.state.settings.faces
     base = (settings.public_url or str(request.base_url)).rstrip("/")
     mime = mime_of(base64.b64decode(image_b64[:24]))
     return base + signer_of(request).path(task_id, index, mime)

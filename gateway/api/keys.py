@@ -47,6 +47,6 @@ def _keys(connection: ASGIConnection[Any, Any, Any, Any]) -> list[str]:
     state = connection.app.state
     keys = state.get("api_keys")
     if keys is None:  # parsed once per app from the injected settings
-        keys = state.settings.api_key_list
+        keys = state.settings.listeners.api_key_list
         state["api_keys"] = keys
     return keys

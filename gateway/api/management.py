@@ -41,7 +41,7 @@ def provide_language(request: Request[Any, Any, Any]) -> str:
 
 
 def provide_max_session_bytes(state: State) -> int:
-    return state.settings.max_session_bytes
+    return state.settings.sessions.max_session_bytes
 
 
 Instances = NamedDependency[InstanceService]

@@ -39,7 +39,7 @@ from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
 from gateway.dispatcher.inputs import decoded_reference
 from gateway.errors import Invalid, TooLarge
-from gateway.settings import Settings
+from gateway.settings import FaceSettings, InputSettings
 
 TEXT_ANSWER = "blocked"  # the model answered with text and no image: in a chat, that text is the answer
 
@@ -121,7 +121,7 @@ class OpenAIChatController(Controller):
 
 
 async def chat_request(request: Request[Any, Any, Any], body: ChatCompletionIn) -> GenerationRequest:
-    settings: Settings = request.app.state.settings
+    limits: InputSettings = request.app.state.settings.inputs
     message = _last_user_message(body.messages)
     texts: list[str] = []
     images: list[bytes] = []
@@ -129,8 +129,8 @@ async def chat_request(request: Request[Any, Any, Any], body: ChatCompletionIn) 
         if part.type == "text":
             texts.append(part.text or "")
         elif part.type == "image_url":
-            if len(images) >= settings.max_reference_images:
-                raise Invalid("too_many_references", limit=settings.max_reference_images)
+            if len(images) >= limits.max_reference_images:
+                raise Invalid("too_many_references", limit=limits.max_reference_images)
             images.append(await _image(request, part, len(images)))
         else:
             raise Invalid("messages_part_unsupported", type=part.type[:40])
@@ -154,18 +154,19 @@ def _parts(message: ChatMessage) -> list[ContentPart]:
 
 
 async def _image(request: Request[Any, Any, Any], part: ContentPart, index: int) -> bytes:
-    settings: Settings = request.app.state.settings
+    settings: FaceSettings = request.app.state.settings.faces
+    limit = request.app.state.settings.inputs.max_reference_bytes
     url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
     if not url:
         raise Invalid("image_url_missing", index=index + 1)
     if url.startswith("data:"):
         return decoded_reference(url, index, limits_of(request))
     data = await fetch_image(
-        url, max_bytes=settings.max_reference_bytes, timeout=settings.fetch_timeout,
+        url, max_bytes=limit, timeout=settings.fetch_timeout,
         allow_private=settings.fetch_private_addresses,
     )
-    if len(data) > settings.max_reference_bytes:
-        raise TooLarge("reference_too_large", index=index + 1, limit=settings.max_reference_bytes)
+    if len(data) > limit:
+        raise TooLarge("reference_too_large", index=index + 1, limit=limit)
     return data  # its format is checked with the others by the one check
 
 
@@ -196,7 +197,7 @@ def _completion(result: TaskResult, model: str, language: str) -> ChatCompletion
 
 
 def _stream(request: Request[Any, Any, Any], task: asyncio.Task[TaskResult], model: str) -> EventStream:
-    settings: Settings = request.app.state.settings
+    settings: FaceSettings = request.app.state.settings.faces
     language = request_language(request)
     chunk_id = f"chatcmpl-{uuid.uuid4()}"
     created = int(time.time())

@@ -30,7 +30,7 @@ from gateway.catalogue import ModelSpec
 from gateway.dispatcher import GenerationRequest, form_request, generation_options
 from gateway.dispatcher.inputs import refuse_control_characters
 from gateway.errors import BadRequest, Invalid
-from gateway.settings import Settings
+from gateway.settings import FaceSettings, InputSettings
 
 ResponseFormat = Literal["b64_json", "url"]
 RESPONSE_FORMATS = ("b64_json", "url")
@@ -129,7 +129,7 @@ def _page_size(longer_side: int, spec: ModelSpec) -> str | None:
     return spec.image_sizes[-1]
 
 
-def response_format(value: Any, settings: Settings) -> str:
+def response_format(value: Any, settings: FaceSettings) -> str:
     if value is None or value == "":
         return "b64_json"
     if value not in RESPONSE_FORMATS:
@@ -139,7 +139,7 @@ def response_format(value: Any, settings: Settings) -> str:
     return value
 
 
-def image_count(value: Any, settings: Settings) -> int:
+def image_count(value: Any, settings: FaceSettings) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= settings.max_images_per_request:
         raise Invalid("n_out_of_range", value=str(value)[:20], limit=settings.max_images_per_request)
     return value
@@ -198,7 +198,7 @@ class OpenAIImagesController(Controller):
 
     @post("/images/generations", operation_id="openaiCreateImage", status_code=200, summary="Generate images (OpenAI)")
     async def generations(self, request: Request[Any, Any, Any], data: JSONBody[ImageGenerationIn]) -> ImagesOut:
-        settings: Settings = request.app.state.settings
+        settings: FaceSettings = request.app.state.settings.faces
         n = image_count(data.n, settings)
         fmt = response_format(data.response_format, settings)
         generation = openai_request(
@@ -215,7 +215,7 @@ class OpenAIImagesController(Controller):
         ),
     )
     async def edits(self, request: Request[Any, Any, Any]) -> ImagesOut:
-        settings: Settings = request.app.state.settings
+        settings: FaceSettings = request.app.state.settings.faces
         content_type, _ = request.content_type
         if content_type != RequestEncodingType.MULTI_PART:
             raise BadRequest("multipart_expected")
@@ -262,7 +262,7 @@ def _form_int(value: Any, name: str, default: int) -> Any:
         raise Invalid("field_type", field=name, expected="integer") from None
 
 
-def openai_router(settings: Settings) -> Router:
+def openai_router(settings: InputSettings) -> Router:
     """OpenAI's image API behind the API keys; the signed image URLs beside it, outside them."""
     from gateway.api.openai_chat import OpenAIChatController  # noqa: PLC0415 - the chat face builds on this one
 

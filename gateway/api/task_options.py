@@ -12,7 +12,7 @@ from litestar import Request
 from gateway.addresses import AddressRefused, checked_address
 from gateway.dispatcher.durable import TaskMeta
 from gateway.errors import Invalid
-from gateway.settings import Settings
+from gateway.settings import WebhookSettings
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 100  # a task of n gets ":<i>" after it, within the column's 128
@@ -21,7 +21,7 @@ _KEY = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII, as HTTP header values are
 
 
 async def task_meta(request: Request[Any, Any, Any], api: str, *, callback_url: Any = None) -> TaskMeta:
-    settings: Settings = request.app.state.settings
+    settings: WebhookSettings = request.app.state.settings.webhooks
     return TaskMeta(api=api, idempotency_key=idempotency_key(request), callback_url=await checked_callback(callback_url, settings))
 
 
@@ -35,13 +35,13 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     return key
 
 
-async def checked_callback(value: Any, settings: Settings) -> str | None:
+async def checked_callback(value: Any, settings: WebhookSettings) -> str | None:
     """An http(s) URL on a public address (as for any URL a client gives), with a secret to sign for it."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise Invalid("field_type", field="callback_url", expected="string")
-    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+    if not settings.secret_value:
         raise Invalid("callback_url_not_configured")
     parts = urlsplit(value.strip())
     try:

@@ -46,7 +46,7 @@ from gateway.dispatcher.task_result import TaskResult, webhook_payload
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Gone, NotFound, QueueFull, Unavailable
 from gateway.instance_client import InstanceClient
-from gateway.settings import Settings
+from gateway.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Dispatcher:
         self,
         ledger: Ledger,
         client: InstanceClient,
-        settings: Settings,
+        settings: DispatchSettings,
         *,
         suspect: Callable[[uuid.UUID], None],
         metrics: DispatchMetrics | None = None,
@@ -81,7 +81,7 @@ class Dispatcher:
         self._background: set[asyncio.Task[Any]] = set()
         self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.requests = RequestFiles(Path(settings.data_dir) / "requests")
-        self.webhooks = Webhooks(settings, ledger.record_callback)
+        self.webhooks = Webhooks(settings.webhooks, ledger.record_callback)
         self._pruner: asyncio.Task[None] | None = None
         self._closing = False
         self._listener = (
@@ -100,14 +100,15 @@ class Dispatcher:
         cls,
         engine: AsyncEngine,
         client: InstanceClient,
-        settings: Settings,
+        settings: DispatchSettings,
         *,
         suspect: Callable[[uuid.UUID], None],
         origin: str | None = None,
+        listener_url: str | None = None,  # the database URL: on Postgres, other gateways' wake-ups arrive on it
     ) -> Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
         ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6))
-        return cls(ledger, client, settings, suspect=suspect, listener_url=settings.database_url)
+        return cls(ledger, client, settings, suspect=suspect, listener_url=listener_url)
 
     def _run_limits(self) -> RunLimits:
         settings = self._settings

@@ -16,7 +16,7 @@ from typing import Any
 from gateway import catalogue
 from gateway.catalogue import ModelSpec
 from gateway.errors import BadRequest, Invalid, TooLarge
-from gateway.settings import Settings
+from gateway.settings import InputSettings
 
 # C0 and C1 control characters but tab, newline and carriage return; lone surrogates (no UTF-8 form). Postgres
 # refuses NUL in text, and none of them belongs in a prompt or a name: they are refused, not stripped.
@@ -34,7 +34,7 @@ class InputLimits:
     max_body_bytes: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> InputLimits:
+    def from_settings(cls, settings: InputSettings) -> InputLimits:
         return cls(
             settings.max_prompt_chars,
             settings.max_reference_images,

@@ -24,7 +24,7 @@ import httpx
 
 from gateway.addresses import AddressRefused, checked_address, netloc
 from gateway.db.types import utcnow
-from gateway.settings import Settings
+from gateway.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, record: Callable[[uuid.UUID, list[dict[str, Any]]], Awaitable[None]]) -> None:
+    def __init__(self, settings: WebhookSettings, record: Callable[[uuid.UUID, list[dict[str, Any]]], Awaitable[None]]) -> None:
         self._settings = settings
         self._record = record
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -60,12 +60,12 @@ class Webhooks:
         await self.settled()
 
     async def _deliver(self, task_id: uuid.UUID, url: str, payload: dict[str, Any]) -> None:
-        secret = self._settings.webhook_secret.get_secret_value() if self._settings.webhook_secret else ""
+        secret = self._settings.secret_value
         body = json.dumps(payload, ensure_ascii=False).encode()
         attempts: list[dict[str, Any]] = []
-        pause = self._settings.webhook_backoff
-        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self._settings.webhook_timeout) as client:
-            for number in range(1, self._settings.webhook_attempts + 1):
+        pause = self._settings.backoff
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self._settings.timeout) as client:
+            for number in range(1, self._settings.attempts + 1):
                 outcome = await self._post(client, url, body, secret, str(task_id))
                 attempts.append({"attempt": number, "at": utcnow().isoformat(timespec="seconds"), **outcome})
                 try:
@@ -74,7 +74,7 @@ class Webhooks:
                     log.warning("cannot record webhook attempt %d of task %s: %s", number, task_id, exc)
                 if outcome.get("ok"):
                     return
-                if number < self._settings.webhook_attempts:
+                if number < self._settings.attempts:
                     await asyncio.sleep(pause)
                     pause *= 2
         log.warning("webhook of task %s not delivered after %d attempts", task_id, len(attempts))

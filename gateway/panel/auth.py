@@ -26,7 +26,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from gateway.api.hosts import same_origin
 from gateway.errors import Forbidden, Unauthorized
 from gateway.panel.sessions import PanelSessions
-from gateway.settings import Settings
+from gateway.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class LoginRequired(Unauthorized):
     """A panel page without a session: the panel answers with its sign-in page instead of an error."""
 
 
-def load_secret(settings: Settings) -> str:
+def load_secret(settings: ListenerSettings) -> str:
     """The key that signs the panel's cookies: configured, else made once and kept in the data folder, so
     sessions and CSRF tokens survive a restart (a fresh key would leave open pages with dead tokens)."""
     if settings.secret_key is not None and settings.secret_key.get_secret_value():
@@ -81,7 +81,7 @@ class AdminAuth:
         self._key = hmac.new(secret.encode(), b"admin-session:" + (token or "").encode(), hashlib.sha256).digest()
 
     @classmethod
-    def from_settings(cls, settings: Settings, secret: str, sessions: PanelSessions) -> AdminAuth:
+    def from_settings(cls, settings: ListenerSettings, secret: str, sessions: PanelSessions) -> AdminAuth:
         return cls(settings.admin_credential, secret, sessions)
 
     @property

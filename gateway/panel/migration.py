@@ -71,7 +71,7 @@ async def _answer(
 ) -> Template:
     language = request_language(request)
     try:
-        data = await asyncio.to_thread(_read, archive, request.app.state.settings.max_session_bytes)
+        data = await asyncio.to_thread(_read, archive, request.app.state.settings.sessions.max_session_bytes)
     except ArchiveRejected as exc:
         return _result(request, error=note_text(exc.note, language), status=UNPROCESSABLE)
     refusal = refusal_of(data)

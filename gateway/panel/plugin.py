@@ -23,7 +23,7 @@ from gateway.panel.migration import MIGRATION_PANEL_CONTROLLERS
 from gateway.panel.selectors import SELECTORS_PANEL_CONTROLLERS
 from gateway.services.history import TaskView
 from gateway.services.views import InstanceView, StatsView
-from gateway.settings import Settings
+from gateway.settings import ListenerSettings
 
 STATIC = resources.files("gateway.panel").joinpath("static")
 CSRF_COOKIE = "fleet_csrf"
@@ -32,7 +32,7 @@ CSRF_COOKIE = "fleet_csrf"
 class PanelPlugin(InitPluginProtocol):
     """The admin panel at `/` of the admin listener; the management API keeps `/api`."""
 
-    def __init__(self, settings: Settings, *, live_interval: float = 0.5) -> None:
+    def __init__(self, settings: ListenerSettings, *, live_interval: float = 0.5) -> None:
         self.settings = settings
         self.live_interval = live_interval
 

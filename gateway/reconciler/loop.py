@@ -36,7 +36,7 @@ from gateway.instance_client import (
     InstanceStatus,
     InstanceUnreachable,
 )
-from gateway.settings import Settings
+from gateway.settings import InstanceSettings, ReconcileSettings, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,13 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         runtime: Runtime,
         client: InstanceClient,
-        settings: Settings,
+        settings: ReconcileSettings,
         engine_health: EngineHealth,
         leader: LeaderLock | None = None,
         on_ready: Callable[[uuid.UUID], Awaitable[None]] | None = None,
+        *,
+        instance: InstanceSettings,
+        session: SessionSettings,
     ) -> None:
         self._leader = leader  # None: always lead (tests driving passes by hand)
         self._on_ready = on_ready  # brings a just-ready instance in line with fleet settings (selectors override)
@@ -89,6 +92,8 @@ class Reconciler:
         self._runtime = runtime
         self._client = client
         self._settings = settings
+        self._instance_settings = instance  # what each started instance is given
+        self._session_settings = session
         self._health = engine_health
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -355,13 +360,13 @@ class Reconciler:
         await self._became_ready(row, status, reason)
 
     def _spec(self, row: InstanceRow, token: str, proxy_url: str | None = None) -> InstanceSpec:
-        env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._settings.aistudio_url}
-        if self._settings.signin_url:
-            env["INSTANCE_SIGNIN_URL"] = self._settings.signin_url
-        if self._settings.instance_browser_mode:
-            env["INSTANCE_BROWSER_MODE"] = self._settings.instance_browser_mode
+        env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._instance_settings.aistudio_url}
+        if self._instance_settings.signin_url:
+            env["INSTANCE_SIGNIN_URL"] = self._instance_settings.signin_url
+        if self._instance_settings.browser_mode:
+            env["INSTANCE_BROWSER_MODE"] = self._instance_settings.browser_mode
         # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
-        if proxy := proxy_url or self._settings.default_proxy_url:
+        if proxy := proxy_url or self._instance_settings.default_proxy_url:
             env["INSTANCE_PROXY"] = proxy
         return InstanceSpec(instance_id=str(row.id), name=row.name, token=token, env=env)
 
@@ -426,7 +431,7 @@ class Reconciler:
             "next_restart_at": None,
             "page_error": status.page_error if status.login_state == LoginState.UNREACHABLE else None,
         }
-        health, warnings = health_changes(row, status, values["login_state"], utcnow(), self._settings.session_warn_before)
+        health, warnings = health_changes(row, status, values["login_state"], utcnow(), self._session_settings.session_warn_before)
         values.update(health)  # the session's age and freshness from the first answer, not the next probe's
         kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
         said = f"{how}; login state {status.login_state}" + (f": {values['page_error']}" if values["page_error"] else "")
@@ -557,10 +562,10 @@ class Reconciler:
             outcome.events.append((EventKind.LOGIN_STATE_CHANGED, _login_change(row.login_state, login_state, status)))
         if status.ready:
             outcome.values.update(_page_error_values(row, status, login_state))
-            values, events = health_changes(row, status, login_state, now, self._settings.session_warn_before)
+            values, events = health_changes(row, status, login_state, now, self._session_settings.session_warn_before)
             outcome.values.update(values)
             outcome.events.extend(events)
-            if login_check_due(status, now, self._settings.login_check_interval):
+            if login_check_due(status, now, self._session_settings.login_check_interval):
                 self._check_login_soon(row, endpoint)
         stable_for = (now - row.started_at).total_seconds() if row.started_at else 0.0
         if row.restart_count and stable_for >= self._settings.restart_reset_after:
@@ -573,7 +578,7 @@ class Reconciler:
     def _check_login_soon(self, row: InstanceRow, endpoint: str) -> None:
         """At most one check per instance per interval, whether it worked or not."""
         last = self._login_checks.get(row.id)
-        if last is not None and time.monotonic() - last < self._settings.login_check_interval:
+        if last is not None and time.monotonic() - last < self._session_settings.login_check_interval:
             return
         self._login_checks[row.id] = time.monotonic()
         # Not an action: a page load that hangs on a dead proxy must not hold up an operator's stop.
@@ -598,7 +603,7 @@ class Reconciler:
             log.warning("login check of %s failed: %s", row.name, exc)
             return
         login_state = _login_state(status.login_state)
-        values, events = health_changes(row, status, login_state, utcnow(), self._settings.session_warn_before)
+        values, events = health_changes(row, status, login_state, utcnow(), self._session_settings.session_warn_before)
         if login_state != row.login_state:
             values["login_state"] = login_state
             events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state} (login check)"))

@@ -17,7 +17,7 @@ from gateway.runtime.base import (
 )
 
 if TYPE_CHECKING:
-    from gateway.settings import Settings
+    from gateway.settings import EngineSettings
 
 __all__ = [
     "LABEL_INSTANCE_ID",
@@ -33,59 +33,58 @@ __all__ = [
 ]
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """The engine named by `settings.runtime`; imported lazily so only the chosen engine's SDK is needed."""
-    if settings.runtime == "docker":
+def build_runtime(settings: EngineSettings) -> Runtime:
+    """The engine named by `settings.name`; imported lazily so only the chosen engine's SDK is needed."""
+    instance = settings.instance
+    if settings.name == "docker":
         from gateway.runtime.docker import DockerRuntime, seccomp_profile
 
+        docker = settings.docker
         return DockerRuntime(
-            network=settings.docker_network,
-            image=settings.instance_image,
-            publish_host=settings.docker_publish_host,
-            mem_limit=settings.instance_memory,
-            nano_cpus=settings.instance_nano_cpus,
-            pids_limit=settings.instance_pids_limit,
-            shm_size=settings.instance_shm_size,
-            volume_prefix=settings.docker_volume_prefix,
-            connect_mode=settings.docker_connect_mode,
-            name_prefix=settings.docker_name_prefix,
-            seccomp_profile=seccomp_profile(settings.instance_seccomp),
+            network=docker.network,
+            image=instance.image,
+            publish_host=docker.publish_host,
+            mem_limit=instance.memory,
+            nano_cpus=instance.nano_cpus,
+            pids_limit=instance.pids_limit,
+            shm_size=instance.shm_size,
+            volume_prefix=docker.volume_prefix,
+            connect_mode=docker.connect_mode,
+            name_prefix=docker.name_prefix,
+            seccomp_profile=seccomp_profile(instance.seccomp),
         )
-    if settings.runtime == "local":
+    if settings.name == "local":
         from gateway.runtime.local import LocalRuntime
 
-        assert settings.local_base_dir is not None  # filled in by Settings
-        return LocalRuntime(
-            base_dir=settings.local_base_dir,
-            python=settings.local_python,
-            port_range_start=settings.local_port_range_start,
-        )
-    if settings.runtime == "kubernetes":
+        local = settings.local
+        return LocalRuntime(base_dir=local.base_dir, python=local.python, port_range_start=local.port_range_start)
+    if settings.name == "kubernetes":
         from gateway.runtime.kube_objects import PodTemplate
         from gateway.runtime.kubernetes import KubernetesRuntime
 
+        kube = settings.kubernetes
         template = PodTemplate(
-            image=settings.instance_image,
-            memory=settings.instance_memory,
-            cpus=settings.instance_cpus,
-            shm_size=settings.instance_shm_size,
-            image_pull_policy=settings.kubernetes_image_pull_policy,
-            seccomp=settings.kubernetes_seccomp,
-            read_only_root=settings.kubernetes_read_only_root,
-            storage_size=settings.kubernetes_storage_size,
-            storage_class=settings.kubernetes_storage_class,
+            image=instance.image,
+            memory=instance.memory,
+            cpus=instance.cpus,
+            shm_size=instance.shm_size,
+            image_pull_policy=kube.image_pull_policy,
+            seccomp=kube.seccomp,
+            read_only_root=kube.read_only_root,
+            storage_size=kube.storage_size,
+            storage_class=kube.storage_class,
         )
         return KubernetesRuntime(
             template,
-            namespace=settings.kubernetes_namespace,
-            name_prefix=settings.kubernetes_name_prefix,
-            kubeconfig=settings.kubernetes_kubeconfig,
-            context=settings.kubernetes_context,
-            api_rate=settings.kubernetes_api_qps,
-            api_burst=settings.kubernetes_api_burst,
+            namespace=kube.namespace,
+            name_prefix=kube.name_prefix,
+            kubeconfig=kube.kubeconfig,
+            context=kube.context,
+            api_rate=kube.api_qps,
+            api_burst=kube.api_burst,
         )
-    if settings.runtime == "fake":
+    if settings.name == "fake":
         from gateway.runtime.fake import FakeRuntime
 
         return FakeRuntime()
-    raise ValueError(f"unknown runtime {settings.runtime!r}")
+    raise ValueError(f"unknown runtime {settings.name!r}")

@@ -53,7 +53,7 @@ from gateway.instance_client import (
 from gateway.dispatcher.statements import block_in_force
 from gateway.services.session_shape import SessionShapeError, check_session
 from gateway.services.views import EngineView, EventView, InstanceView, ModelBlockView, StatsView
-from gateway.settings import Settings
+from gateway.settings import InstanceSettings, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,17 @@ class InstanceService:
         sessions: async_sessionmaker[AsyncSession],
         runtime: Runtime,
         client: InstanceClient,
-        settings: Settings,
+        settings: InstanceSettings,
         engine_health: EngineHealth,
         on_target_changed: Callable[[], None] = lambda: None,
+        *,
+        session: SessionSettings,
     ) -> None:
         self._sessions = sessions
         self._runtime = runtime
         self._client = client
         self._settings = settings
+        self._session_settings = session  # upload limits, the legacy file, expiry warnings
         self._engine_health = engine_health
         self._on_target_changed = on_target_changed
 
@@ -115,7 +118,7 @@ class InstanceService:
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
             blocks = await _model_blocks(session)
-        return [_blocked(_to_view(row, self._settings), blocks) for row in rows]
+        return [_blocked(_to_view(row, self._settings, self._session_settings), blocks) for row in rows]
 
     async def get(self, instance_id: str) -> InstanceView:
         uid = _parse_id(instance_id)
@@ -124,7 +127,7 @@ class InstanceService:
             blocks = await _model_blocks(session, uid)
         if row is None:
             raise NotFound("instance_not_found", instance_id=instance_id)
-        return _blocked(_to_view(row, self._settings), blocks)
+        return _blocked(_to_view(row, self._settings, self._session_settings), blocks)
 
     async def stats(self) -> StatsView:
         now = utcnow()
@@ -310,8 +313,8 @@ class InstanceService:
     async def import_session(self, instance_id: str, body: bytes, *, origin: str = "through the API") -> dict[str, Any]:
         """Into the running instance now; a stopped one keeps it in its row and gets it when next ready
         (the answer then says `pending`)."""
-        if len(body) > self._settings.max_session_bytes:
-            raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
+        if len(body) > self._session_settings.max_session_bytes:
+            raise TooLarge("session_too_large", size=len(body), limit=self._session_settings.max_session_bytes)
         view = await self.get(instance_id)
         if view.status in (Status.STOPPED, Status.ERROR):
             return await self._store_pending(view, body, origin)
@@ -400,8 +403,8 @@ class InstanceService:
 
     def _valid_pending(self, body: bytes) -> tuple[str, int]:
         """A session to keep until the instance is ready: checked now, as the instance would, and its cookie count."""
-        if len(body) > self._settings.max_session_bytes:
-            raise TooLarge("session_too_large", size=len(body), limit=self._settings.max_session_bytes)
+        if len(body) > self._session_settings.max_session_bytes:
+            raise TooLarge("session_too_large", size=len(body), limit=self._session_settings.max_session_bytes)
         try:
             summary = check_session(body)
         except SessionShapeError as exc:
@@ -435,13 +438,13 @@ class InstanceService:
 
     async def _read_legacy_session(self) -> tuple[str, str, bytes] | None:
         """The old system's session file when it is there and not migrated yet: (marker key, path, bytes)."""
-        path = self._settings.legacy_session_file
+        path = self._session_settings.legacy_session_file
         if path is None:
             return None
         content = await asyncio.to_thread(_read_if_file, path)
         if content is None:
             return None
-        if len(content) > self._settings.max_session_bytes:
+        if len(content) > self._session_settings.max_session_bytes:
             log.warning("legacy session %s is larger than max_session_bytes; not migrated", path)
             return None
         try:
@@ -492,7 +495,7 @@ class InstanceService:
             raise InstanceUnavailable(name=view.name, reason=str(exc)) from exc
         except InstanceRejected as exc:
             if exc.status_code == 413:
-                raise TooLarge("session_too_large", size="?", limit=self._settings.max_session_bytes) from exc
+                raise TooLarge("session_too_large", size="?", limit=self._session_settings.max_session_bytes) from exc
             if exc.status_code in (400, 422):
                 raise Invalid("session_invalid", reason=exc.detail) from exc
             if exc.status_code == 409:
@@ -525,7 +528,7 @@ def _view_query(now: datetime) -> Any:
     return select(*_VIEW_COLUMNS, is_busy(now).label("is_busy"), is_available(now).label("available"))
 
 
-def _to_view(row: Any, settings: Settings) -> InstanceView:
+def _to_view(row: Any, settings: InstanceSettings, session: SessionSettings) -> InstanceView:
     default_proxy = settings.default_proxy_url
     return InstanceView(
         instance_id=str(row.id),
@@ -551,7 +554,7 @@ def _to_view(row: Any, settings: Settings) -> InstanceView:
         signed_in_since=row.signed_in_since,
         session_saved_at=row.session_saved_at,
         session_expires_at=row.session_expires_at,
-        session_expiring=expiring(row.session_expires_at, utcnow(), settings.session_warn_before),
+        session_expiring=expiring(row.session_expires_at, utcnow(), session.session_warn_before),
         last_success_at=row.last_success_at,
         page_error=row.page_error,
         legacy_id=row.legacy_id,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import InstanceEvent, Task, TaskStatus
 from gateway.db.types import utcnow
-from gateway.settings import Settings
+from gateway.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Retention:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
+        settings: RetentionSettings,
         results_dir: Path,
         *,
         batch: int = 500,

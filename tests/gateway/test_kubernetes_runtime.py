@@ -326,7 +326,7 @@ async def test_a_forbidden_api_server_shows_in_health_and_the_gateway_keeps_serv
 ) -> None:
     settings = make_settings(sqlite_url, tmp_path, runtime="kubernetes", kubernetes_kubeconfig=kubeconfig,
                              kubernetes_name_prefix="gw-")
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings.engine)
     assert isinstance(runtime, KubernetesRuntime) and runtime.names.prefix == "gw-"
     server.forbidden = "pods is forbidden"
     fleet = await Fleet.open(settings, runtime=runtime, reconcile=False)
@@ -352,7 +352,7 @@ async def test_an_image_that_cannot_be_pulled_is_an_instance_error_with_the_reas
 
     server.on_pod_created = pull_fails
     settings = make_settings(sqlite_url, tmp_path, runtime="kubernetes", kubernetes_kubeconfig=kubeconfig, max_restarts=0)
-    fleet = await Fleet.open(settings, runtime=build_runtime(settings), reconcile=False)
+    fleet = await Fleet.open(settings, runtime=build_runtime(settings.engine), reconcile=False)
     try:
         view = await fleet.instances.create("pull")
         await fleet.instances.start(view.instance_id)

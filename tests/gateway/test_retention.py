@@ -38,7 +38,7 @@ async def fleet(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIt
 def retention(fleet: Fleet, **options: float) -> Retention:
     """A retention pass as a gateway with the default 30 days runs it."""
     settings = fleet.settings.model_copy(update={"task_retention": 30 * DAY})
-    return Retention(fleet.sessions, settings, fleet.dispatcher.results.directory, **options)  # type: ignore[arg-type]
+    return Retention(fleet.sessions, settings.retention, fleet.dispatcher.results.directory, **options)  # type: ignore[arg-type]
 
 
 def results_dir(fleet: Fleet) -> Path:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from gateway.i18n import catalog, pick_language, translate
 from gateway.settings import Settings
+from tests.gateway.conftest import IsolatedSettings
 
 
 def test_settings_read_gateway_variables_and_default_to_sqlite_under_data_dir(
@@ -26,6 +28,33 @@ def test_settings_read_gateway_variables_and_default_to_sqlite_under_data_dir(
     assert settings.instance_nano_cpus == 1_500_000_000
     assert (settings.api_host, settings.api_port, settings.admin_host) == ("127.0.0.1", 8812, "127.0.0.1")
     assert settings.instance_image == "aistudio-fleet-instance:latest" and settings.language == "zh"
+
+
+def test_parts_read_the_same_variables_and_cover_every_field(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each concern's part is filled from the flat GATEWAY_* fields; no flat field is left out of every part."""
+    monkeypatch.setenv("GATEWAY_DOCKER_NETWORK", "fleet-net")
+    monkeypatch.setenv("GATEWAY_WEBHOOK_ATTEMPTS", "7")
+    monkeypatch.setenv("GATEWAY_QUEUE_MAX", "3")
+    monkeypatch.setenv("GATEWAY_INSTANCE_BROWSER_MODE", "headless")
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.docker.network == "fleet-net" and settings.engine.docker == settings.docker
+    assert settings.dispatch.queue_max == 3 and settings.dispatch.webhooks.attempts == 7
+    assert settings.instance.browser_mode == "headless" and settings.local.base_dir == tmp_path / "local"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.dispatch.queue_max = 4  # type: ignore[misc]
+    flat = IsolatedSettings(queue_max=9, kubernetes_name_prefix="x-", admin_port=1)  # flat keywords still work
+    assert (flat.dispatch.queue_max, flat.kubernetes.name_prefix, flat.listeners.admin_port) == (9, "x-", 1)
+    assert settings.model_copy(update={"task_retention": 5.0}).retention.task_retention == 5.0  # never stale
+    covered = {"runtime", "database_url", "migrate_on_start", "language", "log_level"}  # read by the wiring itself
+    prefixes = {"instance": "instance_", "docker": "docker_", "local": "local_", "kubernetes": "kubernetes_", "webhooks": "webhook_"}
+    for name in ("listeners", "instance", "docker", "local", "kubernetes", "reconcile", "sessions", "webhooks",
+                 "dispatch", "inputs", "faces", "retention"):
+        part = getattr(settings, name)
+        for field in dataclasses.fields(part):
+            flat_name = prefixes.get(name, "") + field.name
+            covered.add(flat_name if flat_name in Settings.model_fields else field.name)
+    assert set(Settings.model_fields) <= covered, set(Settings.model_fields) - covered
 
 
 def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
