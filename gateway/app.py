@@ -29,7 +29,7 @@ from gateway.api.hosts import AllowedHostsPlugin
 from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
-from gateway.api.openai_images import openai_router
+from gateway.api.openai_face import openai_router
 from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
@@ -42,7 +42,7 @@ from gateway.runtime.health import EngineHealth
 from gateway.services.history import TaskHistoryService
 from gateway.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
-from gateway.services.retention import Retention
+from gateway.retention import Retention
 from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
 

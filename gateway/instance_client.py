@@ -1,4 +1,6 @@
-"""Speaks to one instance over its HTTP contract (docs/instance-api.md) with the instance's bearer token."""
+"""Speaks to one instance over its HTTP contract (fleet_contract.messages; prose in docs/instance-api.md) with
+the instance's bearer token. Every answer is decoded into the contract's Struct, so one that does not follow
+it is an `InstanceBadAnswer`, never a half-read dict."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from fleet_contract import messages as m
+
+# The status as the gateway reads it; one definition, the contract's.
+InstanceStatus = m.Status
+
 
 # A live-view frame is a base64 JPEG of the instance's viewport: well under this.
 LIVEVIEW_MAX_MESSAGE = 16 * 1024 * 1024
@@ -22,33 +29,16 @@ class InstanceAddress:
     token: str | None
 
 
-class InstanceStatus(msgspec.Struct, kw_only=True):
-    """The parts of `GET /status` the gateway uses; unknown keys are ignored."""
-
-    ready: bool = False
-    browser: str = "starting"
-    login_state: str = "unknown"
-    busy: bool = False
-    current_task: str | None = None
-    page_url: str | None = None
-    version: str | None = None
-    # Why the page cannot reach AI Studio (login_state `unreachable`), in the browser's words.
-    page_error: str | None = None
-    browser_mode: str | None = None
-    # Session health, ISO 8601 UTC or None.
-    login_checked_at: str | None = None
-    signed_in_since: str | None = None
-    session_saved_at: str | None = None
-    session_expires_at: str | None = None
-    last_success_at: str | None = None
-
-
 class InstanceCallError(Exception):
     """Base of the instance client's errors."""
 
 
-class InstanceUnreachable(InstanceCallError):
-    """Connection refused or reset, timeout: nothing answered."""
+class InstanceNoAnswer(InstanceCallError):
+    """Connection refused or reset, timeout: the gateway could not reach the instance, nothing answered."""
+
+
+class InstanceBadAnswer(InstanceCallError):
+    """The instance answered 2xx with a body that does not follow the contract."""
 
 
 class InstanceRejected(InstanceCallError):
@@ -79,22 +69,25 @@ class InstanceClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def status(self, address: InstanceAddress, *, timeout: float | None = None) -> InstanceStatus:
-        response = await self._request("GET", address, "/status", timeout=timeout)
-        return msgspec.json.decode(response.content, type=InstanceStatus)
+    async def status(self, address: InstanceAddress, *, timeout: float | None = None) -> m.Status:
+        return _decode(await self._request("GET", address, "/status", timeout=timeout), m.Status)
 
-    async def check_login(self, address: InstanceAddress, *, timeout: float | None = None) -> InstanceStatus:
+    async def check_login(self, address: InstanceAddress, *, timeout: float | None = None) -> m.LoginCheck:
         """Have an idle instance reload AI Studio and say its login state (409 while it runs a task)."""
-        response = await self._request("POST", address, "/login/check", timeout=timeout)
-        return msgspec.json.decode(response.content, type=InstanceStatus)
+        return _decode(await self._request("POST", address, "/login/check", timeout=timeout), m.LoginCheck)
 
     async def get_session(self, address: InstanceAddress) -> bytes:
+        """The storage state's bytes as the instance wrote them (passed on to the operator untouched)."""
         return (await self._request("GET", address, "/session")).content
 
-    async def put_session(self, address: InstanceAddress, body: bytes) -> dict[str, Any]:
+    async def put_session(self, address: InstanceAddress, body: bytes) -> m.SessionImported:
         headers = {"Content-Type": "application/json"}
         response = await self._request("PUT", address, "/session", content=body, headers=headers)
-        return response.json()
+        return _decode(response, m.SessionImported)
+
+    async def restore_session(self, address: InstanceAddress) -> m.SessionImported:
+        """Back to the login the instance's last import replaced (kept on its volume)."""
+        return _decode(await self._request("POST", address, "/session/restore"), m.SessionImported)
 
     async def screenshot(self, address: InstanceAddress, *, image_format: str = "png") -> tuple[bytes, str]:
         response = await self._request("GET", address, "/screenshot", params={"format": image_format})
@@ -104,20 +97,20 @@ class InstanceClient:
         body = {"url": url} if url else {"target": target or "home"}
         await self._request("POST", address, "/navigate", json=body)
 
-    async def diagnose(self, address: InstanceAddress) -> dict[str, Any]:
+    async def diagnose(self, address: InstanceAddress) -> m.PageCheck:
         """The page check: each selector role against the live page (read-only)."""
-        return (await self._request("GET", address, "/diagnose")).json()
+        return _decode(await self._request("GET", address, "/diagnose"), m.PageCheck)
 
     async def put_selectors(
         self, address: InstanceAddress, body: bytes, *, dry_run: bool = False, timeout: float | None = None
-    ) -> dict[str, Any]:
+    ) -> m.SelectorsInstalled:
         headers = {"Content-Type": "application/json"}
         params = {"dry_run": "true"} if dry_run else None
         response = await self._request("PUT", address, "/selectors", content=body, headers=headers, params=params, timeout=timeout)
-        return response.json()
+        return _decode(response, m.SelectorsInstalled)
 
-    async def delete_selectors(self, address: InstanceAddress, *, timeout: float | None = None) -> dict[str, Any]:
-        return (await self._request("DELETE", address, "/selectors", timeout=timeout)).json()
+    async def delete_selectors(self, address: InstanceAddress, *, timeout: float | None = None) -> m.SelectorsRemoved:
+        return _decode(await self._request("DELETE", address, "/selectors", timeout=timeout), m.SelectorsRemoved)
 
     async def open_liveview(self, address: InstanceAddress, *, open_timeout: float = 10.0) -> ClientConnection:
         """The instance's live-view WebSocket (frames out, input in), opened with its token; the caller closes it."""
@@ -132,12 +125,14 @@ class InstanceClient:
         except InvalidStatus as exc:
             raise InstanceRejected(exc.response.status_code, "live view refused") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise InstanceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+            raise InstanceNoAnswer(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def generate(
-        self, address: InstanceAddress, payload: dict[str, Any], *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        return (await self._request("POST", address, "/generate", json=payload, timeout=timeout)).json()
+        self, address: InstanceAddress, request: m.GenerateRequest, *, timeout: float | None = None
+    ) -> m.GenerateAnswer:
+        headers = {"Content-Type": "application/json"}
+        response = await self._request("POST", address, "/generate", content=m.encode(request), headers=headers, timeout=timeout)
+        return _decode(response, m.GenerateAnswer)
 
     async def _request(
         self,
@@ -160,12 +155,19 @@ class InstanceClient:
                     method, address.endpoint.rstrip("/") + path, headers=all_headers, **extra, **kwargs
                 )
         except TimeoutError as exc:
-            raise InstanceUnreachable(f"no answer in {timeout:g}s") from exc
+            raise InstanceNoAnswer(f"no answer in {timeout:g}s") from exc
         except httpx.TransportError as exc:
-            raise InstanceUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+            raise InstanceNoAnswer(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         if response.status_code >= 400:
             raise InstanceRejected(response.status_code, _detail(response))
         return response
+
+
+def _decode(response: httpx.Response, kind: type[msgspec.Struct]) -> Any:
+    try:
+        return msgspec.json.decode(response.content, type=kind)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise InstanceBadAnswer(f"{response.request.url.path}: the answer does not follow the contract ({exc})") from exc
 
 
 def _detail(response: httpx.Response) -> str:

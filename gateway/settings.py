@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.proxy_url import ProxyURLError, normalize_proxy
+from fleet_contract.proxy import ProxyURLError, normalize_proxy
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]

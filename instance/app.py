@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Litestar, MediaType, Request, Response, WebSocket, delete, get, post, put, websocket
+import msgspec
+from litestar import Litestar, Request, Response, WebSocket, delete, get, post, put, websocket
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
@@ -23,12 +24,15 @@ from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from playwright.async_api import Error as PlaywrightError
 
+from fleet_contract import messages as m
+from fleet_contract.catalogue import ModelSpec
+from fleet_contract.catalogue import load as load_catalogue
+from fleet_contract.codes import OUT_OF_REACH
+from fleet_contract.selectors import MAX_BYTES as SELECTORS_MAX_BYTES
 from instance import __version__
-from instance.browser import UNREACHABLE, BrowserHost, SessionRejected
-from instance.catalogue import ModelSpec
-from instance.catalogue import load as load_catalogue
+from instance.browser import BrowserHost, SessionRejected, SessionUntested
 from instance.driver import Driver, GenerationRequest, GenerationResult
-from instance.errors import BadInput
+from instance.errors import BadInput, ErrorCode
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
 from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
@@ -36,8 +40,6 @@ from instance.session_store import SessionFormatError, SessionStore, normalize_s
 from instance.settings import InstanceSettings
 
 log = logging.getLogger("instance")
-
-SELECTORS_MAX_BYTES = 256 * 1024
 
 
 class InstanceState:
@@ -212,48 +214,49 @@ def _image_size(value: Any, model: ModelSpec) -> str | None:
     return size
 
 
-def _result_body(task_id: str, result: GenerationResult) -> dict[str, Any]:
-    return {
-        "success": result.success,
-        "task_id": task_id,
-        "images_b64": [base64.b64encode(png).decode("ascii") for png in result.images_png],
-        "text": result.text,
-        "error": result.error.to_dict() if result.error else None,
-        "timings": result.timings,
-    }
+def _result_body(task_id: str, result: GenerationResult) -> m.GenerateAnswer:
+    return m.GenerateAnswer(
+        success=result.success,
+        task_id=task_id,
+        images_b64=[base64.b64encode(png).decode("ascii") for png in result.images_png],
+        text=result.text,
+        error=result.error.to_message() if result.error else None,
+        timings=result.timings,
+    )
 
 
 def _error(status: int, detail: str, **extra: Any) -> Response:
-    return Response({"detail": detail, **extra}, status_code=status)
+    return Response(m.ErrorAnswer(detail=detail, **extra), status_code=status)
 
 
 # ---- handlers ------------------------------------------------------------------------------------
 
 
 @get("/healthz", opt={"public": True}, sync_to_thread=False)
-def healthz() -> dict[str, bool]:
-    return {"ok": True}
+def healthz() -> m.Healthz:
+    return m.Healthz()
 
 
 @get("/status")
-async def status(request: Request) -> dict[str, Any]:
+async def status(request: Request) -> m.Status:
     st = _state(request)
     host = st.host
-    return {
-        "ready": host.ready and host.browser_state == "up",
-        "browser": host.browser_state,
-        "login_state": host.login_state,
-        "page_error": host.page_error,
-        "browser_mode": st.settings.browser_mode,
-        "busy": st.busy,
-        "current_task": st.current_task,
-        "page_url": host.page_url,
-        "counters": {**st.counters, "browser_restarts": host.restarts},
-        "version": __version__,
-        "selectors_version": host.selectors.version,
-        "started_at": st.started_at.isoformat(),
+    return m.Status(
+        ready=host.ready and host.browser_state == "up",
+        browser=host.browser_state,
+        login_state=host.login_state,
+        reach=host.reach,
+        page_error=host.page_error,
+        browser_mode=st.settings.browser_mode,
+        busy=st.busy,
+        current_task=st.current_task,
+        page_url=host.page_url,
+        counters=m.Counters(**st.counters, browser_restarts=host.restarts),
+        version=__version__,
+        selectors_version=host.selectors.version,
+        started_at=st.started_at.isoformat(),
         **_session_health(st),
-    }
+    )
 
 
 def _session_health(st: InstanceState) -> dict[str, str | None]:
@@ -286,7 +289,8 @@ async def check_login(request: Request) -> Response:
         await st.host.load_home()
     finally:
         st.release(None)
-    return Response({"login_state": st.host.login_state, **_session_health(st)})
+    host = st.host
+    return Response(m.LoginCheck(login_state=host.login_state, reach=host.reach, page_error=host.page_error, **_session_health(st)))
 
 
 @post("/generate")
@@ -336,8 +340,8 @@ async def _wait_browser(host: BrowserHost, timeout_s: float) -> bool:
 
 
 @get("/session")
-async def export_session(request: Request) -> dict[str, Any]:
-    return await (await _host_up(_state(request))).export_session()
+async def export_session(request: Request) -> m.StorageState:
+    return m.StorageState(**await (await _host_up(_state(request))).export_session())
 
 
 @put("/session")
@@ -351,16 +355,34 @@ async def import_session(request: Request) -> Response:
     await _host_up(st)
     if not st.claim("session-import"):
         return _error(409, "this instance is running a task; import the session when it is idle")
+    return await _replace_login(st, lambda: st.host.replace_session(state), len(state["cookies"]))
+
+
+@post("/session/restore", status_code=200)
+async def restore_session(request: Request) -> Response:
+    """Back to the login the last import replaced (kept on the volume), tried like any import."""
+    st = _state(request)
+    await _host_up(st)
+    if not st.claim("session-restore"):
+        return _error(409, "this instance is running a task; restore the login when it is idle")
+    return await _replace_login(st, st.host.restore_previous, None)
+
+
+async def _replace_login(st: InstanceState, replace: Any, cookies: int | None) -> Response:
+    """Runs an import or a restore in the claimed task slot; every refusal leaves the working login as it was."""
     try:
-        await st.host.replace_session(state)
+        await replace()
     except SessionRejected as exc:
         raise BadInput(f"the session was not imported: {exc}") from None
+    except SessionUntested as exc:
+        return _error(503, f"the session was not imported: {exc}", retry_safe=True)
     except OSError as exc:
         # /data is full or read-only: the file is written atomically, so the stored login is the old one, whole.
         return _error(507, f"the session could not be stored on the instance's volume: {exc.strerror or exc}")
     finally:
         st.release(None)
-    return Response({"ok": True, "cookies": len(state["cookies"]), "login_state": st.host.login_state})
+    count = cookies if cookies is not None else len((await st.host.export_session())["cookies"])
+    return Response(m.SessionImported(cookies=count, login_state=st.host.login_state))
 
 
 @post("/navigate")
@@ -378,7 +400,7 @@ async def navigate(request: Request) -> Response:
     await _host_up(st)
     await st.host.wait_reset()  # the page reset after a task would race this navigation
     await st.host.page.goto(url, wait_until="domcontentloaded", timeout=st.settings.page_load_timeout_s * 1000)
-    return Response({"ok": True, "url": st.host.page.url, "login_state": st.host.login_state})
+    return Response(m.Navigated(url=st.host.page.url, login_state=st.host.login_state))
 
 
 @get("/screenshot")
@@ -389,16 +411,17 @@ async def screenshot(request: Request, format: str = "png") -> Response:
 
 
 @post("/selectors/reload")
-async def reload_selectors(request: Request) -> dict[str, str]:
+async def reload_selectors(request: Request) -> m.SelectorsReloaded:
     book = _state(request).host.reload_selectors()
-    return {"version": book.version, "source": book.source}
+    return m.SelectorsReloaded(version=book.version, source=book.source)
 
 
 @get("/diagnose")
-async def page_check(request: Request) -> dict[str, Any]:
+async def page_check(request: Request) -> m.PageCheck:
     """Which selector candidates match the page now; read-only, so it answers beside a running task."""
     st = _state(request)
-    return await diagnose(await _host_up(st), busy=st.busy, timeout_s=st.settings.element_timeout_s)
+    report = await diagnose(await _host_up(st), busy=st.busy, timeout_s=st.settings.element_timeout_s)
+    return msgspec.convert(report, m.PageCheck)
 
 
 @put("/selectors")
@@ -414,17 +437,17 @@ async def install_selectors(request: Request, dry_run: bool = False) -> Response
     except OverrideInvalid as exc:
         raise BadInput(str(exc), exc.status_code) from None
     if dry_run:
-        return Response({"ok": True, "dry_run": True, "roles": sorted(document.get("roles", {}))})
+        return Response(m.SelectorsInstalled(dry_run=True, roles=sorted(document.get("roles", {}))))
     async with st.selectors_lock:
         path = st.settings.selectors_override_path
         await asyncio.to_thread(write_atomically, path, with_version(document))
         book = st.host.reload_selectors()
     log.info("selectors override installed: version %s, roles %s", book.version, ", ".join(document.get("roles", {})))
-    return Response({"ok": True, "version": book.version, "source": book.source, "roles": sorted(document.get("roles", {}))})
+    return Response(m.SelectorsInstalled(version=book.version, source=book.source, roles=sorted(document.get("roles", {}))))
 
 
 @delete("/selectors", status_code=200)
-async def remove_selectors(request: Request) -> dict[str, Any]:
+async def remove_selectors(request: Request) -> m.SelectorsRemoved:
     """Back to the packaged selectors; idempotent (`removed` says whether there was an override)."""
     st = _state(request)
     async with st.selectors_lock:
@@ -432,7 +455,7 @@ async def remove_selectors(request: Request) -> dict[str, Any]:
         removed = path.is_file()
         path.unlink(missing_ok=True)
         book = st.host.reload_selectors()
-    return {"ok": True, "removed": removed, "version": book.version, "source": book.source}
+    return m.SelectorsRemoved(removed=removed, version=book.version, source=book.source)
 
 
 @websocket("/liveview", guards=[same_origin])
@@ -444,7 +467,7 @@ async def liveview(socket: WebSocket) -> None:
 
 
 def _bad_input(_: Request, exc: BadInput) -> Response:
-    return _error(exc.status_code, exc.message, error={"code": "bad_input", "message": exc.message})
+    return _error(exc.status_code, exc.message, error=m.TaskError(code=ErrorCode.BAD_INPUT, message=exc.message))
 
 
 def _browser_not_up(_: Request, exc: BrowserNotUp) -> Response:
@@ -471,12 +494,13 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     starter = asyncio.create_task(_start_browser(st.host))
     saver = asyncio.create_task(_periodic_save(st))
     retrier = asyncio.create_task(_retry_unreachable(st))
+    watcher = asyncio.create_task(st.host.watch_login_cookies())
     try:
         yield
     finally:
-        for task in (starter, saver, retrier, *st._background):
+        for task in (starter, saver, retrier, watcher, *st._background):
             task.cancel()
-        await asyncio.gather(starter, saver, retrier, return_exceptions=True)
+        await asyncio.gather(starter, saver, retrier, watcher, return_exceptions=True)
         await st.host.close()
 
 
@@ -496,11 +520,12 @@ async def _periodic_save(st: InstanceState) -> None:
 
 
 async def _retry_unreachable(st: InstanceState) -> None:
-    """While AI Studio cannot be reached, load it again now and then (holding the task slot, as a task would)."""
+    """While AI Studio cannot be reached or is not served to this address, load it again now and then (holding
+    the task slot, as a task would)."""
     while True:
         await asyncio.sleep(st.settings.unreachable_retry_s)
         host = st.host
-        if host.login_state != UNREACHABLE or host.browser_state != "up" or not st.claim("reachability-check"):
+        if host.reach not in OUT_OF_REACH or host.browser_state != "up" or not st.claim("reachability-check"):
             continue
         try:
             await host.load_home()
@@ -525,6 +550,7 @@ def create_app(settings: InstanceSettings | None = None) -> Litestar:
             page_check,
             install_selectors,
             remove_selectors,
+            restore_session,
             liveview,
             check_login,
         ],

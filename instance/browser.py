@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
+from fleet_contract.codes import OUT_OF_REACH, LoginState, Reach
 from instance.display import VirtualDisplay
 from instance.proxy import BrowserProxy, browser_proxy
 from instance.selectors import SelectorBook, load_selectors
-from instance.session_store import SessionStore, auth_cookies_expire_at, auth_cookies_expired
+from instance.session_store import SessionStore, auth_cookies_expire_at, auth_cookies_expired, login_fingerprint
 from instance.settings import InstanceSettings
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,16 @@ CHROMIUM_ARGS = (
 # Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
 NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
 
-LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = "unknown", "logged_in", "needs_login"
-SIGNIN_REFUSED = "signin_refused"  # Google's sign-in took this browser for automation
-UNREACHABLE = "unreachable"  # AI Studio did not load (network error, proxy, DNS, timeout, error page)
+LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = LoginState.UNKNOWN, LoginState.LOGGED_IN, LoginState.NEEDS_LOGIN
+SIGNIN_REFUSED = LoginState.SIGNIN_REFUSED  # Google's sign-in took this browser for automation
 
 
 class SessionRejected(Exception):
     """The browser refused an imported session (a cookie it will not set, an origin it cannot open)."""
+
+
+class SessionUntested(Exception):
+    """An imported session could not be tried (AI Studio did not load): nothing was replaced; try again later."""
 
 
 class PageUnreachable(PlaywrightError):
@@ -155,6 +159,11 @@ def client_hints_override(user_agent: str, version: str, accept_languages: str) 
     }
 
 
+def is_regions_url(url: str) -> bool:
+    """ai.google.dev/.../available-regions: where AI Studio sends an address outside its regions."""
+    return "available-regions" in urlsplit(url).path
+
+
 def is_signin_url(url: str) -> bool:
     """Google's sign-in lives on accounts.google.com, or under /ServiceLogin or /signin paths."""
     parts = urlsplit(url)
@@ -171,6 +180,8 @@ class BrowserHost:
         self.selectors: SelectorBook = load_selectors(settings.selectors_override_path)
         self.browser_state = "starting"
         self.login_state = LOGIN_UNKNOWN
+        # Whether AI Studio loads at all (network error, proxy, DNS, timeout, error page): apart from the login.
+        self.reach = Reach.UNKNOWN
         self.ready = False
         self.restarts = 0
         self.sandbox = False  # Chromium's own sandbox, decided at start (choose_sandbox)
@@ -193,6 +204,9 @@ class BrowserHost:
         self.login_checked_at: datetime | None = None  # the last load of AI Studio that told the login state
         self._proxy: BrowserProxy | None = None
         self._page_error: str | None = None
+        self._landing_task: asyncio.Task | None = None
+        self._saved_fingerprint: frozenset = frozenset()  # the login cookies as last written to the volume
+        self._watch_task: asyncio.Task | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -209,7 +223,7 @@ class BrowserHost:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._restart_task, self._reset_task, self._refusal_task):
+        for task in (self._restart_task, self._reset_task, self._refusal_task, self._landing_task):
             if task:
                 task.cancel()
         if self._context is not None and self.browser_state == "up":
@@ -248,26 +262,34 @@ class BrowserHost:
         return self._proxy.launch_option() if self._proxy is not None else None
 
     async def _open_context(self, state: dict[str, Any]) -> None:
-        context = await self._browser.new_context(
+        self._context = await self._new_context(state)
+        self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
+        self.session_expires_at = auth_cookies_expire_at(state)
+        self._saved_fingerprint = login_fingerprint(state.get("cookies", []))
+        await self._new_page()
+
+    async def _new_context(self, state: dict[str, Any]) -> BrowserContext:
+        # No script hides navigator.webdriver: --disable-blink-features=AutomationControlled makes it a native
+        # false, as in desktop Chrome, where a patched getter would itself be a tell.
+        return await self._browser.new_context(
             viewport={"width": self.settings.viewport_width, "height": self.settings.viewport_height},
             screen={"width": self.settings.screen_width, "height": self.settings.screen_height},
             storage_state=state,
             user_agent=self._user_agent,
         )
-        # Only a state the browser accepted becomes this host's login (a refused import changes nothing).
-        self._context = context
-        self.login_state = NEEDS_LOGIN if auth_cookies_expired(state) else LOGIN_UNKNOWN
-        self.session_expires_at = auth_cookies_expire_at(state)
-        # No script hides navigator.webdriver: --disable-blink-features=AutomationControlled makes it a native
-        # false, as in desktop Chrome, where a patched getter would itself be a tell.
-        await self._new_page()
 
     async def _new_page(self) -> None:
-        page = await self._context.new_page()
+        self._wire_page(await self._page_in(self._context))
+
+    async def _page_in(self, context: BrowserContext) -> Page:
+        page = await context.new_page()
         if self.settings.browser_mode == "headless-shell":
-            cdp = await self._context.new_cdp_session(page)
+            cdp = await context.new_cdp_session(page)
             await cdp.send("Emulation.setUserAgentOverride", client_hints_override(
                 self._user_agent, self._browser.version, self.settings.accept_languages))
+        return page
+
+    def _wire_page(self, page: Page) -> None:
         page.on("framenavigated", self._on_navigated)
         page.on("crash", lambda _page: asyncio.get_running_loop().create_task(self._replace_crashed_page()))
         self._set_page(page)
@@ -322,7 +344,7 @@ class BrowserHost:
 
     async def load_home(self) -> None:
         """Open the new-chat page, retrying a few times; records login state from where it lands, or
-        `unreachable` with the browser's error (raised as PageUnreachable) when it never loads."""
+        reach `unreachable` with the browser's error (raised as PageUnreachable) when it never loads."""
         problem = "not loaded"
         for attempt in range(1, self.settings.page_load_attempts + 1):
             response, error = None, None
@@ -338,10 +360,9 @@ class BrowserHost:
                 error = exc
             problem = load_problem(error, response, self.page.url)
             if problem is None:
-                self.ready = True
-                self._reachable()
-                self._update_login_state(self.page.url)
+                await self.read_landing()
                 self.login_checked_at = datetime.now(UTC)
+                self.ready = True  # only now: an import may not land while the first landing is being read
                 return
             log.warning("loading %s failed (attempt %d): %s", self.settings.new_chat_url, attempt, problem)
         self.ready = True  # the browser is up even if AI Studio is not reachable; /status says why
@@ -351,24 +372,92 @@ class BrowserHost:
     @property
     def page_error(self) -> str | None:
         """The browser's error while AI Studio cannot be reached, else None."""
-        return self._page_error if self.login_state == UNREACHABLE else None
+        return self._page_error if self.reach in OUT_OF_REACH else None
 
     def _unreachable(self, problem: str) -> None:
-        if self.login_state != UNREACHABLE:
-            log.warning("AI Studio unreachable: %s (login state %s -> %s)", problem, self.login_state, UNREACHABLE)
-        self.login_state, self._page_error = UNREACHABLE, problem
+        if self.reach != Reach.UNREACHABLE:
+            log.warning("AI Studio unreachable: %s (login state stays %s)", problem, self.login_state)
+        self.reach, self._page_error = Reach.UNREACHABLE, problem
 
     def _reachable(self) -> None:
-        """A load worked: from `unreachable` back to what the landing page says (unknown until then)."""
-        if self.login_state == UNREACHABLE:
+        """A load worked: the landing page then says the login state."""
+        if self.reach in OUT_OF_REACH:
             log.info("AI Studio reachable again")
-            self.login_state = LOGIN_UNKNOWN
-        self._page_error = None
+        self.reach, self._page_error = Reach.REACHABLE, None
+
+    def region_blocked(self, url: str) -> None:
+        """AI Studio sent the page to its "available regions" page: the address this browser comes from (its
+        proxy's exit) is outside Google's regions. Out of the pool until a later load works."""
+        if self.reach != Reach.REGION_BLOCKED:
+            log.warning("AI Studio is not served to this browser's address (%s)", url)
+        self.reach = Reach.REGION_BLOCKED
+        self._page_error = f"AI Studio sent the page to {url}: not served where this browser's address is"
+
+    def signed_out(self, why: str) -> None:
+        if self.login_state != NEEDS_LOGIN:
+            log.warning("signed out: %s (login state %s -> %s)", why, self.login_state, NEEDS_LOGIN)
+        self.login_state = NEEDS_LOGIN
+
+    async def read_landing(self) -> None:
+        """What a loaded page says: the region page, Google's sign-in (by its URL), or AI Studio, signed in only
+        when its prompt box shows and no bare "Sign in" link does (the real page may open signed out without
+        redirecting)."""
+        page = self.page
+        url = page.url
+        if is_regions_url(url):
+            self.region_blocked(url)
+            return
+        self._reachable()
+        if not self._is_aistudio_page(url):
+            self._update_login_state(url)
+            return
+        only_link = await self.shows_signin_link(page)
+        if page is not self._page:
+            return  # an import replaced the page meanwhile: its own check said what it shows
+        if only_link:
+            self.signed_out("AI Studio shows only a sign-in link")
+        else:
+            self._update_login_state(url)
+
+    async def shows_signin_link(self, page: Page) -> bool:
+        """Waits (up to the element timeout) for the prompt box or the sign-in link; True when only the link shows."""
+        prompt, link = self.selectors.css_union("prompt_textarea"), self.selectors.css_union("signin_link")
+        if not link:
+            return False
+        try:
+            await page.locator(f"{prompt}, {link}" if prompt else link).first.wait_for(
+                state="attached", timeout=self.settings.element_timeout_s * 1000)
+            return await page.locator(link).count() > 0 and (not prompt or await page.locator(prompt).count() == 0)
+        except PlaywrightError:
+            return False  # neither showed in time, or the page navigated: the URL's word stands
+
+    def _on_aistudio(self, url: str) -> bool:
+        return urlsplit(url).netloc == urlsplit(self.settings.aistudio_url).netloc
+
+    def _is_aistudio_page(self, url: str) -> bool:
+        """AI Studio's own page (not Google's sign-in, which may share its host, as in the simulator)."""
+        return self._on_aistudio(url) and not is_signin_url(url)
 
     def _on_navigated(self, frame) -> None:
-        if frame.parent_frame is None:
-            self._update_login_state(frame.url)
+        if frame.parent_frame is None and frame.page is self._page:  # a replaced page's last moves say nothing
+            if self._is_aistudio_page(frame.url) and self.login_state != LOGGED_IN:
+                self._landing_check_soon()  # signed in only once the page shows it (not by its URL alone)
+            else:
+                self._update_login_state(frame.url)
             self._watch_for_refusal(frame.url)
+
+    def _landing_check_soon(self) -> None:
+        """The newest navigation's check; one still waiting on an older page is dropped."""
+        if self._landing_task is not None and not self._landing_task.done():
+            self._landing_task.cancel()
+        self._landing_task = asyncio.get_running_loop().create_task(self._landing_check())
+
+    async def _landing_check(self) -> None:
+        await asyncio.sleep(0)  # after the navigation's own handlers
+        try:
+            await self.read_landing()
+        except PlaywrightError as exc:
+            log.debug("landing check skipped: %s", exc)
 
     def _update_login_state(self, url: str) -> None:
         if not url.startswith("http"):
@@ -436,43 +525,97 @@ class BrowserHost:
                 log.warning("could not read storage state: %s", exc)
                 return
             await asyncio.to_thread(self.store.save, state)
+            self._saved_fingerprint = login_fingerprint(state.get("cookies", []))
             self.session_expires_at = auth_cookies_expire_at(state)
             log.info("session saved (%d cookies)", len(state.get("cookies", [])))
+
+    async def watch_login_cookies(self) -> None:
+        """Google renews its sign-in cookies while a page is open, and a stale copy may be refused: a changed
+        login cookie is written to the volume within one interval (a SIGKILL then loses at most that)."""
+        while not self._closing:
+            await asyncio.sleep(self.settings.session_watch_interval_s)
+            if self.browser_state != "up" or self._context is None or self.login_state != LOGGED_IN:
+                continue  # a signed-out jar is not a login worth writing over the stored one
+            try:
+                cookies = await self._context.cookies()
+            except PlaywrightError:
+                continue  # the context is being replaced (an import, a restart)
+            if login_fingerprint(cookies) != self._saved_fingerprint:
+                log.info("a login cookie was renewed; saving the session")
+                await self.save_session()
 
     async def export_session(self) -> dict[str, Any]:
         return await self._context.storage_state()
 
     async def replace_session(self, state: dict[str, Any]) -> None:
-        """Imported login: opened in a new context first; only once the browser accepted it does it replace the
-        old context and the stored file. SessionRejected leaves both as they were."""
-        old = self._context
+        """An imported login, tried first in a context of its own: it replaces the working one only once AI Studio
+        loads signed in there. The login it replaces is kept on the volume (`restore_previous` brings it back).
+        SessionRejected, SessionUntested and OSError leave the old login, its page and its file as they were."""
+        trial, page = await self._trial(state)
         try:
-            await self._open_context(state)
+            if self.login_state == LOGGED_IN:
+                await self.save_session()  # the login kept as the previous one is its newest renewal
+            fresh = await trial.storage_state()  # the page load may have renewed a cookie: keep the newest
+            await asyncio.to_thread(self.store.save, fresh, keep_previous=True)
+        except BaseException:
+            await _close_quietly(trial)
+            raise
+        old = self._context
+        self._context = trial
+        self._wire_page(page)
+        self.session_expires_at = auth_cookies_expire_at(fresh)
+        self._saved_fingerprint = login_fingerprint(fresh.get("cookies", []))
+        self.login_state, self.reach, self._page_error = LOGGED_IN, Reach.REACHABLE, None
+        self.login_checked_at = datetime.now(UTC)
+        await _close_quietly(old)
+
+    async def restore_previous(self) -> None:
+        """The login an import replaced, back (tried like any import); the one it replaces becomes the previous."""
+        previous = await asyncio.to_thread(self.store.load_previous)
+        if previous is None:
+            raise SessionRejected("there is no previous login on this instance's volume")
+        await self.replace_session(previous)
+
+    async def _trial(self, state: dict[str, Any]) -> tuple[BrowserContext, Page]:
+        """A context with `state`, on AI Studio's new-chat page, signed in; else it is closed and the reason raised."""
+        try:
+            trial = await self._new_context(state)
         except PlaywrightError as exc:
             if self.browser_state != "up" or not self._browser.is_connected():
                 raise  # the browser itself went away: not the import's fault
             raise SessionRejected(await self._rejection_reason(state, exc)) from None
         try:
-            await asyncio.to_thread(self.store.save, state)
-        except OSError:
-            await self._back_to_stored(old)  # a full or read-only volume: the login that stays is the stored one
+            page = await self._page_in(trial)
+            verdict = await self._try_home(page)
+        except BaseException:
+            await _close_quietly(trial)
             raise
-        try:
-            await old.close()
-        except PlaywrightError:
-            pass
-        await self.load_home()
+        if verdict is not None:
+            await _close_quietly(trial)
+            raise verdict
+        return trial, page
 
-    async def _back_to_stored(self, old: BrowserContext) -> None:
-        """After an import the volume could not keep: the browser reopens the stored login, as a restart would."""
-        unstored = self._context
-        await self._open_context(await asyncio.to_thread(self.store.load))
-        for context in (unstored, old):
-            try:
-                await context.close()
-            except PlaywrightError:
-                pass
-        await self.load_home()
+    async def _try_home(self, page: Page) -> Exception | None:
+        """None when AI Studio loads signed in on `page`; else why not (rejected) or that it could not tell."""
+        try:
+            response = await page.goto(self.settings.new_chat_url, wait_until="domcontentloaded",
+                                       timeout=self.settings.page_load_timeout_s * 1000)
+            problem = load_problem(None, response, page.url)
+        except PlaywrightError as exc:
+            if self.browser_state != "up":
+                raise
+            problem = load_problem(exc, None, page.url)
+        if problem is not None:
+            return SessionUntested(f"AI Studio did not load, so the session could not be tried: {problem}")
+        if is_regions_url(page.url):
+            return SessionUntested(f"AI Studio is not served where this browser's address is ({page.url})")
+        if is_signin_url(page.url):
+            return SessionRejected("the session is not signed in: AI Studio sent the page to Google's sign-in")
+        if not self._on_aistudio(page.url):
+            return SessionRejected(f"the session is not signed in: AI Studio sent the page to {page.url}")
+        if await self.shows_signin_link(page):
+            return SessionRejected("the session is not signed in: AI Studio shows only a sign-in link")
+        return None
 
     async def _rejection_reason(self, state: dict[str, Any], exc: PlaywrightError) -> str:
         """The browser's words, and which cookie it refused (tried one at a time in a throwaway context)."""
@@ -492,3 +635,12 @@ class BrowserHost:
     def reload_selectors(self) -> SelectorBook:
         self.selectors = load_selectors(self.settings.selectors_override_path)
         return self.selectors
+
+
+async def _close_quietly(context: BrowserContext | None) -> None:
+    if context is None:
+        return
+    try:
+        await context.close()
+    except PlaywrightError:
+        pass

@@ -20,14 +20,14 @@ from playwright.async_api import Locator, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from instance import page_scripts
-from instance.browser import BrowserHost, is_signin_url
+from instance.browser import BrowserHost, is_regions_url, is_signin_url
 from instance.errors import ErrorCode, GenerationError, UIChanged
 from instance.images import ReferenceImage, reference_files, to_png
 from instance.selectors import SelectorBook
 from instance.settings import InstanceSettings
 
 try:
-    from instance.catalogue import load as load_catalogue
+    from fleet_contract.catalogue import load as load_catalogue
 except ImportError:  # without the model catalogue the request's model id is the page's
     load_catalogue = None
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 RATIO, SIZE = ("aspect_ratio_select", "aspect_ratio_option"), ("image_size_select", "image_size_option")
 RUN_CONFIRM_S = 1.5  # how long a Run click may take to show the run as started
-REGIONS_PATH_PART = "available-regions"  # ai.google.dev/.../available-regions: outside the served regions
 _NEW_CHAT_PATH = re.compile(r"^(?:/app)?(?:/u/\d+)?/prompts/(new_chat|new_image)$")
 
 # The in-page scripts, from instance/scripts/*.js (what each does is written at the top of its file).
@@ -248,9 +247,18 @@ class Driver:
         if is_signin_url(url):
             message = "signed out during the task" if submitted else "the Google session is signed out"
             raise GenerationError(ErrorCode.NEEDS_LOGIN, message, retry_safe=not submitted)
-        if REGIONS_PATH_PART in urlsplit(url).path:
+        if is_regions_url(url):
+            self.host.region_blocked(url)
             message = f"AI Studio sent the page to {url}: not served in this region"
             raise GenerationError(ErrorCode.REGION_BLOCKED, message, retry_safe=True)
+
+    async def _raise_if_signed_out(self, page: Page) -> None:
+        """A role missing because AI Studio shows only its "Sign in" link is a sign-out, not a changed page."""
+        link = self.book.css_union("signin_link")
+        if link and await page.locator(link).count():
+            self.host.signed_out("AI Studio shows only a sign-in link")
+            message = "signed out during the task" if self._submitted else "the Google session is signed out"
+            raise GenerationError(ErrorCode.NEEDS_LOGIN, message, retry_safe=not self._submitted)
 
     def _raise_for_load_messages(self, messages: list[str]) -> None:
         """What a freshly loaded page says about the account before anything is sent."""
@@ -278,6 +286,7 @@ class Driver:
             await page.locator(self.book.css_union(role)).first.wait_for(state=state, timeout=timeout_ms)
         except PlaywrightTimeout:
             self._raise_for_url(page.url)
+            await self._raise_if_signed_out(page)
             raise UIChanged(role, retry_safe=not self._submitted) from None
         for selector in candidates:
             loc = page.locator(selector).first

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from fleet_contract.codes import ErrorCode
+from fleet_contract.messages import TaskError
 
-
-class ErrorCode(StrEnum):
-    NEEDS_LOGIN = "needs_login"
-    QUOTA_EXHAUSTED = "quota_exhausted"
-    RATE_LIMITED = "rate_limited"
-    BLOCKED = "blocked"
-    INTERNAL_ERROR = "internal_error"
-    UI_CHANGED = "ui_changed"
-    TIMEOUT = "timeout"
-    BAD_INPUT = "bad_input"
-    REGION_BLOCKED = "region_blocked"  # the account or its address is outside the served regions
-    MODEL_UNAVAILABLE = "model_unavailable"  # the page says this account may not use the requested model
+__all__ = ["BadInput", "ErrorCode", "GenerationError", "UIChanged"]
 
 
 class GenerationError(Exception):
@@ -31,11 +21,8 @@ class GenerationError(Exception):
         self.role = role
         self.text = text  # what the model said, when it said something (blocked prompts)
 
-    def to_dict(self) -> dict:
-        body = {"code": str(self.code), "message": self.message, "retry_safe": self.retry_safe}
-        if self.role:
-            body["role"] = self.role
-        return body
+    def to_message(self) -> TaskError:
+        return TaskError(code=self.code, message=self.message, retry_safe=self.retry_safe, role=self.role)
 
 
 class UIChanged(GenerationError):

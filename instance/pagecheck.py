@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 
+from fleet_contract import selectors as selectors_contract
 from instance import page_scripts
 from instance.browser import BrowserHost
 from instance.selectors import SelectorBook, load_packaged
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 EXPECTED_ON_IDLE_PAGE = ("prompt_textarea", "run_button", "run_settings_toggle", "add_media_button")
 # Where the page names its model (AISTUDIO.md); a `model_name` role in selectors.json takes precedence.
 MODEL_NAME_SELECTORS = ('[data-test-id="model-name"]', ".model-selector-trigger .title")
-OVERRIDE_KEYS = ("version", "roles", "texts")
 # Elements looked at per candidate when deciding whether any of them is visible.
 VISIBILITY_SAMPLE = 20
 
@@ -153,6 +153,21 @@ def _first_line(exc: BaseException) -> str:
 # ---- the override --------------------------------------------------------------------------------
 
 
+# The instance's own words for the contract's problem codes (the gateway words them in the operator's language).
+_OVERRIDE_MESSAGES = {
+    "selectors_not_object": 'the override must be a JSON object shaped like selectors.json: {{"roles": {{...}}}}',
+    "selectors_unknown_key": "unknown key(s) {keys}: an override has 'roles', 'texts' and 'version' "
+    "(role names go under 'roles')",
+    "selectors_version_invalid": "'version' must be a non-empty string",
+    "selectors_section_invalid": "'{section}' must be an object mapping names to lists of strings",
+    "selectors_unknown_role": "unknown role {name!r}; known roles: {known}",
+    "selectors_unknown_text": "unknown text {name!r}; known texts: {known}",
+    "selectors_empty_list": "{entry} must be a non-empty list of strings",
+    "selectors_empty_string": "{entry} must be a non-empty string",
+    "selectors_nothing": "the override changes nothing: give at least one role under 'roles' (DELETE removes it)",
+}
+
+
 def parse_override(raw: bytes) -> dict[str, Any]:
     """The request body as an override document, checked against the roles the packaged file knows now."""
     try:
@@ -163,36 +178,11 @@ def parse_override(raw: bytes) -> dict[str, Any]:
 
 
 def check_override(document: Any, packaged: SelectorBook) -> dict[str, Any]:
-    """Same shape as selectors.json: known roles (and texts) only, each a non-empty list of non-empty strings."""
-    if not isinstance(document, dict):
-        raise OverrideInvalid('the override must be a JSON object shaped like selectors.json: {"roles": {...}}')
-    unknown = sorted(set(document) - set(OVERRIDE_KEYS))
-    if unknown:
-        raise OverrideInvalid(
-            f"unknown key(s) {', '.join(map(repr, unknown))}: an override has 'roles', 'texts' and 'version' "
-            "(role names go under 'roles')"
-        )
-    version = document.get("version")
-    if version is not None and not (isinstance(version, str) and version.strip()):
-        raise OverrideInvalid("'version' must be a non-empty string")
-    for section, known in (("roles", packaged.roles), ("texts", packaged.texts)):
-        _check_section(section, document.get(section, {}), known)
-    if not document.get("roles") and not document.get("texts"):
-        raise OverrideInvalid("the override changes nothing: give at least one role under 'roles' (DELETE removes it)")
+    """The contract's shape check against the packaged roles and texts, worded here."""
+    problem = selectors_contract.check_override(document, {"roles": packaged.roles, "texts": packaged.texts})
+    if problem is not None:
+        raise OverrideInvalid(_OVERRIDE_MESSAGES[problem.code].format(**problem.params))
     return document
-
-
-def _check_section(section: str, entries: Any, known: dict[str, Any]) -> None:
-    if not isinstance(entries, dict):
-        raise OverrideInvalid(f"'{section}' must be an object mapping names to lists of strings")
-    for name, values in entries.items():
-        if name not in known:
-            raise OverrideInvalid(f"unknown {section[:-1]} {name!r}; known {section}: {', '.join(sorted(known))}")
-        if not isinstance(values, list) or not values:
-            raise OverrideInvalid(f"{section}.{name} must be a non-empty list of strings")
-        for index, value in enumerate(values):
-            if not isinstance(value, str) or not value.strip():
-                raise OverrideInvalid(f"{section}.{name}[{index}] must be a non-empty string")
 
 
 async def check_syntax(host: BrowserHost, document: dict[str, Any], timeout_s: float) -> None:

@@ -14,11 +14,11 @@ import logging
 import struct
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+from fleet_contract import proxy as proxy_grammar
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("http", "https", "socks5", "socks5h")
 RELAY_CONNECT_TIMEOUT_S = 30.0
 # Pages on this host (the instance's own, e.g. a bot check on localhost) go direct; naming them here also
 # stops Playwright from adding `<-loopback>`, which would send them to the proxy.
@@ -47,21 +47,15 @@ class ProxyConfig:
 
 
 def parse_proxy(url: str) -> ProxyConfig:
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
+    """INSTANCE_PROXY by the contract's grammar (the gateway checked it with the same rules)."""
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if scheme not in SCHEMES or not parts.hostname or not port:
-        raise ProxyConfigError(f"INSTANCE_PROXY must be {'|'.join(SCHEMES)}://[user:password@]host:port")
-    return ProxyConfig(
-        scheme="socks5" if scheme == "socks5h" else scheme,  # Chromium's socks5 already resolves names remotely
-        host=parts.hostname,
-        port=port,
-        username=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
-    )
+        parsed = proxy_grammar.parse_proxy(url)
+    except proxy_grammar.ProxyURLError:
+        raise ProxyConfigError(
+            f"INSTANCE_PROXY must be {'|'.join(proxy_grammar.SCHEMES)}://[user:password@]host:port"
+        ) from None
+    username, password = parsed.credentials
+    return ProxyConfig(parsed.browser_scheme, parsed.host, parsed.port, username, password)
 
 
 class BrowserProxy:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
+
+from fleet_contract import selectors as selectors_contract
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ def _parse(raw: dict, source: str) -> SelectorBook:
 
 
 def load_packaged() -> SelectorBook:
-    text = resources.files("instance").joinpath("selectors.json").read_text(encoding="utf-8")
-    return _parse(json.loads(text), "package")
+    return _parse(json.loads(selectors_contract.packaged_text()), "package")
 
 
 def load_selectors(override: Path | None) -> SelectorBook:

@@ -18,6 +18,21 @@ log = logging.getLogger(__name__)
 
 # Google's sign-in cookies; a session whose copies of these are all expired is dead (AISTUDIO.md).
 AUTH_COOKIE_NAMES = frozenset({"SID", "HSID", "SSID", "APISID", "SAPISID", "__Secure-1PSID", "__Secure-3PSID"})
+# Renewed while a page is open (__Secure-1PSIDTS about every 10 minutes, the SIDCC family on many requests); a copy
+# older than the browser's newest renewal may be refused, so a change to any of these is saved at once.
+RENEWED_SUFFIXES = ("SIDTS", "SIDCC")
+
+
+def is_login_cookie(name: str) -> bool:
+    return name in AUTH_COOKIE_NAMES or name.endswith(RENEWED_SUFFIXES)
+
+
+def login_fingerprint(cookies: list[dict[str, Any]]) -> frozenset[tuple[str, str, str, str]]:
+    """What of the cookie jar is the login: a change here must reach the volume."""
+    return frozenset(
+        (c.get("domain", ""), c.get("path", "/"), c.get("name", ""), c.get("value", ""))
+        for c in cookies if is_login_cookie(c.get("name", ""))
+    )
 
 _SAME_SITE = {
     "no_restriction": "None",
@@ -128,7 +143,20 @@ class SessionStore:
         except FileNotFoundError:
             return None
 
-    def save(self, state: dict[str, Any]) -> None:
+    @property
+    def previous_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.previous{self.path.suffix}")
+
+    def load_previous(self) -> dict[str, Any] | None:
+        """The login an import replaced, or None when there is none (or it cannot be read)."""
+        try:
+            return normalize_session(json.loads(self.previous_path.read_bytes().decode("utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, SessionFormatError):
+            return None
+
+    def save(self, state: dict[str, Any], *, keep_previous: bool = False) -> None:
+        """Written beside the file, synced, renamed over it, the folder synced: a crash leaves the old file or
+        the new one, whole. `keep_previous`: the file it replaces becomes the previous login first."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".storage_state.", dir=self.path.parent)
         try:
@@ -137,7 +165,19 @@ class SessionStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o600)
+            if keep_previous and self.path.exists():
+                os.replace(self.path, self.previous_path)
             os.replace(tmp, self.path)
+            _sync_folder(self.path.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """The renames themselves reach the disk (a host crash right after a save keeps it)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -65,6 +65,8 @@ class InstanceSettings(BaseSettings):
     settle_s: float = 0.5
     generate_content_url_part: str = "GenerateContent"
 
+    # How often the browser's login cookies are compared with the saved copy (a renewal is saved within this).
+    session_watch_interval_s: float = 2.0
     session_save_every_tasks: int = 10
     session_save_every_s: float = 1800.0
     browser_restart_delay_s: float = 1.0

@@ -74,6 +74,17 @@ class ConsoleController(Controller):
         source, target = await instances.get(data.source_instance_id), await instances.get(instance_id)
         return ActionOut(message=session_copied_message(language, source.name, target.name, result))
 
+    @post(
+        "/session/restore", operation_id="restoreInstanceSession", status_code=200,
+        summary="Back to the login the last import replaced (kept on the instance's volume)",
+    )
+    async def restore_session(
+        self, instance_id: FromPath[str], instances: NamedDependency[InstanceService], language: NamedDependency[str]
+    ) -> ActionOut:
+        result = await instances.restore_session(instance_id)
+        view = await instances.get(instance_id)
+        return ActionOut(message=translate("session_restored", language, name=view.name, login_state=result["login_state"]))
+
     @websocket("/liveview", operation_id="instanceLiveView")
     async def liveview(self, socket: WebSocket[Any, Any, Any], instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> None:
         await socket.accept()

@@ -17,9 +17,11 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.types import ExceptionHandlersMap
 
+from fleet_contract.codes import ErrorCode
 from gateway.api.errors import EXCEPTION_HANDLERS, describe_error, request_language
 from gateway.api.generation import task_message
 from gateway.dispatcher import Dispatcher, GenerationRequest, InputLimits, TaskResult
+from gateway.dispatcher import outcomes
 from gateway.dispatcher.durable import TaskMeta
 from gateway.errors import FleetError
 
@@ -27,18 +29,18 @@ log = logging.getLogger(__name__)
 
 # How a task that ran and failed is answered: its instance error code → HTTP status (anything else: 502).
 FAILURE_STATUS = {
-    "blocked": 400,
-    "bad_input": 400,
-    "quota_exhausted": 429,
-    "rate_limited": 429,
-    "queue_timeout": 503,
-    "no_instance": 503,
-    "model_unavailable": 503,
-    "needs_login": 503,
-    "gateway_shutdown": 503,
-    "abandoned": 503,
-    "client_disconnected": 499,
-    "timeout": 504,
+    ErrorCode.BLOCKED: 400,
+    ErrorCode.BAD_INPUT: 400,
+    ErrorCode.QUOTA_EXHAUSTED: 429,
+    ErrorCode.RATE_LIMITED: 429,
+    outcomes.QUEUE_TIMEOUT: 503,
+    outcomes.NO_INSTANCE: 503,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
+    ErrorCode.NEEDS_LOGIN: 503,
+    outcomes.SHUTDOWN: 503,
+    outcomes.ABANDONED: 503,
+    outcomes.CLIENT_GONE: 499,
+    ErrorCode.TIMEOUT: 504,
 }
 FAILURE_RETRY_AFTER = "30"  # seconds, for a failed task's 429 and 503: another instance may be free by then
 

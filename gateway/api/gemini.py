@@ -15,12 +15,12 @@ import msgspec
 from litestar import Controller, Request, Router, get, post
 from litestar.params import FromPath, JSONBody
 
-from gateway import catalogue
+from fleet_contract import catalogue
 from gateway.api.errors import request_language
 from gateway.api.faces import TaskFailed, exception_handlers, failure, gemini_error, limits_of, mime_of_b64, run_all
 from gateway.api.keys import require_api_key
 from gateway.api.task_options import task_meta
-from gateway.catalogue import ModelSpec
+from fleet_contract.catalogue import ModelSpec
 from gateway.dispatcher import GenerationRequest, TaskResult, form_request, generation_options
 from gateway.dispatcher.inputs import decoded_reference, refuse_control_characters
 from gateway.errors import Invalid, NotFound

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 
-from gateway import catalogue
+from fleet_contract import catalogue
 
 
 class GenerateIn(msgspec.Struct, kw_only=True):

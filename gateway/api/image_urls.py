@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
 from gateway.errors import Forbidden, NotFound
-from gateway.panel.auth import load_secret
+from gateway.signing import load_secret
 from gateway.settings import FaceSettings, ListenerSettings
 
 FILES_PATH = "/v1/images/files"

@@ -33,7 +33,7 @@ from gateway.api.faces import (
     openai_error,
     run_all,
 )
-from gateway.api.openai_images import openai_request
+from gateway.api.openai_requests import openai_request
 from gateway.api.remote_images import fetch_image
 from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult

@@ -8,37 +8,28 @@ before anything is dispatched; errors come in OpenAI's shape.
 
 from __future__ import annotations
 
-import math
-import re
 import time
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Router, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import FromPath, JSONBody
 
-from gateway import catalogue
+from fleet_contract import catalogue
+from fleet_contract.catalogue import ModelSpec
 from gateway.api.errors import request_language
-from gateway.api.faces import exception_handlers, limits_of, openai_error, run_all, succeeded_or_raise
+from gateway.api.faces import run_all, succeeded_or_raise
 from gateway.api.generation_schemas import ImageEditFormIn, documented_body, form_schema
-from gateway.api.image_urls import ImageFilesController, image_url
-from gateway.api.keys import require_api_key
+from gateway.api.image_urls import image_url
+from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.task_options import task_meta
-from gateway.catalogue import ModelSpec
-from gateway.dispatcher import GenerationRequest, form_request, generation_options
-from gateway.dispatcher.inputs import refuse_control_characters
+from gateway.dispatcher import GenerationRequest
 from gateway.errors import BadRequest, Invalid
-from gateway.settings import FaceSettings, InputSettings
+from gateway.settings import FaceSettings
 
-ResponseFormat = Literal["b64_json", "url"]
 RESPONSE_FORMATS = ("b64_json", "url")
-# OpenAI's sizes (DALL·E 2 and 3, gpt-image-1); any other WxH is mapped the same way, to the nearest ratio.
-OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792", "auto")
-_WXH = re.compile(r"^(\d{2,5})x(\d{2,5})$")
-_RATIO = re.compile(r"^(\d{1,2}):(\d{1,2})$")
-_SIZE_STEPS = ((1024, "1K"), (2048, "2K"), (4096, "4K"))  # the longer side up to this → the page's size
 
 
 # Bodies ----------------------------------------------------------------------------------------------
@@ -86,49 +77,6 @@ class ImagesOut(msgspec.Struct, kw_only=True):
 # The mapping of OpenAI's options onto the catalogue ----------------------------------------------------
 
 
-def model_spec(model: Any) -> ModelSpec:
-    """The catalogue's model (an alias resolves to its id); 422 naming the choices for an unknown one."""
-    return generation_options(model, None, None).spec
-
-
-def ratio_and_size(size: Any, spec: ModelSpec) -> tuple[str | None, str | None]:
-    """OpenAI's `size` as (aspect ratio, image size): the model's nearest ratio, and the page's size whose
-    longer side covers the asked one where the model offers sizes; a ratio passes as it is."""
-    if size is None or size == "" or size == "auto":
-        return None, None
-    if not isinstance(size, str):
-        raise Invalid("field_type", field="size", expected="string")
-    text = size.strip().lower()
-    if _RATIO.match(text):
-        return text, None  # checked against the model's ratios by the one check
-    match = _WXH.match(text)
-    if match is None:
-        raise Invalid("size_unknown", value=size[:40], choices=", ".join(OPENAI_SIZES))
-    width, height = int(match.group(1)), int(match.group(2))
-    if width == 0 or height == 0:
-        raise Invalid("size_unknown", value=size[:40], choices=", ".join(OPENAI_SIZES))
-    return nearest_ratio(width / height, spec.aspect_ratios), _page_size(max(width, height), spec)
-
-
-def nearest_ratio(wanted: float, ratios: tuple[str, ...]) -> str:
-    """By distance in log space, so 2:1 is as far from 1:1 as 1:2 is."""
-
-    def distance(ratio: str) -> float:
-        w, h = (int(part) for part in ratio.split(":"))
-        return abs(math.log(wanted) - math.log(w / h))
-
-    return min(ratios, key=distance)
-
-
-def _page_size(longer_side: int, spec: ModelSpec) -> str | None:
-    if not spec.image_sizes:
-        return None
-    for limit, name in _SIZE_STEPS:
-        if longer_side <= limit and name in spec.image_sizes:
-            return name
-    return spec.image_sizes[-1]
-
-
 def response_format(value: Any, settings: FaceSettings) -> str:
     if value is None or value == "":
         return "b64_json"
@@ -143,27 +91,6 @@ def image_count(value: Any, settings: FaceSettings) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= settings.max_images_per_request:
         raise Invalid("n_out_of_range", value=str(value)[:20], limit=settings.max_images_per_request)
     return value
-
-
-def openai_request(
-    request: Request[Any, Any, Any],
-    *,
-    prompt: Any,
-    model: Any,
-    size: Any,
-    images: list[bytes],
-    output_format: Any = None,
-    output_compression: Any = None,
-) -> GenerationRequest:
-    """The one checked request behind an OpenAI call (prompt, model, ratio and size, references, output)."""
-    refuse_control_characters({"prompt": prompt, "model": model, "size": size})
-    spec = model_spec(model)
-    aspect_ratio, image_size = ratio_and_size(size, spec)
-    quality = max(1, output_compression) if isinstance(output_compression, int) and not isinstance(output_compression, bool) else output_compression
-    return form_request(
-        prompt, aspect_ratio, images, limits_of(request), model=spec.id, image_size=image_size,
-        output_format=output_format, output_quality=quality,
-    )
 
 
 async def images_answer(request: Request[Any, Any, Any], generation: GenerationRequest, n: int, fmt: str) -> ImagesOut:
@@ -260,17 +187,3 @@ def _form_int(value: Any, name: str, default: int) -> Any:
         return int(value)
     except (TypeError, ValueError):
         raise Invalid("field_type", field=name, expected="integer") from None
-
-
-def openai_router(settings: InputSettings) -> Router:
-    """OpenAI's image API behind the API keys; the signed image URLs beside it, outside them."""
-    from gateway.api.openai_chat import OpenAIChatController  # noqa: PLC0415 - the chat face builds on this one
-
-    guarded = Router(
-        path="/",
-        route_handlers=[OpenAIImagesController, OpenAIChatController],
-        guards=[require_api_key],
-        request_max_body_size=settings.max_body_bytes,
-        exception_handlers=exception_handlers(openai_error),
-    )
-    return Router(path="/", route_handlers=[guarded, ImageFilesController])

@@ -6,7 +6,7 @@ Every model change ships a migration in `migrations/versions/`.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
+from fleet_contract.codes import OUT_OF_REACH, LoginState, Reach
 from gateway.db.types import UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -54,16 +55,8 @@ class Status(StrEnum):
     ERROR = "error"
 
 
-class LoginState(StrEnum):
-    """What the instance's page says of its Google session; only `logged_in` takes tasks."""
-
-    UNKNOWN = "unknown"
-    LOGGED_IN = "logged_in"
-    NEEDS_LOGIN = "needs_login"
-    # Google's sign-in refused this browser ("This browser or app may not be secure").
-    SIGNIN_REFUSED = "signin_refused"
-    # The page cannot reach AI Studio at all (proxy down, DNS, timeout); `page_error` says why.
-    UNREACHABLE = "unreachable"
+# The login state and whether the page reaches AI Studio are the contract's (the instance reports both).
+UNREACHABLE_SHOWN = "unreachable"  # the old API's login_state for a page that cannot reach AI Studio (derived)
 
 
 class TaskStatus(StrEnum):
@@ -90,8 +83,10 @@ class EventKind(StrEnum):
     ORPHAN_REMOVED = "orphan_removed"
     SESSION_IMPORTED = "session_imported"
     ENGINE_DOWN = "engine_down"
-    # Written by the dispatcher: what a task found wrong with the instance.
-    UNREACHABLE = "unreachable"
+    # Written by the dispatcher: a task's attempt found the instance silent, failing or signed out.
+    ATTEMPT_SUSPECT = "attempt_suspect"
+    # The instance's page stopped or started reaching AI Studio (page_error says why).
+    AISTUDIO_REACH_CHANGED = "aistudio_reach_changed"
     COOLING_DOWN = "cooling_down"
     # Operators' changes and session health.
     PROXY_CHANGED = "proxy_changed"
@@ -116,6 +111,7 @@ class Instance(Base):
         CheckConstraint(_in("target", Target), name="target"),
         CheckConstraint(_in("status", Status), name="status"),
         CheckConstraint(_in("login_state", LoginState), name="login_state"),
+        CheckConstraint(_in("aistudio_reach", Reach), name="aistudio_reach"),
         Index("ix_instances_status_login_state", "status", "login_state"),
     )
 
@@ -124,6 +120,8 @@ class Instance(Base):
     target: Mapped[str] = mapped_column(String(16), default=Target.STOPPED)
     status: Mapped[str] = mapped_column(String(16), default=Status.STOPPED)
     login_state: Mapped[str] = mapped_column(String(16), default=LoginState.UNKNOWN)
+    # Whether the instance's page can load AI Studio at all (proxy down, DNS, timeout): apart from the login.
+    aistudio_reach: Mapped[str] = mapped_column(String(16), default=Reach.UNKNOWN, server_default=Reach.UNKNOWN.value)
     # What the instance itself last said on /status; the lease below is the gateway's own view.
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_task_id: Mapped[uuid.UUID | None]
@@ -149,7 +147,7 @@ class Instance(Base):
     legacy_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     # The browser's own egress proxy (scheme://user:pass@host:port); None means the fleet default.
     proxy_url: Mapped[str | None] = mapped_column(Text, deferred=True)
-    # Why the page cannot reach AI Studio, as the browser said it (login_state `unreachable`).
+    # Why the page cannot reach AI Studio, as the browser said it (aistudio_reach `unreachable`).
     page_error: Mapped[str | None] = mapped_column(Text)
     # Session health, as the instance reports it on /status.
     login_checked_at: Mapped[datetime | None]
@@ -262,14 +260,33 @@ def is_busy(now: datetime) -> ColumnElement[bool]:
     return or_(Instance.busy.is_(True), lease_active(now))
 
 
-def is_available(now: datetime) -> ColumnElement[bool]:
-    """Running, logged in, not busy, not cooling down: the one definition the dispatcher and stats share."""
+def can_take_task(now: Any) -> ColumnElement[bool]:
+    """The one definition of an instance that can take a task once free: running and meant to be, with an
+    address, logged in, its page reaching AI Studio, not cooling down. The lease, the stats and the panel use it."""
     return and_(
         Instance.status == Status.RUNNING,
+        Instance.target == Target.RUNNING,
+        Instance.endpoint.is_not(None),
         Instance.login_state == LoginState.LOGGED_IN,
-        ~is_busy(now),
+        Instance.aistudio_reach.not_in(OUT_OF_REACH),
         ~cooling_down(now),
     )
+
+
+def block_in_force() -> ColumnElement[bool]:
+    """A model block older than the instance's last start is void: a restart (the reconciler stamps
+    `started_at` whenever an instance becomes ready) clears it; a session import deletes it."""
+    return or_(Instance.started_at.is_(None), ModelBlock.created_at >= Instance.started_at)
+
+
+def session_expiring(expires_at: datetime | None, now: datetime, warn_before: float) -> bool:
+    """The Google auth cookies run out within the warning window (or already have)."""
+    return expires_at is not None and expires_at - now <= timedelta(seconds=warn_before)
+
+
+def is_available(now: datetime) -> ColumnElement[bool]:
+    """Can take a task and is free now (the instance's last /status and the gateway's lease both say so)."""
+    return and_(can_take_task(now), ~is_busy(now))
 
 
 def new_event(instance_id: uuid.UUID, name: str, kind: EventKind, message: str) -> InstanceEvent:

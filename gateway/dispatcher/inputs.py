@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway import catalogue
-from gateway.catalogue import ModelSpec
+from fleet_contract import catalogue
+from fleet_contract.catalogue import ModelSpec
+from fleet_contract.messages import GenerateRequest
 from gateway.errors import BadRequest, Invalid, TooLarge
 from gateway.settings import InputSettings
 
@@ -55,17 +56,15 @@ class GenerationRequest:
     output_format: str = "png"  # what the gateway answers with: png (the page's own), jpeg or webp
     output_quality: int | None = None  # jpeg and webp, 1-100; None: the converter's default
 
-    def instance_payload(self, task_id: str) -> dict[str, Any]:
-        payload = {
-            "prompt": self.prompt,
-            "aspect_ratio": self.aspect_ratio,
-            "model": self.model,
-            "reference_images_b64": list(self.references_b64),
-            "task_id": task_id,
-        }
-        if self.image_size is not None:
-            payload["image_size"] = self.image_size
-        return payload
+    def instance_payload(self, task_id: str) -> GenerateRequest:
+        return GenerateRequest(
+            prompt=self.prompt,
+            aspect_ratio=self.aspect_ratio,
+            model=self.model,
+            reference_images_b64=list(self.references_b64),
+            task_id=task_id,
+            image_size=self.image_size,
+        )
 
 
 def parse_json_request(raw: bytes, limits: InputLimits) -> GenerationRequest:

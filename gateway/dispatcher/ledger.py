@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fleet_contract.codes import OUT_OF_REACH
 from gateway.db.models import InstanceEvent, LoginState, Status, Target, TaskStatus
 from gateway.db.outage import Backlog
 from gateway.db.types import utcnow
@@ -264,7 +265,7 @@ class Ledger:
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
         running = and_(I.status == Status.RUNNING, I.target == Target.RUNNING)
-        logged_in = and_(running, I.login_state == LoginState.LOGGED_IN)
+        logged_in = and_(running, I.login_state == LoginState.LOGGED_IN, I.aistudio_reach.not_in(OUT_OF_REACH))
         cooling = and_(logged_in, ~sql.not_cooling(now))
         blocked = sql.model_blocked(model) if model is not None else None
         query = select(

@@ -1,7 +1,7 @@
 """What one attempt on one instance came to, and what the dispatcher does about it: a pure classification.
 
-The instance answers 200 whether its generation worked or not (docs/instance-api.md); the gateway's own
-failures to reach it are exceptions of the instance client. Both become an `Attempt`.
+The instance answers 200 whether its generation worked or not (fleet_contract.messages.GenerateAnswer); the
+gateway's own failures to reach it are exceptions of the instance client. Both become an `Attempt`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 
-from gateway.instance_client import InstanceCallError, InstanceRejected, InstanceUnreachable
+from fleet_contract.codes import ErrorCode
+from fleet_contract.messages import GenerateAnswer
+from gateway.instance_client import InstanceBadAnswer, InstanceCallError, InstanceNoAnswer, InstanceRejected
 
-# Error codes the gateway itself gives a task (the instance's own are in docs/instance-api.md).
-UNREACHABLE = "instance_unreachable"  # refused, reset, container gone, 5xx
+# Error codes the gateway itself gives a task (the instance's own: fleet_contract.codes.ErrorCode).
+UNREACHABLE = "instance_unreachable"  # the gateway could not reach the task's instance: refused, reset, gone, 5xx
 BUSY = "instance_busy"  # the instance was running something else (409)
 TIMEOUT = "timeout"  # no answer within generation_timeout
 BAD_ANSWER = "instance_bad_answer"  # an answer that does not follow the contract
@@ -25,10 +27,10 @@ CLIENT_GONE = "client_disconnected"  # the client left while the task waited
 SHUTDOWN = "gateway_shutdown"
 ABANDONED = "abandoned"  # left queued/running by a gateway that died
 
-QUOTA = "quota_exhausted"
-RATE_LIMITED = "rate_limited"
-NEEDS_LOGIN = "needs_login"
-MODEL_UNAVAILABLE = "model_unavailable"  # the instance's account cannot use the requested model
+QUOTA = ErrorCode.QUOTA_EXHAUSTED
+RATE_LIMITED = ErrorCode.RATE_LIMITED
+NEEDS_LOGIN = ErrorCode.NEEDS_LOGIN
+MODEL_UNAVAILABLE = ErrorCode.MODEL_UNAVAILABLE  # the instance's account cannot use the requested model
 
 
 @dataclass
@@ -54,33 +56,27 @@ class Cooldowns:
     rate_limit: float
 
 
-def from_answer(body: Any, cooldowns: Cooldowns) -> Attempt:
-    """The instance's 200 answer."""
-    if not isinstance(body, dict) or not isinstance(body.get("success"), bool):
-        return Attempt(False, error_code=BAD_ANSWER, error_message="the instance's answer does not follow its contract")
-    timings = body.get("timings") if isinstance(body.get("timings"), dict) else {}
-    text = body.get("text") if isinstance(body.get("text"), str) else None
-    if body["success"]:
-        images = body.get("images_b64")
-        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+def from_answer(answer: GenerateAnswer, cooldowns: Cooldowns) -> Attempt:
+    """The instance's 200 answer, decoded by the instance client (so its types are the contract's)."""
+    if answer.success:
+        if not answer.images_b64:
             return Attempt(False, error_code=BAD_ANSWER, error_message="the instance answered success without images")
-        return Attempt(True, images_b64=images, text=text, timings=timings)
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
-    code = str(error.get("code") or "internal_error")
+        return Attempt(True, images_b64=answer.images_b64, text=answer.text, timings=answer.timings)
+    code = str(answer.error.code) if answer.error and answer.error.code else ErrorCode.INTERNAL_ERROR
     attempt = Attempt(
         False,
-        text=text,
+        text=answer.text,
         error_code=code,
-        error_message=str(error.get("message") or code),
-        retry=error.get("retry_safe") is True,
-        timings=timings,
+        error_message=(answer.error.message if answer.error else None) or code,
+        retry=bool(answer.error and answer.error.retry_safe),
+        timings=answer.timings,
     )
     if code == QUOTA:
         attempt.cooldown = cooldowns.quota
     elif code == RATE_LIMITED:
         attempt.cooldown = cooldowns.rate_limit
-    elif code == NEEDS_LOGIN:
-        attempt.suspect = True  # the probe records the login state the instance reports
+    elif code in (NEEDS_LOGIN, ErrorCode.REGION_BLOCKED):
+        attempt.suspect = True  # the probe records the login state or the region block the instance reports
     elif code == MODEL_UNAVAILABLE:
         # Nothing was generated, so another instance may run it, and the retry is not spent.
         attempt.retry = attempt.model_unavailable = True
@@ -91,7 +87,9 @@ def from_error(exc: InstanceCallError) -> Attempt:
     """The instance could not be reached, or refused the call."""
     if isinstance(exc, InstanceRejected):
         return _rejected(exc)
-    if isinstance(exc, InstanceUnreachable) and _timed_out(exc):
+    if isinstance(exc, InstanceBadAnswer):
+        return Attempt(False, error_code=BAD_ANSWER, error_message=str(exc))
+    if isinstance(exc, InstanceNoAnswer) and _timed_out(exc):
         # It took the prompt and never answered: hung, or AI Studio is slow. Running it again could spend twice.
         return Attempt(False, error_code=TIMEOUT, error_message=str(exc), suspect=True)
     return Attempt(False, error_code=UNREACHABLE, error_message=str(exc), retry=True, suspect=True)
@@ -106,7 +104,7 @@ def _rejected(exc: InstanceRejected) -> Attempt:
     return Attempt(False, error_code=UNREACHABLE, error_message=str(exc), retry=True, suspect=True)
 
 
-def _timed_out(exc: InstanceUnreachable) -> bool:
+def _timed_out(exc: InstanceNoAnswer) -> bool:
     cause = exc.__cause__
     if isinstance(cause, httpx.ConnectTimeout):
         return False  # never got to send anything

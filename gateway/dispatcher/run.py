@@ -423,7 +423,7 @@ def _events_for(lease: Lease, attempt: Attempt) -> list[Any]:
         events.append(new_event(lease.instance_id, lease.name, EventKind.COOLING_DOWN, message[:2000]))
     if attempt.suspect and attempt.error_code != outcomes.NEEDS_LOGIN:
         message = f"a task could not use it ({attempt.error_code}: {attempt.error_message}); asked for a probe"
-        events.append(new_event(lease.instance_id, lease.name, EventKind.UNREACHABLE, message[:2000]))
+        events.append(new_event(lease.instance_id, lease.name, EventKind.ATTEMPT_SUSPECT, message[:2000]))
     return events
 
 

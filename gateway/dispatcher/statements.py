@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Uuid, and_, bindparam, case, func, insert, literal, or_, select, text, update
+from sqlalchemy import Uuid, bindparam, case, func, insert, literal, or_, select, text, update
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
-from gateway.db.models import Instance, InstanceEvent, LoginState, ModelBlock, Status, Target, Task, TaskStatus
+from gateway.db.models import Instance, InstanceEvent, ModelBlock, Task, TaskStatus, block_in_force, can_take_task
 from gateway.db.types import UTCDateTime
 
 NOTIFY_CHANNEL = "aistudio_fleet_pool"
@@ -55,21 +55,9 @@ def not_cooling(now: Any = _NOW) -> ColumnElement[bool]:
 
 
 def serving(now: Any = _NOW) -> ColumnElement[bool]:
-    """Could take a task once free. `busy` (the instance's last word on /status) is left out on purpose: it
-    is stale between probes, and an instance that really is busy answers 409, which sends the task on."""
-    return and_(
-        I.status == Status.RUNNING,
-        I.target == Target.RUNNING,
-        I.login_state == LoginState.LOGGED_IN,
-        I.endpoint.is_not(None),
-        not_cooling(now),
-    )
-
-
-def block_in_force() -> ColumnElement[bool]:
-    """A model block older than the instance's last start is void: a restart (the reconciler stamps
-    `started_at` whenever an instance becomes ready) clears it; a session import deletes it."""
-    return or_(I.started_at.is_(None), B.created_at >= I.started_at)
+    """Could take a task once free: the models' one predicate. `busy` (the instance's last word on /status) is
+    left out on purpose: it is stale between probes, and an instance that really is busy answers 409."""
+    return can_take_task(now)
 
 
 def model_blocked(model: Any = None) -> ColumnElement[bool]:

@@ -212,6 +212,13 @@ class ActionsController(Controller):
         message = said(request, key, name=view.name, cookies=result.get("cookies", "?"), login_state=result.get("login_state", "unknown"))
         return flash(request, message)
 
+    @post("/instances/{instance_id:str}/session/restore", name="panel:session-restore")
+    async def restore_session(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
+        result = await instances.restore_session(instance_id)
+        view = await instances.get(instance_id)
+        watcher.poke()
+        return flash(request, said(request, "session_restored", name=view.name, login_state=result["login_state"]))
+
     @post("/instances/{instance_id:str}/session/copy", name="panel:session-copy")
     async def copy_session(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         form = await request.form()

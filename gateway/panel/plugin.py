@@ -14,7 +14,8 @@ from litestar.plugins import InitPluginProtocol
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from gateway.panel.auth import API_PREFIXES, AdminAccessMiddleware, AdminAuth, load_secret
+from gateway.panel.auth import API_PREFIXES, AdminAccessMiddleware, AdminAuth
+from gateway.signing import load_secret
 from gateway.panel.controllers import PANEL_CONTROLLERS, PANEL_EXCEPTION_HANDLERS
 from gateway.panel.live import PoolWatcher
 from gateway.panel.rendering import create_engine

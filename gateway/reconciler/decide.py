@@ -42,7 +42,8 @@ class InstanceRow:
     signed_in_since: datetime | None = None
     session_saved_at: datetime | None = None
     session_expires_at: datetime | None = None
-    page_error: str | None = None  # why the page cannot reach AI Studio (login_state unreachable)
+    page_error: str | None = None  # why the page cannot reach AI Studio (aistudio_reach unreachable)
+    aistudio_reach: str = "unknown"
 
 
 def decide(row: InstanceRow, state: RuntimeState | None, now: datetime, max_restarts: int) -> Action:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fleet_contract.codes import OUT_OF_REACH, Reach
+from fleet_contract.environment import InstanceEnvironment
+from fleet_contract.messages import LoginCheck
 from gateway.db.models import EventKind, Instance, LoginState, Status, Target, new_event
 from gateway.db.outage import Backlog, DatabaseUnreachable, database_unreachable
 from gateway.db.types import utcnow
@@ -31,10 +33,11 @@ from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeSt
 from gateway.runtime.health import EngineHealth
 from gateway.instance_client import (
     InstanceAddress,
+    InstanceBadAnswer,
     InstanceClient,
+    InstanceNoAnswer,
     InstanceRejected,
     InstanceStatus,
-    InstanceUnreachable,
 )
 from gateway.settings import InstanceSettings, ReconcileSettings, SessionSettings
 
@@ -103,6 +106,8 @@ class Reconciler:
         self._login_checks: dict[uuid.UUID, float] = {}  # when each instance's login was last checked (monotonic)
         self._checking: set[asyncio.Task[None]] = set()  # login checks: beside, not instead of, starts and stops
         self._suspects: set[uuid.UUID] = set()
+        # Instances whose stored session met a passing failure (busy, 5xx, no answer): tried again each pass.
+        self._undelivered: set[uuid.UUID] = set()
         # Running instances this reconciler started or has seen healthy; any other running one is adopted.
         self._known_running: set[uuid.UUID] = set()
         self._start_slots = asyncio.Semaphore(settings.start_concurrency)
@@ -231,6 +236,7 @@ class Reconciler:
             outcomes = await asyncio.gather(*probes)
             report.probed = len(outcomes)
             await self._apply_probes(outcomes)
+            await self._retry_deliveries([o.row for o in outcomes if o.crashed is None])
         report.duration = time.perf_counter() - began
         return report
 
@@ -252,6 +258,7 @@ class Reconciler:
             Instance.session_saved_at,
             Instance.session_expires_at,
             Instance.page_error,
+            Instance.aistudio_reach,
         )
         async with self._sessions() as session:
             return [InstanceRow(*row) for row in (await session.execute(query)).all()]
@@ -360,15 +367,15 @@ class Reconciler:
         await self._became_ready(row, status, reason)
 
     def _spec(self, row: InstanceRow, token: str, proxy_url: str | None = None) -> InstanceSpec:
-        env = {"INSTANCE_API_TOKEN": token, "INSTANCE_AISTUDIO_URL": self._instance_settings.aistudio_url}
-        if self._instance_settings.signin_url:
-            env["INSTANCE_SIGNIN_URL"] = self._instance_settings.signin_url
-        if self._instance_settings.browser_mode:
-            env["INSTANCE_BROWSER_MODE"] = self._instance_settings.browser_mode
-        # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
-        if proxy := proxy_url or self._instance_settings.default_proxy_url:
-            env["INSTANCE_PROXY"] = proxy
-        return InstanceSpec(instance_id=str(row.id), name=row.name, token=token, env=env)
+        environment = InstanceEnvironment(
+            api_token=token,
+            aistudio_url=self._instance_settings.aistudio_url,
+            signin_url=self._instance_settings.signin_url or None,
+            browser_mode=self._instance_settings.browser_mode or None,
+            # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
+            proxy=proxy_url or self._instance_settings.default_proxy_url,
+        )
+        return InstanceSpec.of(str(row.id), row.name, environment)
 
     async def _proxy_of(self, instance_id: uuid.UUID) -> str | None:
         """Read at each start (not with every pass's rows): a change applies from the next start."""
@@ -398,7 +405,7 @@ class Reconciler:
                     if exc.status_code == 401:
                         raise StartFailed("the instance rejected the gateway's token") from exc
                     last_problem = str(exc)
-                except (InstanceUnreachable, msgspec.DecodeError) as exc:
+                except (InstanceNoAnswer, InstanceBadAnswer) as exc:
                     last_problem = str(exc)
             # An instance that answers runs; silence may mean it exited: ask the engine, at most once a second
             # (it serves every start at once, and this loop probes every START_PROBE_PAUSE_MAX).
@@ -429,18 +436,25 @@ class Reconciler:
             "started_at": utcnow(),
             "last_error": None,
             "next_restart_at": None,
-            "page_error": status.page_error if status.login_state == LoginState.UNREACHABLE else None,
+            "aistudio_reach": status.reach,
+            "page_error": status.page_error,
         }
         health, warnings = health_changes(row, status, values["login_state"], utcnow(), self._session_settings.session_warn_before)
         values.update(health)  # the session's age and freshness from the first answer, not the next probe's
         kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
-        said = f"{how}; login state {status.login_state}" + (f": {values['page_error']}" if values["page_error"] else "")
+        said = f"{how}; login state {status.login_state}" + (f"; AI Studio unreachable: {status.page_error}" if status.page_error else "")
         if await self._write(row.id, row.name, values, (kind, said), *warnings):
             self._known_running.add(row.id)
             self._probe_failures.pop(row.id, None)
             await self._deliver_pending_session(row)
             if self._on_ready is not None:
                 await self._on_ready(row.id)
+
+    async def _retry_deliveries(self, answering: list[InstanceRow]) -> None:
+        """Stored sessions a passing failure kept from their instance, tried again while it answers."""
+        for row in answering:
+            if row.id in self._undelivered and row.id not in self._actions:
+                await self._deliver_pending_session(row)
 
     async def _deliver_pending_session(self, row: InstanceRow) -> None:
         """A stored session (legacy file, migration, import into a stopped instance) waits in the row until the
@@ -449,18 +463,27 @@ class Reconciler:
             pending = await session.scalar(select(Instance.pending_session).where(Instance.id == row.id))
             address = (await session.execute(select(Instance.endpoint, Instance.token).where(Instance.id == row.id))).first()
         if not pending or address is None or not address.endpoint:
+            self._undelivered.discard(row.id)
             return
         try:
             result = await self._client.put_session(InstanceAddress(address.endpoint, address.token), pending.encode())
-        except InstanceUnreachable as exc:
-            log.warning("legacy session for %s not delivered yet: %s", row.name, exc)
+        except (InstanceNoAnswer, InstanceBadAnswer) as exc:
+            self._undelivered.add(row.id)
+            log.warning("stored session for %s not delivered yet: %s", row.name, exc)
             return
         except InstanceRejected as exc:
-            # The instance cannot read it: it never will, so it is dropped with the reason.
+            if exc.status_code not in DEFINITE_REFUSALS:
+                # Busy, a starting browser, a full volume, AI Studio not loading: the next pass tries again.
+                self._undelivered.add(row.id)
+                log.warning("stored session for %s not delivered yet: %s", row.name, exc)
+                return
+            self._undelivered.discard(row.id)
+            # The instance cannot read it, or it does not sign AI Studio in: it never will, so it is dropped.
             await self._write(row.id, row.name, {"pending_session": None}, (EventKind.SESSION_IMPORTED, f"stored session rejected: {exc}"))
             return
-        values = {"pending_session": None, "login_state": _login_state(str(result.get("login_state", "unknown")))}
-        message = f"stored session imported: {result.get('cookies', '?')} cookies"
+        self._undelivered.discard(row.id)
+        values = {"pending_session": None, "login_state": _login_state(result.login_state)}
+        message = f"stored session imported: {result.cookies} cookies"
         await self._write(row.id, row.name, values, (EventKind.SESSION_IMPORTED, message))
 
     # Failure and restart -------------------------------------------------------------------------
@@ -541,7 +564,7 @@ class Reconciler:
         try:
             async with self._probe_slots:
                 status = await self._client.status(InstanceAddress(endpoint, row.token), timeout=self._settings.probe_timeout)
-        except (InstanceUnreachable, InstanceRejected, msgspec.DecodeError) as exc:
+        except (InstanceNoAnswer, InstanceRejected, InstanceBadAnswer) as exc:
             failures = self._probe_failures.get(row.id, 0) + 1
             self._probe_failures[row.id] = failures
             rejected_token = isinstance(exc, InstanceRejected) and exc.status_code == 401
@@ -559,9 +582,11 @@ class Reconciler:
         login_state = _login_state(status.login_state)
         if status.ready and login_state != row.login_state:
             outcome.values["login_state"] = login_state
-            outcome.events.append((EventKind.LOGIN_STATE_CHANGED, _login_change(row.login_state, login_state, status)))
+            outcome.events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state}"))
         if status.ready:
-            outcome.values.update(_page_error_values(row, status, login_state))
+            reach_values, reach_events = reach_changes(row, status)
+            outcome.values.update(reach_values)
+            outcome.events.extend(reach_events)
             values, events = health_changes(row, status, login_state, now, self._session_settings.session_warn_before)
             outcome.values.update(values)
             outcome.events.extend(events)
@@ -599,11 +624,14 @@ class Reconciler:
             if exc.status_code != 409:  # 409: a task got there first, which tells the login state anyway
                 log.warning("login check of %s refused: %s", row.name, exc)
             return
-        except (InstanceUnreachable, msgspec.DecodeError) as exc:
+        except (InstanceNoAnswer, InstanceBadAnswer) as exc:
             log.warning("login check of %s failed: %s", row.name, exc)
             return
         login_state = _login_state(status.login_state)
         values, events = health_changes(row, status, login_state, utcnow(), self._session_settings.session_warn_before)
+        reach_values, reach_events = reach_changes(row, status)
+        values.update(reach_values)
+        events.extend(reach_events)
         if login_state != row.login_state:
             values["login_state"] = login_state
             events.append((EventKind.LOGIN_STATE_CHANGED, f"{row.login_state} → {login_state} (login check)"))
@@ -650,7 +678,9 @@ class Reconciler:
         return True
 
 
-_SHOWN = ("status", "login_state", "busy")  # in the log line of a kept write (never the token)
+_SHOWN = ("status", "login_state", "busy")
+# Answers to a session delivery that say the session itself is bad (not JSON, too large, not signed in).
+DEFINITE_REFUSALS = (400, 413, 422)  # in the log line of a kept write (never the token)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -661,17 +691,22 @@ def _with_log(reason: str, last_words: str) -> str:
     return f"{reason}\n--- last log lines ---\n{last_words}" if last_words else reason
 
 
-def _login_change(before: str, after: str, status: InstanceStatus) -> str:
-    """The event's words; an unreachable page says why, as the browser did."""
-    if after == LoginState.UNREACHABLE and status.page_error:
-        return f"{before} → {after}: {status.page_error}"
-    return f"{before} → {after}"
-
-
-def _page_error_values(row: InstanceRow, status: InstanceStatus, login_state: str) -> dict[str, Any]:
-    """`page_error` follows the instance: kept while it is unreachable, cleared as soon as it is not."""
-    error = status.page_error if login_state == LoginState.UNREACHABLE else None
-    return {"page_error": error} if error != row.page_error else {}
+def reach_changes(row: InstanceRow, status: InstanceStatus | LoginCheck) -> tuple[dict[str, Any], list[tuple[EventKind, str]]]:
+    """Whether the page reaches AI Studio, and `page_error` with it: kept while unreachable, cleared after."""
+    values: dict[str, Any] = {}
+    events: list[tuple[EventKind, str]] = []
+    error = status.page_error if status.reach in OUT_OF_REACH else None
+    if status.reach != row.aistudio_reach:
+        values["aistudio_reach"] = status.reach
+        if status.reach == Reach.UNREACHABLE:
+            events.append((EventKind.AISTUDIO_REACH_CHANGED, f"AI Studio unreachable: {error or 'no reason given'}"))
+        elif status.reach == Reach.REGION_BLOCKED:
+            events.append((EventKind.AISTUDIO_REACH_CHANGED, f"AI Studio not served where this instance's address is: {error or ''}"))
+        elif row.aistudio_reach in OUT_OF_REACH:
+            events.append((EventKind.AISTUDIO_REACH_CHANGED, "AI Studio reachable again"))
+    if error != row.page_error:
+        values["page_error"] = error
+    return values, events
 
 
 def _login_state(value: str) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.db.models import EventKind, LoginState
+from gateway.db.models import session_expiring as expiring
 from gateway.reconciler.decide import InstanceRow
 from gateway.instance_client import InstanceStatus
 
@@ -25,11 +26,6 @@ def parse_time(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
-
-
-def expiring(expires_at: datetime | None, now: datetime, warn_before: float) -> bool:
-    """The Google auth cookies run out within the warning window (or already have)."""
-    return expires_at is not None and expires_at - now <= timedelta(seconds=warn_before)
 
 
 def health_changes(

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from fleet_contract.environment import InstanceEnvironment, variable
+
 # Labels every engine puts on what it creates, so orphans can be found after a gateway restart.
 LABEL_MANAGED_BY = "io.aistudio-fleet.managed-by"
 LABEL_INSTANCE_ID = "io.aistudio-fleet.instance-id"
@@ -21,12 +23,24 @@ RuntimePhase = Literal["missing", "created", "running", "exited"]
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """What an engine needs to run one instance."""
+    """What an engine needs to run one instance: its bearer token once, and its other variables."""
 
     instance_id: str
     name: str
     token: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # INSTANCE_* beside the token, as the contract spells them
+
+    @classmethod
+    def of(cls, instance_id: str, name: str, environment: InstanceEnvironment) -> InstanceSpec:
+        others = environment.to_environ()
+        others.pop(variable("api_token"))
+        return cls(instance_id, name, environment.api_token, others)
+
+    def environ(self, **engine_fields: object) -> dict[str, str]:
+        """Every variable the instance starts with: these, the token, and what the engine itself decides
+        (port, host, data folder: fields of the contract's InstanceEnvironment)."""
+        own = InstanceEnvironment(api_token=self.token, **engine_fields)  # type: ignore[arg-type]
+        return {**self.env, **own.to_environ()}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
+from fleet_contract import environment as instance_env
 from gateway.runtime.base import (
     LABEL_INSTANCE_ID,
     LABEL_INSTANCE_NAME,
@@ -48,8 +49,8 @@ LABEL_NAMESPACE = "io.aistudio-fleet.namespace"
 # Hash of what the container was created from; a stopped container with another hash is recreated.
 LABEL_SPEC_HASH = "io.aistudio-fleet.spec-hash"
 
-INSTANCE_PORT = 8000
-DATA_PATH = "/data"
+INSTANCE_PORT = instance_env.PORT
+DATA_PATH = instance_env.DATA_DIR
 # Docker's default seccomp profile refuses user namespaces, so Chromium in the instance would run without its
 # sandbox; this one permits them and refuses a list of syscalls a browser never needs (see seccomp_profile).
 BUNDLED_SECCOMP = Path(__file__).with_name("instance-seccomp.json")
@@ -256,9 +257,7 @@ class DockerRuntime:
         return options
 
     def _environment(self, spec: InstanceSpec) -> dict[str, str]:
-        env = dict(spec.env)
-        env["INSTANCE_API_TOKEN"] = spec.token
-        return env
+        return spec.environ()
 
     def _publishes(self) -> bool:
         # The port is published unless the gateway certainly reaches instances by name.

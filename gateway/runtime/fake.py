@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
 
+from fleet_contract import messages as m
+from fleet_contract.codes import BrowserState, LoginState, Reach
 from gateway.runtime.base import InstanceSpec, RuntimeError_, RuntimeState, RuntimeUnavailable
 
 # A 1x1 transparent PNG, the fake's screenshot and generated image.
@@ -88,7 +91,8 @@ class FakeContainer:
     exit_code: int | None = None
     ready_at: float = 0.0  # monotonic time when /status turns ready
     login_state: str = "logged_in"
-    page_error: str | None = None  # reported with login_state "unreachable"
+    reach: str = "reachable"  # whether its page loads AI Studio
+    page_error: str | None = None  # reported while reach is "unreachable"
     # What a reload of AI Studio would find (a sign-out the page has not seen yet); None: the same as login_state.
     account_login_state: str | None = None
     login_checked_at: str | None = None
@@ -101,6 +105,7 @@ class FakeContainer:
     generate_delay: float | None = None  # None: the runtime's generate_delay
     script: list[FakeOutcome] = field(default_factory=list)  # outcomes of the next generations, in order
     unavailable_models: set[str] = field(default_factory=set)  # its account cannot use these: model_unavailable
+    session_failures: list[int] = field(default_factory=list)  # statuses of the next session imports (503, 507...)
     log_lines: list[str] = field(default_factory=list)
     log_changed: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
@@ -185,12 +190,29 @@ class FakeRuntime:
         """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
         self.containers[instance_id].refuses_selectors = True
 
+    def fail_session_imports(self, instance_id: str, *statuses: int) -> None:
+        """The next session imports answer these statuses (a busy or starting browser, a full volume)."""
+        self.containers[instance_id].session_failures.extend(statuses)
+
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
 
-    def set_login_state(self, instance_id: str, login_state: str, *, page_error: str | None = None) -> None:
+    def set_login_state(self, instance_id: str, login_state: str) -> None:
         self.containers[instance_id].login_state = login_state
-        self.containers[instance_id].page_error = page_error
+
+    def set_unreachable(self, instance_id: str, page_error: str) -> None:
+        """Its page cannot load AI Studio (a dead proxy, DNS); the login state stays what it was."""
+        container = self.containers[instance_id]
+        container.reach, container.page_error = "unreachable", page_error
+
+    def set_out_of_region(self, instance_id: str, page_error: str) -> None:
+        """AI Studio sends its page to the "available regions" page: this address is outside Google's regions."""
+        container = self.containers[instance_id]
+        container.reach, container.page_error = "region_blocked", page_error
+
+    def set_reachable(self, instance_id: str) -> None:
+        container = self.containers[instance_id]
+        container.reach, container.page_error = "reachable", None
 
     def sign_out_silently(self, instance_id: str, login_state: str = "needs_login") -> None:
         """The account is signed out, but the idle page has not been reloaded: /status still says the old state."""
@@ -236,7 +258,7 @@ class FakeRuntime:
             spec.instance_id,
             spec.name,
             spec.token,
-            dict(spec.env),
+            spec.environ(),
             login_state=self.volumes.get(spec.instance_id, {}).get("login_state", self.default_login_state),
         )
         never = spec.instance_id in self._never_ready
@@ -340,27 +362,23 @@ class FakeRuntime:
 
     async def _status(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         ready = time.monotonic() >= container.ready_at
-        return httpx.Response(
-            200,
-            json={
-                "ready": ready,
-                "browser": "up" if ready else "starting",
-                "login_state": container.login_state if ready else "unknown",
-                "page_error": container.page_error if ready else None,
-                "login_checked_at": container.login_checked_at,
-                "session_expires_at": container.session_expires_at,
-                "busy": container.busy,
-                "current_task": container.current_task,
-                "version": "fake",
-                # The rest of the real instance's /status (tests/instance/test_fake_contract.py keeps them alike).
-                "browser_mode": "fake",
-                "page_url": f"https://{FAKE_DOMAIN}/prompts/new_chat" if ready else None,
-                "counters": {"browser_restarts": 0},
-                "selectors_version": self._selectors_version(container),
-                "started_at": container.started_at,
-                **self._saved_and_success(container),
-            },
-        )
+        return _answer(m.Status(
+            ready=ready,
+            browser=BrowserState.UP if ready else BrowserState.STARTING,
+            login_state=container.login_state if ready else LoginState.UNKNOWN,
+            reach=container.reach if ready else Reach.UNKNOWN,
+            page_error=container.page_error if ready else None,
+            login_checked_at=container.login_checked_at,
+            session_expires_at=container.session_expires_at,
+            busy=container.busy,
+            current_task=container.current_task,
+            version="fake",
+            browser_mode="fake",
+            page_url=f"https://{FAKE_DOMAIN}/prompts/new_chat" if ready else None,
+            selectors_version=self._selectors_version(container),
+            started_at=container.started_at,
+            **self._saved_and_success(container),
+        ))
 
     def _selectors_version(self, container: FakeContainer) -> str:
         return (self.volumes.get(container.instance_id, {}).get("selectors") or {}).get("version", "packaged")
@@ -377,9 +395,11 @@ class FakeRuntime:
         if container.account_login_state is not None:
             container.login_state, container.account_login_state = container.account_login_state, None
         container.login_checked_at = datetime.now(UTC).isoformat()
-        body = {"login_state": container.login_state, "login_checked_at": container.login_checked_at,
-                "session_expires_at": container.session_expires_at, **self._saved_and_success(container)}
-        return httpx.Response(200, json=body)
+        return _answer(m.LoginCheck(
+            login_state=container.login_state, reach=container.reach, page_error=container.page_error,
+            login_checked_at=container.login_checked_at, session_expires_at=container.session_expires_at,
+            **self._saved_and_success(container),
+        ))
 
     async def _get_session(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         stored = self.volumes.get(container.instance_id, {}).get("session", {"cookies": [], "origins": []})
@@ -395,11 +415,34 @@ class FakeRuntime:
         cookies = body if isinstance(body, list) else body.get("cookies") if isinstance(body, dict) else None
         if not isinstance(cookies, list):
             return httpx.Response(422, json={"detail": "no cookie list found"})
+        if container.session_failures:
+            status = container.session_failures.pop(0)
+            return _answer(m.ErrorAnswer(detail=f"injected HTTP {status}", retry_safe=True), status)
         state = {"cookies": cookies, "origins": body.get("origins", []) if isinstance(body, dict) else []}
-        container.login_state = "logged_in" if cookies else "needs_login"
+        return self._adopt_session(container, state)
+
+    def _adopt_session(self, container: FakeContainer, state: dict[str, Any]) -> httpx.Response:
+        """Like the real instance: a login that does not sign in (no cookies, or a cookie valued "dead...") is
+        refused and changes nothing; one that does replaces the working one, which is kept as the previous."""
+        cookies = state["cookies"]
+        if not cookies or any(str(c.get("value", "")).startswith("dead") for c in cookies if isinstance(c, dict)):
+            detail = "the session was not imported: the session is not signed in: AI Studio sent the page to Google's sign-in"
+            return _answer(m.ErrorAnswer(detail=detail), 422)
+        container.login_state = "logged_in"
         volume = self.volumes.setdefault(container.instance_id, {})
+        if "session" in volume:
+            volume["previous_session"] = volume["session"]
         volume.update(session=state, login_state=container.login_state, session_saved_at=datetime.now(UTC).isoformat())
-        return httpx.Response(200, json={"ok": True, "cookies": len(cookies), "login_state": container.login_state})
+        return _answer(m.SessionImported(cookies=len(cookies), login_state=container.login_state))
+
+    async def _restore_session(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        if container.busy:
+            return _answer(m.ErrorAnswer(detail="busy"), 409)
+        previous = self.volumes.get(container.instance_id, {}).get("previous_session")
+        if previous is None:
+            detail = "the session was not imported: there is no previous login on this instance's volume"
+            return _answer(m.ErrorAnswer(detail=detail), 422)
+        return self._adopt_session(container, previous)
 
     async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=TINY_PNG, headers={"content-type": "image/png"})
@@ -415,7 +458,7 @@ class FakeRuntime:
         version = document.get("version") or "override-fake"
         if request.url.params.get("dry_run") != "true":
             self.volumes.setdefault(container.instance_id, {})["selectors"] = document
-        return httpx.Response(200, json={"ok": True, "version": version, "roles": sorted(document.get("roles", {}))})
+        return _answer(m.SelectorsInstalled(version=version, roles=sorted(document.get("roles", {}))))
 
     async def _delete_selectors(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         if container.refuses_selectors:
@@ -424,21 +467,24 @@ class FakeRuntime:
         await asyncio.sleep(self.selectors_removal_delay)
         removed = self.volumes.setdefault(container.instance_id, {}).pop("selectors", None) is not None
         self.selectors_removals["done"] += 1
-        return httpx.Response(200, json={"ok": True, "removed": removed, "version": "packaged"})
+        return _answer(m.SelectorsRemoved(removed=removed, version="packaged", source="package"))
 
     async def _diagnose(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         """A page check of a page that has every role (no browser here)."""
         override = self.volumes.get(container.instance_id, {}).get("selectors")
-        roles = [{"role": "prompt_textarea", "expected": True, "matched": "textarea", "index": 0, "count": 1,
-                  "visible": True, "candidates": [{"selector": "textarea", "count": 1, "visible": True, "error": None}]}]
-        return httpx.Response(200, json={
-            "url": f"https://{FAKE_DOMAIN}/prompts/new_chat", "login_state": container.login_state, "browser": "up",
-            "busy": container.busy, "model": None, "model_source": None, "roles": roles, "missing_expected": [],
-            "selectors_version": (override or {}).get("version", "packaged"), "error": None,
-        })
+        candidate = m.CandidateCheck(selector="textarea", count=1, visible=True)
+        roles = [m.RoleCheck(role="prompt_textarea", expected=True, matched="textarea", index=0, count=1, visible=True,
+                             candidates=[candidate])]
+        return _answer(m.PageCheck(
+            checked_at=datetime.now(UTC).isoformat(), url=f"https://{FAKE_DOMAIN}/prompts/new_chat",
+            login_state=container.login_state, browser=BrowserState.UP, busy=container.busy, roles=roles,
+            selectors_version=(override or {}).get("version", "packaged"), selectors_source="fake",
+        ))
 
     async def _navigate(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
-        return httpx.Response(409 if container.busy else 200, json={"ok": not container.busy})
+        if container.busy:
+            return _answer(m.ErrorAnswer(detail="this instance is running a task"), 409)
+        return _answer(m.Navigated(url=f"https://{FAKE_DOMAIN}/prompts/new_chat", login_state=container.login_state))
 
     async def _generate(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
         if container.busy:
@@ -477,16 +523,11 @@ class FakeRuntime:
         if outcome.kind == "error":
             if outcome.code == "needs_login":
                 container.login_state = "needs_login"  # as a real instance notices on its page
-            error = {"code": outcome.code, "message": f"injected {outcome.code}", "retry_safe": outcome.retry_safe}
-            body = {"success": False, "task_id": task_id, "images_b64": [], "text": None, "error": error, "timings": timings}
-            return httpx.Response(200, json=body)
+            error = m.TaskError(code=outcome.code, message=f"injected {outcome.code}", retry_safe=outcome.retry_safe)
+            return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
         image = base64.b64encode(TINY_PNG).decode()
-        return httpx.Response(
-            200,
-            json={"success": True, "task_id": task_id, "images_b64": [image], "text": "fake text", "error": None,
-                  "timings": timings},
-        )
+        return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings))
 
     async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:
         """Sleeps through the generation; a container killed or removed meanwhile drops the connection."""
@@ -498,6 +539,11 @@ class FakeRuntime:
             if remaining <= 0:
                 return
             await asyncio.sleep(min(remaining, 0.01))
+
+
+def _answer(message: msgspec.Struct, status: int = 200) -> httpx.Response:
+    """The fake answers with the contract's Structs, as the real instance does."""
+    return httpx.Response(status, content=m.encode(message), headers={"content-type": "application/json"})
 
 
 def _bad_generation(body: object) -> str | None:
@@ -515,6 +561,7 @@ _ROUTES = {
     ("POST", "/login/check"): FakeRuntime._check_login,
     ("GET", "/session"): FakeRuntime._get_session,
     ("PUT", "/session"): FakeRuntime._put_session,
+    ("POST", "/session/restore"): FakeRuntime._restore_session,
     ("GET", "/screenshot"): FakeRuntime._screenshot,
     ("POST", "/navigate"): FakeRuntime._navigate,
     ("PUT", "/selectors"): FakeRuntime._put_selectors,

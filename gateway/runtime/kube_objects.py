@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_contract import environment as instance_env
 from gateway.runtime.base import (
     LABEL_INSTANCE_ID,
     LABEL_MANAGED_BY,
@@ -30,12 +31,13 @@ ANNOTATION_SPEC_HASH = "aistudio-fleet.io/spec-hash"
 APP_LABELS = {"app.kubernetes.io/name": "aistudio-fleet-instance", "app.kubernetes.io/part-of": "aistudio-fleet"}
 
 CONTAINER = "instance"
-INSTANCE_PORT = 8000
-DATA_PATH = "/data"
+INSTANCE_PORT = instance_env.PORT
+DATA_PATH = instance_env.DATA_DIR
 TOKEN_KEY = "token"
 # Variables whose values stay out of the pod spec (readable to whoever may list pods): the token, and the proxy URL
 # with its password. They live in the instance's Secret, under these keys.
-SECRET_ENV = {"INSTANCE_API_TOKEN": TOKEN_KEY, "INSTANCE_PROXY": "proxy"}
+SECRET_ENV = {instance_env.variable("api_token"): TOKEN_KEY, instance_env.variable("proxy"): "proxy"}
+TOKEN_ENV = instance_env.variable("api_token")
 RUN_AS = 10001  # the image's `app` user
 HOME = "/home/app"  # Chromium's profile, caches and fontconfig: writable while the root filesystem is not
 
@@ -179,7 +181,7 @@ def claim_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTe
 def pod_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTemplate) -> dict[str, Any]:
     memory, cpu = quantity(template.memory), cpu_quantity(template.cpus)
     env = [{"name": k, "value": v} for k, v in sorted(spec.env.items()) if k not in SECRET_ENV]
-    hidden = [k for k in SECRET_ENV if k == "INSTANCE_API_TOKEN" or spec.env.get(k)]  # as secret_body stores them
+    hidden = [k for k in SECRET_ENV if k == TOKEN_ENV or spec.env.get(k)]  # as secret_body stores them
     env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": names.secret(spec.instance_id), "key": SECRET_ENV[k]}}}
             for k in hidden]
     mounts = [

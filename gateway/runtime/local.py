@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fleet_contract import environment as instance_env
 from gateway.runtime.base import (
     LABEL_INSTANCE_ID,
     LABEL_INSTANCE_NAME,
@@ -168,20 +169,14 @@ class LocalRuntime:
 
     def _environment(self, spec: InstanceSpec, instance_dir: Path, port: int) -> dict[str, str]:
         inherited = self._base_env if self._base_env is not None else os.environ
-        env = {k: v for k, v in inherited.items() if not k.startswith(("GATEWAY_", "INSTANCE_"))}
+        env = {k: v for k, v in inherited.items() if not k.startswith(("GATEWAY_", instance_env.PREFIX))}
         env["PYTHONUNBUFFERED"] = "1"
         if (_SOURCE_ROOT / self.module / "__init__.py").exists():
             env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(_SOURCE_ROOT)) if p)
-        env.update(spec.env)
         env[_MARKER_ENV] = str(instance_dir.resolve())  # inherited by everything the instance starts
-        env.update(
-            INSTANCE_PORT=str(port),
-            INSTANCE_HOST=self.host,
-            INSTANCE_DATA_DIR=str(instance_dir / DATA_DIR),
-            INSTANCE_API_TOKEN=spec.token,
-        )
-        if self.chromium_path:
-            env["INSTANCE_CHROMIUM_PATH"] = self.chromium_path
+        env.update(spec.environ(
+            port=port, host=self.host, data_dir=str(instance_dir / DATA_DIR), chromium_path=self.chromium_path or None,
+        ))
         return env
 
     def _spawn(self, spec: InstanceSpec, instance_dir: Path, port: int) -> dict[str, Any]:

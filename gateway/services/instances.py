@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import delete, exists, func, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,8 +27,12 @@ from gateway.db.models import (
     FleetMarker,
     Instance,
     InstanceEvent,
+    UNREACHABLE_SHOWN,
     LoginState,
+    block_in_force,
+    session_expiring,
     ModelBlock,
+    Reach,
     Status,
     Target,
     Task,
@@ -38,19 +43,17 @@ from gateway.db.models import (
     new_event,
 )
 from gateway.db.types import utcnow
-from gateway.reconciler.session_health import expiring
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
-from gateway.proxy_url import ProxyURLError, mask_proxy, normalize_proxy
+from fleet_contract.proxy import ProxyURLError, mask_proxy, normalize_proxy
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.instance_client import (
     ClientConnection,
     InstanceAddress,
     InstanceClient,
+    InstanceNoAnswer,
     InstanceRejected,
-    InstanceUnreachable,
 )
-from gateway.dispatcher.statements import block_in_force
 from gateway.services.session_shape import SessionShapeError, check_session
 from gateway.services.views import EngineView, EventView, InstanceView, ModelBlockView, StatsView
 from gateway.settings import InstanceSettings, SessionSettings
@@ -81,6 +84,7 @@ _VIEW_COLUMNS = (
     Instance.handle,
     Instance.proxy_url,
     Instance.page_error,
+    Instance.aistudio_reach,
     Instance.login_checked_at,
     Instance.signed_in_since,
     Instance.session_saved_at,
@@ -319,17 +323,30 @@ class InstanceService:
         if view.status in (Status.STOPPED, Status.ERROR):
             return await self._store_pending(view, body, origin)
         view, address = await self._running_address(instance_id)
-        result = await self._instance_call(view, self._client.put_session(address, body))
-        message = f"session imported {origin}: {result.get('cookies', '?')} cookies"
+        imported = await self._instance_call(view, self._client.put_session(address, body))
+        result = msgspec.to_builtins(imported)
+        message = f"session imported {origin}: {imported.cookies} cookies"
         async with self._sessions.begin() as session:
             session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
             # Perhaps another account now: the models the old one could not use may work again.
             await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uuid.UUID(view.instance_id)))
             # A new login: the session's age starts again (the reconciler stamps it when none is set).
-            since = utcnow() if result.get("login_state") == LoginState.LOGGED_IN else None
+            since = utcnow() if imported.login_state == LoginState.LOGGED_IN else None
             await session.execute(update(Instance).where(Instance.id == uuid.UUID(view.instance_id)).values(signed_in_since=since))
         self._on_target_changed()  # a pass probes it now, so its new login state shows at once
         return result
+
+    async def restore_session(self, instance_id: str) -> dict[str, Any]:
+        """The running instance goes back to the login its last import replaced (tried like any import)."""
+        view, address = await self._running_address(instance_id)
+        restored = await self._instance_call(view, self._client.restore_session(address))
+        async with self._sessions.begin() as session:
+            message = f"previous login restored: {restored.cookies} cookies"
+            session.add(new_event(uuid.UUID(view.instance_id), view.name, EventKind.SESSION_IMPORTED, message))
+            await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uuid.UUID(view.instance_id)))
+            await session.execute(update(Instance).where(Instance.id == uuid.UUID(view.instance_id)).values(signed_in_since=utcnow()))
+        self._on_target_changed()
+        return msgspec.to_builtins(restored)
 
     async def copy_session(self, source_id: str, target_id: str) -> dict[str, Any]:
         """Signs `target` in with `source`'s current login (both running)."""
@@ -358,7 +375,7 @@ class InstanceService:
     async def diagnose(self, instance_id: str) -> dict[str, Any]:
         """The instance's page check: each selector role against its live page now (read-only)."""
         view, address = await self._running_address(instance_id)
-        return await self._instance_call(view, self._client.diagnose(address))
+        return msgspec.to_builtins(await self._instance_call(view, self._client.diagnose(address)))
 
     @contextlib.asynccontextmanager
     async def liveview(self, instance_id: str) -> AsyncIterator[ClientConnection]:
@@ -491,7 +508,7 @@ class InstanceService:
         """Runs a call to the instance and turns its failures into domain errors a person can read."""
         try:
             return await call
-        except InstanceUnreachable as exc:
+        except InstanceNoAnswer as exc:
             raise InstanceUnavailable(name=view.name, reason=str(exc)) from exc
         except InstanceRejected as exc:
             if exc.status_code == 413:
@@ -539,7 +556,8 @@ def _to_view(row: Any, settings: InstanceSettings, session: SessionSettings) -> 
         error_message=row.last_error,
         is_busy=bool(row.is_busy),
         target=row.target,
-        login_state=row.login_state,
+        login_state=shown_login_state(row.login_state, row.aistudio_reach),
+        aistudio_reach=row.aistudio_reach,
         available=bool(row.available),
         cooldown_until=row.cooldown_until,
         started_at=row.started_at,
@@ -554,11 +572,16 @@ def _to_view(row: Any, settings: InstanceSettings, session: SessionSettings) -> 
         signed_in_since=row.signed_in_since,
         session_saved_at=row.session_saved_at,
         session_expires_at=row.session_expires_at,
-        session_expiring=expiring(row.session_expires_at, utcnow(), session.session_warn_before),
+        session_expiring=session_expiring(row.session_expires_at, utcnow(), session.session_warn_before),
         last_success_at=row.last_success_at,
         page_error=row.page_error,
         legacy_id=row.legacy_id,
     )
+
+
+def shown_login_state(login_state: str, aistudio_reach: str) -> str:
+    """The old API's login_state: `unreachable` while the page cannot load AI Studio (one release, then gone)."""
+    return UNREACHABLE_SHOWN if aistudio_reach == Reach.UNREACHABLE else login_state
 
 
 def _parse_id(instance_id: str) -> uuid.UUID:

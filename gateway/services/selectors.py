@@ -1,9 +1,9 @@
 """The fleet-wide selectors override: checked here, kept in `fleet_settings`, pushed to every running instance,
 and delivered to each instance when it becomes ready.
 
-The gateway shares no code with the instance: it reads the instance's packaged `selectors.json` as data (for the
-known role names) and applies the same rules as the instance's own check. Selector syntax is checked in a
-browser: one running instance parses the override (a dry run) before it is stored.
+The packaged `selectors.json` and the shape check come from the contract package, which the instance uses too.
+Selector syntax is checked in a browser: one running instance parses the override (a dry run) before it is
+stored.
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fleet_contract import selectors as selectors_contract
 from gateway.db.models import EventKind, FleetSetting, Instance, Status, new_event
 from gateway.db.types import utcnow
 from gateway.errors import BadRequest, FleetError, Invalid, TooLarge
-from gateway.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceUnreachable
+from gateway.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceNoAnswer
 
 log = logging.getLogger(__name__)
 
 SETTING_KEY = "selectors_override"
-# The instance package's data file, beside the gateway package (the gateway image copies it there).
-PACKAGED_SELECTORS = Path(__file__).resolve().parents[2] / "instance" / "selectors.json"
-OVERRIDE_KEYS = ("version", "roles", "texts")
-MAX_BYTES = 256 * 1024
+PACKAGED_SELECTORS = Path(selectors_contract.__file__).resolve().parent / selectors_contract.SELECTORS_FILE
+MAX_BYTES = selectors_contract.MAX_BYTES
 PUSH_CONCURRENCY = 8
 PUSH_TIMEOUT = 15.0
 
@@ -149,11 +148,11 @@ class SelectorsService:
         try:
             if setting is None:
                 answer = await self._client.delete_selectors(address, timeout=PUSH_TIMEOUT)
-                message = "selectors override removed at start" if answer.get("removed") else None
+                message = "selectors override removed at start" if answer.removed else None
             else:
                 answer = await self._client.put_selectors(address, json.dumps(setting.value).encode(), timeout=PUSH_TIMEOUT)
-                message = f"selectors override delivered at start (version {answer.get('version')})"
-        except (InstanceUnreachable, InstanceRejected) as exc:
+                message = f"selectors override delivered at start (version {answer.version})"
+        except (InstanceNoAnswer, InstanceRejected) as exc:
             log.warning("selectors override not delivered to %s: %s", row.name, exc)
             message = f"selectors override not delivered at start: {exc}" if setting is not None else None
         if message:
@@ -186,7 +185,7 @@ class SelectorsService:
             except InstanceRejected as exc:
                 if exc.status_code in (400, 422):
                     raise Invalid("selectors_rejected", name=target.name, reason=exc.detail) from exc
-            except InstanceUnreachable:
+            except InstanceNoAnswer:
                 pass
 
     async def _store(self, document: dict[str, Any]) -> None:
@@ -205,9 +204,9 @@ class SelectorsService:
             async with slots:
                 try:
                     answer = await call(target.address)
-                except (InstanceUnreachable, InstanceRejected) as exc:
+                except (InstanceNoAnswer, InstanceRejected) as exc:
                     return PushResult(instance_id=str(target.instance_id), name=target.name, ok=False, error=str(exc))
-            return PushResult(instance_id=str(target.instance_id), name=target.name, ok=True, version=answer.get("version"))
+            return PushResult(instance_id=str(target.instance_id), name=target.name, ok=True, version=answer.version)
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
 
@@ -227,30 +226,8 @@ class SelectorsService:
 
 
 def check_override(document: Any, packaged: dict[str, Any]) -> dict[str, Any]:
-    """Same rules as the instance's check: selectors.json's shape, known roles and texts, non-empty string lists."""
-    if not isinstance(document, dict):
-        raise Invalid("selectors_not_object")
-    unknown = sorted(set(document) - set(OVERRIDE_KEYS))
-    if unknown:
-        raise Invalid("selectors_unknown_key", keys=", ".join(unknown))
-    version = document.get("version")
-    if version is not None and not (isinstance(version, str) and version.strip()):
-        raise Invalid("selectors_version_invalid")
-    for section in ("roles", "texts"):
-        _check_section(section, document.get(section, {}), packaged.get(section, {}))
-    if not document.get("roles") and not document.get("texts"):
-        raise Invalid("selectors_nothing")
+    """The contract's shape check (the instance applies the same one), worded in the operator's language."""
+    problem = selectors_contract.check_override(document, packaged)
+    if problem is not None:
+        raise Invalid(problem.code, **problem.params)
     return document
-
-
-def _check_section(section: str, entries: Any, known: dict[str, Any]) -> None:
-    if not isinstance(entries, dict):
-        raise Invalid("selectors_section_invalid", section=section)
-    for name, values in entries.items():
-        if name not in known:
-            raise Invalid(f"selectors_unknown_{section[:-1]}", name=name, known=", ".join(known))
-        if not isinstance(values, list) or not values:
-            raise Invalid("selectors_empty_list", entry=f"{section}.{name}")
-        for index, value in enumerate(values):
-            if not isinstance(value, str) or not value.strip():
-                raise Invalid("selectors_empty_string", entry=f"{section}.{name}[{index}]")

@@ -18,6 +18,8 @@ class InstanceView(msgspec.Struct, kw_only=True):
     is_busy: bool
     # Added by the fleet.
     target: str
+    # The login state; `unreachable` while the page cannot load AI Studio (kept for the old clients, derived
+    # from `aistudio_reach`, which says it on its own).
     login_state: str
     available: bool
     cooldown_until: datetime | None
@@ -32,7 +34,9 @@ class InstanceView(msgspec.Struct, kw_only=True):
     # Egress proxy, masked: the instance's own (None: the fleet default applies) and the one its browser uses.
     proxy: str | None = None
     effective_proxy: str | None = None
-    # Why the page cannot reach AI Studio (login_state `unreachable`), in the browser's words.
+    # Whether the instance's page can load AI Studio at all (unknown, reachable, unreachable), apart from the login.
+    aistudio_reach: str = "unknown"
+    # Why the page cannot reach AI Studio (aistudio_reach `unreachable`), in the browser's words.
     page_error: str | None = None
     # Session health: the last check of the login on the page, since when it is signed in, the last save of
     # the login to the volume, when its Google auth cookies expire (and whether that is soon), the last success.

@@ -21,9 +21,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from gateway.api.openai_images import nearest_ratio, ratio_and_size
+from gateway.api.openai_requests import nearest_ratio, ratio_and_size
 from gateway.addresses import public
-from gateway.catalogue import load
+from fleet_contract.catalogue import load
 from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
 from tests.gateway.pool import Pool, open_pool
 from tests.polling import await_until

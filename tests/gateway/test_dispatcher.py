@@ -254,7 +254,7 @@ async def test_an_infrastructure_failure_is_retried_once_elsewhere(pool: Pool, o
     (row,) = await pool.task_rows()
     assert row.attempts == 2 and str(row.instance_id) == second and row.status == "succeeded"
     kinds = [e.kind for e in await pool.fleet.instances.events(first)]
-    assert "unreachable" in kinds
+    assert "attempt_suspect" in kinds
 
 
 async def test_a_container_killed_mid_task_is_retried_and_restarted(pool: Pool) -> None:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from gateway.app import create_admin_app
-from gateway.catalogue import CATALOGUE_PATH
-from gateway.catalogue import load as load_catalogue
+from fleet_contract.catalogue import CATALOGUE_PATH
+from fleet_contract.catalogue import load as load_catalogue
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.pool import Pool, open_pool, serve
 from tests.polling import await_until
@@ -40,8 +40,8 @@ def test_imagen_is_listed_but_only_models_on_a_driven_page_are_offered() -> None
     assert {DEFAULT, PRO, FLASH_31} <= offered and not any(m.startswith("imagen") for m in offered)
 
 
-def test_the_catalogue_is_the_instance_packages_file_and_lists_todays_models() -> None:
-    assert CATALOGUE_PATH.parts[-2:] == ("instance", "models.json")
+def test_the_catalogue_is_the_contract_packages_file_and_lists_todays_models() -> None:
+    assert CATALOGUE_PATH.parts[-2:] == ("fleet_contract", "models.json")
     raw = json.loads(CATALOGUE_PATH.read_text("utf-8"))
     catalogue = load_catalogue()
     assert catalogue.default_model == raw["default_model"] == DEFAULT

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from pydantic import ValidationError
 
 from gateway.app import create_admin_app
-from gateway.proxy_url import mask_proxy, parse_proxy
+from fleet_contract.proxy import mask_proxy, parse_proxy
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import IsolatedSettings, make_settings
 from tests.panel.conftest import csrf_token
@@ -201,17 +201,21 @@ async def test_unreachable_instance_leaves_the_pool_with_its_error_and_comes_bac
     running = await start_and_wait(admin, instance_id)
     assert running["available"] is True and running["page_error"] is None
     error = "net::ERR_PROXY_CONNECTION_FAILED at https://aistudio.google.com/prompts/new_chat"
-    fake.set_login_state(instance_id, "unreachable", page_error=error)
+    fake.set_unreachable(instance_id, error)
     shown = await view_until(admin, instance_id, "login_state", "unreachable")
     assert shown["page_error"] == error and shown["available"] is False
     stats = (await admin.get("/api/stats")).json()["stats"]
     assert stats["available_instances"] == 0 and stats["running_instances"] == 1
-    changes = [e["message"] for e in await events(admin, instance_id) if e["kind"] == "login_state_changed"]
-    assert changes == [f"logged_in → unreachable: {error}"]
+    assert shown["aistudio_reach"] == "unreachable"
+    kinds = {e["kind"] for e in await events(admin, instance_id)}
+    assert "login_state_changed" not in kinds  # the login itself did not change
+    changes = [e["message"] for e in await events(admin, instance_id) if e["kind"] == "aistudio_reach_changed"]
+    assert changes == [f"AI Studio unreachable: {error}"]
 
-    fake.set_login_state(instance_id, "logged_in")
+    fake.set_reachable(instance_id)
     recovered = await view_until(admin, instance_id, "login_state", "logged_in")
     assert recovered["page_error"] is None and recovered["available"] is True
+    assert recovered["aistudio_reach"] == "reachable"
 
 
 # ---- the panel ---------------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ async def test_panel_creates_and_changes_proxies_through_the_same_service(admin:
 
     fake_error = "net::ERR_NAME_NOT_RESOLVED at https://aistudio.google.com/"
     await start_and_wait(admin, item["instance_id"])
-    fake.set_login_state(item["instance_id"], "unreachable", page_error=fake_error)
+    fake.set_unreachable(item["instance_id"], fake_error)
 
     async def page() -> str:
         return (await admin.get(f"/instances/{item['instance_id']}", headers=ZH)).text

@@ -16,7 +16,7 @@ from gateway.app import Fleet
 from gateway.db.models import InstanceEvent, Task, TaskStatus
 from gateway.db.types import utcnow
 from gateway.runtime.fake import FakeRuntime
-from gateway.services.retention import Purged, Retention
+from gateway.retention import Purged, Retention
 from tests.gateway.conftest import make_settings
 from tests.polling import await_until
 

@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.app import Fleet, create_admin_app, create_api_app
+from gateway.errors import FleetError
 from gateway.reconciler.decide import InstanceRow
 from gateway.reconciler.session_health import health_changes, login_check_due, parse_time
 from gateway.runtime.fake import FakeRuntime
@@ -134,9 +135,11 @@ async def test_a_session_import_starts_the_session_age_again(checked_fleet: Flee
     state = {"cookies": [{"name": "SID", "value": "another", "domain": ".google.com", "path": "/"}], "origins": []}
     await fleet.instances.import_session(instance_id, json.dumps(state).encode())
     assert (await fleet.instances.get(instance_id)).signed_in_since > first
-    # An import that leaves the browser signed out leaves no session age behind.
-    await fleet.instances.import_session(instance_id, json.dumps({"cookies": [], "origins": []}).encode())
-    assert (await fleet.instances.get(instance_id)).signed_in_since is None
+    # An import that would leave the browser signed out is refused, and changes nothing.
+    second = (await fleet.instances.get(instance_id)).signed_in_since
+    with pytest.raises(FleetError):
+        await fleet.instances.import_session(instance_id, json.dumps({"cookies": [], "origins": []}).encode())
+    assert (await fleet.instances.get(instance_id)).signed_in_since == second
 
 
 async def _login(fleet: Fleet, instance_id: str, state: str) -> bool:

@@ -42,6 +42,26 @@ def signed_in_state(sim_url: str, account: str) -> dict:
     return {"cookies": cookies, "origins": []}
 
 
+def saved_cookie(data_dir: Path, name: str = "SIDTS") -> str | None:
+    """The value of one cookie in the login the instance last wrote to its volume."""
+    try:
+        state = json.loads((data_dir / "storage_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return next((c["value"] for c in state.get("cookies", []) if c.get("name") == name), None)
+
+
+def wait_saved_renewal(data_dir: Path, sim_url: str, account: str, timeout: float = 15) -> str:
+    """Until the volume holds the simulator's newest value of the account's renewed cookie; that value."""
+    from tests.simulator.fixtures import control
+
+    def saved() -> str | None:
+        current = control(sim_url, "/_sim/record")["current_cookie_by_account"].get(account)
+        return current if current and saved_cookie(data_dir) == current else None
+
+    return wait_until(saved, timeout=timeout, what=f"the renewed cookie of {account} on the volume")
+
+
 def png_bytes(width: int = 64, height: int = 48, color: tuple = (200, 30, 30), pad_to: int = 0) -> bytes:
     from PIL import Image
 

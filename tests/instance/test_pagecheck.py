@@ -68,7 +68,7 @@ def test_diagnose_reports_every_role_on_the_live_page(page: RunningInstance) -> 
     assert (report["login_state"], report["browser"], report["busy"], report["error"]) == ("logged_in", "up", False, None)
     # The simulator names the model where the real page does ([data-test-id="model-name"]).
     assert (report["model"], report["model_source"]) == ("gemini-2.5-flash-image", "page")
-    packaged = json.loads((Path(__file__).parents[2] / "instance" / "selectors.json").read_text())
+    packaged = json.loads((Path(__file__).parents[2] / "fleet_contract" / "selectors.json").read_text())
     assert [r["role"] for r in report["roles"]] == list(packaged["roles"])
     prompt = role(report, "prompt_textarea")
     assert prompt["matched"] == packaged["roles"]["prompt_textarea"][0] and prompt["index"] == 0

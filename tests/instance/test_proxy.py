@@ -79,7 +79,7 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
         env = {**MODE, "INSTANCE_PROXY": proxy.url(), "INSTANCE_UNREACHABLE_RETRY_S": "0.5"}
         session = signed_in_state(sim_url, "acct-dead-proxy")
         with start_instance(sim_url, fresh_dir, session=session, **env) as inst:
-            status = inst.wait_for(lambda s: s["login_state"] == "unreachable", what="unreachable")
+            status = inst.wait_for(lambda s: s["reach"] == "unreachable", what="unreachable")
             # The API answers directly while the browser's proxy is down.
             assert status["ready"] is True
             assert "net::ERR_PROXY_CONNECTION_FAILED" in status["page_error"]
@@ -89,7 +89,7 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
             assert refused["success"] is False and refused["error"]["retry_safe"] is True, refused
             proxy.start()
             # The background retry holds the task slot while it loads the page (busy), as a task would.
-            back = lambda s: s["login_state"] == "logged_in" and not s["busy"]  # noqa: E731
+            back = lambda s: s["reach"] == "reachable" and s["login_state"] == "logged_in" and not s["busy"]  # noqa: E731
             status = inst.wait_for(back, timeout=30, what="back after the proxy")
             assert status["page_error"] is None
             assert carried_as in proxy.carried
@@ -100,7 +100,7 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
 
 def test_name_that_does_not_resolve_is_unreachable(fresh_dir):
     with start_instance("http://aistudio.does-not-exist.invalid", fresh_dir, INSTANCE_PAGE_LOAD_ATTEMPTS="1", **MODE) as inst:
-        status = inst.wait_for(lambda s: s["login_state"] == "unreachable", what="unreachable")
+        status = inst.wait_for(lambda s: s["reach"] == "unreachable", what="unreachable")
         assert "ERR_NAME_NOT_RESOLVED" in status["page_error"] or "Timeout" in status["page_error"], status
 
 

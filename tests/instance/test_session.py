@@ -11,7 +11,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.instance.conftest import sim
-from tests.instance.harness import TOKEN, signed_in_state, start_instance
+from tests.instance.harness import TOKEN, signed_in_state, start_instance, wait_saved_renewal
 from tests.polling import wait_until
 from tests.simulator.fixtures import signin_field_centres
 
@@ -180,8 +180,10 @@ def test_navigate_to_signin_and_screenshot(inst):
 
 def test_session_is_written_back_every_n_tasks(simulator_url, fresh_dir):
     session = signed_in_state(simulator_url, "acct-periodic")
+    sim(simulator_url, "/_sim/config", {"rotate_cookie": "off"})  # no renewals: only the task count saves
     with start_instance(simulator_url, fresh_dir, session=session, INSTANCE_SESSION_SAVE_EVERY_TASKS="2") as inst:
         inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        wait_saved_renewal(fresh_dir, simulator_url, "acct-periodic")  # the first load's cookie, saved at once
         (fresh_dir / "storage_state.json").unlink()
         assert inst.generate("one").json()["success"]
         # A sleep: a save would run in the background after the answer, and nothing shows that none was started.
@@ -207,6 +209,7 @@ def _refused_by_the_browser(sim_url: str, kind: str) -> dict:
 def test_a_session_the_browser_refuses_changes_nothing(simulator_url, fresh_dir, kind, says):
     with start_instance(simulator_url, fresh_dir, session=signed_in_state(simulator_url, "acct-keep")) as inst:
         inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")
+        wait_saved_renewal(fresh_dir, simulator_url, "acct-keep")  # the load renewed a cookie, saved at once
         stored = (fresh_dir / "storage_state.json").read_bytes()
         answer = inst.client.put("/session", json=_refused_by_the_browser(simulator_url, kind))
         assert answer.status_code == 422, answer.text

@@ -47,6 +47,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "region_redirect": False,  # pages redirect to the "available regions" page
     "temporary_chat": True,  # the toolbar has a Temporary chat toggle
     "signin_refused": False,  # the sign-in's e-mail step leads to Google's "This browser or app may not be secure"
+    # Google renews __Secure-1PSIDTS while a page is open; here the SIDTS cookie is renewed on every app page load
+    # ("page_load") or never ("off"), and a stale value is refused (the visitor counts as signed out).
+    "rotate_cookie": "page_load",
+    "refuse_stale_cookie": True,
+    # "redirect": a signed-out visitor is sent to the sign-in page; "link": AI Studio opens signed out and only
+    # shows a "Sign in" link (the real page does both).
+    "signed_out_page": "redirect",
 }
 
 
@@ -119,6 +126,9 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "region_redirect": _bool,
     "temporary_chat": _bool,
     "signin_refused": _bool,
+    "rotate_cookie": _one_of(("page_load", "off")),
+    "refuse_stale_cookie": _bool,
+    "signed_out_page": _one_of(("redirect", "link")),
 }
 
 

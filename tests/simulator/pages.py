@@ -13,11 +13,14 @@ from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
 from .models import DEFAULT_MODEL, TEXT_MODEL, picker_entries
-from .session import current_account, redirect, safe_continue, session_cookies, signin_url
-from .state import SimState
+from .session import (
+    ROTATING_COOKIE, current_account, redirect, rotating_cookie, safe_continue, session_cookies, signin_url,
+)
+from .state import ANONYMOUS, SimState
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONFIG_PLACEHOLDER = "__SIM_CONFIG__"
+SIGNIN_PLACEHOLDER = "__SIGNIN_URL__"
 NO_STORE = {"cache-control": "no-store"}
 REGIONS_PATH = "/gemini-api/docs/available-regions"
 # Knobs the page's JavaScript reads as they are.
@@ -28,12 +31,13 @@ PAGE_KNOBS = (
 )
 
 
-def _html(name: str, replacements: dict[str, str] | None = None) -> ASGIResponse:
+def _html(name: str, replacements: dict[str, str] | None = None, set_cookies: list[str] | None = None) -> ASGIResponse:
     # ASGIResponse everywhere on pages, since a page handler may also answer with a redirect
     text = (STATIC_DIR / name).read_text(encoding="utf-8")
     for placeholder, value in (replacements or {}).items():
         text = text.replace(placeholder, value)
-    return ASGIResponse(body=text.encode("utf-8"), media_type="text/html; charset=utf-8", headers=NO_STORE)
+    headers = [*NO_STORE.items(), *(("set-cookie", cookie) for cookie in set_cookies or [])]
+    return ASGIResponse(body=text.encode("utf-8"), media_type="text/html; charset=utf-8", headers=headers)
 
 
 def _script_json(data: dict[str, Any]) -> str:
@@ -67,6 +71,8 @@ def _page_config(sim: SimState, account: str, model: str | None) -> dict[str, An
 def _render_app(request: Request, sim: SimState) -> ASGIResponse:
     account = current_account(request, sim)
     if account is None:
+        if sim.effective_config(None)["signed_out_page"] == "link":
+            return _html("signed_out.html", {SIGNIN_PLACEHOLDER: signin_url(str(request.url))})
         return redirect(signin_url(str(request.url)))
     config = sim.effective_config(account)
     if config["region_redirect"]:
@@ -76,7 +82,14 @@ def _render_app(request: Request, sim: SimState) -> ASGIResponse:
         return redirect(f"/app{request.url.path}{query}")
     sim.count_page_load(account)
     page_config = _page_config(sim, account, request.query_params.get("model"))
-    return _html("new_chat.html", {CONFIG_PLACEHOLDER: _script_json(page_config)})
+    return _html("new_chat.html", {CONFIG_PLACEHOLDER: _script_json(page_config)}, _renewed(request, sim, account, config))
+
+
+def _renewed(request: Request, sim: SimState, account: str, config: dict[str, Any]) -> list[str]:
+    """A page load renews the rotating cookie, as Google renews __Secure-1PSIDTS (a login without it gets one)."""
+    if account == ANONYMOUS or (config["rotate_cookie"] == "off" and request.cookies.get(ROTATING_COOKIE)):
+        return []
+    return [rotating_cookie(account, sim.renew(account))]
 
 
 @get(["/", "/prompts/new_chat", "/prompts/new_image", "/app/prompts/new_chat", "/app/prompts/new_image"],
@@ -118,7 +131,8 @@ async def signin_submit(request: Request, state: State) -> ASGIResponse:
     if not account or not form.get("Passwd"):
         return redirect(signin_url(continue_url) + "&error=1", status_code=303)
     state.sim.sign_in(account)
-    return redirect(continue_url, status_code=303, set_cookies=session_cookies(account))
+    renewed = rotating_cookie(account, state.sim.renew(account))
+    return redirect(continue_url, status_code=303, set_cookies=[*session_cookies(account), renewed])
 
 
 @get("/Logout", include_in_schema=False)

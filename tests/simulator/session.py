@@ -10,12 +10,18 @@ from litestar.response.base import ASGIResponse
 from .state import SimState
 
 COOKIE_NAMES = ("SID", "HSID", "SSID", "APISID", "SAPISID")
+# The rotating cookie, __Secure-1PSIDTS on the real page (plain HTTP here: no __Secure- prefix is allowed).
+ROTATING_COOKIE = "SIDTS"
 ONE_YEAR = 365 * 24 * 3600
 SIGNIN_PATH = "/ServiceLogin"
 
 
 def current_account(request: Request, sim: SimState) -> str | None:
-    return sim.session_account(request.cookies.get("SID"))
+    return sim.session_account(request.cookies.get("SID"), request.cookies.get(ROTATING_COOKIE))
+
+
+def rotating_cookie(account: str, value: str, max_age: int = ONE_YEAR) -> str:
+    return f"{ROTATING_COOKIE}={value}; Path=/; Max-Age={max_age}; SameSite=Lax; HttpOnly"
 
 
 def signin_url(continue_url: str) -> str:

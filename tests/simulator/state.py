@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class SimState:
             self.page_loads = 0
             self.page_loads_by_account: dict[str, int] = {}
             self.saved_chats: dict[str, set[str]] = {}  # account -> ids of chats autosaved to its Drive
+            self.sidts: dict[str, str] = {}  # account -> its current rotating session cookie
+            self.renewals: dict[str, int] = {}  # account -> how many times it was renewed
+            self.stale_refused: dict[str, int] = {}  # account -> visits refused for a stale value
 
     # --- config ---
 
@@ -120,11 +124,32 @@ class SimState:
         with self._lock:
             return account in self.revoked
 
-    def session_account(self, sid: str | None) -> str | None:
-        """The account a SID cookie stands for, or None when the visitor counts as logged out."""
+    def session_account(self, sid: str | None, sidts: str | None = None) -> str | None:
+        """The account a SID cookie stands for, or None when the visitor counts as logged out: revoked, or
+        carrying an older value of the rotating cookie than the account's newest (when stale values are refused)."""
         if sid:
-            return None if self.is_revoked(sid) else sid
+            if self.is_revoked(sid):
+                return None
+            if sidts is not None and self.effective_config(sid)["refuse_stale_cookie"]:
+                with self._lock:
+                    current = self.sidts.get(sid)
+                    if current is not None and sidts != current:
+                        self.stale_refused[sid] = self.stale_refused.get(sid, 0) + 1
+                        return None
+            return sid
         return None if self.config["signin_required"] else ANONYMOUS
+
+    def renew(self, account: str) -> str:
+        """A new value of the account's rotating cookie; every older value is stale from now on."""
+        with self._lock:
+            self.renewals[account] = self.renewals.get(account, 0) + 1
+            value = f"{account}.{self.renewals[account]}.{secrets.token_hex(4)}"
+            self.sidts[account] = value
+            return value
+
+    def current_sidts(self, account: str) -> str | None:
+        with self._lock:
+            return self.sidts.get(account)
 
     # --- record ---
 
@@ -163,4 +188,7 @@ class SimState:
                 "revoked": sorted(self.revoked),
                 "saved_chats": sum(len(chats) for chats in self.saved_chats.values()),
                 "saved_chats_by_account": {k: len(v) for k, v in self.saved_chats.items()},
+                "cookie_renewals_by_account": dict(self.renewals),
+                "current_cookie_by_account": dict(self.sidts),
+                "stale_cookie_refused_by_account": dict(self.stale_refused),
             }

@@ -1,6 +1,6 @@
-"""The model catalogue: which models the page serves and what each offers, read from the packaged models.json.
+"""The model catalogue: which models the page serves and what each offers, read from models.json beside this.
 
-The gateway reads the same file with its own reader (gateway/catalogue.py); the two share the file, not code.
+One reader for both sides, so a request the gateway accepts is one the instance accepts.
 """
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 AUTO = "Auto"  # the page's default ratio, accepted for every model
+CATALOGUE_FILE = "models.json"
+CATALOGUE_PATH = Path(__file__).resolve().parent / CATALOGUE_FILE  # for readers that want the file itself
 
 
 @dataclass(frozen=True)
@@ -83,5 +86,5 @@ def parse(raw: dict) -> Catalogue:
 
 @cache
 def load() -> Catalogue:
-    text = resources.files("instance").joinpath("models.json").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(CATALOGUE_FILE).read_text(encoding="utf-8")
     return parse(json.loads(text))

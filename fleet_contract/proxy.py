@@ -1,12 +1,13 @@
-"""Egress proxy URLs for the instances' browsers: what is accepted, and the masked form shown back.
+"""Egress proxy URLs for the instances' browsers: the grammar both sides accept, and the masked form shown back.
 
-Pure functions, used by the settings (the fleet default), the instance service and the reconciler.
+Pure functions: the gateway checks and masks what operators give it, the instance parses INSTANCE_PROXY with
+the same rules (its SOCKS5 relay stays in the instance).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 SCHEMES = ("http", "https", "socks5", "socks5h")
 MAX_LENGTH = 2048
@@ -32,6 +33,16 @@ class ProxyURL:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """User name and password as the proxy expects them (percent-escapes undone); empty when there is none."""
+        return unquote(self.username or ""), unquote(self.password or "")
+
+    @property
+    def browser_scheme(self) -> str:
+        """Chromium's scheme: its socks5 already resolves names at the proxy, so socks5h is the same."""
+        return "socks5" if self.scheme == "socks5h" else self.scheme
 
     @property
     def masked(self) -> str:
