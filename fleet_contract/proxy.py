@@ -6,6 +6,7 @@ the same rules (its SOCKS5 relay stays in the instance).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -45,6 +46,17 @@ class ProxyURL:
         return "socks5" if self.scheme == "socks5h" else self.scheme
 
     @property
+    def on_loopback(self) -> bool:
+        """Names this machine's own loopback (127.0.0.0/8, ::1, localhost): elsewhere, e.g. in a container, it is not this one."""
+        host = self.host.lower().rstrip(".")
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
     def masked(self) -> str:
         """The form shown back: never the password, at most the username's first character."""
         if self.username is None:
@@ -81,6 +93,14 @@ def parse_proxy(value: str) -> ProxyURL:
         username=parts.username if parts.username else None,
         password=parts.password if parts.username else None,
     )
+
+
+def with_address(value: str, host: str, port: int) -> str:
+    """The same proxy URL (scheme, credentials as written) pointed at another host and port."""
+    parts = urlsplit(value.strip())
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{userinfo}{at}{shown}:{port}"
 
 
 def normalize_proxy(value: str | None) -> str | None:

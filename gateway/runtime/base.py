@@ -97,3 +97,24 @@ class Runtime(Protocol):
 
     def logs(self, instance_id: str, *, tail: int = 200, follow: bool = False) -> AsyncIterator[str]:
         """Log lines of the instance, oldest first; with follow, keeps yielding until it stops."""
+
+
+def loopback_proxy_problem(runtime: object) -> str | None:
+    """Why a proxy on this machine's loopback cannot reach this runtime's instances (`kubernetes`,
+    `remote_docker`), or None: local processes share the loopback, local docker relays it."""
+    check = getattr(runtime, "loopback_proxy_problem", None)
+    return check() if callable(check) else None
+
+
+async def route_proxy(runtime: object, url: str) -> str:
+    """The proxy URL as the runtime's instances reach it (a loopback one through a relay); engines that need
+    nothing return it as it is."""
+    route = getattr(runtime, "route_proxy", None)
+    return await route(url) if callable(route) else url
+
+
+async def prune_relays(runtime: object) -> None:
+    """Remove relays that no running instance uses (after a test started one for nothing)."""
+    prune = getattr(runtime, "prune_relays", None)
+    if callable(prune):
+        await prune()

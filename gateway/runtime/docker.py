@@ -12,14 +12,18 @@ import asyncio
 import concurrent.futures
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -27,6 +31,7 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from fleet_contract import environment as instance_env
+from fleet_contract.proxy import ProxyURLError, parse_proxy, with_address
 from gateway.runtime.base import (
     LABEL_INSTANCE_ID,
     LABEL_INSTANCE_NAME,
@@ -48,6 +53,15 @@ T = TypeVar("T")
 LABEL_NAMESPACE = "io.aistudio-fleet.namespace"
 # Hash of what the container was created from; a stopped container with another hash is recreated.
 LABEL_SPEC_HASH = "io.aistudio-fleet.spec-hash"
+# A loopback proxy relay (see loopback_relay.py) is labelled with its role and the host port it serves; an
+# instance container that uses one carries the same port label, so a relay no running instance uses is removed.
+LABEL_ROLE = "io.aistudio-fleet.role"
+ROLE_RELAY = "loopback-relay"
+LABEL_RELAY_PORT = "io.aistudio-fleet.relay-port"
+RELAY_SOURCE = Path(__file__).with_name("loopback_relay.py").read_text(encoding="utf-8")
+RELAY_READY_TIMEOUT_S = 15.0
+_RELAY_LISTENING = re.compile(r"RELAY LISTENING (\S+):(\d+)")
+PROXY_VARIABLE = instance_env.variable("proxy")
 
 INSTANCE_PORT = instance_env.PORT
 DATA_PATH = instance_env.DATA_DIR
@@ -118,6 +132,9 @@ class DockerRuntime:
         self._resolved_mode: str | None = None if connect_mode == "auto" else connect_mode
         # One change at a time per instance: two starts must not race to create its container.
         self._locks: dict[str, asyncio.Lock] = {}
+        # Relays are shared by instances: ensuring one and creating the container that uses it is one step
+        # against pruning, which must not remove a relay between the two.
+        self._relay_lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -125,6 +142,7 @@ class DockerRuntime:
         """Connect and resolve the connect mode. Raises RuntimeUnavailable when the engine is down;
         the runtime stays usable and connects again on the next call."""
         await self._run(self._connected)
+        await self._run(self._prune_relays)
 
     async def close(self) -> None:
         """Close the client; containers keep running."""
@@ -235,10 +253,10 @@ class DockerRuntime:
             return "host"
         return "host"
 
-    def _spec_hash(self, spec: InstanceSpec) -> str:
+    def _spec_hash(self, spec: InstanceSpec, env: dict[str, str] | None = None) -> str:
         material = {
             "image": self.image,
-            "env": self._environment(spec),
+            "env": self._environment(spec) if env is None else env,
             "network": self.network,
             "publish": self._publishes() and self.publish_host,
             "limits": [self.mem_limit, self.nano_cpus, self.pids_limit, self.shm_size],
@@ -277,9 +295,17 @@ class DockerRuntime:
         return found[0]
 
     def _start_sync(self, spec: InstanceSpec) -> RuntimeState:
+        env = self._environment(spec)
+        if not _loopback_proxy(env.get(PROXY_VARIABLE)):
+            return self._start_with(spec, env, None)
+        with self._relay_lock:
+            routed, relay_port = self._routed(env[PROXY_VARIABLE])
+            return self._start_with(spec, {**env, PROXY_VARIABLE: routed}, relay_port)
+
+    def _start_with(self, spec: InstanceSpec, env: dict[str, str], relay_port: int | None) -> RuntimeState:
         client = self._connected()
         name = self.container_name(spec.instance_id)
-        wanted_hash = self._spec_hash(spec)
+        wanted_hash = self._spec_hash(spec, env)
         container = self._find(spec.instance_id)
         if container is not None:
             status = container.status
@@ -294,7 +320,7 @@ class DockerRuntime:
                 self._remove_container(container)
                 container = None
         if container is None:
-            container = self._create(client, spec, name, wanted_hash)
+            container = self._create(client, spec, name, wanted_hash, env, relay_port)
         try:
             _mapped(container.start)
         except docker.errors.APIError as e:
@@ -303,7 +329,8 @@ class DockerRuntime:
         return self._state(container)
 
     def _create(
-        self, client: docker.DockerClient, spec: InstanceSpec, name: str, spec_hash: str
+        self, client: docker.DockerClient, spec: InstanceSpec, name: str, spec_hash: str,
+        env: dict[str, str] | None = None, relay_port: int | None = None,
     ) -> Container:
         if self.network:
             try:
@@ -327,8 +354,8 @@ class DockerRuntime:
         kwargs: dict[str, Any] = dict(
             image=self.image,
             name=name,
-            labels={**labels, LABEL_SPEC_HASH: spec_hash},
-            environment=self._environment(spec),
+            labels={**labels, LABEL_SPEC_HASH: spec_hash, **({LABEL_RELAY_PORT: str(relay_port)} if relay_port else {})},
+            environment=self._environment(spec) if env is None else env,
             volumes={volume: {"bind": DATA_PATH, "mode": "rw"}},
             mem_limit=self.mem_limit,
             memswap_limit=self.mem_limit,  # no swap beyond the memory limit
@@ -366,6 +393,10 @@ class DockerRuntime:
             raise RuntimeError_(f"cannot create container {name}: {_reason(e)}") from e
 
     def _stop_sync(self, instance_id: str, timeout: float) -> None:
+        self._stop_container(instance_id, timeout)
+        self._prune_relays()
+
+    def _stop_container(self, instance_id: str, timeout: float) -> None:
         container = self._find(instance_id)
         if container is None or container.status not in ("running", "paused", "restarting"):
             return
@@ -384,6 +415,7 @@ class DockerRuntime:
             self._remove_container(container)
         if remove_volume:
             self._remove_volume(self.volume_name(instance_id))
+        self._prune_relays()
 
     def _remove_container(self, container: Container) -> None:
         try:
@@ -483,6 +515,149 @@ class DockerRuntime:
             host = "127.0.0.1"
         return f"http://{host}:{binding['HostPort']}"
 
+    # ---- proxies on the host's loopback ------------------------------------------------------------
+
+    def loopback_proxy_problem(self) -> str | None:
+        """None when a proxy on this host's loopback can be relayed to the instances; else why not."""
+        return None if engine_is_local(self.docker_host or os.environ.get("DOCKER_HOST")) else "remote_docker"
+
+    async def route_proxy(self, url: str) -> str:
+        """The proxy URL as an instance container reaches it: a loopback one through its relay (started if need be)."""
+        if not _loopback_proxy(url):
+            return url
+        return await self._run(self._route_sync, url)
+
+    async def prune_relays(self) -> None:
+        await self._run(self._prune_relays)
+
+    def _route_sync(self, url: str) -> str:
+        with self._relay_lock:
+            return self._routed(url)[0]
+
+    def _routed(self, url: str) -> tuple[str, int]:
+        """(the URL pointed at the relay, the loopback port it serves); hold _relay_lock."""
+        parsed = parse_proxy(url)
+        if self.loopback_proxy_problem():
+            raise RuntimeError_(
+                f"the proxy {parsed.masked} is on this machine's loopback, which containers of a remote Docker "
+                "engine cannot reach; let the proxy listen on a LAN address (allow LAN) and use that address"
+            )
+        host, port = self._ensure_relay(parsed.port)
+        return with_address(url, host, port), parsed.port
+
+    def relay_name(self, port: int) -> str:
+        return f"{self.name_prefix}relay-{port}"
+
+    def _relay_network(self, client: docker.DockerClient) -> tuple[str, list[str]]:
+        """The fleet network's gateway address on the host (where the relay listens) and its subnets."""
+        name = self.network or "bridge"
+        try:
+            network = _mapped(lambda: client.networks.get(name))
+        except docker.errors.NotFound as e:
+            raise RuntimeError_(f"docker network {name!r} does not exist; create it (docker network create {name})") from e
+        address, subnets = None, []
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                subnet = ipaddress.ip_network(config.get("Subnet") or "", strict=False)
+            except ValueError:
+                continue
+            subnets.append(str(subnet))
+            if address is None and subnet.version == 4:
+                address = (config.get("Gateway") or "").split("/")[0] or str(next(subnet.hosts()))
+        if address is None:
+            raise RuntimeError_(f"docker network {name!r} has no IPv4 gateway address to relay a loopback proxy on")
+        return address, subnets
+
+    def _relays(self, port: int | None = None) -> list[Container]:
+        client = self._connected()
+        labels = [*self._base_filters(), f"{LABEL_ROLE}={ROLE_RELAY}"]
+        if port is not None:
+            labels.append(f"{LABEL_RELAY_PORT}={port}")
+        return _mapped(lambda: client.containers.list(all=True, filters={"label": labels}, ignore_removed=True))
+
+    def _ensure_relay(self, port: int) -> tuple[str, int]:
+        """The running relay for this loopback port (one per port, shared): its address and port."""
+        client = self._connected()
+        address, subnets = self._relay_network(client)
+        command = ["--listen", address, "--target-port", str(port)]
+        for subnet in subnets:
+            command += ["--allow", subnet]
+        wanted = hashlib.sha256(json.dumps([self.image, self.user, RELAY_SOURCE, command]).encode()).hexdigest()[:16]
+        for found in self._relays(port):
+            if found.status == "running" and found.labels.get(LABEL_SPEC_HASH) == wanted:
+                return address, self._relay_port(found)
+            # Stopped, or made for another network or image: a fresh one, so its log holds one run only.
+            self._remove_container(found)
+        labels = {
+            LABEL_MANAGED_BY: MANAGED_BY_VALUE,
+            LABEL_NAMESPACE: self.name_prefix,
+            LABEL_ROLE: ROLE_RELAY,
+            LABEL_RELAY_PORT: str(port),
+            LABEL_SPEC_HASH: wanted,
+        }
+        try:
+            container = _mapped(lambda: client.containers.run(
+                self.image,
+                command,
+                entrypoint=["python", "-c", RELAY_SOURCE],
+                name=self.relay_name(port),
+                labels=labels,
+                network_mode="host",  # the host's loopback is what it relays to
+                user=self.user,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                read_only=True,
+                mem_limit="64m",
+                pids_limit=64,
+                healthcheck={"test": ["NONE"]},  # the image's own check is the instance's port, not this
+                restart_policy={"Name": "unless-stopped"},
+                detach=True,
+            ))
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # made meanwhile by another gateway on this engine
+                running = [c for c in self._relays(port) if c.status == "running"]
+                if running:
+                    return address, self._relay_port(running[0])
+            raise RuntimeError_(f"cannot start the loopback proxy relay for port {port}: {_reason(e)}") from e
+        log.info("loopback proxy relay for port %s started on %s", port, address)
+        return address, self._relay_port(container)
+
+    def _relay_port(self, container: Container) -> int:
+        """The port the relay listens on, from its log (the target's port unless that was taken)."""
+        deadline = time.monotonic() + RELAY_READY_TIMEOUT_S
+        while True:
+            text = _mapped(lambda: container.logs(tail=100)).decode("utf-8", "replace")
+            found = _RELAY_LISTENING.findall(text)
+            if found:
+                return int(found[-1][1])
+            _mapped(container.reload)
+            if container.status not in ("running", "created", "restarting"):
+                raise RuntimeError_(f"the loopback proxy relay exited ({container.status}): {text[-300:].strip()}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError_(f"the loopback proxy relay did not listen within {RELAY_READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.1)
+
+    def _prune_relays(self) -> None:
+        """Remove the relays that no running instance container of this gateway uses."""
+        try:
+            self._prune_relays_now()
+        except (docker.errors.APIError, RuntimeError_) as e:  # a leftover relay is harmless; the next prune retries
+            log.warning("cannot prune loopback proxy relays: %s", _reason(e))
+
+    def _prune_relays_now(self) -> None:
+        with self._relay_lock:
+            relays = self._relays()
+            if not relays:
+                return
+            client = self._connected()
+            users = {"label": [*self._base_filters(), LABEL_INSTANCE_ID, LABEL_RELAY_PORT]}
+            found = _mapped(lambda: client.containers.list(all=True, filters=users, ignore_removed=True))
+            in_use = {c.labels.get(LABEL_RELAY_PORT) for c in found if c.status in ("running", "created", "restarting", "paused")}
+            for relay in relays:
+                if relay.labels.get(LABEL_RELAY_PORT) not in in_use:
+                    self._remove_container(relay)
+                    log.info("loopback proxy relay %s removed: no running instance uses it", relay.name)
+
     # ---- following logs --------------------------------------------------------------------------
 
     async def _follow(self, container: Container, tail: int) -> AsyncIterator[str]:
@@ -553,6 +728,33 @@ class DockerRuntime:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+def engine_is_local(url: str | None) -> bool:
+    """The engine runs on this machine (its socket, or TCP on loopback): its host network is ours."""
+    if not url:
+        return True
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("unix", "npipe", "http+unix"):
+        return True
+    if scheme not in ("tcp", "http", "https"):
+        return False  # ssh:// and the like: another machine
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_proxy(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        return parse_proxy(url).on_loopback
+    except ProxyURLError:
+        return False
 
 
 def _checked_id(instance_id: str) -> str:

@@ -144,6 +144,11 @@ class FakeRuntime:
         self._exit_on_start: set[str] = set()
         self._never_ready: set[str] = set()
         self.http_transport = httpx.MockTransport(self._handle)
+        # Set to `kubernetes` or `remote_docker` to act as an engine that cannot reach this machine's loopback.
+        self.loopback_problem: str | None = None
+
+    def loopback_proxy_problem(self) -> str | None:
+        return self.loopback_problem
 
     # Fault injection -----------------------------------------------------------------------------
 

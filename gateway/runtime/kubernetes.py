@@ -87,6 +87,10 @@ class KubernetesRuntime:
 
     name = ENGINE
 
+    def loopback_proxy_problem(self) -> str | None:
+        """Pods run on other nodes: this machine's loopback is not theirs to reach."""
+        return "kubernetes"
+
     def __init__(
         self,
         template: PodTemplate,
