@@ -42,6 +42,7 @@ from gateway.runtime.health import EngineHealth
 from gateway.services.history import TaskHistoryService
 from gateway.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
+from gateway.services.proxies import ProxyTester
 from gateway.retention import Retention
 from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
@@ -67,6 +68,7 @@ class Fleet:
     dispatcher: Dispatcher
     selectors: SelectorsService
     retention: Retention
+    proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
 
     @classmethod
     async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
@@ -99,12 +101,19 @@ class Fleet:
             )
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
             retention = Retention(sessions, settings.retention, dispatcher.results.directory)
+            instance = settings.instance
+            proxies = ProxyTester(
+                sessions, runtime, instance.default_proxy_url, instance.proxy_test_target, instance.proxy_test_timeout
+            )
+            if (problem := proxies.default_problem("en")) is not None:
+                # The setting is read at start: the operator learns it here and in the panel, not from instances.
+                log.warning("GATEWAY_DEFAULT_PROXY: %s", problem)
         except BaseException:
             await db.dispose()
             raise
         fleet = cls(
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
-            selectors, retention,
+            selectors, retention, proxies,
         )
         dispatcher.start()
         retention.start()

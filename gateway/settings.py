@@ -104,6 +104,8 @@ class InstanceSettings:
     shm_size: str
     seccomp: str
     remove_volume_on_delete: bool
+    proxy_test_target: str
+    proxy_test_timeout: float
 
     @property
     def default_proxy_url(self) -> str | None:
@@ -290,6 +292,9 @@ class Settings(BaseSettings):
     instance_browser_mode: BrowserMode | None = None
     # The browsers' egress proxy for instances without their own (scheme://[user:password@]host:port).
     default_proxy: SecretStr | None = None
+    # Where the "test proxy" action asks a proxy to connect (host:port), and how long it may take in all.
+    proxy_test_target: str = "aistudio.google.com:443"
+    proxy_test_timeout: float = Field(10.0, gt=0, le=120)
     instance_memory: str = "1g"
     instance_cpus: float = Field(1.0, gt=0)
     instance_pids_limit: int = Field(512, gt=0)
@@ -407,6 +412,14 @@ class Settings(BaseSettings):
             return SecretStr(normalize_proxy(value.get_secret_value()) or "")
         except ProxyURLError as exc:
             raise ValueError(f"GATEWAY_DEFAULT_PROXY: {exc}") from None
+
+    @field_validator("proxy_test_target")
+    @classmethod
+    def _valid_test_target(cls, value: str) -> str:
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("GATEWAY_PROXY_TEST_TARGET must be host:port, e.g. aistudio.google.com:443")
+        return value.strip()
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

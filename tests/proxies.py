@@ -121,7 +121,10 @@ class RecordingProxy:
             except OSError:
                 writer.write(b"\x05\x05\x00\x01" + bytes(6))  # connection refused
                 return
-            writer.write(b"\x05\x00\x00\x01" + bytes(6))
+            # BND.ADDR/BND.PORT: the address this proxy connected from, as real SOCKS5 servers report it.
+            bound = ipaddress.ip_address(up_writer.get_extra_info("sockname")[0])
+            port_bytes = up_writer.get_extra_info("sockname")[1].to_bytes(2, "big")
+            writer.write(bytes([5, 0, 0, 1 if bound.version == 4 else 4]) + bound.packed + port_bytes)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except (OSError, ValueError, asyncio.IncompleteReadError):
             pass

@@ -22,6 +22,7 @@ from gateway.api.schemas import (
     InstanceListOut,
     InstanceOut,
     LogsOut,
+    ProxyTestIn,
     SessionImportOut,
     StatsOut,
     UpdateInstanceIn,
@@ -30,6 +31,7 @@ from gateway.db.models import Status
 from gateway.errors import FleetError, TooLarge
 from gateway.i18n import translate
 from gateway.services.instances import InstanceService, proxy_message
+from gateway.services.proxies import ProxyTester, ProxyTestView
 
 
 def provide_instances(state: State) -> InstanceService:
@@ -185,4 +187,25 @@ async def _log_events(lines: AsyncIterator[str], language: str) -> AsyncIterator
     yield ServerSentEventMessage(data="", event="end")
 
 
-MANAGEMENT_CONTROLLERS = [InstanceController, StatsController]
+def provide_proxy_tester(state: State) -> ProxyTester:
+    tester = state.fleet.proxies
+    assert tester is not None, "Fleet.open sets it"
+    return tester
+
+
+class ProxyController(Controller):
+    path = "/api/proxies"
+    tags = ["instances"]
+    dependencies = {**DEPENDENCIES, "proxies": Provide(provide_proxy_tester, sync_to_thread=False)}
+
+    @post(
+        "/test", operation_id="testProxy", status_code=200,
+        summary="Connect through a proxy as the instances would; success, latency, exit address or the error",
+    )
+    async def test_proxy(
+        self, data: JSONBody[ProxyTestIn], proxies: NamedDependency[ProxyTester], language: Language
+    ) -> ProxyTestView:
+        return await proxies.test(language, proxy=data.proxy, instance_id=data.instance_id)
+
+
+MANAGEMENT_CONTROLLERS = [InstanceController, StatsController, ProxyController]

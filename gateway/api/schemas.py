@@ -77,3 +77,11 @@ class SessionImportOut(msgspec.Struct, kw_only=True):
     cookies: int | None
     login_state: str | None
     pending: bool = False  # the instance is stopped: it gets the session when it is next ready
+
+
+class ProxyTestIn(msgspec.Struct, forbid_unknown_fields=False):
+    """One of: `proxy` (a URL, before it is saved), `instance_id` (its proxy, or the default it uses); neither:
+    the fleet default."""
+
+    proxy: str | None = None
+    instance_id: str | None = None

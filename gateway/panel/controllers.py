@@ -30,6 +30,7 @@ from gateway.panel.live import PoolSnapshot, PoolWatcher
 from gateway.panel.rendering import render_fragment
 from gateway.services.history import OUTCOMES, TaskHistoryService
 from gateway.services.instances import InstanceService, proxy_message
+from gateway.services.proxies import ProxyTester
 
 # How often a quiet live stream wakes: to look for new events, and to notice a viewer who left.
 HEARTBEAT_SECONDS = 2.0
@@ -46,6 +47,12 @@ def provide_history(state: State) -> TaskHistoryService:
     return state.fleet.history
 
 
+def provide_proxies(state: State) -> ProxyTester:
+    tester = state.fleet.proxies
+    assert tester is not None, "Fleet.open sets it"
+    return tester
+
+
 def provide_watcher(state: State) -> PoolWatcher:
     return state.pool_watcher
 
@@ -59,6 +66,7 @@ DEPENDENCIES = {
     "history": Provide(provide_history, sync_to_thread=False),
     "watcher": Provide(provide_watcher, sync_to_thread=False),
     "auth": Provide(provide_auth, sync_to_thread=False),
+    "proxies": Provide(provide_proxies, sync_to_thread=False),
 }
 
 
@@ -107,9 +115,11 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", name="panel:overview")
-    async def overview(self, request: HTMXRequest, watcher: NamedDependency[PoolWatcher]) -> Template:
+    async def overview(self, request: HTMXRequest, watcher: NamedDependency[PoolWatcher], proxies: NamedDependency[ProxyTester]) -> Template:
         snapshot = await watcher.current()
-        return page(request, "overview.html", pool_context(snapshot), block="pool")
+        # A default proxy on this machine's loopback that this engine's instances cannot reach: say so and what to do.
+        problem = proxies.default_problem(request_language(request))
+        return page(request, "overview.html", {**pool_context(snapshot), "default_proxy_problem": problem}, block="pool")
 
     @get("/instances/{instance_id:str}", name="panel:instance")
     async def instance(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
@@ -190,6 +200,15 @@ class ActionsController(Controller):
         watcher.poke()
         key, params = proxy_message(view)
         return flash(request, said(request, key, **params))
+
+    @post("/proxies/test", name="panel:proxy-test")
+    async def test_proxy(self, request: HTMXRequest, proxies: NamedDependency[ProxyTester]) -> Template:
+        form = await request.form()
+        # A URL typed in the field is tested before it is saved; an empty field tests what is in use.
+        typed = str(form.get("proxy") or "").strip() or None
+        instance_id = None if typed else (str(form.get("instance_id") or "") or None)
+        result = await proxies.test(request_language(request), proxy=typed, instance_id=instance_id)
+        return flash(request, result.message, ok=result.success)
 
     @post("/instances/{instance_id:str}/navigate", name="panel:navigate")
     async def navigate(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Template:

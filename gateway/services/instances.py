@@ -54,6 +54,7 @@ from gateway.instance_client import (
     InstanceNoAnswer,
     InstanceRejected,
 )
+from gateway.services.proxies import check_reachable
 from gateway.services.session_shape import SessionShapeError, check_session
 from gateway.services.views import EngineView, EventView, InstanceView, ModelBlockView, StatsView
 from gateway.settings import InstanceSettings, SessionSettings
@@ -228,6 +229,7 @@ class InstanceService:
         `session`: a session it gets once it is ready, stored with the row in one transaction."""
         name = _valid_name(name)
         proxy_url = _valid_proxy(proxy)
+        check_reachable(self._runtime, proxy_url)
         legacy_id = _valid_legacy_id(legacy_id)
         pending = self._valid_pending(session) if session is not None else None
         # A migrated instance brings its own login; the single-instance file stays for the next plain create.
@@ -252,6 +254,7 @@ class InstanceService:
         """The instance's own egress proxy ("" or None: the fleet default); used from its next start.
         Returns the state and whether anything changed."""
         proxy_url = _valid_proxy(proxy)
+        check_reachable(self._runtime, proxy_url)
         uid = _parse_id(instance_id)
         async with self._sessions.begin() as session:
             row = (await session.execute(select(Instance.name, Instance.proxy_url).where(Instance.id == uid))).first()

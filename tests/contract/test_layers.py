@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.legacy",),
     ("gateway.services",),
     ("gateway.dispatcher", "gateway.reconciler", "gateway.retention"),
-    ("gateway.instance_client", "gateway.runtime", "gateway.db", "gateway.signing", "gateway.settings",
+    ("gateway.instance_client", "gateway.proxy_probe", "gateway.runtime", "gateway.db", "gateway.signing", "gateway.settings",
      "gateway.errors", "gateway.i18n", "gateway.addresses", "gateway"),
 ]
 

@@ -97,6 +97,8 @@ def start_gateway(
         "GATEWAY_AISTUDIO_URL": aistudio_url,
         "GATEWAY_SIGNIN_URL": aistudio_url.rstrip("/") + "/ServiceLogin?continue={continue}",
         "GATEWAY_RECONCILE_INTERVAL": "0.5",
+        # "Test proxy" asks for a tunnel to the simulator, which answers here, not to Google.
+        "GATEWAY_PROXY_TEST_TARGET": aistudio_url.split("://", 1)[-1].split("/", 1)[0],
         "GATEWAY_LOCAL_PORT_RANGE_START": str(20000 + (os.getpid() * 7) % 20000),
         **({"GATEWAY_ADMIN_TOKEN": token} if token else {}),
         **env,

@@ -169,6 +169,27 @@ def test_a_name_with_a_script_shows_as_text(page: Any, gateway: Gateway) -> None
     assert dialogs == []
 
 
+def test_the_test_proxy_button_reports_and_keeps_what_was_typed(page: Any, gateway: Gateway) -> None:
+    from tests.proxies import ProxyThread
+
+    proxy = ProxyThread("socks5", username="u", password="pw-secret").start()
+    try:
+        login(page, gateway.admin_url, gateway.token)
+        page.fill("#new-proxy", proxy.url())
+        page.click("[data-action=test-proxy]")
+        flash = page.locator("#flash .flash")
+        expect(flash).to_have_class("flash ok")  # the target answers or not: the proxy itself logged us in
+        expect(flash).to_contain_text(f"127.0.0.1:{proxy.port}")
+        assert "pw-secret" not in page.content()
+        expect(page.locator("#new-proxy")).to_have_value(proxy.url())  # a test does not clear the form
+        save_screenshot(page, "proxy-test-ok")
+        page.fill("#new-proxy", proxy.url().replace("pw-secret", "wrong"))
+        page.click("[data-action=test-proxy]")
+        expect(page.locator("#flash .flash.error")).to_be_visible()
+    finally:
+        proxy.close()
+
+
 def test_english_by_the_switch_or_the_browser_language(page: Any, browser: Any, gateway: Gateway) -> None:
     login(page, gateway.admin_url, gateway.token)
     expect(page.locator("[data-figure=total] .figure-label")).to_have_text("总实例数")
