@@ -23,6 +23,8 @@ class InstanceEnvironment(msgspec.Struct, kw_only=True, omit_defaults=True, froz
     signin_url: str | None = None  # {continue}: the new-chat URL, URL-encoded
     browser_mode: str | None = None  # headed, headless, headless-shell
     proxy: str | None = None  # the browser's egress proxy, for Chromium alone
+    timezone: str | None = None  # IANA name (Asia/Tokyo): the page's and the browser process's clock zone
+    locale: str | None = None  # BCP 47 tag (ja-JP): Intl's locale; Accept-Language defaults from it
     host: str | None = None
     port: int | None = None
     data_dir: str | None = None

@@ -34,9 +34,16 @@ PLAYWRIGHT_DISABLED_FEATURES = (
 )
 # The omnibox popups are WebUI pages that a headed Chromium preloads in a renderer of their own (about 100 MiB);
 # nobody types in the address bar here.
+# RenderDocument gives each navigation a new renderer widget, whose window rect arrives after the page's first scripts
+# ran: the first page of a start saw outerWidth/outerHeight 0x0 in about half of the starts (headed and headless).
 OWN_DISABLED_FEATURES = (
     "Translate", "AutofillServerCommunication", "BackForwardCache", "WebUIOmniboxPopup", "WebUIOmniboxAimPopup",
+    "RenderDocument",
 )
+# WebRTC only through the proxy (no host or STUN-mapped candidate with this machine's address): chromium reads the
+# first spelling, chromium-headless-shell the second; each ignores the other.
+WEBRTC_POLICY = "disable_non_proxied_udp"
+WEBRTC_ARGS = (f"--webrtc-ip-handling-policy={WEBRTC_POLICY}", f"--force-webrtc-ip-handling-policy={WEBRTC_POLICY}")
 
 # Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
 CHROMIUM_ARGS = (
@@ -55,6 +62,7 @@ CHROMIUM_ARGS = (
     "--renderer-process-limit=2",
     "--disable-features=" + ",".join(dict.fromkeys(PLAYWRIGHT_DISABLED_FEATURES + OWN_DISABLED_FEATURES)),
     "--in-process-gpu",  # one process fewer: each helper process costs tens of MiB
+    *WEBRTC_ARGS,
 )
 # Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
 NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
@@ -106,8 +114,10 @@ def launch_options(settings: InstanceSettings, display: str | None, sandbox: boo
         "args": args,
         "chromium_sandbox": sandbox,  # False makes Playwright add --no-sandbox itself
     }
-    if display is not None:
-        options["env"] = {**os.environ, "DISPLAY": display}
+    if display is not None or settings.timezone:
+        # TZ: the browser process's own clock zone agrees with the pages' (Date, Intl, logs, file times).
+        options["env"] = {**os.environ, **({"DISPLAY": display} if display else {}),
+                          **({"TZ": settings.timezone} if settings.timezone else {})}
     return options
 
 
@@ -197,7 +207,7 @@ class BrowserHost:
         self._save_lock = asyncio.Lock()
         self._user_agent: str | None = None
         self._tasks_on_page = 0
-        self._display = (VirtualDisplay(settings.screen_width, settings.screen_height)
+        self._display = (VirtualDisplay(settings.screen_width, settings.screen_height, timezone=settings.timezone)
                          if settings.browser_mode == "headed" else None)
         self._refusal_task: asyncio.Task | None = None
         self.session_expires_at: float | None = None  # epoch seconds: the first Google auth cookie to expire
@@ -276,6 +286,7 @@ class BrowserHost:
             screen={"width": self.settings.screen_width, "height": self.settings.screen_height},
             storage_state=state,
             user_agent=self._user_agent,
+            timezone_id=self.settings.timezone,
         )
 
     async def _new_page(self) -> None:
@@ -283,8 +294,14 @@ class BrowserHost:
 
     async def _page_in(self, context: BrowserContext) -> Page:
         page = await context.new_page()
-        if self.settings.browser_mode == "headless-shell":
-            cdp = await context.new_cdp_session(page)
+        # Playwright's context `locale` would cut navigator.languages to that one tag (a tell, and English would not
+        # come first): the locale (Intl) and the Accept-Language list are set on the page, before its first load.
+        cdp = await context.new_cdp_session(page)
+        await cdp.send("Emulation.setLocaleOverride", {"locale": self.settings.locale})
+        if self._user_agent is None:  # headed: the browser's own user agent and client hints stay
+            await cdp.send("Emulation.setUserAgentOverride",
+                           {"userAgent": "", "acceptLanguage": self.settings.accept_languages})
+        else:  # headless: the headless shell's client hints name HeadlessChrome otherwise
             await cdp.send("Emulation.setUserAgentOverride", client_hints_override(
                 self._user_agent, self._browser.version, self.settings.accept_languages))
         return page

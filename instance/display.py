@@ -23,8 +23,9 @@ class DisplayError(RuntimeError):
 class VirtualDisplay:
     """One Xvfb server on a free display number, started before Chromium and stopped after it."""
 
-    def __init__(self, width: int, height: int, start_timeout_s: float = 10.0) -> None:
+    def __init__(self, width: int, height: int, start_timeout_s: float = 10.0, timezone: str | None = None) -> None:
         self.width, self.height = width, height
+        self.timezone = timezone  # the instance's clock zone, so that nothing on the display disagrees
         self.start_timeout_s = start_timeout_s
         self.name: str | None = None
         self._process: subprocess.Popen | None = None
@@ -51,6 +52,7 @@ class VirtualDisplay:
                 [binary, "-displayfd", str(write_fd), "-screen", "0", f"{self.width}x{self.height}x24",
                  "-nolisten", "tcp", "-noreset"],
                 pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
+                env={**os.environ, "TZ": self.timezone} if self.timezone else None,
             )
             os.close(write_fd)
             write_fd = -1

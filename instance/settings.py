@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleet_contract.regional import accept_languages_for, normalize_locale, normalize_timezone
 
 CHROMIUM = "/usr/bin/chromium"
 HEADLESS_SHELL = "/usr/bin/chromium-headless-shell"
@@ -39,8 +41,13 @@ class InstanceSettings(BaseSettings):
     # The screen the page sees (and the virtual display's size); a desktop screen is larger than the window.
     screen_width: int = 1920
     screen_height: int = 1080
-    # English first: the selectors use the page's English labels.
-    accept_languages: str = "en-US,en"
+    # The clock zone of the page and of the browser process (IANA name, set with the proxy to match its exit
+    # country); unset: the process's own (UTC in the image).
+    timezone: str | None = None
+    # Intl's locale (BCP 47); the Accept-Language list below defaults from it.
+    locale: str = "en-US"
+    # Unset: from the locale, English first (the selectors use the page's English labels): ja-JP -> en-US,en,ja-JP,ja.
+    accept_languages: str = ""
     selectors_file: Path | None = None  # overrides the packaged selectors; default <data_dir>/selectors.json
 
     max_prompt_chars: int = 10_000
@@ -73,6 +80,22 @@ class InstanceSettings(BaseSettings):
     recycle_tab_every_tasks: int = 5
     driver_node_options: str = "--max-semi-space-size=2 --max-old-space-size=96"
     log_level: str = "INFO"
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str | None) -> str | None:
+        return normalize_timezone(value)
+
+    @field_validator("locale")
+    @classmethod
+    def _valid_locale(cls, value: str) -> str:
+        return normalize_locale(value) or "en-US"
+
+    @model_validator(mode="after")
+    def _languages_from_locale(self) -> InstanceSettings:
+        if not self.accept_languages.strip():
+            self.accept_languages = accept_languages_for(self.locale)
+        return self
 
     @property
     def chromium_executable(self) -> str:

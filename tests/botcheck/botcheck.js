@@ -1,6 +1,13 @@
 // Reads the signals bot checks look at and posts them to /report (served by tests.botcheck).
 "use strict";
 
+// Read first, synchronously, as a sign-in script at the page's own load would (not seconds later).
+const AT_LOAD = {
+  outer: [window.outerWidth, window.outerHeight],
+  inner: [window.innerWidth, window.innerHeight],
+  screen: [screen.width, screen.height, screen.availWidth, screen.availHeight],
+};
+
 function isNative(fn) {
   return typeof fn === "function" && /\{\s*\[native code\]\s*\}\s*$/.test(Function.prototype.toString.call(fn));
 }
@@ -45,6 +52,28 @@ function webgl() {
   }
 }
 
+// ICE candidates with a STUN server on this page's own port (tests.botcheck answers STUN there): a host or
+// server-reflexive candidate that names an address shows what WebRTC reveals beside the proxy.
+async function webrtcCandidates() {
+  if (typeof RTCPeerConnection === "undefined") return {available: false, candidates: []};
+  const candidates = [];
+  const pc = new RTCPeerConnection({iceServers: [{urls: `stun:127.0.0.1:${location.port || 80}`}]});
+  try {
+    pc.createDataChannel("probe");
+    const gathered = new Promise((resolve) => {
+      pc.onicecandidate = (event) => (event.candidate ? candidates.push(event.candidate.candidate) : resolve());
+      setTimeout(resolve, 4000);
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered;
+    return {available: true, candidates};
+  } catch (error) {
+    return {available: true, candidates, error: String(error)};
+  } finally {
+    pc.close();
+  }
+}
+
 async function collect() {
   const uaData = navigator.userAgentData;
   return {
@@ -69,6 +98,13 @@ async function collect() {
     language: navigator.language,
     languages: Array.from(navigator.languages || []),
     webgl: webgl(),
+    at_load: AT_LOAD,
+    location: location.href,
+    time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone,
+    timezone_offset_min: new Date().getTimezoneOffset(),
+    intl_locale: Intl.DateTimeFormat().resolvedOptions().locale,
+    number_locale: new Intl.NumberFormat().resolvedOptions().locale,
+    webrtc: await webrtcCandidates(),
     hardware_concurrency: navigator.hardwareConcurrency,
     device_memory: navigator.deviceMemory === undefined ? null : navigator.deviceMemory,
   };

@@ -1,4 +1,6 @@
 """A tiny stdlib HTTP server for the bot-check page: serves it, keeps what it reports with the request headers.
+It also answers STUN binding requests on the same port number (UDP), so that the page's WebRTC probe sees what a
+STUN server would learn of the browser's address.
 
 Each report is also printed to stdout as one JSON line `{"botcheck": {...}}`, so that a sidecar container's
 `docker logs` carries it.
@@ -6,7 +8,10 @@ Each report is also printed to stdout as one JSON line `{"botcheck": {...}}`, so
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +21,10 @@ from typing import Any
 from tests.botcheck.signals import evaluate
 
 HERE = Path(__file__).parent
-FILES = {"/": ("page.html", "text/html; charset=utf-8"), "/botcheck.js": ("botcheck.js", "text/javascript")}
+PAGE = ("page.html", "text/html; charset=utf-8")
+# The page also at AI Studio's new-chat path: an instance whose INSTANCE_AISTUDIO_URL is this server opens it first.
+FILES = {"/": PAGE, "/prompts/new_chat": PAGE, "/botcheck.js": ("botcheck.js", "text/javascript")}
+STUN_COOKIE = 0x2112A442
 # Ask for the high-entropy client hints, so that the report request carries them as Google's pages get them.
 ACCEPT_CH = ("Sec-CH-UA-Full-Version-List, Sec-CH-UA-Platform-Version, Sec-CH-UA-Arch, Sec-CH-UA-Bitness, "
              "Sec-CH-UA-Model, Sec-CH-UA-WoW64")
@@ -28,6 +36,9 @@ class BotcheckServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], echo: bool = True) -> None:
         super().__init__(address, _Handler)
         self.echo = echo
+        self._stun = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stun.bind((self.server_address[0], self.server_port))
+        threading.Thread(target=self._answer_stun, daemon=True).start()
         self.document_headers: dict[str, str] = {}
         self.reports: list[dict[str, Any]] = []
         self.reported = threading.Condition()
@@ -41,6 +52,24 @@ class BotcheckServer(ThreadingHTTPServer):
         if self.echo:
             print(json.dumps({"botcheck": report}), flush=True)
         return report
+
+    def _answer_stun(self) -> None:
+        """Binding requests get a XOR-MAPPED-ADDRESS of their sender (RFC 5389): the browser's srflx candidate."""
+        while True:
+            try:
+                data, (host, port) = self._stun.recvfrom(2048)
+            except OSError:
+                return  # closed
+            if len(data) < 20 or struct.unpack("!HHI", data[:8])[0::2] != (0x0001, STUN_COOKIE):
+                continue
+            address = int(ipaddress.IPv4Address(host)) ^ STUN_COOKIE
+            attribute = struct.pack("!HHBBHI", 0x0020, 8, 0, 1, port ^ (STUN_COOKIE >> 16), address)
+            self._stun.sendto(struct.pack("!HHI", 0x0101, len(attribute), STUN_COOKIE) + data[8:20] + attribute,
+                              (host, port))
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._stun.close()
 
     def wait_report(self, timeout: float) -> dict[str, Any]:
         with self.reported:
@@ -62,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         name, media = FILES.get(self.path.split("?")[0], (None, None))
         if name is None:
             return self._send(404, b"not found", "text/plain")
-        if self.path.split("?")[0] == "/":
+        if name == PAGE[0]:
             self.server.document_headers = self._headers()
         self._send(200, (HERE / name).read_bytes(), media, {"Accept-CH": ACCEPT_CH})
 

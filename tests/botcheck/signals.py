@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -82,6 +83,31 @@ def _outer_problem(r: dict) -> str | None:
     return None
 
 
+def ice_candidates(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, address) of each ICE candidate the page gathered: `candidate:f 1 udp prio ADDRESS port typ TYPE ...`."""
+    found = []
+    for line in (report.get("webrtc") or {}).get("candidates", []):
+        parts = line.split()
+        if len(parts) >= 8 and parts[6] == "typ":
+            found.append((parts[7], parts[4]))
+    return found
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False  # an mDNS name (<uuid>.local) hides the address
+
+
+def _webrtc_problem(report: dict[str, Any]) -> str | None:
+    # Only a relay (through a TURN server, as through the proxy) may carry an address; host, srflx and prflx
+    # candidates name this machine or the address it reaches STUN from beside the proxy.
+    leaks = [f"{kind} {address}" for kind, address in ice_candidates(report) if kind != "relay" and _is_address(address)]
+    return f"WebRTC reveals addresses beside the proxy: {leaks}" if leaks else None
+
+
 def evaluate(report: dict[str, Any]) -> dict[str, str]:
     """Fired signals, name -> why. `report` is the page's report plus `headers` {document, report}."""
     if "error" in report:
@@ -107,6 +133,7 @@ def evaluate(report: dict[str, Any]) -> dict[str, str]:
         else f"Notification.permission={notification!r} but permissions.query says {report.get('notification_query')!r}",
         "outer_size": _outer_problem(report),
         "languages": _languages_problem(report, doc),
+        "webrtc_leak": _webrtc_problem(report),
         "webgl_software": None if gl.get("available") and "swiftshader" not in renderer.lower()
         and "llvmpipe" not in renderer.lower() else f"WebGL: {gl}",
         "hardware": None if (report.get("hardware_concurrency") or 0) >= 2 and report.get("device_memory")
