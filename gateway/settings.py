@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_contract.proxy import ProxyURLError, normalize_proxy
+from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]
@@ -98,6 +99,8 @@ class InstanceSettings:
     signin_url: str | None
     browser_mode: BrowserMode | None
     default_proxy: SecretStr | None
+    default_timezone: str
+    default_locale: str
     memory: str
     cpus: float
     pids_limit: int
@@ -292,6 +295,10 @@ class Settings(BaseSettings):
     instance_browser_mode: BrowserMode | None = None
     # The browsers' egress proxy for instances without their own (scheme://[user:password@]host:port).
     default_proxy: SecretStr | None = None
+    # The browsers' time zone (IANA) and locale (BCP 47) for instances without their own: pick them to match the
+    # default proxy's exit country (forwarded as INSTANCE_TIMEZONE and INSTANCE_LOCALE).
+    default_timezone: str = "UTC"
+    default_locale: str = "en-US"
     # Where the "test proxy" action asks a proxy to connect (host:port), and how long it may take in all.
     proxy_test_target: str = "aistudio.google.com:443"
     proxy_test_timeout: float = Field(10.0, gt=0, le=120)
@@ -401,6 +408,16 @@ class Settings(BaseSettings):
     @classmethod
     def _unset_browser_mode(cls, value: str | None) -> str | None:
         return value or None  # compose passes an unset variable as ""
+
+    @field_validator("default_timezone", "default_locale")
+    @classmethod
+    def _valid_regional(cls, value: str, info: Any) -> str:
+        # Checked at start, like the default proxy: a typo fails the gateway, not every browser later.
+        try:
+            normal = normalize_timezone(value) if info.field_name == "default_timezone" else normalize_locale(value)
+        except RegionalError as exc:
+            raise ValueError(f"GATEWAY_{info.field_name.upper()}: {exc}") from None
+        return normal or ("UTC" if info.field_name == "default_timezone" else "en-US")
 
     @field_validator("default_proxy")
     @classmethod

@@ -28,9 +28,9 @@ from gateway.api.schemas import (
     UpdateInstanceIn,
 )
 from gateway.db.models import Status
-from gateway.errors import FleetError, TooLarge
+from gateway.errors import BadRequest, FleetError, TooLarge
 from gateway.i18n import translate
-from gateway.services.instances import InstanceService, proxy_message
+from gateway.services.instances import InstanceService, proxy_message, regional_message, valid_regional
 from gateway.services.proxies import ProxyTester, ProxyTestView
 
 
@@ -70,7 +70,8 @@ class InstanceController(Controller):
     @post("/", operation_id="createInstance", status_code=200, summary="Create a stopped instance")
     async def create_instance(self, data: JSONBody[CreateInstanceIn], instances: Instances, language: Language) -> CreateInstanceOut:
         session = msgspec.json.encode(data.session) if data.session is not None else None
-        view = await instances.create(data.name, data.proxy, legacy_id=data.legacy_id, session=session)
+        view = await instances.create(data.name, data.proxy, legacy_id=data.legacy_id, session=session,
+                                      timezone=data.timezone, locale=data.locale)
         message = translate("instance_created", language, name=view.name)
         return CreateInstanceOut(instance_id=view.instance_id, message=message, instance=view)
 
@@ -78,13 +79,26 @@ class InstanceController(Controller):
     async def get_instance(self, instance_id: InstanceId, instances: Instances) -> InstanceOut:
         return InstanceOut(instance=await instances.get(instance_id))
 
-    @patch("/{instance_id:str}", operation_id="updateInstance", summary="Change its egress proxy (from its next start)")
+    @patch("/{instance_id:str}", operation_id="updateInstance",
+           summary="Change its egress proxy, time zone or locale (from its next start)")
     async def update_instance(
         self, instance_id: InstanceId, data: JSONBody[UpdateInstanceIn], instances: Instances, language: Language
     ) -> InstanceActionOut:
-        view, changed = await instances.set_proxy(instance_id, data.proxy)
-        key, params = proxy_message(view)
-        return InstanceActionOut(message=translate(key, language, **params), changed=changed, instance=view)
+        regional = data.regional()
+        if data.proxy is msgspec.UNSET and not regional:
+            raise BadRequest("invalid_body", detail="give proxy, timezone or locale")
+        valid_regional(regional.get("timezone"), regional.get("locale"))  # a bad one refuses all: nothing stored
+        messages, changed = [], False
+        if data.proxy is not msgspec.UNSET:
+            view, changed = await instances.set_proxy(instance_id, data.proxy)
+            key, params = proxy_message(view)
+            messages.append(translate(key, language, **params))
+        if regional:
+            view, regional_changed = await instances.set_regional(instance_id, regional)
+            changed = changed or regional_changed
+            key, params = regional_message(view)
+            messages.append(translate(key, language, **params))
+        return InstanceActionOut(message=" ".join(messages), changed=changed, instance=view)
 
     @delete("/{instance_id:str}", operation_id="deleteInstance", status_code=200, summary="Delete a stopped instance")
     async def delete_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> DeleteInstanceOut:

@@ -12,6 +12,8 @@ from gateway.services.views import EventView, InstanceView, StatsView
 class CreateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
     name: str
     proxy: str | None = None  # the browser's own egress proxy; none: the fleet default
+    timezone: str | None = None  # IANA name (Asia/Tokyo), to match the proxy's exit; none: the fleet default
+    locale: str | None = None  # BCP 47 tag (ja-JP); none: the fleet default
     # The old system's id of the instance this one replaces (`aistudio-fleet migrate`): 409 when already migrated.
     legacy_id: str | None = None
     # A storage state or cookie list, kept with the row and imported once the instance is first ready.
@@ -19,7 +21,14 @@ class CreateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
 
 
 class UpdateInstanceIn(msgspec.Struct, forbid_unknown_fields=False):
-    proxy: str | None  # "" or null: back to the fleet default; takes effect at the next start
+    # Each field given changes; "" or null: back to the fleet default; takes effect at the next start.
+    proxy: str | None | msgspec.UnsetType = msgspec.UNSET
+    timezone: str | None | msgspec.UnsetType = msgspec.UNSET
+    locale: str | None | msgspec.UnsetType = msgspec.UNSET
+
+    def regional(self) -> dict[str, str | None]:
+        """The time zone and locale fields given (absent ones stay as they are)."""
+        return {name: value for name in ("timezone", "locale") if (value := getattr(self, name)) is not msgspec.UNSET}
 
 
 class InstanceListOut(msgspec.Struct, kw_only=True):

@@ -90,6 +90,7 @@ class EventKind(StrEnum):
     COOLING_DOWN = "cooling_down"
     # Operators' changes and session health.
     PROXY_CHANGED = "proxy_changed"
+    REGIONAL_CHANGED = "regional_changed"  # its time zone or locale (set with the proxy)
     SELECTORS_CHANGED = "selectors_changed"
     SESSION_EXPIRING = "session_expiring"
 
@@ -147,6 +148,9 @@ class Instance(Base):
     legacy_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     # The browser's own egress proxy (scheme://user:pass@host:port); None means the fleet default.
     proxy_url: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # The browser's time zone (IANA) and locale (BCP 47), set with its proxy; None means the fleet default.
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    locale: Mapped[str | None] = mapped_column(String(64))
     # Why the page cannot reach AI Studio, as the browser said it (aistudio_reach `unreachable`).
     page_error: Mapped[str | None] = mapped_column(Text)
     # Session health, as the instance reports it on /status.

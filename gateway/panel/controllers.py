@@ -29,7 +29,7 @@ from gateway.panel.auth import SESSION_COOKIE, AdminAuth, LoginRequired, safe_ne
 from gateway.panel.live import PoolSnapshot, PoolWatcher
 from gateway.panel.rendering import render_fragment
 from gateway.services.history import OUTCOMES, TaskHistoryService
-from gateway.services.instances import InstanceService, proxy_message
+from gateway.services.instances import InstanceService, proxy_message, regional_message
 from gateway.services.proxies import ProxyTester
 
 # How often a quiet live stream wakes: to look for new events, and to notice a viewer who left.
@@ -199,6 +199,16 @@ class ActionsController(Controller):
         view, _changed = await instances.set_proxy(instance_id, str(form.get("proxy") or ""))
         watcher.poke()
         key, params = proxy_message(view)
+        return flash(request, said(request, key, **params))
+
+    @post("/instances/{instance_id:str}/regional", name="panel:regional")
+    async def set_regional(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
+        form = await request.form()
+        # Both fields are sent (prefilled with its own values): an emptied one goes back to the fleet default.
+        changes = {name: str(form.get(name) or "").strip() or None for name in ("timezone", "locale")}
+        view, _changed = await instances.set_regional(instance_id, changes)
+        watcher.poke()
+        key, params = regional_message(view)
         return flash(request, said(request, key, **params))
 
     @post("/proxies/test", name="panel:proxy-test")

@@ -323,7 +323,8 @@ class Reconciler:
             if state.phase != "missing":
                 # A stale container carries an old token in its environment: replace it, keep the volume.
                 await self._runtime.remove(str(row.id), remove_volume=False)
-            state = await self._runtime.start(self._spec(row, token, await self._proxy_of(row.id)))
+            state = await self._runtime.start(
+                self._spec(row, token, await self._proxy_of(row.id), await self._regional_of(row.id)))
             started = {"handle": state.handle, "endpoint": state.endpoint}
             await self._write(row.id, row.name, started, (EventKind.STARTED, f"started as {state.handle}"))
             return state.endpoint
@@ -366,7 +367,8 @@ class Reconciler:
             return
         await self._became_ready(row, status, reason)
 
-    def _spec(self, row: InstanceRow, token: str, proxy_url: str | None = None) -> InstanceSpec:
+    def _spec(self, row: InstanceRow, token: str, proxy_url: str | None = None,
+              regional: tuple[str | None, str | None] = (None, None)) -> InstanceSpec:
         environment = InstanceEnvironment(
             api_token=token,
             aistudio_url=self._instance_settings.aistudio_url,
@@ -374,6 +376,9 @@ class Reconciler:
             browser_mode=self._instance_settings.browser_mode or None,
             # For the browser alone (the instance gives it to Chromium); the instance's own ports never use it.
             proxy=proxy_url or self._instance_settings.default_proxy_url,
+            # Set with the proxy, so that the browser's clock and languages tell the same story as its address.
+            timezone=regional[0] or self._instance_settings.default_timezone,
+            locale=regional[1] or self._instance_settings.default_locale,
         )
         return InstanceSpec.of(str(row.id), row.name, environment)
 
@@ -381,6 +386,13 @@ class Reconciler:
         """Read at each start (not with every pass's rows): a change applies from the next start."""
         async with self._sessions() as session:
             return await session.scalar(select(Instance.proxy_url).where(Instance.id == instance_id))
+
+    async def _regional_of(self, instance_id: uuid.UUID) -> tuple[str | None, str | None]:
+        """Its own time zone and locale (None: the fleet defaults), read at each start like the proxy."""
+        async with self._sessions() as session:
+            row = (await session.execute(
+                select(Instance.timezone, Instance.locale).where(Instance.id == instance_id))).first()
+            return (row.timezone, row.locale) if row is not None else (None, None)
 
     async def _await_ready(
         self, instance_id: uuid.UUID, endpoint: str | None, token: str | None, deadline: float

@@ -45,6 +45,7 @@ from gateway.db.models import (
 from gateway.db.types import utcnow
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
 from fleet_contract.proxy import ProxyURLError, mask_proxy, normalize_proxy
+from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.instance_client import (
@@ -84,6 +85,8 @@ _VIEW_COLUMNS = (
     Instance.next_restart_at,
     Instance.handle,
     Instance.proxy_url,
+    Instance.timezone,
+    Instance.locale,
     Instance.page_error,
     Instance.aistudio_reach,
     Instance.login_checked_at,
@@ -223,11 +226,14 @@ class InstanceService:
     # Targets -------------------------------------------------------------------------------------
 
     async def create(
-        self, name: str, proxy: str | None = None, *, legacy_id: str | None = None, session: bytes | None = None
+        self, name: str, proxy: str | None = None, *, legacy_id: str | None = None, session: bytes | None = None,
+        timezone: str | None = None, locale: str | None = None,
     ) -> InstanceView:
         """A stopped instance. `legacy_id`: the old system's id of the instance it replaces (once only);
-        `session`: a session it gets once it is ready, stored with the row in one transaction."""
+        `session`: a session it gets once it is ready, stored with the row in one transaction; `timezone`,
+        `locale`: its browser's own (None: the fleet defaults)."""
         name = _valid_name(name)
+        regional = valid_regional(timezone, locale)
         proxy_url = _valid_proxy(proxy)
         check_reachable(self._runtime, proxy_url)
         legacy_id = _valid_legacy_id(legacy_id)
@@ -237,7 +243,8 @@ class InstanceService:
         for with_legacy in (True, False):
             try:
                 instance_id = await self._insert(
-                    name, legacy if with_legacy else None, proxy_url, legacy_id=legacy_id, pending=pending
+                    name, legacy if with_legacy else None, proxy_url, legacy_id=legacy_id, pending=pending,
+                    regional=regional,
                 )
                 break
             except IntegrityError:
@@ -269,6 +276,26 @@ class InstanceService:
         if changed:
             log.info("instance %s: proxy changed to %s", row.name, mask_proxy(proxy_url) or "the fleet default")
         return await self.get(instance_id), changed
+
+    async def set_regional(self, instance_id: str, changes: dict[str, str | None]) -> tuple[InstanceView, bool]:
+        """The instance's own time zone and/or locale (`changes` holds the fields given; "" or None: the fleet
+        default); used from its next start, like the proxy. Returns the state and whether anything changed."""
+        values = {field: value for field, value in zip(
+            ("timezone", "locale"), valid_regional(changes.get("timezone"), changes.get("locale")), strict=True)
+            if field in changes}
+        uid = _parse_id(instance_id)
+        async with self._sessions.begin() as session:
+            row = (await session.execute(
+                select(Instance.name, Instance.timezone, Instance.locale).where(Instance.id == uid))).first()
+            if row is None:
+                raise NotFound("instance_not_found", instance_id=instance_id)
+            values = {field: value for field, value in values.items() if getattr(row, field) != value}
+            if values:
+                await session.execute(update(Instance).where(Instance.id == uid).values(**values))
+                session.add(new_event(uid, row.name, EventKind.REGIONAL_CHANGED, _regional_event(values)))
+        if values:
+            log.info("instance %s: %s", row.name, _regional_event(values))
+        return await self.get(instance_id), bool(values)
 
     async def start(self, instance_id: str) -> tuple[InstanceView, bool]:
         """Asks for `running`; returns the state and whether anything changed (False: it already was)."""
@@ -395,12 +422,13 @@ class InstanceService:
     async def _insert(
         self, name: str, legacy: tuple[str, str, bytes] | None, proxy_url: str | None = None, *,
         legacy_id: str | None = None, pending: tuple[str, int] | None = None,
+        regional: tuple[str | None, str | None] = (None, None),
     ) -> uuid.UUID:
         instance_id = uuid.uuid4()
         async with self._sessions.begin() as session:
             session.add(Instance(
                 id=instance_id, name=name, proxy_url=proxy_url, legacy_id=legacy_id,
-                pending_session=pending[0] if pending else None,
+                pending_session=pending[0] if pending else None, timezone=regional[0], locale=regional[1],
             ))
             # Flush first, so a taken name fails before the legacy marker is written.
             await session.flush()
@@ -411,6 +439,8 @@ class InstanceService:
                 session.add(new_event(instance_id, name, EventKind.SESSION_IMPORTED, message))
             if proxy_url is not None:
                 session.add(new_event(instance_id, name, EventKind.PROXY_CHANGED, _proxy_event(proxy_url)))
+            if given := {f: v for f, v in zip(("timezone", "locale"), regional, strict=True) if v is not None}:
+                session.add(new_event(instance_id, name, EventKind.REGIONAL_CHANGED, _regional_event(given)))
             if legacy is not None:
                 marker, path, content = legacy
                 session.add(FleetMarker(key=marker, value=str(instance_id)))
@@ -571,6 +601,10 @@ def _to_view(row: Any, settings: InstanceSettings, session: SessionSettings) -> 
         handle=row.handle,
         proxy=mask_proxy(row.proxy_url),
         effective_proxy=mask_proxy(row.proxy_url or default_proxy),
+        timezone=row.timezone,
+        locale=row.locale,
+        effective_timezone=row.timezone or settings.default_timezone,
+        effective_locale=row.locale or settings.default_locale,
         login_checked_at=row.login_checked_at,
         signed_in_since=row.signed_in_since,
         session_saved_at=row.session_saved_at,
@@ -614,6 +648,25 @@ def _valid_proxy(proxy: str | None) -> str | None:
         return normalize_proxy(proxy)
     except ProxyURLError as exc:
         raise Invalid(f"proxy_invalid_{exc.reason}") from None
+
+
+def valid_regional(timezone: str | None, locale: str | None) -> tuple[str | None, str | None]:
+    """An IANA time zone and a BCP 47 locale, normalized ("" or None: the fleet default), or Invalid naming the field."""
+    try:
+        return normalize_timezone(timezone), normalize_locale(locale)
+    except RegionalError as exc:
+        raise Invalid(f"{exc.field}_invalid", value=str(timezone if exc.field == "timezone" else locale)[:64]) from None
+
+
+def _regional_event(values: dict[str, str | None]) -> str:
+    words = {"timezone": "time zone", "locale": "locale"}
+    said = [f"{words[field]} {value or 'cleared (the fleet default)'}" for field, value in values.items()]
+    return "; ".join(said) + "; takes effect at the next start"
+
+
+def regional_message(view: InstanceView) -> tuple[str, dict[str, Any]]:
+    """What the API and the panel say after a time zone or locale change: a message key and its parameters."""
+    return "regional_set", {"name": view.name, "timezone": view.effective_timezone, "locale": view.effective_locale}
 
 
 def _proxy_event(proxy_url: str | None) -> str:

@@ -34,6 +34,11 @@ class InstanceView(msgspec.Struct, kw_only=True):
     # Egress proxy, masked: the instance's own (None: the fleet default applies) and the one its browser uses.
     proxy: str | None = None
     effective_proxy: str | None = None
+    # Time zone and locale of its browser: its own (None: the fleet default) and the ones it starts with.
+    timezone: str | None = None
+    locale: str | None = None
+    effective_timezone: str | None = None
+    effective_locale: str | None = None
     # Whether the instance's page can load AI Studio at all (unknown, reachable, unreachable), apart from the login.
     aistudio_reach: str = "unknown"
     # Why the page cannot reach AI Studio (aistudio_reach `unreachable`), in the browser's words.
