@@ -12,14 +12,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from fleet_contract.codes import OUT_OF_REACH, LoginState, Reach
 from instance.display import VirtualDisplay
 from instance.proxy import BrowserProxy, browser_proxy
 from instance.selectors import SelectorBook, load_selectors
-from instance.session_store import SessionStore, auth_cookies_expire_at, auth_cookies_expired, login_fingerprint
+from instance.session_store import (
+    SessionStore, auth_cookies_expire_at, auth_cookies_expired, login_fingerprint, renews_login,
+)
 from instance.settings import InstanceSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
 
 LOGIN_UNKNOWN, LOGGED_IN, NEEDS_LOGIN = LoginState.UNKNOWN, LoginState.LOGGED_IN, LoginState.NEEDS_LOGIN
 SIGNIN_REFUSED = LoginState.SIGNIN_REFUSED  # Google's sign-in took this browser for automation
+# Answers that can carry a renewed sign-in cookie (not images, scripts or styles).
+RENEWING_RESOURCES = frozenset({"document", "xhr", "fetch"})
 
 
 class SessionRejected(Exception):
@@ -216,6 +220,7 @@ class BrowserHost:
         self._page_error: str | None = None
         self._landing_task: asyncio.Task | None = None
         self._saved_fingerprint: frozenset = frozenset()  # the login cookies as last written to the volume
+        self._response_checks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -281,13 +286,37 @@ class BrowserHost:
     async def _new_context(self, state: dict[str, Any]) -> BrowserContext:
         # No script hides navigator.webdriver: --disable-blink-features=AutomationControlled makes it a native
         # false, as in desktop Chrome, where a patched getter would itself be a tell.
-        return await self._browser.new_context(
+        context = await self._browser.new_context(
             viewport={"width": self.settings.viewport_width, "height": self.settings.viewport_height},
             screen={"width": self.settings.screen_width, "height": self.settings.screen_height},
             storage_state=state,
             user_agent=self._user_agent,
             timezone_id=self.settings.timezone,
         )
+        context.on("response", self._on_response)
+        return context
+
+    def _on_response(self, response: Response) -> None:
+        """A page or call answer from Google or AI Studio may renew a login cookie: looked at off the event."""
+        if response.request.resource_type in RENEWING_RESOURCES and self._from_google(response.url):
+            task = asyncio.get_running_loop().create_task(self._save_if_renewed(response))
+            self._response_checks.add(task)
+            task.add_done_callback(self._response_checks.discard)
+
+    def _from_google(self, url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        return self._on_aistudio(url) or host == "google.com" or host.endswith(".google.com")
+
+    async def _save_if_renewed(self, response: Response) -> None:
+        """A renewal is written at once (not at the next cookie look): a crash a moment later keeps it."""
+        try:
+            if response.frame.page.context is not self._context:
+                return  # a trial context's renewals are saved when it is adopted
+            header = await response.header_value("set-cookie")
+        except PlaywrightError:
+            return  # the page or context went away meanwhile
+        if header and renews_login(header):
+            await self.save_session()
 
     async def _new_page(self) -> None:
         self._wire_page(await self._page_in(self._context))

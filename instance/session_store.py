@@ -27,6 +27,18 @@ def is_login_cookie(name: str) -> bool:
     return name in AUTH_COOKIE_NAMES or name.endswith(RENEWED_SUFFIXES)
 
 
+def renews_login(set_cookie: str) -> bool:
+    """A Set-Cookie header (lines joined by newlines) that gives a login cookie a new, live value: the jar is a
+    working login now, worth writing at once (a sign-out, which empties or expires them, is not)."""
+    for line in set_cookie.splitlines():
+        pair, _, attributes = line.partition(";")
+        name, _, value = pair.strip().partition("=")
+        lowered = attributes.lower().replace(" ", "")
+        if is_login_cookie(name) and value and "max-age=0" not in lowered and "max-age=-" not in lowered:
+            return True
+    return False
+
+
 def login_fingerprint(cookies: list[dict[str, Any]]) -> frozenset[tuple[str, str, str, str]]:
     """What of the cookie jar is the login: a change here must reach the volume."""
     return frozenset(

@@ -65,7 +65,7 @@ def test_the_instance_answers_status_with_the_contracts_struct() -> None:
 @pytest.mark.parametrize("method,path,kind,body", [
     ("GET", "/status", messages.Status, None),
     ("POST", "/login/check", messages.LoginCheck, None),
-    ("PUT", "/session", messages.SessionImported, b'{"cookies": [], "origins": []}'),
+    ("PUT", "/session", messages.SessionImported, b'{"cookies": [{"name": "SID", "value": "a", "domain": "x"}], "origins": []}'),
     ("POST", "/navigate", messages.Navigated, b'{"target": "home"}'),
     ("GET", "/diagnose", messages.PageCheck, None),
     ("PUT", "/selectors", messages.SelectorsInstalled, b'{"roles": {"run_button": ["button"]}}'),
