@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.i18n import catalog, translate
+from gateway.i18n import translate
 from gateway.legacy.olddata import Note, OldData, OldInstance
 from gateway.services.session_shape import SessionSummary
 
@@ -301,25 +301,9 @@ def report_rows(report: Report, language: str) -> list[dict[str, str]]:
     return [_row(outcome, language, report.dry_run) for outcome in report.outcomes]
 
 
-# The notices' texts until gateway/locales carries them (the catalogue wins once it does).
-NOTICE_TEXTS = {
-    "migrate_file_encoding": {
-        "en": "{file} is not UTF-8 text; it was read as {encoding}.",
-        "zh": "{file} 不是 UTF-8 编码，已按 {encoding} 读取。",
-    },
-    "migrate_zip_logs_skipped": {
-        "en": "{folder} was skipped unread (files: {files}, bytes: {size}); the old logs are not migrated.",
-        "zh": "已跳过 {folder}（{files} 个文件，{size} 字节）：旧日志不迁移。",
-    },
-}
-
-
+# A problem or notice of the report in the reader's language (gateway/locales).
 def note_text(note: Note, language: str) -> str:
-    params = {k: _when(v) for k, v in note.params.items()}
-    texts = NOTICE_TEXTS.get(note.key)
-    if texts is not None and note.key not in catalog("en"):
-        return (texts.get(language) or texts["en"]).format(**params)
-    return translate(note.key, language, **params)
+    return translate(note.key, language, **{k: _when(v) for k, v in note.params.items()})
 
 
 def problem_texts(report: Report, language: str) -> list[str]:

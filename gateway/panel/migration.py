@@ -31,6 +31,10 @@ from gateway.services.instances import InstanceService
 UNPROCESSABLE = 422
 
 
+# The whole zip (its logs/ included) and the form around it: above the admin app's general body limit.
+UPLOAD_LIMIT = MAX_ARCHIVE_BYTES + 1024 * 1024
+
+
 class MigrationPanelController(Controller):
     dependencies = DEPENDENCIES
     include_in_schema = False
@@ -39,12 +43,12 @@ class MigrationPanelController(Controller):
     async def migrate_page(self, request: HTMXRequest) -> Template:
         return page(request, "migrate.html", {"max_mb": MAX_ARCHIVE_BYTES // (1024 * 1024)}, block="result")
 
-    @post("/migrate/preview", name="panel:migrate-preview")
+    @post("/migrate/preview", name="panel:migrate-preview", request_max_body_size=UPLOAD_LIMIT)
     async def preview(self, request: HTMXRequest, instances: NamedDependency[InstanceService]) -> Template:
         archive, start, _digest_seen = await _form(request)
         return await _answer(request, instances, archive, start, dry_run=True)
 
-    @post("/migrate/apply", name="panel:migrate-apply")
+    @post("/migrate/apply", name="panel:migrate-apply", request_max_body_size=UPLOAD_LIMIT)
     async def apply(self, request: HTMXRequest, instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
         archive, start, digest_seen = await _form(request)
         if digest_seen != _digest(archive):

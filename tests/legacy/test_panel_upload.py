@@ -90,3 +90,15 @@ async def test_the_page_needs_its_csrf_token(panel: Client, tmp_path: Path) -> N
     answer = await panel.post("/migrate/apply", files={"file": ("data.zip", archive, "application/zip")})
     assert answer.status_code == 403
     assert await names(panel) == []
+
+
+async def test_a_zip_whose_logs_make_it_larger_than_the_panels_other_forms_is_read(panel: Client) -> None:
+    """A zip over the admin app's general body limit (10 MB) moves in: its logs/ is skipped, and the page says so."""
+    import os
+
+    logs = {f"data/logs/server-{n}.log": os.urandom(1024 * 1024) for n in range(12)}  # random: no compression
+    archive = _zip({"data/browser_instances.json": INDEX, **logs})
+    assert len(archive) > 12 * 1024 * 1024
+    preview = await post_zip(panel, "/migrate/preview", archive)
+    assert preview.status_code == 200, preview.text[:500]
+    assert 'data-result="would_create"' in preview.text and "logs" in html.unescape(preview.text)
