@@ -221,7 +221,6 @@ class BrowserHost:
         self._landing_task: asyncio.Task | None = None
         self._saved_fingerprint: frozenset = frozenset()  # the login cookies as last written to the volume
         self._response_checks: set[asyncio.Task] = set()
-        self._watch_task: asyncio.Task | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

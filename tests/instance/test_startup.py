@@ -17,7 +17,7 @@ import pytest
 
 from tests.instance.harness import REPO_ROOT, TOKEN, require_chromium
 from tests.polling import wait_until
-from tests.simulator.fixtures import free_port, stop_process
+from tests.simulator.fixtures import control, free_port, stop_process
 
 START_DELAY_S = 6  # longer than the page-load timeout below: the first calls give up before the browser is up
 CALLS = [
@@ -41,6 +41,7 @@ def slow_browser(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def starting_instance(slow_browser: Path, tmp_path: Path, simulator_url: str) -> Iterator[httpx.Client]:
+    control(simulator_url, "/_sim/config", {"signin_required": False})  # the empty session below then signs in
     port = free_port()
     env = {
         **os.environ, "INSTANCE_HOST": "127.0.0.1", "INSTANCE_PORT": str(port), "INSTANCE_API_TOKEN": TOKEN,

@@ -102,5 +102,5 @@ async def test_a_session_imported_into_a_stopped_instance_waits_for_its_start(ad
     await wait_for(admin, instance_id, lambda v: v["status"] == "running" and v["login_state"] == "logged_in")
     assert fake.volumes[instance_id]["session"]["cookies"] == COOKIES  # the valid one, not the refused one
     # Running now: an import goes to the instance at once, as before.
-    live = await admin.put(f"/api/instances/{instance_id}/session", content=b"[]", headers=EN)
+    live = await admin.put(f"/api/instances/{instance_id}/session", content=json.dumps(COOKIES), headers=EN)
     assert live.status_code == 200 and live.json()["pending"] is False

@@ -82,13 +82,33 @@ def test_signin_sets_google_cookies_and_returns_to_continue(client):
     assert response.status_code == 303
     assert response.headers["location"] == "/prompts/new_chat?model=m"
     cookies = response.headers.get_list("set-cookie")
-    assert [c.split("=")[0] for c in cookies] == ["SID", "HSID", "SSID", "APISID", "SAPISID"]
-    assert all(c.startswith(f"{c.split('=')[0]}={ACCOUNT};") and "Secure" not in c for c in cookies)
+    assert [c.split("=")[0] for c in cookies] == ["SID", "HSID", "SSID", "APISID", "SAPISID", "SIDTS"]
+    assert all(c.startswith(f"{c.split('=')[0]}={ACCOUNT};") and "Secure" not in c for c in cookies[:5])
+    assert cookies[5].startswith(f"SIDTS={ACCOUNT}.1.")  # the rotating cookie, renewed at each page load
 
     page = client.get("/prompts/new_chat?model=m")
     assert page.status_code == 200
     assert page_config(page.text)["account"] == ACCOUNT
     assert client.get("/_sim/record").json()["page_loads"] == 1
+
+
+def test_a_page_load_renews_the_cookie_and_a_stale_value_is_signed_out(client):
+    sign_in(client, continue_url="/prompts/new_chat")
+    first = client.cookies.get("SIDTS")
+    page = client.get("/prompts/new_chat")
+    renewed = page.headers.get("set-cookie", "")
+    assert page.status_code == 200 and renewed.startswith("SIDTS=") and first not in renewed
+    stale = client.get("/prompts/new_chat", cookies={"SIDTS": first}, follow_redirects=False)
+    assert stale.status_code == 302 and "/ServiceLogin" in stale.headers["location"]
+    record = client.get("/_sim/record").json()
+    assert record["stale_cookie_refused_by_account"][ACCOUNT] == 1 and record["cookie_renewals_by_account"][ACCOUNT] == 2
+
+
+def test_a_signed_out_page_can_show_only_a_signin_link(client):
+    client.post("/_sim/config", json={"signed_out_page": "link"})
+    page = client.get("/prompts/new_chat", follow_redirects=False)
+    assert page.status_code == 200 and ">Sign in</a>" in page.text and "/ServiceLogin?continue=" in page.text
+    assert "<textarea" not in page.text
 
 
 def test_signin_refuses_an_empty_password(client):
