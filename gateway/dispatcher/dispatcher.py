@@ -66,7 +66,6 @@ class Dispatcher:
         listener_url: str | None = None,
     ) -> None:
         self._ledger = ledger
-        self._client = client
         self._settings = settings
         self._suspect_locally = suspect
         self.metrics = metrics or DispatchMetrics()

@@ -325,10 +325,8 @@ class TaskRun:
         payload = self.request.instance_payload(str(lease.task_id))
         try:
             body = await self._context.client.generate(lease.address, payload, timeout=self._context.limits.generation_timeout)
-        except InstanceCallError as exc:
+        except InstanceCallError as exc:  # no answer, a refusal, or a body off the contract
             return outcomes.from_error(exc)
-        except ValueError:  # not JSON
-            return Attempt(False, error_code=outcomes.BAD_ANSWER, error_message="the instance's answer is not JSON")
         return outcomes.from_answer(body, self._context.cooldowns)
 
     async def _output(self, attempt: Attempt) -> Attempt:
