@@ -56,6 +56,7 @@ def test_sigkill_after_renewals_comes_back_signed_in_as_the_same_account(simulat
 
 def test_the_simulator_refuses_a_copy_older_than_the_newest_renewal(simulator_url, fresh_dir):
     """The other side of the test above: a login saved before the renewals is signed out, as Google may do."""
+    sim(simulator_url, "/_sim/config", {"stale_grace_ms": 0})
     session = signed_in_state(simulator_url, "acct-stale")
     with start_instance(simulator_url, fresh_dir, session=session) as inst:
         inst.wait_for(lambda s: s["login_state"] == "logged_in", what="logged_in")

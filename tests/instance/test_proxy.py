@@ -93,7 +93,8 @@ def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(s
             status = inst.wait_for(back, timeout=30, what="back after the proxy")
             assert status["page_error"] is None
             assert carried_as in proxy.carried
-            assert inst.generate_between_checks("a green triangle, proxy back").json()["success"]
+            answer = inst.generate_between_checks("a green triangle, proxy back").json()
+            assert answer["success"], f"{answer}\n{inst.log_tail()}"
     finally:
         proxy.close()
 

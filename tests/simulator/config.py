@@ -51,6 +51,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # ("page_load") or never ("off"), and a stale value is refused (the visitor counts as signed out).
     "rotate_cookie": "page_load",
     "refuse_stale_cookie": True,
+    # The value just replaced still passes this long: requests already in flight when a load renewed it.
+    "stale_grace_ms": 2000,
     # "redirect": a signed-out visitor is sent to the sign-in page; "link": AI Studio opens signed out and only
     # shows a "Sign in" link (the real page does both).
     "signed_out_page": "redirect",
@@ -128,6 +130,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "signin_refused": _bool,
     "rotate_cookie": _one_of(("page_load", "off")),
     "refuse_stale_cookie": _bool,
+    "stale_grace_ms": _non_negative_int,
     "signed_out_page": _one_of(("redirect", "link")),
 }
 

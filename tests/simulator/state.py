@@ -69,6 +69,7 @@ class SimState:
             self.page_loads_by_account: dict[str, int] = {}
             self.saved_chats: dict[str, set[str]] = {}  # account -> ids of chats autosaved to its Drive
             self.sidts: dict[str, str] = {}  # account -> its current rotating session cookie
+            self.replaced: dict[str, tuple[str, float]] = {}  # account -> the value just replaced, and when
             self.renewals: dict[str, int] = {}  # account -> how many times it was renewed
             self.stale_refused: dict[str, int] = {}  # account -> visits refused for a stale value
 
@@ -133,19 +134,28 @@ class SimState:
             if sidts is not None and self.effective_config(sid)["refuse_stale_cookie"]:
                 with self._lock:
                     current = self.sidts.get(sid)
-                    if current is not None and sidts != current:
+                    if current is not None and sidts != current and not self._in_grace(sid, sidts):
                         self.stale_refused[sid] = self.stale_refused.get(sid, 0) + 1
                         return None
             return sid
         return None if self.config["signin_required"] else ANONYMOUS
 
     def renew(self, account: str) -> str:
-        """A new value of the account's rotating cookie; every older value is stale from now on."""
+        """A new value of the account's rotating cookie; every older value is stale from now on (the one just
+        replaced after a short grace, for requests already in flight)."""
         with self._lock:
             self.renewals[account] = self.renewals.get(account, 0) + 1
             value = f"{account}.{self.renewals[account]}.{secrets.token_hex(4)}"
+            if account in self.sidts:
+                self.replaced[account] = (self.sidts[account], time.monotonic())
             self.sidts[account] = value
             return value
+
+    def _in_grace(self, account: str, value: str) -> bool:
+        """Called under the lock."""
+        replaced, at = self.replaced.get(account, ("", 0.0))
+        grace = {**self.config, **self.account_config.get(account, {})}["stale_grace_ms"] / 1000
+        return value == replaced and time.monotonic() - at < grace
 
     def current_sidts(self, account: str) -> str | None:
         with self._lock:

@@ -93,6 +93,7 @@ def test_signin_sets_google_cookies_and_returns_to_continue(client):
 
 
 def test_a_page_load_renews_the_cookie_and_a_stale_value_is_signed_out(client):
+    client.post("/_sim/config", json={"stale_grace_ms": 0})
     sign_in(client, continue_url="/prompts/new_chat")
     first = client.cookies.get("SIDTS")
     page = client.get("/prompts/new_chat")
@@ -102,6 +103,14 @@ def test_a_page_load_renews_the_cookie_and_a_stale_value_is_signed_out(client):
     assert stale.status_code == 302 and "/ServiceLogin" in stale.headers["location"]
     record = client.get("/_sim/record").json()
     assert record["stale_cookie_refused_by_account"][ACCOUNT] == 1 and record["cookie_renewals_by_account"][ACCOUNT] == 2
+
+
+def test_the_value_just_replaced_passes_within_its_grace(client):
+    sign_in(client, continue_url="/prompts/new_chat")
+    first = client.cookies.get("SIDTS")
+    assert client.get("/prompts/new_chat").status_code == 200  # renewed
+    in_flight = client.get("/prompts/new_chat", cookies={"SIDTS": first}, follow_redirects=False)
+    assert in_flight.status_code == 200
 
 
 def test_a_signed_out_page_can_show_only_a_signin_link(client):
