@@ -11,8 +11,6 @@ import msgspec
 PREFIX = "INSTANCE_"
 PORT = 8000  # the instance's HTTP port inside its container or pod
 DATA_DIR = "/data"  # its volume: the login, the selectors override
-# Fields whose values are secrets: a runtime that can keep them out of the visible spec does (Kubernetes Secret).
-SECRET_FIELDS = ("api_token", "proxy")
 
 
 class InstanceEnvironment(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
@@ -33,9 +31,6 @@ class InstanceEnvironment(msgspec.Struct, kw_only=True, omit_defaults=True, froz
 
     def to_environ(self) -> dict[str, str]:
         return {variable(name): str(value) for name, value in msgspec.structs.asdict(self).items() if value is not None}
-
-    def replace(self, **changes: object) -> InstanceEnvironment:
-        return msgspec.structs.replace(self, **changes)
 
 
 def variable(field: str) -> str:

@@ -245,7 +245,3 @@ ROUTES: dict[tuple[str, str], tuple[type | None, Any]] = {
 def encode(message: msgspec.Struct) -> bytes:
     return msgspec.json.encode(message)
 
-
-def decode(raw: bytes, kind: type[msgspec.Struct]) -> Any:
-    """Raises msgspec.ValidationError or msgspec.DecodeError when the body does not follow the contract."""
-    return msgspec.json.decode(raw, type=kind)

@@ -157,10 +157,6 @@ class SimState:
         grace = {**self.config, **self.account_config.get(account, {})}["stale_grace_ms"] / 1000
         return value == replaced and time.monotonic() - at < grace
 
-    def current_sidts(self, account: str) -> str | None:
-        with self._lock:
-            return self.sidts.get(account)
-
     # --- record ---
 
     def count_page_load(self, account: str) -> None:
