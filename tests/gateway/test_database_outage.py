@@ -124,6 +124,8 @@ async def test_a_reconciler_write_that_meets_the_outage_lands_afterwards(
         instance_id = (await fleet.instances.create("r1")).instance_id
         await fleet.instances.start(instance_id)
         await await_until(lambda: _status(fleet, instance_id, "starting"), timeout=10, what="starting")
+        # The action reads the instance's proxy and region before it calls the engine: stop only once the engine works.
+        await await_until(lambda: fake.starts(instance_id) == 1, timeout=10, what="the engine's start call")
         await asyncio.to_thread(server.stop)
         await await_until(lambda: any("database unreachable" in r.getMessage() for r in caplog.records
                                       if r.name == "gateway.reconciler.loop" and "reconcile action" in r.getMessage()),
