@@ -12,7 +12,7 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 
 from .images import RATIOS, SIZE_LONG_SIDES, make_png
-from .models import describe
+from .models import DEFAULT_MODEL, describe
 from .session import current_account
 from .state import Generation, SimState, Upload
 
@@ -126,6 +126,18 @@ def _answer(mode: str, generation: Generation, config: dict[str, Any], sim: SimS
     return error_response(504, "DEADLINE_EXCEEDED", "The request timed out.")  # "hang" ran out of patience
 
 
+def _allowance_model(generation: Generation) -> str:
+    # a call without a model runs on the model the page opens on
+    return generation.model or DEFAULT_MODEL
+
+
+def _spend_allowance(mode: str, generation: Generation, config: dict[str, Any], sim: SimState) -> str:
+    """The mode to answer with: a success the day's allowance no longer covers becomes "quota" (and is not counted)."""
+    if mode != "ok" or generation.model in config["unavailable_models"]:
+        return mode  # only successful generations count
+    return "ok" if sim.spend_allowance(generation.account, _allowance_model(generation)) else "quota"
+
+
 @post(GENERATE_PATH, status_code=200, include_in_schema=False)
 async def generate_content(request: Request, state: State) -> Response[dict[str, Any]]:
     sim: SimState = state.sim
@@ -144,8 +156,11 @@ async def generate_content(request: Request, state: State) -> Response[dict[str,
         delay_ms = config["hang_ms"] if mode == "hang" else config["latency_ms"]
         if not await _wait(request, delay_ms / 1000):
             return error_response(499, "CANCELLED", "The client went away.")
-        outcome = mode
-        return _answer(mode, generation, config, sim)
+        outcome = _spend_allowance(mode, generation, config, sim)
+        response = _answer(outcome, generation, config, sim)
+        if response.status_code == 429 and outcome == "quota":
+            sim.count_quota_answer(account, _allowance_model(generation))
+        return response
     finally:
         sim.end_generation(generation, outcome)
 

@@ -56,6 +56,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # "redirect": a signed-out visitor is sent to the sign-in page; "link": AI Studio opens signed out and only
     # shows a "Sign in" link (the real page does both).
     "signed_out_page": "redirect",
+    # {model: successful generations a day}: the real page's unpublished allowance per account and model, renewed
+    # at midnight Pacific (simulator clock); a spent one answers like mode "quota". A model left out is unlimited.
+    "allowances": {},
 }
 
 
@@ -97,6 +100,10 @@ def _event_dialogs(value: Any) -> bool:
     )
 
 
+def _allowances(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(model, str) and _non_negative_int(n) for model, n in value.items())
+
+
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "latency_ms": _non_negative_int,
     "mode": _one_of(MODES),
@@ -132,6 +139,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "refuse_stale_cookie": _bool,
     "stale_grace_ms": _non_negative_int,
     "signed_out_page": _one_of(("redirect", "link")),
+    "allowances": _allowances,
 }
 
 

@@ -6,9 +6,10 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import ValidationException
+from litestar.exceptions import SerializationException, ValidationException
 from litestar.params import FromPath
 
+from .clock import parse_instant, parse_seconds
 from .config import ConfigError
 
 
@@ -47,9 +48,33 @@ async def reset(state: State) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _move_clock(body: Any, state: State) -> None:
+    """Apply {"advance_s": seconds} or {"now": ISO instant with zone}; exactly one of them."""
+    if not isinstance(body, dict) or len(body.keys() & {"advance_s", "now"}) != 1 or len(body) != 1:
+        raise ValueError('clock body must be {"advance_s": seconds} or {"now": "<ISO 8601 with zone>"}')
+    if "advance_s" in body:
+        state.sim.advance_clock(parse_seconds(body["advance_s"]))
+    else:
+        state.sim.set_clock(parse_instant(body["now"]))
+
+
+@post("/_sim/clock", status_code=200)
+async def set_clock(request: Request, state: State) -> dict[str, str]:
+    try:
+        _move_clock(await request.json(), state)
+    except (SerializationException, TypeError, ValueError) as exc:
+        raise ValidationException(detail=str(exc)) from exc
+    return state.sim.clock_snapshot()
+
+
+@get("/_sim/clock")
+async def get_clock(state: State) -> Response[dict[str, str]]:
+    return Response(state.sim.clock_snapshot(), headers={"cache-control": "no-store"})
+
+
 @get("/_sim/record")
 async def record(state: State) -> Response[dict[str, Any]]:
     return Response(state.sim.record(), headers={"cache-control": "no-store"})
 
 
-ROUTES = [set_config, get_config, set_account_config, revoke_account, reset, record]
+ROUTES = [set_config, get_config, set_account_config, revoke_account, reset, set_clock, get_clock, record]

@@ -6,8 +6,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from .clock import SimClock, pacific_day
 from .config import default_config, validate
 
 ANONYMOUS = "anonymous"  # account name used when signin_required is false and there is no cookie
@@ -50,6 +52,18 @@ class Generation:
         }
 
 
+@dataclass
+class Usage:
+    """One account's use of one model on one Pacific day."""
+
+    day: str
+    made: int = 0  # successful generations, what the allowance counts
+    quota_answers: int = 0  # GenerateContent calls answered 429 RESOURCE_EXHAUSTED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"made": self.made, "quota_answers": self.quota_answers, "day": self.day}
+
+
 class SimState:
     """Shared by all requests; a lock keeps it consistent even if a handler ever runs in a thread."""
 
@@ -72,6 +86,9 @@ class SimState:
             self.replaced: dict[str, tuple[str, float]] = {}  # account -> the value just replaced, and when
             self.renewals: dict[str, int] = {}  # account -> how many times it was renewed
             self.stale_refused: dict[str, int] = {}  # account -> visits refused for a stale value
+            self.clock = SimClock()
+            self.usage: dict[str, dict[str, Usage]] = {}  # account -> model -> its use on the latest day it was used
+            self.quota_answers: dict[str, dict[str, int]] = {}  # account -> model -> quota answers on every day
 
     # --- config ---
 
@@ -154,8 +171,61 @@ class SimState:
     def _in_grace(self, account: str, value: str) -> bool:
         """Called under the lock."""
         replaced, at = self.replaced.get(account, ("", 0.0))
-        grace = {**self.config, **self.account_config.get(account, {})}["stale_grace_ms"] / 1000
+        grace = self._config_of(account)["stale_grace_ms"] / 1000
         return value == replaced and time.monotonic() - at < grace
+
+    def _config_of(self, account: str) -> dict[str, Any]:
+        """effective_config for callers already holding the lock."""
+        return {**self.config, **self.account_config.get(account, {})}
+
+    # --- clock and daily allowances ---
+
+    def clock_snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return self.clock.describe()
+
+    def advance_clock(self, seconds: float) -> None:
+        with self._lock:
+            self.clock.advance(seconds)
+
+    def set_clock(self, instant: datetime) -> None:
+        with self._lock:
+            self.clock.set(instant)
+
+    def _today(self) -> str:
+        return pacific_day(self.clock.now()).isoformat()
+
+    def _usage_today(self, account: str, model: str) -> Usage:
+        """Called under the lock; a use from an earlier (or later) day starts over, as the real allowance does."""
+        today = self._today()
+        usage = self.usage.setdefault(account, {}).get(model)
+        if usage is None or usage.day != today:
+            usage = self.usage[account][model] = Usage(today)
+        return usage
+
+    def spend_allowance(self, account: str, model: str) -> bool:
+        """Count one successful generation, or False (nothing counted) when today's allowance is spent."""
+        with self._lock:
+            allowance = self._config_of(account)["allowances"].get(model)
+            usage = self._usage_today(account, model)
+            if allowance is not None and usage.made >= allowance:
+                return False
+            usage.made += 1
+            return True
+
+    def count_quota_answer(self, account: str, model: str) -> None:
+        with self._lock:
+            self._usage_today(account, model).quota_answers += 1
+            by_model = self.quota_answers.setdefault(account, {})
+            by_model[model] = by_model.get(model, 0) + 1
+
+    def _usage_record(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Called under the lock: each account's use per model today (zeros for a model last used another day)."""
+        today = self._today()
+        return {
+            account: {model: (use if use.day == today else Usage(today)).to_json() for model, use in models.items()}
+            for account, models in self.usage.items()
+        }
 
     # --- record ---
 
@@ -197,4 +267,6 @@ class SimState:
                 "cookie_renewals_by_account": dict(self.renewals),
                 "current_cookie_by_account": dict(self.sidts),
                 "stale_cookie_refused_by_account": dict(self.stale_refused),
+                "usage_by_account": self._usage_record(),
+                "quota_answers_by_account": {account: dict(models) for account, models in self.quota_answers.items()},
             }
