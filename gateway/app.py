@@ -33,7 +33,9 @@ from gateway.api.openai_face import openai_router
 from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
+from gateway.db.types import utcnow
 from gateway.dispatcher import Dispatcher
+from gateway.dispatcher.ledger import Clock
 from gateway.panel.plugin import PanelPlugin
 from gateway.reconciler import Reconciler
 from gateway.reconciler.leader import LeaderLock
@@ -71,7 +73,10 @@ class Fleet:
     proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
 
     @classmethod
-    async def open(cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True) -> Fleet:
+    async def open(
+        cls, settings: Settings, *, runtime: Runtime | None = None, reconcile: bool = True, clock: Clock = utcnow
+    ) -> Fleet:
+        """`clock`: the accounts' Pacific days and blocks follow it (tests move it past midnight)."""
         origin = secrets.token_hex(6)  # this process, among gateways sharing one database
         db = create_db_engine(settings.database_url, application_name=f"{GATEWAY_APPLICATION}{origin}")
         try:
@@ -97,7 +102,8 @@ class Fleet:
             )
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
             dispatcher = Dispatcher.build(
-                db, client, settings.dispatch, suspect=reconciler.suspect, origin=origin, listener_url=settings.database_url
+                db, client, settings.dispatch, suspect=reconciler.suspect, origin=origin, listener_url=settings.database_url,
+                clock=clock,
             )
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
             retention = Retention(sessions, settings.retention, dispatcher.results.directory)

@@ -98,6 +98,14 @@ class QueueFull(FleetError):
     key = "queue_full"
 
 
+class Exhausted(FleetError):
+    """No account may be asked for the model before its allowance resets (or its rate-limit pause ends):
+    `Retry-After` points at that moment. A 429, as Google answers a spent quota."""
+
+    status_code = 429
+    key = "model_exhausted"
+
+
 class Unavailable(FleetError):
     """No instance can take the task: none runs, none is signed in, all rest, or the wait was too long."""
 

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_contract.proxy import ProxyURLError, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
+from gateway.accounts.policy import CapError, parse_daily_caps
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]
@@ -211,8 +212,21 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """The accounts: pacing, daily caps, rate-limit pauses and how long the ledger keeps its days."""
+
+    pause: float = 0.0  # seconds an account rests between two of its tasks (0: no pacing)
+    jitter: float = 0.5  # pauses vary by up to this fraction, so accounts do not beat in step
+    per_exit: int = 0  # tasks at once through one proxy exit (0: no limit)
+    daily_caps: dict[str, int] = dataclasses.field(default_factory=dict)  # model (or "*") -> cap per account
+    rate_limit_first: float = 30.0  # the first rate-limit pause of a model on an account; doubles each time
+    rate_limit_longest: float = 900.0
+    usage_days: int = 30  # days of usage kept; the learned capacity looks this far back
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    """The dispatcher: the queue, leases, attempts, cooldowns, results and webhooks."""
+    """The dispatcher: the queue, leases, attempts, accounts, results and webhooks."""
 
     queue_max: int
     queue_wait_timeout: float
@@ -220,14 +234,13 @@ class DispatchSettings:
     queue_poll_interval: float
     generation_timeout: float
     lease_margin: float
-    cooldown_quota: float
-    cooldown_rate_limit: float
     max_attempts: int
     task_result_ttl: float
     store_sync_results: bool
     reconcile_interval: float  # how soon the reconciler probes a suspect instance: bounds how long it is avoided
     data_dir: Path  # results and request files live below it
     webhooks: WebhookSettings
+    accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +378,16 @@ class Settings(BaseSettings):
     queue_poll_interval: float = Field(0.5, gt=0)  # waiters re-check the pool this often without a wake-up
     generation_timeout: float = Field(180.0, gt=0)  # one attempt on one instance; above the instance's own
     lease_margin: float = Field(30.0, ge=0)  # a lease outlives its attempt by this much
-    cooldown_quota: float = Field(5 * 3600.0, ge=0)  # an instance whose account ran out of quota rests
-    cooldown_rate_limit: float = Field(300.0, ge=0)
+    # Accounts: a quota answer blocks that model on that account until midnight Pacific; a rate limit rests the
+    # model with a doubling pause. Pacing is off by default: a pause between an account's tasks, a daily cap per
+    # model below Google's ("40", or "gemini-3-pro-image=20,*=60"), tasks at once per proxy exit.
+    pace_pause: float = Field(0.0, ge=0, le=3600)
+    pace_jitter: float = Field(0.5, ge=0, le=1)
+    pace_per_exit: int = Field(0, ge=0, le=1000)
+    pace_daily_cap: str = ""
+    rate_limit_pause: float = Field(30.0, gt=0, le=3600)
+    rate_limit_pause_max: float = Field(900.0, gt=0, le=86400)
+    usage_days: int = Field(30, ge=1, le=3650)
     max_attempts: int = Field(2, ge=1)  # 2: one retry on another instance
     api_keys: SecretStr | None = None  # comma-separated keys for :8812; unset or empty: open
     task_result_ttl: float = Field(3600.0, gt=0)  # generated images are kept (as files) this long
@@ -408,6 +429,21 @@ class Settings(BaseSettings):
     @classmethod
     def _unset_browser_mode(cls, value: str | None) -> str | None:
         return value or None  # compose passes an unset variable as ""
+
+    @field_validator("pace_daily_cap")
+    @classmethod
+    def _valid_caps(cls, value: str) -> str:
+        try:
+            parse_daily_caps(value)
+        except CapError as exc:
+            raise ValueError(f"GATEWAY_PACE_DAILY_CAP: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _rate_limit_pauses(self) -> Settings:
+        if self.rate_limit_pause_max < self.rate_limit_pause:
+            raise ValueError("GATEWAY_RATE_LIMIT_PAUSE_MAX must not be below GATEWAY_RATE_LIMIT_PAUSE")
+        return self
 
     @field_validator("default_timezone", "default_locale")
     @classmethod
@@ -497,7 +533,15 @@ class Settings(BaseSettings):
 
     @property
     def dispatch(self) -> DispatchSettings:
-        return self._part(DispatchSettings, webhooks=self.webhooks)
+        return self._part(DispatchSettings, webhooks=self.webhooks, accounts=self.accounts)
+
+    @property
+    def accounts(self) -> AccountSettings:
+        return AccountSettings(
+            pause=self.pace_pause, jitter=self.pace_jitter, per_exit=self.pace_per_exit,
+            daily_caps=parse_daily_caps(self.pace_daily_cap), rate_limit_first=self.rate_limit_pause,
+            rate_limit_longest=self.rate_limit_pause_max, usage_days=self.usage_days,
+        )
 
     @property
     def inputs(self) -> InputSettings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.api.generation import task_message
 from gateway.dispatcher import Dispatcher, GenerationRequest, InputLimits, TaskResult
 from gateway.dispatcher import outcomes
 from gateway.dispatcher.durable import TaskMeta
+from gateway.db.types import utcnow
 from gateway.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ FAILURE_STATUS = {
     ErrorCode.BAD_INPUT: 400,
     ErrorCode.QUOTA_EXHAUSTED: 429,
     ErrorCode.RATE_LIMITED: 429,
+    outcomes.EXHAUSTED: 429,
     outcomes.QUEUE_TIMEOUT: 503,
     outcomes.NO_INSTANCE: 503,
     ErrorCode.MODEL_UNAVAILABLE: 503,
@@ -100,8 +103,15 @@ def failure(result: TaskResult, language: str) -> FaceError:
     """The HTTP error for a task that ran and failed (the old API answers it as 200 with success false)."""
     code = result.error_code or "internal_error"
     status = FAILURE_STATUS.get(code, 502)
-    headers = {"Retry-After": FAILURE_RETRY_AFTER} if status in (429, 503) else {}
+    headers = {"Retry-After": _retry_after(result)} if status in (429, 503) else {}
     return FaceError(status, code, task_message(result, language), None, headers)
+
+
+def _retry_after(result: TaskResult) -> str:
+    """Seconds until an account may be asked for the model again, when its failure says so; else a short wait."""
+    if result.retry_at is None:
+        return FAILURE_RETRY_AFTER
+    return str(max(1, math.ceil((result.retry_at - utcnow()).total_seconds())))
 
 
 def exception_handlers(render: Callable[[FaceError], dict[str, Any]]) -> ExceptionHandlersMap:

@@ -6,7 +6,7 @@ Every model change ships a migration in `migrations/versions/`.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -15,6 +15,8 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -87,7 +89,9 @@ class EventKind(StrEnum):
     ATTEMPT_SUSPECT = "attempt_suspect"
     # The instance's page stopped or started reaching AI Studio (page_error says why).
     AISTUDIO_REACH_CHANGED = "aistudio_reach_changed"
-    COOLING_DOWN = "cooling_down"
+    # The account ledger: a model blocked on an account (quota, rate limit, cap) and its allowance coming back.
+    MODEL_BLOCKED = "model_blocked"
+    ALLOWANCE_RENEWED = "allowance_renewed"
     # Operators' changes and session health.
     PROXY_CHANGED = "proxy_changed"
     REGIONAL_CHANGED = "regional_changed"  # its time zone or locale (set with the proxy)
@@ -159,6 +163,9 @@ class Instance(Base):
     session_saved_at: Mapped[datetime | None]
     session_expires_at: Mapped[datetime | None]
     last_success_at: Mapped[datetime | None]
+    # Pacing of this account (None: the fleet's): seconds between its tasks, and its daily cap per model.
+    pace_seconds: Mapped[float | None] = mapped_column(Float)
+    daily_cap: Mapped[int | None] = mapped_column(Integer)
 
 
 class InstanceEvent(Base):
@@ -231,7 +238,9 @@ class FleetMarker(Base):
 
 
 class ModelBlock(Base):
-    """A model this instance's account said it cannot use: the dispatcher sends that model elsewhere."""
+    """A model this instance's account may not be asked for now, and why (`gateway.accounts.policy.BlockKind`):
+    the page refused it (until a new session or restart), its allowance or cap is spent (until midnight
+    Pacific), or it was rate-limited (a doubling pause; `strikes` counts them until a success)."""
 
     __tablename__ = "model_blocks"
 
@@ -239,6 +248,25 @@ class ModelBlock(Base):
     model: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="unavailable", server_default="unavailable")
+    until: Mapped[datetime | None]
+    strikes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class AccountUsage(Base):
+    """The account ledger: what one instance's account did with one model on one Pacific day."""
+
+    __tablename__ = "account_usage"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    made: Mapped[int] = mapped_column(Integer, default=0)  # successful generations
+    failed: Mapped[int] = mapped_column(Integer, default=0)  # attempts that failed, quota answers aside
+    quota_answers: Mapped[int] = mapped_column(Integer, default=0)
+    first_quota_at: Mapped[datetime | None]
+    # `made` when the first quota answer came: the day's allowance as Google measured it (learned capacity).
+    made_at_quota: Mapped[int | None] = mapped_column(Integer)
 
 
 class FleetSetting(Base):
@@ -266,21 +294,25 @@ def is_busy(now: datetime) -> ColumnElement[bool]:
 
 def can_take_task(now: Any) -> ColumnElement[bool]:
     """The one definition of an instance that can take a task once free: running and meant to be, with an
-    address, logged in, its page reaching AI Studio, not cooling down. The lease, the stats and the panel use it."""
+    address, logged in, its page reaching AI Studio. The lease, the stats and the panel use it. A pacing rest
+    (`cooldown_until`) is a short wait, not an inability: the lease skips it, the pool still counts it."""
     return and_(
         Instance.status == Status.RUNNING,
         Instance.target == Target.RUNNING,
         Instance.endpoint.is_not(None),
         Instance.login_state == LoginState.LOGGED_IN,
         Instance.aistudio_reach.not_in(OUT_OF_REACH),
-        ~cooling_down(now),
     )
 
 
-def block_in_force() -> ColumnElement[bool]:
-    """A model block older than the instance's last start is void: a restart (the reconciler stamps
-    `started_at` whenever an instance becomes ready) clears it; a session import deletes it."""
-    return or_(Instance.started_at.is_(None), ModelBlock.created_at >= Instance.started_at)
+def block_in_force(now: Any) -> ColumnElement[bool]:
+    """A timed block (quota, cap, rate limit) holds until its end. An open-ended one (the page refused the model)
+    holds until a new session, or a restart after it (the reconciler stamps `started_at` whenever an instance
+    becomes ready): a block older than the last start is void."""
+    open_ended = and_(
+        ModelBlock.until.is_(None), or_(Instance.started_at.is_(None), ModelBlock.created_at >= Instance.started_at)
+    )
+    return or_(ModelBlock.until > now, open_ended)
 
 
 def session_expiring(expires_at: datetime | None, now: datetime, warn_before: float) -> bool:
@@ -290,7 +322,7 @@ def session_expiring(expires_at: datetime | None, now: datetime, warn_before: fl
 
 def is_available(now: datetime) -> ColumnElement[bool]:
     """Can take a task and is free now (the instance's last /status and the gateway's lease both say so)."""
-    return and_(can_take_task(now), ~is_busy(now))
+    return and_(can_take_task(now), ~is_busy(now), ~cooling_down(now))
 
 
 def new_event(instance_id: uuid.UUID, name: str, kind: EventKind, message: str) -> InstanceEvent:

@@ -7,8 +7,10 @@ are written just after the answer goes out (a task's reads, /health and newcomer
 
 Only the reconciler changes an instance's status: a dispatcher that cannot reach an instance, or finds it
 signed out, asks the reconciler to probe it now (locally, and through Postgres NOTIFY for the gateway whose
-reconciler leads), and skips it for a few seconds meanwhile. Quota and rate limits set `cooldown_until`,
-the dispatcher's own column beside the lease.
+reconciler leads), and skips it for a few seconds meanwhile. Quota and rate-limit answers block that model
+on that account (until midnight Pacific, or a doubling pause); pacing rests an account (`cooldown_until`).
+A model no account may be asked for until a reset is answered at once with 429 and a Retry-After that
+points at the reset, and tasks waiting for it end the same way.
 
 The dispatcher admits tasks, queues them and keeps the books; each admitted task is then a `TaskRun` (run.py).
 """
@@ -35,16 +37,31 @@ from gateway.db.types import utcnow
 from gateway.dispatcher import outcomes
 from gateway.dispatcher.durable import RequestFiles, TaskMeta, fingerprint
 from gateway.dispatcher.inputs import GenerationRequest
-from gateway.dispatcher.ledger import Lease, Ledger, NewTask, PoolSnapshot, TaskEnd
+from gateway.dispatcher.ledger import (
+    Clock,
+    Lease,
+    Ledger,
+    NewTask,
+    PoolSnapshot,
+    TaskEnd,
+)
 from gateway.dispatcher.metrics import DispatchMetrics
-from gateway.dispatcher.outcomes import Cooldowns
-from gateway.dispatcher.queue import WaitQueue, Waiter
+from gateway.dispatcher.queue import Waiter, WaitQueue
 from gateway.dispatcher.results import ResultStore
-from gateway.dispatcher.run import MAX_BOUNCES, Avoidance, ClientWatch, Pace, RunContext, RunLimits, TaskRun
+from gateway.dispatcher.run import (
+    MAX_BOUNCES,
+    Avoidance,
+    ClientWatch,
+    Pace,
+    RunContext,
+    RunLimits,
+    TaskRun,
+    exhausted,
+)
 from gateway.dispatcher.signals import PoolListener
 from gateway.dispatcher.task_result import TaskResult, webhook_payload
 from gateway.dispatcher.webhooks import Webhooks
-from gateway.errors import Conflict, Gone, NotFound, QueueFull, Unavailable
+from gateway.errors import Conflict, Exhausted, Gone, NotFound, QueueFull, Unavailable
 from gateway.instance_client import InstanceClient
 from gateway.settings import DispatchSettings
 
@@ -70,8 +87,8 @@ class Dispatcher:
         self._suspect_locally = suspect
         self.metrics = metrics or DispatchMetrics()
         self.results = results or ResultStore(Path(settings.data_dir) / "results", settings.task_result_ttl)
-        self._cooldowns = Cooldowns(settings.cooldown_quota, settings.cooldown_rate_limit)
-        self._queue = WaitQueue(self._lease_for, ledger.release_unused, poll_interval=settings.queue_poll_interval)
+        self._queue = WaitQueue(self._lease_for, ledger.release_unused, poll_interval=settings.queue_poll_interval,
+                                spent_until=self._spent_until)
         self.metrics.track_queue(self.queue_length)
         self._claimed = 0  # queue places taken by admissions not yet in the queue
         self._avoid = Avoidance(min(10.0, max(1.0, settings.reconcile_interval)))
@@ -89,7 +106,7 @@ class Dispatcher:
             else None
         )
         self._run_context = RunContext(
-            ledger, client, self._cooldowns, self.metrics, self.results, self._queue, self._avoid, self._pace,
+            ledger, client, self.metrics, self.results, self._queue, self._avoid, self._pace,
             self._run_limits(), self._settling, suspect_locally=self._suspect_locally,
             closing=lambda: self._closing, wait_headers=lambda: self._retry_after(self._estimate_wait()),
         )
@@ -104,9 +121,11 @@ class Dispatcher:
         suspect: Callable[[uuid.UUID], None],
         origin: str | None = None,
         listener_url: str | None = None,  # the database URL: on Postgres, other gateways' wake-ups arrive on it
+        clock: Clock = utcnow,  # the accounts' days and blocks follow it (tests and the day benchmark move it)
     ) -> Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
-        ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6))
+        ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6),
+                        accounts=settings.accounts, clock=clock)
         return cls(ledger, client, settings, suspect=suspect, listener_url=listener_url)
 
     def _run_limits(self) -> RunLimits:
@@ -371,21 +390,26 @@ class Dispatcher:
         self._reject("queue_full")
         return QueueFull("queue_full", limit=self._settings.queue_max, headers=self._retry_after(self._estimate_wait()))
 
-    def _no_instance(self, snapshot: PoolSnapshot, model: str) -> Unavailable:
+    def _no_instance(self, snapshot: PoolSnapshot, model: str) -> Unavailable | Exhausted:
         if snapshot.running == 0:
             self._reject("no_instance_running")
             return Unavailable("no_instance_running", headers=self._retry_after(30))
         if snapshot.logged_in == 0:
             self._reject("no_instance_logged_in")
             return Unavailable("no_instance_logged_in", running=snapshot.running, headers=self._retry_after(60))
-        if snapshot.blocked and snapshot.cooldown_ends is None:
+        if snapshot.spent:
+            return exhausted(snapshot, model, self.metrics)
+        if snapshot.blocked:
             # Blocks last until a restart or a new session: an operator's move, not a short wait.
             self._reject("model_unavailable")
             return Unavailable("model_unavailable_everywhere", model=model, headers=self._retry_after(RETRY_AFTER_MAX))
-        self._reject("all_cooling_down")
-        seconds = (snapshot.cooldown_ends - utcnow()).total_seconds() if snapshot.cooldown_ends else 60
-        until = snapshot.cooldown_ends.isoformat(timespec="seconds") if snapshot.cooldown_ends else "?"
-        return Unavailable("all_instances_cooling_down", until=until, headers=self._retry_after(seconds, cap=None))
+        self._reject("no_instance_ready")
+        return Unavailable("no_instance_logged_in", running=snapshot.running, headers=self._retry_after(30))
+
+    async def _spent_until(self, model: str) -> PoolSnapshot | None:
+        """The queue asks, when nothing was free for a model: the snapshot when the model is spent, else None."""
+        snapshot = await self._ledger.snapshot(frozenset(), model)
+        return snapshot if snapshot.spent else None
 
     # Background runs ---------------------------------------------------------------------------
 
@@ -434,7 +458,7 @@ class Dispatcher:
         while True:
             try:
                 await self.prune_once(max_age=max_age)
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
+            except Exception as exc:
                 if not database_unreachable(exc):
                     log.exception("pruning results failed")
                 else:
@@ -443,6 +467,10 @@ class Dispatcher:
 
     async def prune_once(self, *, max_age: float | None = None) -> None:
         now = utcnow()
+        renewed = await self._ledger.renew_allowances()
+        if renewed:
+            log.info("%d spent allowances came back at the day's reset", renewed)
+            self._queue.wake()
         removed = await self.results.prune()
         expired = await self._ledger.expire_results(now - timedelta(seconds=self._settings.task_result_ttl))
         if removed or expired:

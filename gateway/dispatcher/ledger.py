@@ -20,12 +20,37 @@ from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleet_contract.codes import OUT_OF_REACH
-from gateway.db.models import InstanceEvent, LoginState, Status, Target, TaskStatus
+from gateway.accounts import policy
+from gateway.accounts.calendar import pacific_day
+from gateway.accounts.policy import BlockKind
+from gateway.db.models import (
+    EventKind,
+    InstanceEvent,
+    LoginState,
+    Status,
+    Target,
+    TaskStatus,
+    new_event,
+)
 from gateway.db.outage import Backlog
 from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
-from gateway.dispatcher.statements import EVENTS, INSTANCES, MODEL_BLOCKS, NOTIFY_CHANNEL, TASKS, B, I, T
+from gateway.dispatcher.statements import (
+    EVENTS,
+    INSTANCES,
+    MODEL_BLOCKS,
+    NOTIFY_CHANNEL,
+    TASKS,
+    USAGE,
+    B,
+    I,
+    T,
+    U,
+)
 from gateway.instance_client import InstanceAddress
+from gateway.settings import AccountSettings
+
+Clock = Callable[[], datetime]
 
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
 
@@ -36,21 +61,29 @@ class Lease:
     instance_id: uuid.UUID
     name: str
     address: InstanceAddress
+    pace: float | None = None  # the account's own pause between tasks (None: the fleet's)
+    daily_cap: int | None = None  # its own daily cap per model (None: the fleet's)
 
 
 @dataclass(frozen=True)
 class PoolSnapshot:
-    """What could serve a task: running, running and signed in, and of those not cooling down."""
+    """What could serve a task: running, running and signed in, and of those able to take the task's model."""
 
     running: int
     logged_in: int
     servable: int
-    cooldown_ends: datetime | None  # the earliest end among the cooling instances
-    blocked: int = 0  # signed in and not cooling, but their accounts cannot use the task's model
+    blocked: int = 0  # signed in, but their accounts may not be asked for the task's model now
+    back_at: datetime | None = None  # the earliest end of those blocks that end by themselves (reset, pause)
+    now: datetime | None = None  # the ledger's clock when it looked
 
     @property
     def empty(self) -> bool:
         return self.servable == 0
+
+    @property
+    def spent(self) -> bool:
+        """No account may be asked for the model before `back_at` (its allowance or a rate limit)."""
+        return self.empty and self.back_at is not None
 
 
 @dataclass(frozen=True)
@@ -87,20 +120,34 @@ class TaskEnd:
 
 @dataclass(frozen=True)
 class Release:
-    """What the end of one attempt does to the instance."""
+    """What the end of one attempt does to the instance and to its account's ledger for the model."""
 
     succeeded: bool
-    cooldown: float | None = None  # seconds
+    model: str  # what the attempt asked for: the ledger row it counts in
     counts: bool = True  # a bounced (409) attempt ran nothing: no counter moves
-    blocks_model: str | None = None  # the account cannot use this model: no more of its tasks go there
+    block: BlockKind | None = None  # what the answer blocks on this account for the model
     block_reason: str = ""
+
+    @property
+    def quota(self) -> bool:
+        return self.block == BlockKind.QUOTA
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, *, lease_seconds: float, origin: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lease_seconds: float,
+        origin: str,
+        accounts: AccountSettings | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
         self._engine = engine
         self._lease_seconds = lease_seconds
         self._origin = origin  # this process, so it can tell its own notifications from other replicas'
+        self.accounts = accounts or AccountSettings()
+        self.clock = clock  # injected by tests and the day benchmark: midnight Pacific comes when they say
         self._postgres = engine.dialect.name == "postgresql"
         # One statement needs no transaction around it: saves Postgres two round trips per step.
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
@@ -126,7 +173,7 @@ class Ledger:
         `may_queue()` grants it a place. Returns the lease, or the pool's snapshot when it was not leased;
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
         await self.backlog.ready()  # releases still waiting for the database come first
-        now = utcnow()
+        now = self.clock()
         params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
         if try_lease and self._postgres:
             async with self._single.connect() as connection:
@@ -149,7 +196,7 @@ class Ledger:
     async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], model: str) -> Lease | None:
         """A lease for a task that waited; its row turns running."""
         await self.backlog.ready()  # its own return to the queue, if that is still waiting, comes first
-        now = utcnow()
+        now = self.clock()
         params = self._lease_params(task_id, exclude, now, model)
         if self._postgres:
             async with self._single.connect() as connection:
@@ -172,46 +219,113 @@ class Ledger:
     async def _finish_attempt(
         self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent]
     ) -> None:
-        now = utcnow()
+        now = self.clock()
         counted = release.counts
         params: dict[str, Any] = {
             "p_instance_id": lease.instance_id,
             "p_task_id": lease.task_id,
-            "p_cooldown_until": now + timedelta(seconds=release.cooldown) if release.cooldown else None,
+            "p_cooldown_until": self._rest_until(lease, now) if counted else None,
             "p_done": int(counted and release.succeeded),
             "p_failed": int(counted and not release.succeeded),
             "p_attempts": attempts,
             "p_now": now,
+            **self._usage_params(release, now),
             **self._notice("free"),
         }
         if end is not None:
             params.update(_end_params(end))
-        if self._postgres and not events and release.blocks_model is None:
+        cap = policy.cap_for(self.accounts.daily_caps, release.model, lease.daily_cap) if params["p_made"] else None
+        if self._postgres and not events and release.block is None and cap is None:
             async with self._single.connect() as connection:
                 await connection.execute(sql.RELEASE_AND_END if end is not None else sql.RELEASE_AND_REQUEUE, params)
             return
         async with self._transaction() as connection:
             await connection.execute(sql.RELEASE, params)
             await connection.execute(sql.END_TASK if end is not None else sql.REQUEUE_TASK, params)
+            await connection.execute(sql.COUNT_USAGE[self._engine.dialect.name], params)
+            await connection.execute(sql.CLEAR_RATE_LIMIT, params)
+            block, reason = release.block, release.block_reason
+            if block is None and cap is not None and await self._made_today(connection, lease.instance_id, release.model, now) >= cap:
+                block, reason = BlockKind.CAP, f"the daily cap of {cap} is reached"
+            if block is not None:
+                events = [*events, await self._block_model(connection, lease, release.model, block, reason, now)]
             if events:
                 await connection.execute(insert(EVENTS), [_event_row(e) for e in events])
-            if release.blocks_model is not None:
-                await self._block_model(connection, lease.instance_id, release.blocks_model, release.block_reason, now)
             await self._notify(connection, params)
 
+    def _rest_until(self, lease: Lease, now: datetime) -> datetime | None:
+        """Pacing: the account rests this long after any attempt that reached its page (None: no rest)."""
+        pause = lease.pace if lease.pace is not None else self.accounts.pause
+        seconds = policy.pace_pause(pause, self.accounts.jitter)
+        return now + timedelta(seconds=seconds) if seconds > 0 else None
+
     @staticmethod
-    async def _block_model(connection: AsyncConnection, instance_id: uuid.UUID, model: str, reason: str, now: datetime) -> None:
-        # Replaces a void block from before the instance's last start (same key); portable, unlike an upsert.
-        await connection.execute(delete(MODEL_BLOCKS).where(B.instance_id == instance_id, B.model == model))
-        row = {"instance_id": instance_id, "model": model, "reason": reason[:2000], "created_at": now}
+    def _usage_params(release: Release, now: datetime) -> dict[str, Any]:
+        counted = release.counts
+        return {
+            "p_model": release.model,
+            "p_day": pacific_day(now),
+            "p_made": int(counted and release.succeeded),
+            "p_failed_usage": int(counted and not release.succeeded and not release.quota),
+            "p_quota": int(counted and release.quota),
+        }
+
+    @staticmethod
+    async def _made_today(connection: AsyncConnection, instance_id: uuid.UUID, model: str, now: datetime) -> int:
+        query = select(U.made).where(U.instance_id == instance_id, U.model == model, U.day == pacific_day(now))
+        return int(await connection.scalar(query) or 0)
+
+    async def _block_model(
+        self, connection: AsyncConnection, lease: Lease, model: str, kind: BlockKind, reason: str, now: datetime
+    ) -> InstanceEvent:
+        """Writes the block and returns its event. A rate limit doubles the last one's pause (its strikes)."""
+        strikes = 0
+        if kind == BlockKind.RATE_LIMIT:
+            earlier = select(B.strikes).where(B.instance_id == lease.instance_id, B.model == model, B.kind == kind.value)
+            strikes = int(await connection.scalar(earlier) or 0)
+        strikes += kind == BlockKind.RATE_LIMIT
+        settings = self.accounts
+        pause = policy.rate_limit_pause(strikes, settings.rate_limit_first, settings.rate_limit_longest, settings.jitter)
+        until = policy.block_until(kind, now, pause)
+        # Replaces the earlier block of the same key (a void one, or a rate limit's); portable, unlike an upsert.
+        await connection.execute(delete(MODEL_BLOCKS).where(B.instance_id == lease.instance_id, B.model == model))
+        row = {"instance_id": lease.instance_id, "model": model, "reason": reason[:2000], "created_at": now,
+               "kind": kind.value, "until": until, "strikes": strikes}
         await connection.execute(insert(MODEL_BLOCKS), [row])
+        when = f"until {until.isoformat(timespec='seconds')}" if until else "until a new session or restart"
+        message = f"{model} blocked ({kind.value}) {when}: {reason}"
+        return new_event(lease.instance_id, lease.name, EventKind.MODEL_BLOCKED, message[:2000])
+
+    async def renew_allowances(self) -> int:
+        """Ends the blocks whose time is up, with an event for each allowance back (the day's reset), and drops
+        usage older than the kept days and rate-limit strikes from more than a day ago."""
+        now = self.clock()
+        daily = (BlockKind.QUOTA.value, BlockKind.CAP.value)
+        async with self._transaction() as connection:
+            ended = (await connection.execute(
+                delete(MODEL_BLOCKS).where(B.kind.in_(daily), B.until <= now).returning(B.instance_id, B.model, B.kind)
+            )).all()
+            await connection.execute(delete(MODEL_BLOCKS).where(
+                B.kind == BlockKind.RATE_LIMIT.value, B.until <= now - timedelta(days=1)))
+            oldest = pacific_day(now) - timedelta(days=self.accounts.usage_days)
+            await connection.execute(delete(USAGE).where(U.day < oldest))
+            if ended:
+                names = dict((await connection.execute(
+                    select(I.id, I.name).where(I.id.in_({row.instance_id for row in ended})))).all())
+                events = [
+                    new_event(row.instance_id, names.get(row.instance_id, ""), EventKind.ALLOWANCE_RENEWED,
+                              f"{row.model}: the {row.kind} block ended at the day's reset")
+                    for row in ended
+                ]
+                await connection.execute(insert(EVENTS), [_event_row(e) for e in events])
+        return len(ended)
 
     async def release_unused(self, lease: Lease) -> None:
         """A lease nobody will use (its waiter left at that very moment): free it, leave the task alone."""
         await self.backlog.write(f"the unused lease of {lease.name}", functools.partial(self._release_unused, lease))
 
     async def _release_unused(self, lease: Lease) -> None:
-        params = {"p_instance_id": lease.instance_id, "p_task_id": lease.task_id, "p_now": utcnow(), **self._notice("free")}
+        params = {"p_instance_id": lease.instance_id, "p_task_id": lease.task_id, "p_now": self.clock(), **self._notice("free")}
         async with self._transaction() as connection:
             await connection.execute(sql.RELEASE_UNUSED, params)
             await self._notify(connection, params)
@@ -221,7 +335,7 @@ class Ledger:
         await self.backlog.write(f"the end of task {task_id}", functools.partial(self._end_task, task_id, end, attempts))
 
     async def _end_task(self, task_id: uuid.UUID, end: TaskEnd, attempts: int | None) -> None:
-        values = _ended(end, utcnow())
+        values = _ended(end, self.clock())
         if attempts is not None:
             values["attempts"] = attempts
         unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
@@ -230,7 +344,7 @@ class Ledger:
 
     async def snapshot(self, exclude: frozenset[uuid.UUID] = frozenset(), model: str | None = None) -> PoolSnapshot:
         async with self._engine.connect() as connection:
-            return await self._snapshot(connection, exclude, utcnow(), model)
+            return await self._snapshot(connection, exclude, self.clock(), model)
 
     async def suspect(self, instance_id: uuid.UUID) -> None:
         """Tells the other gateways' reconcilers (one of them leads) to probe this instance."""
@@ -247,14 +361,19 @@ class Ledger:
 
     def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime, model: str) -> dict[str, Any]:
         expires = now + timedelta(seconds=self._lease_seconds)
-        return {"p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires, "p_model": model}
+        today = pacific_day(now)
+        return {
+            "p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires, "p_model": model,
+            "p_day": today, "p_since": today - timedelta(days=self.accounts.usage_days),
+            "p_per_exit": self.accounts.per_exit,
+        }
 
     @staticmethod
     def _lease_from(task_id: uuid.UUID, result: Any) -> Lease | None:
         row = result.first()
         if row is None:
             return None
-        return Lease(task_id, row.id, row.name, InstanceAddress(row.endpoint, row.token))
+        return Lease(task_id, row.id, row.name, InstanceAddress(row.endpoint, row.token), row.pace_seconds, row.daily_cap)
 
     async def _snapshot(
         self, connection: AsyncConnection, exclude: frozenset[uuid.UUID], now: datetime, model: str | None
@@ -266,24 +385,22 @@ class Ledger:
 
         running = and_(I.status == Status.RUNNING, I.target == Target.RUNNING)
         logged_in = and_(running, I.login_state == LoginState.LOGGED_IN, I.aistudio_reach.not_in(OUT_OF_REACH))
-        cooling = and_(logged_in, ~sql.not_cooling(now))
-        blocked = sql.model_blocked(model) if model is not None else None
-        query = select(
-            count(running),
-            count(logged_in),
-            count(and_(sql.serving(now), ~blocked) if blocked is not None else sql.serving(now)),
-            func.min(case((cooling, I.cooldown_until), else_=None)),
-            count(and_(sql.serving(now), blocked)) if blocked is not None else literal(0),
-        )
+        serving = sql.serving(now)
+        if model is None:
+            query = select(count(running), count(logged_in), count(serving), literal(0), literal(None))
+        else:
+            blocked = sql.model_blocked(model, now)
+            query = select(
+                count(running),
+                count(logged_in),
+                count(and_(serving, ~blocked)),
+                count(and_(serving, blocked)),
+                func.min(case((serving, sql.block_end(model, now)), else_=None)),
+            )
         if exclude:
             query = query.where(I.id.not_in(exclude))
         row = (await connection.execute(query)).one()
-        cooldown_ends = row[3]
-        if isinstance(cooldown_ends, str):  # SQLite hands an aggregate back untyped
-            cooldown_ends = datetime.fromisoformat(cooldown_ends)
-        if cooldown_ends is not None and cooldown_ends.tzinfo is None:
-            cooldown_ends = cooldown_ends.replace(tzinfo=now.tzinfo)
-        return PoolSnapshot(int(row[0]), int(row[1]), int(row[2]), cooldown_ends, int(row[4]))
+        return PoolSnapshot(int(row[0]), int(row[1]), int(row[2]), int(row[3]), _aware(row[4], now), now)
 
     def _notice(self, kind: str, argument: str = "") -> dict[str, str]:
         return {"p_channel": NOTIFY_CHANNEL, "p_payload": f"{self._origin}:{kind}:{argument}"}
@@ -349,6 +466,15 @@ class Ledger:
                 update(TASKS).where(unfinished, T.created_at < created_before).values(**_ended(end, utcnow()))
             )
         return int(result.rowcount or 0)
+
+
+def _aware(value: Any, now: datetime) -> datetime | None:
+    """An aggregate's time as the database hands it back (SQLite: a string, without its zone)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=now.tzinfo)
+    return value
 
 
 def _task_params(task: NewTask) -> dict[str, Any]:

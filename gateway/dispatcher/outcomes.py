@@ -13,7 +13,13 @@ import httpx
 
 from fleet_contract.codes import ErrorCode
 from fleet_contract.messages import GenerateAnswer
-from gateway.instance_client import InstanceBadAnswer, InstanceCallError, InstanceNoAnswer, InstanceRejected
+from gateway.accounts.policy import BlockKind
+from gateway.instance_client import (
+    InstanceBadAnswer,
+    InstanceCallError,
+    InstanceNoAnswer,
+    InstanceRejected,
+)
 
 # Error codes the gateway itself gives a task (the instance's own: fleet_contract.codes.ErrorCode).
 UNREACHABLE = "instance_unreachable"  # the gateway could not reach the task's instance: refused, reset, gone, 5xx
@@ -26,6 +32,7 @@ NO_INSTANCE = "no_instance"  # nothing could run it
 CLIENT_GONE = "client_disconnected"  # the client left while the task waited
 SHUTDOWN = "gateway_shutdown"
 ABANDONED = "abandoned"  # left queued/running by a gateway that died
+EXHAUSTED = "model_exhausted"  # no account may be asked for the model before its reset or pause ends
 
 QUOTA = ErrorCode.QUOTA_EXHAUSTED
 RATE_LIMITED = ErrorCode.RATE_LIMITED
@@ -43,20 +50,26 @@ class Attempt:
     error_code: str | None = None
     error_message: str | None = None
     retry: bool = False  # another instance may run the same prompt
-    cooldown: float | None = None  # seconds this instance rests
     suspect: bool = False  # the reconciler should probe this instance now
     bounced: bool = False  # the instance was busy: nothing ran, so it does not count as an attempt
-    model_unavailable: bool = False  # its account cannot use the model: nothing ran, and it gets no more of them
+    # The account may not be asked for this model for a while (refused, allowance spent, rate-limited): nothing
+    # was generated, so another instance may run it and the retry is not spent.
+    block: BlockKind | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model_unavailable(self) -> bool:
+        return self.block == BlockKind.UNAVAILABLE
 
-@dataclass(frozen=True)
-class Cooldowns:
-    quota: float
-    rate_limit: float
+    @property
+    def spends_retry(self) -> bool:
+        return not self.bounced and self.block is None
 
 
-def from_answer(answer: GenerateAnswer, cooldowns: Cooldowns) -> Attempt:
+_BLOCKS = {QUOTA: BlockKind.QUOTA, RATE_LIMITED: BlockKind.RATE_LIMIT, MODEL_UNAVAILABLE: BlockKind.UNAVAILABLE}
+
+
+def from_answer(answer: GenerateAnswer) -> Attempt:
     """The instance's 200 answer, decoded by the instance client (so its types are the contract's)."""
     if answer.success:
         if not answer.images_b64:
@@ -71,15 +84,10 @@ def from_answer(answer: GenerateAnswer, cooldowns: Cooldowns) -> Attempt:
         retry=bool(answer.error and answer.error.retry_safe),
         timings=answer.timings,
     )
-    if code == QUOTA:
-        attempt.cooldown = cooldowns.quota
-    elif code == RATE_LIMITED:
-        attempt.cooldown = cooldowns.rate_limit
+    if code in _BLOCKS:
+        attempt.block, attempt.retry = _BLOCKS[code], True
     elif code in (NEEDS_LOGIN, ErrorCode.REGION_BLOCKED):
         attempt.suspect = True  # the probe records the login state or the region block the instance reports
-    elif code == MODEL_UNAVAILABLE:
-        # Nothing was generated, so another instance may run it, and the retry is not spent.
-        attempt.retry = attempt.model_unavailable = True
     return attempt
 
 

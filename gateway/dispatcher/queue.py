@@ -1,7 +1,8 @@
 """The wait queue: tasks that found no free instance wait here, first in first out, and are handed a lease.
 
 One pump hands out leases in queue order (a task whose model no free instance can use lets the ones behind it
-through). It runs when woken (an instance was freed here, or in another
+through). When nothing was free for a model and no account may be asked for it before a reset, every task
+waiting for that model ends at once (`ModelSpent`) instead of waiting out its time. It runs when woken (an instance was freed here, or in another
 gateway via Postgres NOTIFY) and, while anyone waits, every `poll_interval` anyway: instances also become
 free by starting, signing in, or the end of a cooldown, which nobody announces.
 """
@@ -17,9 +18,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.db.outage import database_unreachable
-from gateway.dispatcher.ledger import Lease
+from gateway.dispatcher.ledger import Lease, PoolSnapshot
 
 log = logging.getLogger(__name__)
+
+
+class ModelSpent(Exception):
+    """Set on a waiter's future: its model is spent everywhere until `snapshot.back_at`."""
+
+    def __init__(self, model: str, snapshot: PoolSnapshot) -> None:
+        super().__init__(f"{model} is spent until {snapshot.back_at}")
+        self.model = model
+        self.snapshot = snapshot
 
 
 @dataclass(eq=False)
@@ -38,9 +48,11 @@ class WaitQueue:
         release_unused: Callable[[Lease], Awaitable[None]],
         *,
         poll_interval: float,
+        spent_until: Callable[[str], Awaitable[PoolSnapshot | None]] | None = None,
     ) -> None:
         self._acquire = acquire
         self._release_unused = release_unused
+        self._spent_until = spent_until
         self._poll_interval = poll_interval
         self._waiters: deque[Waiter] = deque()
         self._signal = asyncio.Event()
@@ -97,6 +109,7 @@ class WaitQueue:
 
     async def _serve(self) -> None:
         missed: set[str] = set()  # models for which nothing is free, whoever asks
+        unserved: set[str] = set()  # models some waiter found nothing for
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self.remove(waiter)
@@ -105,6 +118,7 @@ class WaitQueue:
                 continue  # nothing for this model even without exclusions: it would find the same
             lease = await self._acquire(waiter)
             if lease is None:
+                unserved.add(waiter.model)
                 if not waiter.exclude:
                     missed.add(waiter.model)
                 # Only its own excluded instances, or ones that cannot use its model, may be free:
@@ -115,3 +129,17 @@ class WaitQueue:
                 await self._release_unused(lease)  # it gave up while we were leasing
             else:
                 waiter.future.set_result(lease)
+        await self._end_spent(unserved)
+
+    async def _end_spent(self, models: set[str]) -> None:
+        """Waiters for a model that no account may be asked for before a reset end now, not at their timeout."""
+        if self._spent_until is None:
+            return
+        for model in models:
+            snapshot = await self._spent_until(model)
+            if snapshot is None:
+                continue
+            for waiter in [w for w in self._waiters if w.model == model]:
+                self.remove(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_exception(ModelSpent(model, snapshot))

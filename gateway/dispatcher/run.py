@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from gateway.accounts.calendar import next_reset
+from gateway.accounts.policy import BlockKind
 from gateway.db.models import EventKind, TaskStatus, new_event
 from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
@@ -23,13 +26,13 @@ from gateway.dispatcher import outcomes
 from gateway.dispatcher.durable import TaskMeta
 from gateway.dispatcher.images import content_hashes, encode_all
 from gateway.dispatcher.inputs import GenerationRequest
-from gateway.dispatcher.ledger import Lease, Ledger, Release, TaskEnd
+from gateway.dispatcher.ledger import Lease, Ledger, PoolSnapshot, Release, TaskEnd
 from gateway.dispatcher.metrics import DispatchMetrics
-from gateway.dispatcher.outcomes import Attempt, Cooldowns
-from gateway.dispatcher.queue import WaitQueue, Waiter
+from gateway.dispatcher.outcomes import Attempt
+from gateway.dispatcher.queue import ModelSpent, Waiter, WaitQueue
 from gateway.dispatcher.results import ResultStore
 from gateway.dispatcher.task_result import TaskResult
-from gateway.errors import Unavailable
+from gateway.errors import Exhausted, Unavailable
 from gateway.instance_client import InstanceCallError, InstanceClient
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,6 @@ class RunContext:
 
     ledger: Ledger
     client: InstanceClient
-    cooldowns: Cooldowns
     metrics: DispatchMetrics
     results: ResultStore
     queue: WaitQueue
@@ -123,7 +125,7 @@ class Progress:
         self.last, self.last_lease = attempt, lease
         if attempt.bounced:
             self.bounces += 1
-        elif not attempt.model_unavailable:  # nothing ran there: the retry is not spent
+        elif attempt.spends_retry:  # a refusal, a spent allowance or a rate limit ran nothing there
             self.attempts += 1
         self.tries.append({"instance": lease.name, "outcome": attempt.error_code or "succeeded", "ms": _ms(seconds)})
 
@@ -143,9 +145,19 @@ class Progress:
 class _WaitEnded(Exception):
     """The task stopped waiting for an instance; `code` says why."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, spent: PoolSnapshot | None = None) -> None:
         super().__init__(code)
         self.code = code
+        self.spent = spent  # its model is spent everywhere until spent.back_at
+
+
+def exhausted(snapshot: PoolSnapshot, model: str, metrics: DispatchMetrics) -> Exhausted:
+    """429 for a model no account may be asked for before `back_at`, with Retry-After pointing at it."""
+    assert snapshot.back_at is not None
+    metrics.rejected.labels("model_exhausted").inc()
+    seconds = max(1, math.ceil((snapshot.back_at - (snapshot.now or utcnow())).total_seconds()))
+    until = snapshot.back_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return Exhausted("model_exhausted", model=model, until=until, headers={"Retry-After": str(seconds)})
 
 
 class TaskRun:
@@ -171,6 +183,7 @@ class TaskRun:
         self.progress = Progress()
         self.created_at = created_at or utcnow()
         self.waiting = False
+        self.retry_at: datetime | None = None  # set when it ends for a model spent everywhere
 
     # The run ----------------------------------------------------------------------------------------
 
@@ -189,7 +202,7 @@ class TaskRun:
                     context.metrics.tasks.labels(end.error_code or "succeeded").inc()
                     return self.result(end)
         except _WaitEnded as ended:
-            return await self._end_waiting(ended.code)
+            return await self._end_waiting(ended.code, ended.spent)
         except asyncio.CancelledError:
             if context.closing() and self.waiting and self.request_path is not None:
                 raise  # still queued, its inputs kept: the next gateway resumes it
@@ -224,6 +237,7 @@ class TaskRun:
             image_size=self.request.image_size,
             output_format=self.request.output_format,
             image_hashes=list(end.image_hashes or []),
+            retry_at=self.retry_at,
         )
 
     # Waiting for an instance ------------------------------------------------------------------------
@@ -250,6 +264,9 @@ class TaskRun:
         lease = _taken(waiter)
         if lease is not None:
             return lease
+        spent = _spent(waiter)
+        if spent is not None:
+            raise _WaitEnded(outcomes.EXHAUSTED, spent.snapshot)
         await self._abandon(waiter)
         left = gone is not None and gone.done() and not gone.cancelled() and gone.exception() is None
         raise _WaitEnded(outcomes.CLIENT_GONE if left else outcomes.QUEUE_TIMEOUT)
@@ -262,19 +279,27 @@ class TaskRun:
         else:
             waiter.future.cancel()  # done now, so the pump never hands it a lease
 
-    async def _end_waiting(self, code: str) -> TaskResult:
+    async def _end_waiting(self, code: str, spent: PoolSnapshot | None = None) -> TaskResult:
         """The task stopped waiting. A retry that found no instance ends with what the last attempt said;
-        a first wait that ran out is a 503 for a waiting client and a failed task otherwise."""
+        a first wait that ran out is a 503 for a waiting client and a failed task otherwise; a model spent
+        everywhere is a 429 for a waiting client (Retry-After: the reset) and a failed task otherwise."""
         context, progress = self._context, self.progress
         last = progress.last
-        if last is not None and code == outcomes.QUEUE_TIMEOUT:
+        if spent is not None:
+            self.retry_at = spent.back_at
+        if last is not None and code in (outcomes.QUEUE_TIMEOUT, outcomes.EXHAUSTED):
             end = progress.end(TaskStatus.FAILED, last.error_code, last.error_message)
+        elif spent is not None:
+            until = spent.back_at.isoformat(timespec="seconds") if spent.back_at else "?"
+            end = progress.end(TaskStatus.FAILED, code, f"no account may be asked for {self.request.model} before {until}")
         elif code == outcomes.CLIENT_GONE:
             end = progress.end(TaskStatus.FAILED, code, "the client disconnected while the task waited for an instance")
         else:
             end = progress.end(TaskStatus.FAILED, code, f"no instance was free within {context.limits.wait_limit(self.mode):g} s")
         await context.ledger.end_task(self.task_id, end, attempts=progress.attempts)
         context.metrics.tasks.labels(end.error_code or "failed").inc()
+        if spent is not None and last is None and self.mode == "sync":
+            raise exhausted(spent, self.request.model, context.metrics)
         if code == outcomes.QUEUE_TIMEOUT and last is None and self.mode == "sync":
             context.metrics.rejected.labels("queue_timeout").inc()
             raise Unavailable("queue_timeout", waited=int(progress.queued_s), headers=context.wait_headers())
@@ -298,7 +323,8 @@ class TaskRun:
             code, why = (outcomes.SHUTDOWN, "the gateway stopped during the generation") if stopping else ("internal_error", repr(exc))
             progress.record(lease, Attempt(False, error_code=code), time.monotonic() - began)
             end = progress.end(TaskStatus.FAILED, code, why)
-            await asyncio.shield(context.ledger.finish_attempt(lease, Release(False, counts=False), end, attempts=progress.attempts))
+            release = Release(False, self.request.model, counts=False)
+            await asyncio.shield(context.ledger.finish_attempt(lease, release, end, attempts=progress.attempts))
             raise
         finally:
             context.metrics.running.dec()
@@ -327,7 +353,7 @@ class TaskRun:
             body = await self._context.client.generate(lease.address, payload, timeout=self._context.limits.generation_timeout)
         except InstanceCallError as exc:  # no answer, a refusal, or a body off the contract
             return outcomes.from_error(exc)
-        return outcomes.from_answer(body, self._context.cooldowns)
+        return outcomes.from_answer(body)
 
     async def _output(self, attempt: Attempt) -> Attempt:
         """The images in the format the client asked for (the page gives PNG)."""
@@ -346,8 +372,7 @@ class TaskRun:
             return False
         if attempt.bounced and progress.bounces > MAX_BOUNCES:
             return False
-        spent = not attempt.bounced and not attempt.model_unavailable
-        if spent and progress.attempts >= self._context.limits.max_attempts:
+        if attempt.spends_retry and progress.attempts >= self._context.limits.max_attempts:
             return False
         # Another instance must exist that could take it, or waiting would only end in a timeout.
         try:
@@ -357,6 +382,8 @@ class TaskRun:
                 raise
             log.warning("task %s not retried: the database cannot be reached", self.task_id)
             return False  # it ends with this attempt's failure; its release waits for the database
+        if snapshot.empty and attempt.block in (BlockKind.QUOTA, BlockKind.RATE_LIMIT):
+            self.retry_at = _back_at(snapshot, attempt)
         return not snapshot.empty
 
     def final(self, attempt: Attempt) -> TaskEnd:
@@ -379,9 +406,8 @@ class TaskRun:
         try:
             if end is not None and attempt.success and context.limits.keeps(self.mode):
                 end = replace(end, result_path=await self._save(attempt))
-            release = Release(attempt.success, attempt.cooldown, counts=not attempt.bounced and not attempt.model_unavailable)
-            if attempt.model_unavailable:
-                release = replace(release, blocks_model=self.request.model, block_reason=attempt.error_message or "")
+            release = Release(attempt.success, self.request.model, counts=not attempt.bounced and not attempt.model_unavailable,
+                              block=attempt.block, block_reason=attempt.error_message or "")
             events = _events_for(lease, attempt)
             await context.ledger.finish_attempt(lease, release, end, attempts=self.progress.attempts, events=events)
         except Exception:
@@ -413,16 +439,26 @@ class TaskRun:
 
 
 def _events_for(lease: Lease, attempt: Attempt) -> list[Any]:
-    """The instance's events an attempt calls for: a cooldown, or a probe asked for."""
+    """The instance's events an attempt calls for: a probe asked for (the ledger writes a block's own)."""
     events = []
-    if attempt.cooldown:
-        until = (utcnow() + timedelta(seconds=attempt.cooldown)).isoformat(timespec="seconds")
-        message = f"{attempt.error_code}: cooling down until {until} ({attempt.error_message})"
-        events.append(new_event(lease.instance_id, lease.name, EventKind.COOLING_DOWN, message[:2000]))
     if attempt.suspect and attempt.error_code != outcomes.NEEDS_LOGIN:
         message = f"a task could not use it ({attempt.error_code}: {attempt.error_message}); asked for a probe"
         events.append(new_event(lease.instance_id, lease.name, EventKind.ATTEMPT_SUSPECT, message[:2000]))
     return events
+
+
+def _back_at(snapshot: PoolSnapshot, attempt: Attempt) -> datetime | None:
+    """When the model may be asked of some account again, after this attempt's account said it is spent."""
+    own = next_reset(snapshot.now or utcnow()) if attempt.block == BlockKind.QUOTA else None
+    known = [t for t in (snapshot.back_at if snapshot.spent else None, own) if t is not None]
+    return min(known) if known else None
+
+
+def _spent(waiter: Waiter) -> ModelSpent | None:
+    future = waiter.future
+    if future.done() and not future.cancelled() and isinstance(future.exception(), ModelSpent):
+        return future.exception()  # type: ignore[return-value]
+    return None
 
 
 def _taken(waiter: Waiter) -> Lease | None:

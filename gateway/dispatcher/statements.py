@@ -1,10 +1,12 @@
 """The SQL of the request path, built once with bound parameters (a task costs no statement construction).
 Parameters are named `p_<what>`: see the ledger, which fills them.
 
-The lease: an UPDATE of the least recently used free instance, picked by a sub-select that on Postgres
-locks its row `FOR UPDATE SKIP LOCKED` (concurrent gateways pick different rows instead of queueing on
-one; on SQLite the single writer makes the statement atomic). The outer WHERE re-checks the lease is free
-and RETURNING says whether we won.
+The lease: an UPDATE of a free instance, picked by a sub-select that on Postgres locks its row `FOR UPDATE
+SKIP LOCKED` (concurrent gateways pick different rows instead of queueing on one; on SQLite the single writer
+makes the statement atomic). The outer WHERE re-checks the lease is free and RETURNING says whether we won.
+It picks, among accounts not resting, not blocked for the model and with room on their proxy exit, the one
+with the most of the model's allowance left today (learned capacity minus today's count; unknown first, so
+that a new account's capacity is learned), then the least recently used.
 
 On Postgres each step is one statement: data-modifying CTEs lease and register the task together, or
 release the instance, end the task and notify the other gateways together, each in a single round trip.
@@ -15,11 +17,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Uuid, bindparam, case, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    Date,
+    Integer,
+    Uuid,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
-from gateway.db.models import Instance, InstanceEvent, ModelBlock, Task, TaskStatus, block_in_force, can_take_task
+from gateway.accounts.policy import BlockKind
+from gateway.db.models import (
+    AccountUsage,
+    Instance,
+    InstanceEvent,
+    ModelBlock,
+    Task,
+    TaskStatus,
+    block_in_force,
+    can_take_task,
+)
 from gateway.db.types import UTCDateTime
 
 NOTIFY_CHANNEL = "aistudio_fleet_pool"
@@ -28,12 +56,19 @@ INSTANCES = Instance.__table__
 TASKS = Task.__table__
 EVENTS = InstanceEvent.__table__
 MODEL_BLOCKS = ModelBlock.__table__
-I = INSTANCES.c  # noqa: E741 - the instance table's columns, read like the model
+USAGE = AccountUsage.__table__
+I = INSTANCES.c
 T = TASKS.c
 B = MODEL_BLOCKS.c
+U = USAGE.c
+_PEER = INSTANCES.alias("peer")
 
 _NOW = bindparam("p_now", type_=UTCDateTime())
 _TASK_ID = bindparam("p_task_id", type_=Uuid())
+_MODEL = bindparam("p_model", type_=B.model.type)
+_DAY = bindparam("p_day", type_=Date())  # today, in Pacific time
+_SINCE = bindparam("p_since", type_=Date())  # the oldest day whose usage still teaches the capacity
+_PER_EXIT = bindparam("p_per_exit", type_=Integer())  # tasks at once through one proxy exit (0: no limit)
 
 
 def _param(name: str, column: Any) -> BindParameter[Any]:
@@ -60,17 +95,50 @@ def serving(now: Any = _NOW) -> ColumnElement[bool]:
     return can_take_task(now)
 
 
-def model_blocked(model: Any = None) -> ColumnElement[bool]:
-    """The instance's account said it cannot use this model (the lease's `p_model` unless given)."""
-    model = bindparam("p_model", type_=B.model.type) if model is None else model
-    return select(B.instance_id).where(B.instance_id == I.id, B.model == model, block_in_force()).exists()
+def model_blocked(model: Any = None, now: Any = _NOW) -> ColumnElement[bool]:
+    """The instance's account may not be asked for this model now (the lease's `p_model` unless given)."""
+    model = _MODEL if model is None else model
+    return select(B.instance_id).where(B.instance_id == I.id, B.model == model, block_in_force(now)).exists()
+
+
+def block_end(model: Any, now: Any) -> Any:
+    """When the instance's timed block on the model ends (NULL: none, or one that waits for a new session)."""
+    return select(func.min(B.until)).where(B.instance_id == I.id, B.model == model, B.until > now).scalar_subquery()
+
+
+def made_today(model: Any = _MODEL, day: Any = _DAY) -> Any:
+    return select(U.made).where(U.instance_id == I.id, U.model == model, U.day == day).scalar_subquery()
+
+
+def learned_capacity(model: Any = _MODEL, since: Any = _SINCE) -> Any:
+    """The most the account made of the model on a day it ran out, over the kept days (NULL: never ran out)."""
+    return select(func.max(U.made_at_quota)).where(U.instance_id == I.id, U.model == model, U.day >= since).scalar_subquery()
+
+
+def remaining_today(model: Any = _MODEL, day: Any = _DAY, since: Any = _SINCE) -> Any:
+    """Learned capacity minus today's count: NULL while the capacity is unknown."""
+    return learned_capacity(model, since) - func.coalesce(made_today(model, day), 0)
+
+
+def exit_has_room(now: Any = _NOW) -> ColumnElement[bool]:
+    """Fewer than `p_per_exit` leases run through this instance's proxy exit (the same proxy URL, or none)."""
+    peer = _PEER.c
+    busy = (
+        select(func.count())
+        .select_from(_PEER)
+        .where(peer.lease_task_id.is_not(None), peer.lease_expires_at > now,
+               func.coalesce(peer.proxy_url, "") == func.coalesce(I.proxy_url, ""))
+        .scalar_subquery()
+    )
+    return or_(_PER_EXIT <= 0, busy < _PER_EXIT)
 
 
 # The lease.
 _CANDIDATE = (
     select(I.id)
-    .where(serving(), lease_free(), ~model_blocked(), I.id.not_in(bindparam("p_exclude", expanding=True)))
-    .order_by(I.last_used_at.asc().nulls_first(), I.id)
+    .where(serving(), not_cooling(), lease_free(), ~model_blocked(), exit_has_room(),
+           I.id.not_in(bindparam("p_exclude", expanding=True)))
+    .order_by(remaining_today().desc().nulls_first(), I.last_used_at.asc().nulls_first(), I.id)
     .limit(1)
     .with_for_update(skip_locked=True)
 )
@@ -83,7 +151,7 @@ LEASE = (
         last_used_at=_NOW,
         updated_at=_NOW,  # set here: column defaults are not applied inside a CTE
     )
-    .returning(I.id, I.name, I.endpoint, I.token, I.lease_task_id)
+    .returning(I.id, I.name, I.endpoint, I.token, I.lease_task_id, I.pace_seconds, I.daily_cap)
 )
 
 # A new task's row.
@@ -135,6 +203,37 @@ RELEASE_UNUSED = (
     .values(lease_task_id=None, lease_expires_at=None, updated_at=_NOW)
 )
 
+# The account ledger: one attempt's count in today's row of its account and model (p_made, p_failed_usage, p_quota
+# are 0 or 1). The first quota answer of the day notes how many the account had made: its capacity that day.
+def _usage_upsert(dialect_insert: Any) -> Any:
+    quota = bindparam("p_quota", type_=Integer())
+    new = dialect_insert(USAGE).values(
+        instance_id=_param("instance_id", U.instance_id), model=_MODEL, day=_DAY,
+        made=bindparam("p_made", type_=Integer()), failed=bindparam("p_failed_usage", type_=Integer()),
+        quota_answers=quota, first_quota_at=case((quota == 1, _NOW), else_=null()),
+        made_at_quota=case((quota == 1, 0), else_=null()),
+    )
+    taken = new.excluded
+    return new.on_conflict_do_update(
+        index_elements=[U.instance_id, U.model, U.day],
+        set_={
+            "made": U.made + taken.made,
+            "failed": U.failed + taken.failed,
+            "quota_answers": U.quota_answers + taken.quota_answers,
+            "first_quota_at": func.coalesce(U.first_quota_at, taken.first_quota_at),
+            "made_at_quota": func.coalesce(U.made_at_quota, case((taken.quota_answers > 0, U.made), else_=null())),
+        },
+    )
+
+
+COUNT_USAGE = {"postgresql": _usage_upsert(postgresql.insert), "sqlite": _usage_upsert(sqlite.insert)}
+
+# A success ends the model's rate-limit strikes on the account.
+CLEAR_RATE_LIMIT = delete(MODEL_BLOCKS).where(
+    B.instance_id == _param("instance_id", B.instance_id), B.model == _MODEL,
+    B.kind == BlockKind.RATE_LIMIT.value, bindparam("p_made", type_=Integer()) == 1,
+)
+
 # The task's end.
 END_TASK = (
     update(TASKS)
@@ -167,7 +266,9 @@ def _notified(*parts: Executable) -> Executable:
 
 # Postgres: lease and register in one statement. Same parameters as LEASE and INSERT_TASK (status running).
 _LEASED = LEASE.cte("leased")
-LEASE_AND_REGISTER = select(_LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _LEASED.c.token).add_cte(
+LEASE_AND_REGISTER = select(
+    _LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _LEASED.c.token, _LEASED.c.pace_seconds, _LEASED.c.daily_cap
+).add_cte(
     insert(TASKS)
     .from_select(
         list(_NEW_TASK_COLUMNS),
@@ -194,7 +295,10 @@ LEASE_AND_REGISTER = select(_LEASED.c.id, _LEASED.c.name, _LEASED.c.endpoint, _L
 
 # Postgres: a waiting task's lease and its row's start in one statement.
 _LEASED_AGAIN = LEASE.cte("leased")
-LEASE_AND_START = select(_LEASED_AGAIN.c.id, _LEASED_AGAIN.c.name, _LEASED_AGAIN.c.endpoint, _LEASED_AGAIN.c.token).add_cte(
+LEASE_AND_START = select(
+    _LEASED_AGAIN.c.id, _LEASED_AGAIN.c.name, _LEASED_AGAIN.c.endpoint, _LEASED_AGAIN.c.token,
+    _LEASED_AGAIN.c.pace_seconds, _LEASED_AGAIN.c.daily_cap,
+).add_cte(
     update(TASKS)
     .where(T.id == _LEASED_AGAIN.c.lease_task_id)
     .values(
@@ -207,6 +311,6 @@ LEASE_AND_START = select(_LEASED_AGAIN.c.id, _LEASED_AGAIN.c.name, _LEASED_AGAIN
 )
 
 # Postgres: the release, the task's end (or its return to the queue) and the notification together.
-RELEASE_AND_END = _notified(RELEASE, END_TASK)
-RELEASE_AND_REQUEUE = _notified(RELEASE, REQUEUE_TASK)
+RELEASE_AND_END = _notified(RELEASE, END_TASK, COUNT_USAGE["postgresql"], CLEAR_RATE_LIMIT)
+RELEASE_AND_REQUEUE = _notified(RELEASE, REQUEUE_TASK, COUNT_USAGE["postgresql"], CLEAR_RATE_LIMIT)
 RELEASE_UNUSED_AND_NOTIFY = _notified(RELEASE_UNUSED)

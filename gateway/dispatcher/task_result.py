@@ -31,6 +31,7 @@ class TaskResult:
     image_size: str | None = None
     output_format: str | None = None
     image_hashes: list[str] = field(default_factory=list)  # sha256 of each image, as the client receives it
+    retry_at: datetime | None = None  # it failed for a spent model: when an account may be asked for it again
 
     @property
     def succeeded(self) -> bool:

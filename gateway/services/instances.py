@@ -556,16 +556,18 @@ class InstanceService:
 async def _model_blocks(session: AsyncSession, instance_id: uuid.UUID | None = None) -> dict[uuid.UUID, list[ModelBlockView]]:
     """The model blocks in force (void ones, from before the instance's last start, are left out)."""
     query = (
-        select(ModelBlock.instance_id, ModelBlock.model, ModelBlock.reason, ModelBlock.created_at)
+        select(ModelBlock.instance_id, ModelBlock.model, ModelBlock.reason, ModelBlock.created_at, ModelBlock.kind,
+               ModelBlock.until)
         .join(Instance, Instance.id == ModelBlock.instance_id)
-        .where(block_in_force())
+        .where(block_in_force(utcnow()))
         .order_by(ModelBlock.created_at, ModelBlock.model)
     )
     if instance_id is not None:
         query = query.where(ModelBlock.instance_id == instance_id)
     found: dict[uuid.UUID, list[ModelBlockView]] = {}
     for row in (await session.execute(query)).all():
-        found.setdefault(row.instance_id, []).append(ModelBlockView(model=row.model, reason=row.reason, since=row.created_at))
+        found.setdefault(row.instance_id, []).append(ModelBlockView(
+            model=row.model, reason=row.reason, since=row.created_at, kind=row.kind, until=row.until))
     return found
 
 

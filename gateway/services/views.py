@@ -56,9 +56,13 @@ class InstanceView(msgspec.Struct, kw_only=True):
 
 
 class ModelBlockView(msgspec.Struct, kw_only=True):
+    """A model the account may not be asked for now: `kind` says why (unavailable, quota, cap, rate_limit)."""
+
     model: str
     reason: str
     since: datetime
+    kind: str = "unavailable"
+    until: datetime | None = None  # None: until a new session or restart
 
 
 class EngineView(msgspec.Struct, kw_only=True):

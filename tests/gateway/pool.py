@@ -9,6 +9,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,26 @@ from sqlalchemy import func, select
 
 from gateway.app import Fleet, create_api_app
 from gateway.db.models import Task
+from gateway.db.types import utcnow
+from gateway.dispatcher.ledger import Clock
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.polling import await_until
 
 # Queue wake-ups fast enough for tests; generation timeouts short enough for timeouts to be tested.
+class ManualClock:
+    """A fake clock for the account ledger: it stands still until a test moves it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 DISPATCH_FAST = {"queue_poll_interval": 0.05, "generation_timeout": 5.0, "lease_margin": 1.0}
 
 
@@ -100,10 +116,11 @@ async def serve(app: Litestar) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_pool(
-    database_url: str, data_dir: Path, fake: FakeRuntime, instances: int = 2, **overrides: Any
+    database_url: str, data_dir: Path, fake: FakeRuntime, instances: int = 2, *, clock: Clock = utcnow, **overrides: Any
 ) -> AsyncIterator[Pool]:
+    """`clock`: the accounts' time (Pacific days, blocks, pacing); a `ManualClock` moves it at will."""
     settings = make_settings(database_url, data_dir, **{**DISPATCH_FAST, **overrides})
-    fleet = await Fleet.open(settings, runtime=fake)
+    fleet = await Fleet.open(settings, runtime=fake, clock=clock)
     try:
         ids = await start_instances(fleet, instances)
         async with serve(create_api_app(settings, fleet=fleet)) as url:

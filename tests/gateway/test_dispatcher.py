@@ -197,15 +197,15 @@ async def test_nothing_running_answers_503_saying_so(database_url: str, tmp_path
         assert await pool.task_count() == 0
 
 
-async def test_signed_out_or_cooling_pools_say_which(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
-    async with open_pool(database_url, tmp_path, fake, instances=1, cooldown_quota=3600) as pool:
+async def test_signed_out_or_spent_pools_say_which(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
         (iid,) = pool.instance_ids
         fake.script_generations(iid, FakeOutcome.error("quota_exhausted", retry_safe=True))
         failed = (await pool.generate()).json()
         assert failed["success"] is False and failed["error_code"] == "quota_exhausted"
-        cooling = await pool.generate()
-        assert cooling.status_code == 503 and cooling.json()["error"] == "all_instances_cooling_down"
-        assert 3500 < int(cooling.headers["retry-after"]) <= 3600
+        spent = await pool.generate()
+        assert spent.status_code == 429 and spent.json()["error"] == "model_exhausted"
+        assert 0 < int(spent.headers["retry-after"]) <= 25 * 3600  # the next midnight Pacific
 
         fake.set_login_state(iid, "needs_login")
         await await_until(lambda: _login_state(pool, iid, "needs_login"), timeout=5, what="the instance needs_login")
@@ -286,27 +286,19 @@ async def test_retries_stop_at_max_attempts(database_url: str, tmp_path: Path, f
         assert len(fake.generations) == 2
 
 
-async def test_quota_cools_the_instance_down_and_the_task_goes_elsewhere(pool: Pool) -> None:
+async def test_quota_blocks_the_model_on_that_account_and_the_task_goes_elsewhere(pool: Pool) -> None:
     first, second = pool.lru_order()
     pool.fake.script_generations(first, FakeOutcome.error("quota_exhausted", retry_safe=True))
     body = (await pool.generate()).json()
-    assert body["success"] is True and body["instance_id"] == second and body["attempts"] == 2
+    # A quota answer ran nothing: the retry elsewhere is not counted as a spent attempt.
+    assert body["success"] is True and body["instance_id"] == second and body["attempts"] == 1
     view = await pool.fleet.instances.get(first)
-    # Five hours, the default for quota.
-    assert view.cooldown_until is not None and view.cooldown_until > datetime.now(UTC) + timedelta(hours=4.9)
-    assert await _has_event(pool, first, "cooling_down")
+    assert view.cooldown_until is None  # the account is not rested, only that model on it
+    (block,) = view.unavailable_models
+    assert block.kind == "quota" and block.until is not None and block.until > datetime.now(UTC) + timedelta(minutes=1)
+    assert await _has_event(pool, first, "model_blocked")
     later = [(await pool.generate()).json()["instance_id"] for _ in range(3)]
     assert later == [second] * 3
-
-
-async def test_a_rate_limit_cooldown_ends(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
-    async with open_pool(database_url, tmp_path, fake, instances=2, cooldown_rate_limit=0.5) as pool:
-        first, second = pool.lru_order()
-        fake.script_generations(first, FakeOutcome.error("rate_limited", retry_safe=True))
-        assert (await pool.generate()).json()["instance_id"] == second
-        assert (await pool.generate()).json()["instance_id"] == second
-        await asyncio.sleep(0.6)  # a cooldown is wall-clock time: only waiting it out ends it
-        assert (await pool.generate()).json()["instance_id"] == first
 
 
 async def test_needs_login_takes_the_instance_out_of_the_pool(pool: Pool) -> None:
