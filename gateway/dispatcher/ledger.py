@@ -175,13 +175,14 @@ class Ledger:
         await self.backlog.ready()  # releases still waiting for the database come first
         now = self.clock()
         params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
-        if try_lease and self._postgres:
+        if try_lease and self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
                 lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params))
             if lease is not None:
                 return lease, None
             try_lease = False  # nothing was free a moment ago: queue (the queue retries the lease)
         async with self._transaction() as connection:
+            await self._take_turn(connection)
             lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE, params)) if try_lease else None
             if lease is not None:
                 await connection.execute(sql.INSERT_TASK, params | _running(lease, now))
@@ -198,10 +199,11 @@ class Ledger:
         await self.backlog.ready()  # its own return to the queue, if that is still waiting, comes first
         now = self.clock()
         params = self._lease_params(task_id, exclude, now, model)
-        if self._postgres:
+        if self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
                 return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params))
         async with self._transaction() as connection:
+            await self._take_turn(connection)
             lease = self._lease_from(task_id, await connection.execute(sql.LEASE, params))
             if lease is not None:
                 await connection.execute(sql.START_TASK, params | _running(lease, now))
@@ -351,6 +353,16 @@ class Ledger:
         if self._postgres:
             async with self._single.connect() as connection:
                 await self._notify(connection, self._notice("suspect", str(instance_id)))
+
+    @property
+    def _leases_take_turns(self) -> bool:
+        return self._postgres and self.accounts.per_exit > 0
+
+    async def _take_turn(self, connection: AsyncConnection) -> None:
+        """A per-exit limit counts the other leases on the exit: on Postgres two gateways (or two connections)
+        leasing at once would both see room, so leases wait for each other while the limit is on."""
+        if self._leases_take_turns:
+            await connection.execute(sql.LEASE_TURN)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:

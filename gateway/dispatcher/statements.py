@@ -5,8 +5,8 @@ The lease: an UPDATE of a free instance, picked by a sub-select that on Postgres
 SKIP LOCKED` (concurrent gateways pick different rows instead of queueing on one; on SQLite the single writer
 makes the statement atomic). The outer WHERE re-checks the lease is free and RETURNING says whether we won.
 It picks, among accounts not resting, not blocked for the model and with room on their proxy exit, the one
-with the most of the model's allowance left today (learned capacity minus today's count; unknown first, so
-that a new account's capacity is learned), then the least recently used.
+with the most of the model's allowance left today (learned capacity minus today's count; an account not yet
+measured counts with the best capacity seen), then the least recently used.
 
 On Postgres each step is one statement: data-modifying CTEs lease and register the task together, or
 release the instance, end the task and notify the other gateways together, each in a single round trip.
@@ -115,9 +115,16 @@ def learned_capacity(model: Any = _MODEL, since: Any = _SINCE) -> Any:
     return select(func.max(U.made_at_quota)).where(U.instance_id == I.id, U.model == model, U.day >= since).scalar_subquery()
 
 
+def best_capacity(model: Any = _MODEL, since: Any = _SINCE) -> Any:
+    """The most any account made of the model on a day it ran out: the guess for an account not yet measured."""
+    return select(func.max(U.made_at_quota)).where(U.model == model, U.day >= since).scalar_subquery()
+
+
 def remaining_today(model: Any = _MODEL, day: Any = _DAY, since: Any = _SINCE) -> Any:
-    """Learned capacity minus today's count: NULL while the capacity is unknown."""
-    return learned_capacity(model, since) - func.coalesce(made_today(model, day), 0)
+    """Learned capacity minus today's count. An account not yet measured is taken to have the best capacity
+    seen (unknown is not empty, and it still shares the load); NULL while no account was ever measured."""
+    capacity = func.coalesce(learned_capacity(model, since), best_capacity(model, since))
+    return capacity - func.coalesce(made_today(model, day), 0)
 
 
 def exit_has_room(now: Any = _NOW) -> ColumnElement[bool]:
@@ -250,6 +257,10 @@ REQUEUE_TASK = (
 )
 
 NOTIFY = text("SELECT pg_notify(:p_channel, :p_payload)")
+
+# Postgres: leases take turns while a per-exit limit is on (it counts other leases, which a concurrent
+# statement cannot see before it commits). Held until the lease's transaction ends.
+LEASE_TURN = text("SELECT pg_advisory_xact_lock(7242901)")
 
 # Postgres: connections of other gateways (their application_name starts with the prefix, then their origin).
 OTHER_GATEWAYS = text(
