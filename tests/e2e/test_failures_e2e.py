@@ -28,7 +28,7 @@ from tests.simulator.fixtures import control
 pytestmark = [pytest.mark.docker]
 
 # A rate-limited instance rests 5 s here (long enough to see the next task go elsewhere, short for the next test).
-SETTINGS = {**FAST_SETTINGS, "QUEUE_WAIT_TIMEOUT": "60", "QUEUE_POLL_INTERVAL": "0.2", "COOLDOWN_RATE_LIMIT": "5"}
+SETTINGS = {**FAST_SETTINGS, "QUEUE_WAIT_TIMEOUT": "60", "QUEUE_POLL_INTERVAL": "0.2", "RATE_LIMIT_PAUSE": "5"}
 
 
 @dataclass
@@ -105,21 +105,22 @@ def test_post_tasks_then_get_tasks(pair: Pair) -> None:
     assert requests.get(f"{pair.gateway.api_url}/tasks/00000000-0000-0000-0000-000000000000", timeout=30).status_code == 404
 
 
-def test_a_rate_limit_cools_that_instance_down_and_the_task_goes_elsewhere(pair: Pair) -> None:
+def test_a_rate_limit_pauses_that_model_on_that_account_and_the_task_goes_elsewhere(pair: Pair) -> None:
     pair.simulator(latency_ms=300, mode="rate_limit", mode_times=1)
     body = pair.generate("限流")
-    assert body["success"] is True and body["attempts"] == 2, body
+    # The rate-limited try generated nothing: the retry elsewhere is not a spent attempt.
+    assert body["success"] is True and body["attempts"] == 1, body
     assert body["timings"]["tries"][0]["outcome"] == "rate_limited"
     first, second = pair.generations()
     limited = by_account(pair)[first["account"]]
     assert first["outcome"] != "ok" and second["outcome"] == "ok" and body["instance_id"] != limited
-    view = pair.gateway.instance(limited)
-    assert view["cooldown_until"], view
-    assert "cooling_down" in pair.gateway.event_kinds(limited)
-    # While it rests, the next task goes to the other one.
+    (block,) = pair.gateway.instance(limited)["unavailable_models"]
+    assert block["kind"] == "rate_limit" and block["until"] and block["model"] == body["model"], block
+    assert "model_blocked" in pair.gateway.event_kinds(limited)
+    # While that model rests on it, the next task for the model goes to the other one.
     assert pair.generate("限流之后")["instance_id"] != limited
-    wait_until(lambda: requests.get(f"{pair.gateway.api_url}/health", timeout=10).json()["browser_instances"]["available"] == 2,
-               timeout=60, what="the rested instance back in the pool")
+    wait_until(lambda: pair.gateway.instance(limited)["unavailable_models"] == [], timeout=60,
+               what="the paused model back on that account (5 s, with jitter)")
 
 
 def test_an_internal_error_after_the_prompt_fails_the_task_without_a_retry(pair: Pair) -> None:
