@@ -63,6 +63,8 @@ class Lease:
     address: InstanceAddress
     pace: float | None = None  # the account's own pause between tasks (None: the fleet's)
     daily_cap: int | None = None  # its own daily cap per model (None: the fleet's)
+    # When the attempt was sent: its Pacific day is the one its answer counts in (an answer may land after midnight).
+    leased_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -177,13 +179,13 @@ class Ledger:
         params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
         if try_lease and self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
-                lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params))
+                lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params), now)
             if lease is not None:
                 return lease, None
             try_lease = False  # nothing was free a moment ago: queue (the queue retries the lease)
         async with self._transaction() as connection:
             await self._take_turn(connection)
-            lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE, params)) if try_lease else None
+            lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE, params), now) if try_lease else None
             if lease is not None:
                 await connection.execute(sql.INSERT_TASK, params | _running(lease, now))
                 return lease, None
@@ -201,10 +203,10 @@ class Ledger:
         params = self._lease_params(task_id, exclude, now, model)
         if self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
-                return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params))
+                return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params), now)
         async with self._transaction() as connection:
             await self._take_turn(connection)
-            lease = self._lease_from(task_id, await connection.execute(sql.LEASE, params))
+            lease = self._lease_from(task_id, await connection.execute(sql.LEASE, params), now)
             if lease is not None:
                 await connection.execute(sql.START_TASK, params | _running(lease, now))
         return lease
@@ -231,7 +233,7 @@ class Ledger:
             "p_failed": int(counted and not release.succeeded),
             "p_attempts": attempts,
             "p_now": now,
-            **self._usage_params(release, now),
+            **self._usage_params(release, lease.leased_at or now),
             **self._notice("free"),
         }
         if end is not None:
@@ -247,7 +249,8 @@ class Ledger:
             await connection.execute(sql.COUNT_USAGE[self._engine.dialect.name], params)
             await connection.execute(sql.CLEAR_RATE_LIMIT, params)
             block, reason = release.block, release.block_reason
-            if block is None and cap is not None and await self._made_today(connection, lease.instance_id, release.model, now) >= cap:
+            sent = lease.leased_at or now
+            if block is None and cap is not None and await self._made_today(connection, lease.instance_id, release.model, sent) >= cap:
                 block, reason = BlockKind.CAP, f"the daily cap of {cap} is reached"
             if block is not None:
                 events = [*events, await self._block_model(connection, lease, release.model, block, reason, now)]
@@ -262,11 +265,12 @@ class Ledger:
         return now + timedelta(seconds=seconds) if seconds > 0 else None
 
     @staticmethod
-    def _usage_params(release: Release, now: datetime) -> dict[str, Any]:
+    def _usage_params(release: Release, sent: datetime) -> dict[str, Any]:
+        """The attempt counts in the Pacific day it was sent on (`sent`)."""
         counted = release.counts
         return {
             "p_model": release.model,
-            "p_day": pacific_day(now),
+            "p_day": pacific_day(sent),
             "p_made": int(counted and release.succeeded),
             "p_failed_usage": int(counted and not release.succeeded and not release.quota),
             "p_quota": int(counted and release.quota),
@@ -288,7 +292,10 @@ class Ledger:
         strikes += kind == BlockKind.RATE_LIMIT
         settings = self.accounts
         pause = policy.rate_limit_pause(strikes, settings.rate_limit_first, settings.rate_limit_longest, settings.jitter)
-        until = policy.block_until(kind, now, pause)
+        # A day's allowance ends at the midnight after the attempt was sent (a quota answer landing just after
+        # midnight speaks of the day before); a pause runs from the answer.
+        since = now if kind == BlockKind.RATE_LIMIT else (lease.leased_at or now)
+        until = policy.block_until(kind, since, pause)
         # Replaces the earlier block of the same key (a void one, or a rate limit's); portable, unlike an upsert.
         await connection.execute(delete(MODEL_BLOCKS).where(B.instance_id == lease.instance_id, B.model == model))
         row = {"instance_id": lease.instance_id, "model": model, "reason": reason[:2000], "created_at": now,
@@ -381,11 +388,12 @@ class Ledger:
         }
 
     @staticmethod
-    def _lease_from(task_id: uuid.UUID, result: Any) -> Lease | None:
+    def _lease_from(task_id: uuid.UUID, result: Any, now: datetime) -> Lease | None:
         row = result.first()
         if row is None:
             return None
-        return Lease(task_id, row.id, row.name, InstanceAddress(row.endpoint, row.token), row.pace_seconds, row.daily_cap)
+        address = InstanceAddress(row.endpoint, row.token)
+        return Lease(task_id, row.id, row.name, address, row.pace_seconds, row.daily_cap, leased_at=now)
 
     async def _snapshot(
         self, connection: AsyncConnection, exclude: frozenset[uuid.UUID], now: datetime, model: str | None

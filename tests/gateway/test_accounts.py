@@ -322,3 +322,24 @@ def test_daily_caps_read_per_model_with_a_default() -> None:
     caps = Settings(pace_daily_cap=f"{PRO}=20, *=60").accounts.daily_caps
     assert caps == {PRO: 20, "*": 60}
     assert Settings(pace_daily_cap="40").accounts.daily_caps == {"*": 40}
+
+
+async def test_a_quota_answer_landing_after_midnight_speaks_of_the_day_before(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    midnight = next_reset(datetime(2027, 1, 15, 20, 0, tzinfo=UTC))
+    clock = ManualClock(midnight - timedelta(seconds=5))  # sent at 23:59:55 Pacific
+    async with open_pool(database_url, tmp_path, fake, instances=1, clock=clock) as pool:
+        (iid,) = pool.instance_ids
+        fake.script_generations(iid, FakeOutcome.error("quota_exhausted", retry_safe=True, delay=0.3))
+        sent = asyncio.create_task(generate(pool, PRO))
+        while not fake.generations:
+            await asyncio.sleep(0.01)
+        clock.advance(10)  # the answer lands at 00:00:05, in the new day
+        await sent
+        await pool.fleet.dispatcher.settled()
+        async with pool.fleet.sessions() as session:
+            row = (await session.execute(select(AccountUsage))).scalar_one()
+        assert (row.day, row.quota_answers) == (date(2027, 1, 15), 1)  # counted in the day it was sent
+        status, body, _ = await generate(pool, PRO)  # the new day's allowance is there
+        assert status == 200 and body["success"] is True
