@@ -219,8 +219,8 @@ class AccountSettings:
     jitter: float = 0.5  # pauses vary by up to this fraction, so accounts do not beat in step
     per_exit: int = 0  # tasks at once through one proxy exit (0: no limit)
     daily_caps: dict[str, int] = dataclasses.field(default_factory=dict)  # model (or "*") -> cap per account
-    rate_limit_first: float = 30.0  # the first rate-limit pause of a model on an account; doubles each time
-    rate_limit_longest: float = 900.0
+    rate_limit_pause: float = 30.0  # the first rate-limit pause of a model on an account; doubles each time
+    rate_limit_pause_max: float = 900.0
     usage_days: int = 30  # days of usage kept; the learned capacity looks this far back
 
 
@@ -537,11 +537,7 @@ class Settings(BaseSettings):
 
     @property
     def accounts(self) -> AccountSettings:
-        return AccountSettings(
-            pause=self.pace_pause, jitter=self.pace_jitter, per_exit=self.pace_per_exit,
-            daily_caps=parse_daily_caps(self.pace_daily_cap), rate_limit_first=self.rate_limit_pause,
-            rate_limit_longest=self.rate_limit_pause_max, usage_days=self.usage_days,
-        )
+        return self._part(AccountSettings, "pace_", daily_caps=parse_daily_caps(self.pace_daily_cap))
 
     @property
     def inputs(self) -> InputSettings:

@@ -291,7 +291,7 @@ class Ledger:
             strikes = int(await connection.scalar(earlier) or 0)
         strikes += kind == BlockKind.RATE_LIMIT
         settings = self.accounts
-        pause = policy.rate_limit_pause(strikes, settings.rate_limit_first, settings.rate_limit_longest, settings.jitter)
+        pause = policy.rate_limit_pause(strikes, settings.rate_limit_pause, settings.rate_limit_pause_max, settings.jitter)
         # A day's allowance ends at the midnight after the attempt was sent (a quota answer landing just after
         # midnight speaks of the day before); a pause runs from the answer.
         since = now if kind == BlockKind.RATE_LIMIT else (lease.leased_at or now)

@@ -47,9 +47,11 @@ def test_parts_read_the_same_variables_and_cover_every_field(monkeypatch: pytest
     assert (flat.dispatch.queue_max, flat.kubernetes.name_prefix, flat.listeners.admin_port) == (9, "x-", 1)
     assert settings.model_copy(update={"task_retention": 5.0}).retention.task_retention == 5.0  # never stale
     covered = {"runtime", "database_url", "migrate_on_start", "language", "log_level"}  # read by the wiring itself
-    prefixes = {"instance": "instance_", "docker": "docker_", "local": "local_", "kubernetes": "kubernetes_", "webhooks": "webhook_"}
+    covered.add("pace_daily_cap")  # parsed into accounts.daily_caps
+    prefixes = {"instance": "instance_", "docker": "docker_", "local": "local_", "kubernetes": "kubernetes_", "webhooks": "webhook_",
+                "accounts": "pace_"}
     for name in ("listeners", "instance", "docker", "local", "kubernetes", "reconcile", "sessions", "webhooks",
-                 "dispatch", "inputs", "faces", "retention"):
+                 "dispatch", "inputs", "faces", "retention", "accounts"):
         part = getattr(settings, name)
         for field in dataclasses.fields(part):
             flat_name = prefixes.get(name, "") + field.name
