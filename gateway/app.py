@@ -17,6 +17,7 @@ from litestar.plugins import PluginProtocol
 from litestar.plugins.htmx import HTMXPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from gateway.accounts.usage import UsageReader
 from gateway.api.bodies import BodyGuardPlugin
 from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.docs import docs_assets, openapi_config
@@ -71,6 +72,12 @@ class Fleet:
     selectors: SelectorsService
     retention: Retention
     proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
+    clock: Clock = utcnow  # the accounts' time: the ledger's reads follow the same clock as its writes
+
+    @property
+    def usage(self) -> UsageReader:
+        """The account ledger's reads, on this fleet's database, settings and clock."""
+        return UsageReader(self.sessions, self.settings.accounts, self.clock)
 
     @classmethod
     async def open(
@@ -119,7 +126,7 @@ class Fleet:
             raise
         fleet = cls(
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
-            selectors, retention, proxies,
+            selectors, retention, proxies, clock,
         )
         dispatcher.start()
         retention.start()

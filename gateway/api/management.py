@@ -1,4 +1,5 @@
-"""The management API on the admin listener (:8813): thin handlers over the instance service."""
+"""The management API on the admin listener (:8813): thin handlers over the instance service and the account
+ledger's reads."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from gateway.accounts.usage import UsageReader
 from gateway.api.errors import request_language
 from gateway.api.schemas import (
+    AccountsUsageOut,
     CreateInstanceIn,
     CreateInstanceOut,
     DeleteInstanceOut,
@@ -21,6 +24,7 @@ from gateway.api.schemas import (
     InstanceActionOut,
     InstanceListOut,
     InstanceOut,
+    InstanceUsageOut,
     LogsOut,
     ProxyTestIn,
     SessionImportOut,
@@ -30,7 +34,14 @@ from gateway.api.schemas import (
 from gateway.db.models import Status
 from gateway.errors import BadRequest, FleetError, TooLarge
 from gateway.i18n import translate
-from gateway.services.instances import InstanceService, proxy_message, regional_message, valid_regional
+from gateway.services.instances import (
+    InstanceService,
+    pacing_message,
+    proxy_message,
+    regional_message,
+    valid_pacing,
+    valid_regional,
+)
 from gateway.services.proxies import ProxyTester, ProxyTestView
 
 
@@ -42,17 +53,23 @@ def provide_language(request: Request[Any, Any, Any]) -> str:
     return request_language(request)
 
 
+def provide_usage(state: State) -> UsageReader:
+    return state.fleet.usage
+
+
 def provide_max_session_bytes(state: State) -> int:
     return state.settings.sessions.max_session_bytes
 
 
 Instances = NamedDependency[InstanceService]
 Language = NamedDependency[str]
+Usage = NamedDependency[UsageReader]
 InstanceId = FromPath[str]
 
 DEPENDENCIES = {
     "instances": Provide(provide_instances, sync_to_thread=False),
     "language": Provide(provide_language, sync_to_thread=False),
+    "usage": Provide(provide_usage, sync_to_thread=False),
 }
 
 
@@ -80,14 +97,16 @@ class InstanceController(Controller):
         return InstanceOut(instance=await instances.get(instance_id))
 
     @patch("/{instance_id:str}", operation_id="updateInstance",
-           summary="Change its egress proxy, time zone or locale (from its next start)")
+           summary="Change its egress proxy, time zone or locale (from its next start), or its pacing (from its next task)")
     async def update_instance(
         self, instance_id: InstanceId, data: JSONBody[UpdateInstanceIn], instances: Instances, language: Language
     ) -> InstanceActionOut:
-        regional = data.regional()
-        if data.proxy is msgspec.UNSET and not regional:
-            raise BadRequest("invalid_body", detail="give proxy, timezone or locale")
-        valid_regional(regional.get("timezone"), regional.get("locale"))  # a bad one refuses all: nothing stored
+        regional, pacing = data.regional(), data.pacing()
+        if data.proxy is msgspec.UNSET and not regional and not pacing:
+            raise BadRequest("instance_update_empty")
+        # A bad field refuses all of them: nothing is stored.
+        valid_regional(regional.get("timezone"), regional.get("locale"))
+        valid_pacing(pacing)
         messages, changed = [], False
         if data.proxy is not msgspec.UNSET:
             view, changed = await instances.set_proxy(instance_id, data.proxy)
@@ -98,7 +117,22 @@ class InstanceController(Controller):
             changed = changed or regional_changed
             key, params = regional_message(view)
             messages.append(translate(key, language, **params))
+        if pacing:
+            view, pacing_changed = await instances.set_pacing(instance_id, pacing)
+            changed = changed or pacing_changed
+            messages.append(pacing_message(view, language))
         return InstanceActionOut(message=" ".join(messages), changed=changed, instance=view)
+
+    @get("/{instance_id:str}/usage", operation_id="getInstanceUsage",
+         summary="Its account's day per model: made, learned capacity, left, blocked until and why")
+    async def get_usage(self, instance_id: InstanceId, usage: Usage) -> InstanceUsageOut:
+        report = await usage.report(instance_id=instance_id)
+        (account,) = report.accounts
+        return InstanceUsageOut(
+            now=report.now, day=report.day, next_reset=report.next_reset, usage_days=report.usage_days,
+            instance_id=account.instance_id, name=account.name, pace_seconds=account.pace_seconds,
+            daily_cap=account.daily_cap, models=account.models,
+        )
 
     @delete("/{instance_id:str}", operation_id="deleteInstance", status_code=200, summary="Delete a stopped instance")
     async def delete_instance(self, instance_id: InstanceId, instances: Instances, language: Language) -> DeleteInstanceOut:
@@ -163,6 +197,21 @@ class InstanceController(Controller):
         return SessionImportOut(message=message, cookies=cookies, login_state=login_state, pending=pending)
 
 
+class AccountsController(Controller):
+    path = "/api/accounts"
+    tags = ["accounts"]
+    dependencies = DEPENDENCIES
+
+    @get("/usage", operation_id="getAccountsUsage",
+         summary="Every account's day per model (made, learned capacity, left, blocked until and why) and the pool's totals")
+    async def get_usage(self, usage: Usage, model: FromQuery[str | None] = None) -> AccountsUsageOut:
+        report = await usage.report(model=model or None)
+        return AccountsUsageOut(
+            now=report.now, day=report.day, next_reset=report.next_reset, usage_days=report.usage_days,
+            models=report.models, accounts=report.accounts, pool=report.pool,
+        )
+
+
 class StatsController(Controller):
     path = "/api/stats"
     tags = ["instances"]
@@ -222,4 +271,4 @@ class ProxyController(Controller):
         return await proxies.test(language, proxy=data.proxy, instance_id=data.instance_id)
 
 
-MANAGEMENT_CONTROLLERS = [InstanceController, StatsController, ProxyController]
+MANAGEMENT_CONTROLLERS = [InstanceController, AccountsController, StatsController, ProxyController]

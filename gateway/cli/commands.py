@@ -172,9 +172,91 @@ def _action(verb: str, method: str, suffix: str) -> Callable[..., None]:
     return command
 
 
+@instances.command("set")
+@click.argument("name")
+@click.option("--pace", metavar="SECONDS|default",
+              help="Seconds between this account's tasks (0-3600); 'default': the fleet's (GATEWAY_PACE_PAUSE).")
+@click.option("--daily-cap", metavar="N|default",
+              help="Images per model a day on this account (1-100000); 'default': the fleet's (GATEWAY_PACE_DAILY_CAP).")
+@json_option
+@click.pass_obj
+@handled
+def instances_set(options: Options, name: str, pace: str | None, daily_cap: str | None, as_json: bool) -> None:
+    """Change NAME's pacing, from its next task (the gateway checks the ranges; nothing changes on a refusal)."""
+    body: dict[str, Any] = {}
+    if pace is not None:
+        body["pace_seconds"] = _setting_value(pace, "--pace", float)
+    if daily_cap is not None:
+        body["daily_cap"] = _setting_value(daily_cap, "--daily-cap", int)
+    if not body:
+        raise UsageProblem("give --pace and/or --daily-cap")
+    client = options.client()
+    view = client.resolve(name)
+    answer = client.call("PATCH", f"/api/instances/{view['instance_id']}", json=body)
+    click.echo(dumps(answer) if as_json else answer["message"])
+
+
+def _setting_value(text: str, option: str, kind: type[float | int]) -> float | int | None:
+    """A number for the gateway to check, or None for 'default' (back to the fleet's setting)."""
+    if text.strip().lower() in ("default", "fleet", "none", ""):
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageProblem(f"{option}: {text!r} is not a {'whole ' if kind is int else ''}number, nor 'default'") from None
+
+
 instances.command("start")(_action("Start", "POST", "/start"))
 instances.command("stop")(_action("Stop", "POST", "/stop"))
 instances.command("rm")(_action("Delete (stopped)", "DELETE", ""))
+
+
+# Accounts ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def accounts() -> None:
+    """The Google accounts' daily allowances per model (they reset at midnight Pacific time)."""
+
+
+@accounts.command("usage")
+@click.option("--model", help="Only this model (an id or an alias).")
+@json_option
+@click.pass_obj
+@handled
+def accounts_usage(options: Options, model: str | None, as_json: bool) -> None:
+    """Per account and model: made today, learned capacity, cap, left, blocked until (UTC) and why; then the
+    pool's totals per model. Capacity '?' and left '?': the account never ran out, so nobody knows yet."""
+    body = options.client().call("GET", "/api/accounts/usage", params={"model": model} if model else None)
+    if as_json:
+        click.echo(dumps(body))
+        return
+    rows = [
+        (account["name"], *_usage_cells(cell))
+        for account in body["accounts"] for cell in account["models"]
+    ]
+    headers = ("ACCOUNT", "MODEL", "MADE TODAY", "CAPACITY", "CAP", "LEFT", "BLOCKED UNTIL", "WHY")
+    click.echo(table(headers, rows))
+    pool = [(p["model"], p["made_today"], p["remaining"], p["unknown_capacity"], p["blocked"], p["accounts"]) for p in body["pool"]]
+    click.echo("")
+    click.echo(table(("MODEL", "MADE TODAY", "POOL LEFT", "UNKNOWN CAPACITY", "BLOCKED", "ACCOUNTS RUNNING"), pool))
+    click.echo(f"\nToday (Pacific): {body['day']}. Allowances reset at midnight Pacific time; next: {when(body['next_reset'])} UTC.")
+
+
+def _usage_cells(cell: dict[str, Any]) -> tuple[object, ...]:
+    unknown = "?"
+    until = "-"
+    if cell["blocked"]:
+        until = when(cell.get("blocked_until")) if cell.get("blocked_until") else "new session"
+    why = "-"
+    if cell["blocked"]:
+        reason = _short(cell.get("block_reason") or "", 50)
+        why = f"{cell.get('block_kind')}: {reason}" if reason else str(cell.get("block_kind"))
+    return (
+        cell["model"], cell["made_today"],
+        unknown if cell["learned_capacity"] is None else cell["learned_capacity"],
+        cell["cap"], unknown if cell["remaining"] is None else cell["remaining"], until, why,
+    )
 
 
 # Logs and sessions -------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class EventKind(StrEnum):
     # Operators' changes and session health.
     PROXY_CHANGED = "proxy_changed"
     REGIONAL_CHANGED = "regional_changed"  # its time zone or locale (set with the proxy)
+    PACING_CHANGED = "pacing_changed"  # its own pause between tasks or daily cap
     SELECTORS_CHANGED = "selectors_changed"
     SESSION_EXPIRING = "session_expiring"
 

@@ -21,6 +21,7 @@ from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 from markupsafe import escape
 
+from gateway.accounts.usage import UsageReader
 from gateway.api.errors import LANGUAGE_COOKIE, describe_error, request_language
 from gateway.db.types import utcnow
 from gateway.errors import FleetError, Invalid
@@ -29,7 +30,7 @@ from gateway.panel.auth import SESSION_COOKIE, AdminAuth, LoginRequired, safe_ne
 from gateway.panel.live import PoolSnapshot, PoolWatcher
 from gateway.panel.rendering import render_fragment
 from gateway.services.history import OUTCOMES, TaskHistoryService
-from gateway.services.instances import InstanceService, proxy_message, regional_message
+from gateway.services.instances import PACING_FIELDS, InstanceService, pacing_message, proxy_message, regional_message
 from gateway.services.proxies import ProxyTester
 
 # How often a quiet live stream wakes: to look for new events, and to notice a viewer who left.
@@ -53,6 +54,10 @@ def provide_proxies(state: State) -> ProxyTester:
     return tester
 
 
+def provide_usage(state: State) -> UsageReader:
+    return state.fleet.usage
+
+
 def provide_watcher(state: State) -> PoolWatcher:
     return state.pool_watcher
 
@@ -67,6 +72,7 @@ DEPENDENCIES = {
     "watcher": Provide(provide_watcher, sync_to_thread=False),
     "auth": Provide(provide_auth, sync_to_thread=False),
     "proxies": Provide(provide_proxies, sync_to_thread=False),
+    "usage": Provide(provide_usage, sync_to_thread=False),
 }
 
 
@@ -147,6 +153,10 @@ class PagesController(Controller):
         }
         return page(request, "tasks.html", values, block="tasks")
 
+    @get("/accounts", name="panel:accounts")
+    async def accounts(self, request: HTMXRequest, usage: NamedDependency[UsageReader]) -> Template:
+        return page(request, "accounts.html", {"report": await usage.report()}, block="usage")
+
     @get("/instances/{instance_id:str}/logs.txt", name="panel:logs-download")
     async def logs_download(self, instance_id: FromPath[str], instances: NamedDependency[InstanceService]) -> Response[str]:
         view = await instances.get(instance_id)
@@ -210,6 +220,15 @@ class ActionsController(Controller):
         watcher.poke()
         key, params = regional_message(view)
         return flash(request, said(request, key, **params))
+
+    @post("/instances/{instance_id:str}/pacing", name="panel:pacing")
+    async def set_pacing(self, request: HTMXRequest, instance_id: FromPath[str], instances: NamedDependency[InstanceService], watcher: NamedDependency[PoolWatcher]) -> Template:
+        form = await request.form()
+        # Both fields are sent (prefilled with its own values): an emptied one goes back to the fleet's.
+        changes = {name: str(form.get(name) or "") for name in PACING_FIELDS}
+        view, _changed = await instances.set_pacing(instance_id, changes)
+        watcher.poke()
+        return flash(request, pacing_message(view, request_language(request)))
 
     @post("/proxies/test", name="panel:proxy-test")
     async def test_proxy(self, request: HTMXRequest, proxies: NamedDependency[ProxyTester]) -> Template:

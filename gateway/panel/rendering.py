@@ -12,6 +12,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.base import csrf_token
 from markupsafe import Markup
 
+from gateway.accounts.calendar import PACIFIC
 from gateway.panel.i18n import panel_catalog, panel_text
 
 TEMPLATES = resources.files("gateway.panel").joinpath("templates")
@@ -20,8 +21,8 @@ TEMPLATES = resources.files("gateway.panel").joinpath("templates")
 def create_environment() -> Environment:
     # Autoescape everywhere: names, prompts, errors and log lines are all someone else's text.
     environment = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    environment.globals.update(t=_t, csrf_field=_csrf_field, uptime=uptime, event_label=_event_label)
-    environment.filters.update(clock=clock, ms=milliseconds, short=short_id)
+    environment.globals.update(t=_t, csrf_field=_csrf_field, uptime=uptime, time_left=time_left, event_label=_event_label)
+    environment.filters.update(clock=clock, pacific=pacific, ms=milliseconds, short=short_id)
     return environment
 
 
@@ -57,6 +58,11 @@ def uptime(since: datetime | None, now: datetime | None = None) -> str:
     return duration(max(0, seconds))
 
 
+def time_left(until: datetime, now: datetime) -> str:
+    """How long until a moment (a reset, a block's end), as an uptime reads."""
+    return duration(max(0, int((until - now).total_seconds())))
+
+
 def duration(seconds: int) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -75,6 +81,13 @@ def clock(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def pacific(moment: datetime | None) -> str:
+    """Pacific time, to the minute, with its zone's name (PST or PDT): the allowances' own clock."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(PACIFIC).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def milliseconds(value: int | None) -> str:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from sqlalchemy import delete, exists, func, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.accounts.policy import BlockKind
 from gateway.db.models import (
     NAME_MAX_LENGTH,
     EventKind,
@@ -43,6 +45,7 @@ from gateway.db.models import (
     new_event,
 )
 from gateway.db.types import utcnow
+from gateway.i18n import translate
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
 from fleet_contract.proxy import ProxyURLError, mask_proxy, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
@@ -95,7 +98,14 @@ _VIEW_COLUMNS = (
     Instance.session_expires_at,
     Instance.last_success_at,
     Instance.legacy_id,
+    Instance.pace_seconds,
+    Instance.daily_cap,
 )
+
+# An account's own pacing (the API's and the panel's bounds; the fleet's settings have the same).
+PACE_SECONDS_MAX = 3600.0
+DAILY_CAP_MAX = 100_000
+PACING_FIELDS = ("pace_seconds", "daily_cap")
 
 
 class InstanceService:
@@ -295,6 +305,27 @@ class InstanceService:
                 session.add(new_event(uid, row.name, EventKind.REGIONAL_CHANGED, _regional_event(values)))
         if values:
             log.info("instance %s: %s", row.name, _regional_event(values))
+        return await self.get(instance_id), bool(values)
+
+    async def set_pacing(self, instance_id: str, changes: dict[str, Any]) -> tuple[InstanceView, bool]:
+        """The account's own pause between tasks and/or daily cap per model (`changes` holds the fields given;
+        None: the fleet's); used from its next task. A new cap lifts the cap blocks the old one wrote today.
+        Returns the state and whether anything changed."""
+        values = valid_pacing(changes)
+        uid = _parse_id(instance_id)
+        async with self._sessions.begin() as session:
+            row = (await session.execute(
+                select(Instance.name, Instance.pace_seconds, Instance.daily_cap).where(Instance.id == uid))).first()
+            if row is None:
+                raise NotFound("instance_not_found", instance_id=instance_id)
+            values = {field: value for field, value in values.items() if getattr(row, field) != value}
+            if values:
+                await session.execute(update(Instance).where(Instance.id == uid).values(**values))
+                if "daily_cap" in values:
+                    await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uid, ModelBlock.kind == BlockKind.CAP.value))
+                session.add(new_event(uid, row.name, EventKind.PACING_CHANGED, _pacing_event(values)))
+        if values:
+            log.info("instance %s: %s", row.name, _pacing_event(values))
         return await self.get(instance_id), bool(values)
 
     async def start(self, instance_id: str) -> tuple[InstanceView, bool]:
@@ -615,6 +646,8 @@ def _to_view(row: Any, settings: InstanceSettings, session: SessionSettings) -> 
         last_success_at=row.last_success_at,
         page_error=row.page_error,
         legacy_id=row.legacy_id,
+        pace_seconds=row.pace_seconds,
+        daily_cap=row.daily_cap,
     )
 
 
@@ -658,6 +691,72 @@ def valid_regional(timezone: str | None, locale: str | None) -> tuple[str | None
         return normalize_timezone(timezone), normalize_locale(locale)
     except RegionalError as exc:
         raise Invalid(f"{exc.field}_invalid", value=str(timezone if exc.field == "timezone" else locale)[:64]) from None
+
+
+def valid_pacing(changes: dict[str, Any]) -> dict[str, float | int | None]:
+    """The pacing fields given, checked ("" or None: the fleet's), or Invalid naming the first bad one: a pause of
+    0 to 3600 seconds, a daily cap of 1 to 100000. Numbers or their text (the panel's form) are taken."""
+    checked: dict[str, float | int | None] = {}
+    for field in PACING_FIELDS:
+        if field in changes:
+            checked[field] = _pace_seconds(changes[field]) if field == "pace_seconds" else _daily_cap(changes[field])
+    return checked
+
+
+def _pace_seconds(value: Any) -> float | None:
+    number = _number(value, "pace_seconds")
+    if number is None:
+        return None
+    if not (math.isfinite(number) and 0 <= number <= PACE_SECONDS_MAX):
+        raise Invalid("pace_seconds_invalid", value=_shown(value))
+    return float(number)
+
+
+def _daily_cap(value: Any) -> int | None:
+    number = _number(value, "daily_cap")
+    if number is None:
+        return None
+    if not (math.isfinite(number) and number == int(number) and 1 <= number <= DAILY_CAP_MAX):
+        raise Invalid("daily_cap_invalid", value=_shown(value))
+    return int(number)
+
+
+def _number(value: Any, field: str) -> float | None:
+    """A number, or None for "back to the fleet's"; anything else is Invalid naming the field."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):  # JSON true is no number of seconds
+        raise Invalid(f"{field}_invalid", value=_shown(value))
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise Invalid(f"{field}_invalid", value=_shown(value)) from None
+
+
+def _shown(value: Any) -> str:
+    return str(value)[:32]
+
+
+def _pacing_event(values: dict[str, float | int | None]) -> str:
+    said = []
+    if "pace_seconds" in values:
+        pace = values["pace_seconds"]
+        said.append(f"pause between tasks {pace:g} s" if pace is not None else "pause between tasks: the fleet's")
+    if "daily_cap" in values:
+        cap = values["daily_cap"]
+        said.append(f"daily cap per model {cap} (today's cap blocks lifted)" if cap is not None
+                    else "daily cap per model: the fleet's (today's cap blocks lifted)")
+    return "; ".join(said) + "; from its next task"
+
+
+def pacing_message(view: InstanceView, language: str) -> str:
+    """What the API and the panel say after a pacing change, in the reader's language."""
+    fleet = translate("pacing_fleet_default", language)
+    pace = f"{view.pace_seconds:g} s" if view.pace_seconds is not None else fleet
+    cap = str(view.daily_cap) if view.daily_cap is not None else fleet
+    return translate("pacing_set", language, name=view.name, pace=pace, cap=cap)
 
 
 def _regional_event(values: dict[str, str | None]) -> str:

@@ -53,6 +53,9 @@ class InstanceView(msgspec.Struct, kw_only=True):
     last_success_at: datetime | None = None
     # The id it had in the old multi-instance system, when `aistudio-fleet migrate` created it.
     legacy_id: str | None = None
+    # Its account's own pacing: seconds between its tasks and daily cap per model (None: the fleet's).
+    pace_seconds: float | None = None
+    daily_cap: int | None = None
 
 
 class ModelBlockView(msgspec.Struct, kw_only=True):
