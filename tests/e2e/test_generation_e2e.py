@@ -219,16 +219,20 @@ def test_a_container_killed_mid_task_and_the_task_succeeds_on_another(pool: Pool
     assert "died" in pool.gateway.event_kinds(victim)
 
 
-def test_a_quota_answer_cools_the_instance_down(pool: Pool) -> None:
+def test_a_quota_answer_blocks_that_model_on_that_account(pool: Pool) -> None:
     pool.fresh_simulator(latency_ms=300, mode="quota", mode_times=1)
     body = generate(pool, "额度").json()
-    assert body["success"] is True and body["attempts"] == 2, body
+    # The quota try generated nothing: the retry elsewhere is not a spent attempt.
+    assert body["success"] is True and body["attempts"] == 1, body
     assert body["timings"]["tries"][0]["outcome"] == "quota_exhausted"
     outcomes = [g["outcome"] for g in pool.record()["generations"]]
     assert outcomes[0] != "ok" and outcomes[-1] == "ok"
-    cooled = [i for i in pool.gateway.call("GET", "/api/instances")["instances"] if i["cooldown_until"]]
-    assert len(cooled) == 1 and cooled[0]["instance_id"] != body["instance_id"]
-    assert "cooling_down" in pool.gateway.event_kinds(cooled[0]["instance_id"])
-    # It stays out of the pool: the next tasks go to the others.
+    blocked = [i for i in pool.gateway.call("GET", "/api/instances")["instances"] if i["unavailable_models"]]
+    assert len(blocked) == 1 and blocked[0]["instance_id"] != body["instance_id"]
+    (block,) = blocked[0]["unavailable_models"]
+    assert block["kind"] == "quota" and block["model"] == body["model"] and block["until"], block
+    assert blocked[0]["cooldown_until"] is None  # the account itself is not rested
+    assert "model_blocked" in pool.gateway.event_kinds(blocked[0]["instance_id"])
+    # That model stays off that account: the next tasks for it go to the others.
     nxt = [generate(pool, f"之后 {n}").json()["instance_id"] for n in range(2)]
-    assert cooled[0]["instance_id"] not in nxt
+    assert blocked[0]["instance_id"] not in nxt
