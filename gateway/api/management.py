@@ -125,8 +125,8 @@ class InstanceController(Controller):
 
     @get("/{instance_id:str}/usage", operation_id="getInstanceUsage",
          summary="Its account's day per model: made, learned capacity, left, blocked until and why")
-    async def get_usage(self, instance_id: InstanceId, usage: Usage) -> InstanceUsageOut:
-        report = await usage.report(instance_id=instance_id)
+    async def get_usage(self, instance_id: InstanceId, usage: Usage, model: FromQuery[str | None] = None) -> InstanceUsageOut:
+        report = await usage.report(instance_id=instance_id, model=model or None)
         (account,) = report.accounts
         return InstanceUsageOut(
             now=report.now, day=report.day, next_reset=report.next_reset, usage_days=report.usage_days,

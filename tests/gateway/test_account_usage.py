@@ -142,6 +142,10 @@ async def test_unknown_instances_are_404_and_unknown_models_422_with_the_name(
     only = (await admin.get("/api/accounts/usage", params={"model": PRO})).json()
     assert only["models"] == [PRO] and [m["model"] for m in only["accounts"][0]["models"]] == [PRO]
     assert [p["model"] for p in only["pool"]] == [PRO]
+    (iid,) = pool.instance_ids
+    one = (await admin.get(f"/api/instances/{iid}/usage", params={"model": FLASH})).json()
+    assert [m["model"] for m in one["models"]] == [FLASH]
+    assert (await admin.get(f"/api/instances/{iid}/usage", params={"model": "gemini-9-ultra"})).status_code == 422
     alias = next(a for m in catalogue.load().driven for a in m.aliases)
     by_alias = (await admin.get("/api/accounts/usage", params={"model": alias})).json()
     assert by_alias["models"] == [catalogue.load().find(alias).id]
