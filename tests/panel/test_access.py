@@ -155,7 +155,7 @@ async def test_user_supplied_strings_are_escaped(panel: AsyncTestClient[Any]) ->
 
 async def test_chinese_by_default_english_by_accept_language_or_the_switch(panel: AsyncTestClient[Any]) -> None:
     chinese = await panel.get("/")
-    for label in ("总实例数", "运行中", "可用实例", "并发能力", "忙碌", "排队任务", "冷却中", "需要登录"):
+    for label in ("总实例数", "运行中", "可用实例", "并发能力", "忙碌", "排队任务", "间隔休息中", "需要登录"):
         assert label in chinese.text
     english = await panel.get("/", headers={"Accept-Language": "en-US,en;q=0.9"})
     assert "Total instances" in english.text and "Concurrency capacity" in english.text and "总实例数" not in english.text
