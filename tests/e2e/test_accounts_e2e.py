@@ -306,3 +306,19 @@ def test_no_account_met_more_than_one_quota_answer_per_model(fleet: Fleet, spent
     assert {account: answers.get(account, {}).get(MODEL_X) for account in ALLOWANCES} == {ACCOUNT_A: 1, ACCOUNT_B: 1}
     usage = record["usage_by_account"]
     assert {account: usage[account][MODEL_X]["made"] for account in ALLOWANCES} == {ACCOUNT_A: 1, ACCOUNT_B: 1}
+
+
+def test_the_ledger_api_reports_the_day_through_the_gateway_image(fleet: Fleet, spent: Spent) -> None:
+    report = fleet.gateway.call("GET", "/api/accounts/usage")
+    assert datetime.fromisoformat(report["next_reset"]) == spent.reset
+    for account, instance_id in fleet.instances.items():
+        (row,) = [a for a in report["accounts"] if a["instance_id"] == instance_id]
+        cell = {m["model"]: m for m in row["models"]}[MODEL_X]
+        # One made, then the quota answer: capacity learned at 1, nothing left, blocked until the reset.
+        assert (cell["made_today"], cell["quota_answers_today"], cell["learned_capacity"], cell["remaining"]) == (1, 1, 1, 0), (account, cell)
+        assert cell["blocked"] and cell["block_kind"] == "quota", cell
+        assert datetime.fromisoformat(cell["blocked_until"]) == spent.reset
+    (pool_x,) = [p for p in report["pool"] if p["model"] == MODEL_X]
+    assert pool_x["remaining"] == 0 and pool_x["blocked"] == 2, pool_x
+    unknown = fleet.gateway.call("GET", "/api/accounts/usage?model=no-such-model", expect=422)
+    assert "no-such-model" in str(unknown)
