@@ -180,6 +180,41 @@ class PageCheck(_Message, kw_only=True):
     error: str | None = None
 
 
+# ---- page snapshots ----------------------------------------------------------------------------------
+
+
+class SnapshotRequest(_Message, kw_only=True, omit_defaults=True):
+    """`POST /snapshots`: take one now; `reason` is a short lower-case word (`manual`, `canary`)."""
+
+    reason: str = "manual"
+
+
+class Snapshot(_Message, kw_only=True):
+    """One page snapshot: when and why it was taken, the page it shows, and its files' sizes in bytes."""
+
+    id: str  # `20261128-070000-123-ui_changed`: SNAPSHOT_ID_PATTERN
+    taken_at: str
+    reason: str
+    task_id: str | None = None
+    url: str | None = None
+    error: str | None = None  # the failure's message (ui_changed)
+    role: str | None = None  # the selector role that missed
+    selectors_version: str | None = None
+    files: dict[str, int] = {}  # page.html, screenshot.png, pagecheck.json, meta.json
+    size_bytes: int = 0
+
+
+class SnapshotList(_Message, kw_only=True):
+    """`GET /snapshots`: newest first."""
+
+    snapshots: list[Snapshot] = []
+
+
+# A snapshot id's only shape, checked by both sides before it goes into a path.
+SNAPSHOT_ID_PATTERN = r"^[0-9]{8}-[0-9]{6}-[0-9]{3}-[a-z][a-z0-9_]{0,31}$"
+SNAPSHOT_REASON_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
 # ---- the live view (WebSocket messages) ---------------------------------------------------------------
 
 
@@ -239,6 +274,9 @@ ROUTES: dict[tuple[str, str], tuple[type | None, Any]] = {
     ("PUT", "/selectors"): (object, SelectorsInstalled),  # selectors.json's shape: fleet_contract.selectors
     ("DELETE", "/selectors"): (None, SelectorsRemoved),
     ("WEBSOCKET", "/liveview"): (LiveInput, LiveFrame),
+    ("GET", "/snapshots"): (None, SnapshotList),
+    ("POST", "/snapshots"): (SnapshotRequest, Snapshot),
+    ("GET", "/snapshots/{snapshot_id:str}"): (None, Binary(media_type="application/zip")),
 }
 
 

@@ -21,6 +21,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from playwright.async_api import Error as PlaywrightError
 
@@ -32,12 +33,13 @@ from fleet_contract.selectors import MAX_BYTES as SELECTORS_MAX_BYTES
 from instance import __version__
 from instance.browser import BrowserHost, SessionRejected, SessionUntested
 from instance.driver import Driver, GenerationRequest, GenerationResult
-from instance.errors import BadInput, ErrorCode
+from instance.errors import BadInput, ErrorCode, GenerationError
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
 from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
 from instance.session_store import SessionFormatError, SessionStore, normalize_session
 from instance.settings import InstanceSettings
+from instance.snapshots import REASON_PATTERN, Occasion, SnapshotKeeper, SnapshotNotFound, is_snapshot_id
 
 log = logging.getLogger("instance")
 
@@ -49,6 +51,11 @@ class InstanceState:
         self.settings = settings
         self.host = BrowserHost(settings, SessionStore(settings.storage_state_path))
         self.driver = Driver(self.host, settings)
+        self.snapshots = SnapshotKeeper(
+            self.host, settings.snapshots_dir, interval_s=settings.snapshot_interval, kept=settings.snapshots_kept,
+            timeout_s=max(10.0, 2 * settings.element_timeout_s),
+        )
+        self.driver.on_ui_changed = self._snapshot_ui_changed
         self.busy = False
         self.current_task: str | None = None
         self.counters = {"tasks": 0, "succeeded": 0, "failed": 0}
@@ -58,6 +65,10 @@ class InstanceState:
         self._last_save = time.monotonic()
         self._background: set[asyncio.Task] = set()
         self.selectors_lock = asyncio.Lock()  # one override change at a time
+
+    async def _snapshot_ui_changed(self, request: GenerationRequest, error: GenerationError) -> None:
+        occasion = Occasion("ui_changed", task_id=request.task_id, error=error.message, role=error.role)
+        await self.snapshots.after_failure(occasion)
 
     def claim(self, task_id: str) -> bool:
         """Take the one task slot; no await between check and set, so two requests cannot both win."""
@@ -458,6 +469,44 @@ async def remove_selectors(request: Request) -> m.SelectorsRemoved:
     return m.SelectorsRemoved(removed=removed, version=book.version, source=book.source)
 
 
+@get("/snapshots")
+async def list_snapshots(request: Request) -> m.SnapshotList:
+    keeper = _state(request).snapshots
+    return msgspec.convert({"snapshots": await asyncio.to_thread(keeper.list)}, m.SnapshotList)
+
+
+@post("/snapshots")
+async def take_snapshot(request: Request) -> Response:
+    """A snapshot now, whatever the interval (the operator or the canary asked); read-only on the page."""
+    st = _state(request)
+    body = await _json_body(request, 4096) if await request.body() else {}
+    reason = body.get("reason", "manual") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not REASON_PATTERN.fullmatch(reason):
+        raise BadInput("'reason' must be a short lower-case word: a-z, 0-9 and _, at most 32 characters")
+    await _host_up(st)
+    if not st.busy:
+        await st.host.wait_reset()  # the page as it settled after the last task, not half-way through its reset
+    try:
+        taken = await st.snapshots.take(Occasion(reason))
+    except OSError as exc:
+        return _error(507, f"the snapshot could not be stored on the instance's volume: {exc.strerror or exc}")
+    except TimeoutError:
+        return _error(503, "the page did not answer in time for a snapshot", retry_safe=True)
+    return Response(msgspec.convert(taken, m.Snapshot), status_code=201)
+
+
+@get("/snapshots/{snapshot_id:str}")
+async def download_snapshot(request: Request, snapshot_id: FromPath[str]) -> Response:
+    if not is_snapshot_id(snapshot_id):
+        raise BadInput(f"not a snapshot id: {snapshot_id[:80]!r} (expected like 20261128-070000-123-ui_changed)")
+    try:
+        data = await asyncio.to_thread(_state(request).snapshots.zip, snapshot_id)
+    except SnapshotNotFound:
+        return _error(404, f"there is no snapshot {snapshot_id} on this instance")
+    headers = {"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.zip"', "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type="application/zip", headers=headers)
+
+
 @websocket("/liveview", guards=[same_origin])
 async def liveview(socket: WebSocket) -> None:
     await serve_liveview(socket, _state(socket).host)
@@ -553,6 +602,9 @@ def create_app(settings: InstanceSettings | None = None) -> Litestar:
             restore_session,
             liveview,
             check_login,
+            list_snapshots,
+            take_snapshot,
+            download_snapshot,
         ],
         guards=[require_token],
         lifespan=[_lifespan],

@@ -11,6 +11,7 @@ import base64
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -145,6 +146,8 @@ class Driver:
         self.settings = settings
         self._submitted = False
         self._warned_no_temporary = False
+        # Called with a ui_changed failure before the page is reset, so it can copy the page as it was.
+        self.on_ui_changed: Callable[[GenerationRequest, GenerationError], Awaitable[object]] | None = None
 
     @property
     def book(self) -> SelectorBook:
@@ -158,7 +161,10 @@ class Driver:
                 images, text = await self._generate(request, files, clock)
             return GenerationResult(success=True, images_png=images, text=text or None, timings=clock.done())
         except GenerationError as exc:
-            return GenerationResult(success=False, error=exc, text=exc.text, timings=clock.done())
+            result = GenerationResult(success=False, error=exc, text=exc.text, timings=clock.done())
+            if exc.code == ErrorCode.UI_CHANGED and self.on_ui_changed is not None:
+                await self.on_ui_changed(request, exc)
+            return result
         except PlaywrightError as exc:
             # The browser or page went away under us (crash, closed context): infrastructure, not the prompt.
             log.error("task %s: browser failure: %s", request.task_id, exc)

@@ -78,6 +78,10 @@ class InstanceSettings(BaseSettings):
     session_save_every_s: float = 1800.0
     browser_restart_delay_s: float = 1.0
     recycle_tab_every_tasks: int = 5
+    # Page snapshots (instance/snapshots.py): after a ui_changed failure at most one per this many seconds;
+    # the newest `snapshots_kept` stay under <data_dir>/snapshots.
+    snapshot_interval: float = 300.0
+    snapshots_kept: int = 10
     driver_node_options: str = "--max-semi-space-size=2 --max-old-space-size=96"
     log_level: str = "INFO"
 
@@ -121,6 +125,10 @@ class InstanceSettings(BaseSettings):
     @property
     def storage_state_path(self) -> Path:
         return self.data_dir / "storage_state.json"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
 
     @property
     def selectors_override_path(self) -> Path:
