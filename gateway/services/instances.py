@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -293,39 +293,44 @@ class InstanceService:
         values = {field: value for field, value in zip(
             ("timezone", "locale"), valid_regional(changes.get("timezone"), changes.get("locale")), strict=True)
             if field in changes}
-        uid = _parse_id(instance_id)
-        async with self._sessions.begin() as session:
-            row = (await session.execute(
-                select(Instance.name, Instance.timezone, Instance.locale).where(Instance.id == uid))).first()
-            if row is None:
-                raise NotFound("instance_not_found", instance_id=instance_id)
-            values = {field: value for field, value in values.items() if getattr(row, field) != value}
-            if values:
-                await session.execute(update(Instance).where(Instance.id == uid).values(**values))
-                session.add(new_event(uid, row.name, EventKind.REGIONAL_CHANGED, _regional_event(values)))
-        if values:
-            log.info("instance %s: %s", row.name, _regional_event(values))
-        return await self.get(instance_id), bool(values)
+        return await self._change_fields(instance_id, values, EventKind.REGIONAL_CHANGED, _regional_event)
 
     async def set_pacing(self, instance_id: str, changes: dict[str, Any]) -> tuple[InstanceView, bool]:
         """The account's own pause between tasks and/or daily cap per model (`changes` holds the fields given;
         None: the fleet's); used from its next task. A new cap lifts the cap blocks the old one wrote today.
         Returns the state and whether anything changed."""
-        values = valid_pacing(changes)
+
+        async def lift_cap_blocks(session: AsyncSession, uid: uuid.UUID, changed: dict[str, Any]) -> None:
+            if "daily_cap" in changed:
+                await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uid, ModelBlock.kind == BlockKind.CAP.value))
+
+        return await self._change_fields(instance_id, valid_pacing(changes), EventKind.PACING_CHANGED, _pacing_event,
+                                         also=lift_cap_blocks)
+
+    async def _change_fields(
+        self,
+        instance_id: str,
+        values: dict[str, Any],
+        kind: EventKind,
+        describe: Callable[[dict[str, Any]], str],
+        also: Callable[[AsyncSession, uuid.UUID, dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> tuple[InstanceView, bool]:
+        """Writes the instance columns among `values` that differ from the row, with one event saying what
+        changed (and `also`, in the same transaction). Returns the state and whether anything changed."""
         uid = _parse_id(instance_id)
         async with self._sessions.begin() as session:
             row = (await session.execute(
-                select(Instance.name, Instance.pace_seconds, Instance.daily_cap).where(Instance.id == uid))).first()
+                select(Instance.name, *(getattr(Instance, field) for field in values)).where(Instance.id == uid))).first()
             if row is None:
                 raise NotFound("instance_not_found", instance_id=instance_id)
             values = {field: value for field, value in values.items() if getattr(row, field) != value}
             if values:
                 await session.execute(update(Instance).where(Instance.id == uid).values(**values))
-                if "daily_cap" in values:
-                    await session.execute(delete(ModelBlock).where(ModelBlock.instance_id == uid, ModelBlock.kind == BlockKind.CAP.value))
-                session.add(new_event(uid, row.name, EventKind.PACING_CHANGED, _pacing_event(values)))
+                if also is not None:
+                    await also(session, uid, values)
+                session.add(new_event(uid, row.name, kind, describe(values)))
         if values:
-            log.info("instance %s: %s", row.name, _pacing_event(values))
+            log.info("instance %s: %s", row.name, describe(values))
         return await self.get(instance_id), bool(values)
 
     async def start(self, instance_id: str) -> tuple[InstanceView, bool]:

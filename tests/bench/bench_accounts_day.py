@@ -53,6 +53,7 @@ from gateway.accounts.calendar import PACIFIC, day_start, next_reset, pacific_da
 from gateway.db.models import AccountUsage
 from gateway.db.types import utcnow
 from gateway.runtime.fake import FAKE_DOMAIN, FakeOutcome, FakeRuntime
+from tests.bench.bench_control_plane import postgres_database
 from tests.gateway.pool import ManualClock, Pool, open_pool
 
 MODEL_A = "gemini-2.5-flash-image"
@@ -408,18 +409,6 @@ def summary(runs: list[Run], days: list[date]) -> None:
 
 
 # ---- main ---------------------------------------------------------------------------------------------
-
-
-async def postgres_database(admin_url: str, statement: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(admin_url)
-    connection = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 async def run_ledger_on_postgres(admin_url: str, data_dir: Path, allowances: Allowances, requests: list[Request]) -> Run:
