@@ -32,6 +32,7 @@ from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
 from gateway.api.openai_face import openai_router
 from gateway.api.selectors import SELECTORS_CONTROLLERS
+from gateway.api.snapshots import SNAPSHOT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
 from gateway.db.types import utcnow
@@ -169,7 +170,7 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
-    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS]
+    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *SNAPSHOT_CONTROLLERS]
     plugins = [HTMXPlugin(), PanelPlugin(settings.listeners)]
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,

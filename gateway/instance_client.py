@@ -5,6 +5,8 @@ it is an `InstanceBadAnswer`, never a half-read dict."""
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ from fleet_contract import messages as m
 # The status as the gateway reads it; one definition, the contract's.
 InstanceStatus = m.Status
 
+
+# A snapshot zip is a few MB (the page's HTML is capped at 4 MB by the instance); more than this is cut off.
+SNAPSHOT_MAX_BYTES = 64 * 1024 * 1024
+_SNAPSHOT_ID = re.compile(m.SNAPSHOT_ID_PATTERN)
 
 # A live-view frame is a base64 JPEG of the instance's viewport: well under this.
 LIVEVIEW_MAX_MESSAGE = 16 * 1024 * 1024
@@ -112,6 +118,22 @@ class InstanceClient:
     async def delete_selectors(self, address: InstanceAddress, *, timeout: float | None = None) -> m.SelectorsRemoved:
         return _decode(await self._request("DELETE", address, "/selectors", timeout=timeout), m.SelectorsRemoved)
 
+    async def list_snapshots(self, address: InstanceAddress) -> m.SnapshotList:
+        return _decode(await self._request("GET", address, "/snapshots"), m.SnapshotList)
+
+    async def take_snapshot(self, address: InstanceAddress, reason: str, *, timeout: float | None = 30.0) -> m.Snapshot:
+        body = m.encode(m.SnapshotRequest(reason=reason))
+        headers = {"Content-Type": "application/json"}
+        return _decode(await self._request("POST", address, "/snapshots", content=body, headers=headers, timeout=timeout), m.Snapshot)
+
+    async def snapshot_zip(self, address: InstanceAddress, snapshot_id: str) -> AsyncIterator[bytes]:
+        """The snapshot's zip as chunks, once the instance answered 200; the id is checked here too, so nothing but
+        that shape reaches the instance's path."""
+        if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+            raise ValueError(f"not a snapshot id: {snapshot_id[:80]!r}")
+        response = await self._request("GET", address, f"/snapshots/{snapshot_id}", stream=True)
+        return _chunks(response, SNAPSHOT_MAX_BYTES)
+
     async def open_liveview(self, address: InstanceAddress, *, open_timeout: float = 10.0) -> ClientConnection:
         """The instance's live-view WebSocket (frames out, input in), opened with its token; the caller closes it."""
         url = "ws" + address.endpoint.rstrip("/").removeprefix("http") + "/liveview"
@@ -142,6 +164,7 @@ class InstanceClient:
         *,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
@@ -151,16 +174,32 @@ class InstanceClient:
         try:
             # httpx's timeouts are per network step; the whole call is bounded too.
             async with asyncio.timeout(timeout):
-                response = await self._http.request(
+                request = self._http.build_request(
                     method, address.endpoint.rstrip("/") + path, headers=all_headers, **extra, **kwargs
                 )
+                response = await self._http.send(request, stream=stream)
         except TimeoutError as exc:
             raise InstanceNoAnswer(f"no answer in {timeout:g}s") from exc
         except httpx.TransportError as exc:
             raise InstanceNoAnswer(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         if response.status_code >= 400:
+            if stream:
+                await response.aread()  # the error's body is small; the connection goes back to the pool
             raise InstanceRejected(response.status_code, _detail(response))
         return response
+
+
+async def _chunks(response: httpx.Response, limit: int) -> AsyncIterator[bytes]:
+    """A streamed answer's body, at most `limit` bytes; the response is closed however the reading ends."""
+    sent = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            sent += len(chunk)
+            if sent > limit:
+                return
+            yield chunk
+    finally:
+        await response.aclose()
 
 
 def _decode(response: httpx.Response, kind: type[msgspec.Struct]) -> Any:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import re
 import time
+import zipfile
 from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -111,6 +114,7 @@ class FakeContainer:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     current_task: str | None = None
     last_success_at: str | None = None
+    fake_snapshots: list[m.Snapshot] = field(default_factory=list)  # newest first, as the real instance lists them
 
     @property
     def endpoint(self) -> str:
@@ -143,6 +147,8 @@ class FakeRuntime:
         self._start_failures: dict[str | None, list[str]] = {}
         self._exit_on_start: set[str] = set()
         self._never_ready: set[str] = set()
+        # The media type the fake instance gives a snapshot zip (a test sets another: the gateway must not pass it on).
+        self.fake_snapshot_media_type = "application/zip"
         self.http_transport = httpx.MockTransport(self._handle)
         # Set to `kubernetes` or `remote_docker` to act as an engine that cannot reach this machine's loopback.
         self.loopback_problem: str | None = None
@@ -228,6 +234,20 @@ class FakeRuntime:
 
     def set_session_expiry(self, instance_id: str, when: str | None) -> None:
         self.containers[instance_id].session_expires_at = when
+
+    def fake_snapshot(self, instance_id: str, reason: str = "ui_changed", *, task_id: str | None = None) -> m.Snapshot:
+        """A page snapshot on the fake instance, as a real one keeps after a ui_changed failure (fake files)."""
+        container = self.containers[instance_id]
+        now = datetime.now(UTC)
+        stamp = f"{now:%Y%m%d-%H%M%S}-{(now.microsecond // 1000 + len(container.fake_snapshots)) % 1000:03d}"
+        files = {name: len(data) for name, data in _fake_snapshot_files(reason).items()}
+        snapshot = m.Snapshot(
+            id=f"{stamp}-{reason}", taken_at=now.isoformat(), reason=reason, task_id=task_id,
+            url=f"https://{FAKE_DOMAIN}/prompts/new_chat", error="injected ui_changed" if task_id else None,
+            files=files, size_bytes=sum(files.values()),
+        )
+        container.fake_snapshots.insert(0, snapshot)
+        return snapshot
 
     def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
         """A labeled container the gateway did not start, e.g. left over from a deleted row."""
@@ -361,6 +381,8 @@ class FakeRuntime:
         if request.headers.get("authorization") != f"Bearer {container.token}":
             return httpx.Response(401, json={"detail": "missing or wrong token"})
         route = _ROUTES.get((method, path))
+        if route is None and method == "GET" and path.startswith("/snapshots/"):
+            route = FakeRuntime._fake_snapshot_zip
         if route is None:
             return httpx.Response(404, json={"detail": "not found"})
         return await route(self, container, request)
@@ -486,6 +508,30 @@ class FakeRuntime:
             selectors_version=(override or {}).get("version", "packaged"), selectors_source="fake",
         ))
 
+    async def _fake_snapshots(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        return _answer(m.SnapshotList(snapshots=container.fake_snapshots))
+
+    async def _fake_take_snapshot(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        reason = json.loads(request.content or b"{}").get("reason", "manual")
+        if not re.fullmatch(m.SNAPSHOT_REASON_PATTERN, reason):
+            return _answer(m.ErrorAnswer(detail="'reason' must be a short lower-case word"), 422)
+        return _answer(self.fake_snapshot(container.instance_id, reason), 201)
+
+    async def _fake_snapshot_zip(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        """Like the real instance: 422 for an id of another shape, 404 for an unknown one, else a zip of fake files."""
+        snapshot_id = request.url.path.removeprefix("/snapshots/")
+        if not re.fullmatch(m.SNAPSHOT_ID_PATTERN, snapshot_id):
+            return _answer(m.ErrorAnswer(detail=f"not a snapshot id: {snapshot_id[:80]!r}"), 422)
+        snapshot = next((s for s in container.fake_snapshots if s.id == snapshot_id), None)
+        if snapshot is None:
+            return _answer(m.ErrorAnswer(detail=f"there is no snapshot {snapshot_id} on this instance"), 404)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in _fake_snapshot_files(snapshot.reason).items():
+                archive.writestr(f"{snapshot_id}/{name}", data)
+        headers = {"content-type": self.fake_snapshot_media_type, "content-disposition": "inline"}
+        return httpx.Response(200, content=buffer.getvalue(), headers=headers)
+
     async def _navigate(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         if container.busy:
             return _answer(m.ErrorAnswer(detail="this instance is running a task"), 409)
@@ -528,6 +574,8 @@ class FakeRuntime:
         if outcome.kind == "error":
             if outcome.code == "needs_login":
                 container.login_state = "needs_login"  # as a real instance notices on its page
+            if outcome.code == "ui_changed":
+                self.fake_snapshot(container.instance_id, task_id=task_id)  # as a real instance copies its page
             error = m.TaskError(code=outcome.code, message=f"injected {outcome.code}", retry_safe=outcome.retry_safe)
             return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
@@ -549,6 +597,16 @@ class FakeRuntime:
 def _answer(message: msgspec.Struct, status: int = 200) -> httpx.Response:
     """The fake answers with the contract's Structs, as the real instance does."""
     return httpx.Response(status, content=m.encode(message), headers={"content-type": "application/json"})
+
+
+def _fake_snapshot_files(reason: str) -> dict[str, bytes]:
+    """What a fake snapshot holds: the files a real one has, with made-up content."""
+    return {
+        "page.html": b"<html><body><p>fake page</p></body></html>",
+        "screenshot.png": TINY_PNG,
+        "pagecheck.json": b'{"missing_expected": ["run_button"]}',
+        "meta.json": json.dumps({"reason": reason, "fake": True}).encode(),
+    }
 
 
 def _bad_generation(body: object) -> str | None:
@@ -573,4 +631,6 @@ _ROUTES = {
     ("DELETE", "/selectors"): FakeRuntime._delete_selectors,
     ("GET", "/diagnose"): FakeRuntime._diagnose,
     ("POST", "/generate"): FakeRuntime._generate,
+    ("GET", "/snapshots"): FakeRuntime._fake_snapshots,
+    ("POST", "/snapshots"): FakeRuntime._fake_take_snapshot,
 }

@@ -47,6 +47,7 @@ from gateway.db.models import (
 from gateway.db.types import utcnow
 from gateway.i18n import translate
 from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, NotFound, RuntimeFailed, TooLarge
+from fleet_contract.messages import SNAPSHOT_ID_PATTERN, SNAPSHOT_REASON_PATTERN
 from fleet_contract.proxy import ProxyURLError, mask_proxy, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
@@ -443,6 +444,42 @@ class InstanceService:
         view, address = await self._running_address(instance_id)
         return msgspec.to_builtins(await self._instance_call(view, self._client.diagnose(address)))
 
+    # Page snapshots (the instance keeps them on its volume) ------------------------------------------
+
+    async def snapshots(self, instance_id: str) -> list[dict[str, Any]]:
+        """The running instance's page snapshots, newest first."""
+        view, address = await self._running_address(instance_id)
+        listing = await self._snapshot_call(view, self._client.list_snapshots(address))
+        return msgspec.to_builtins(listing.snapshots)
+
+    async def take_snapshot(self, instance_id: str, reason: str = "manual") -> dict[str, Any]:
+        """A snapshot of the running instance's page now (HTML without scripts, screenshot, page check)."""
+        if not _SNAPSHOT_REASON.fullmatch(reason):
+            raise Invalid("snapshot_reason_invalid", reason=reason[:40])
+        view, address = await self._running_address(instance_id)
+        return msgspec.to_builtins(await self._snapshot_call(view, self._client.take_snapshot(address, reason)))
+
+    async def snapshot_zip(self, instance_id: str, snapshot_id: str) -> AsyncIterator[bytes]:
+        """The snapshot's zip as it streams from the instance; the id's shape is checked before anything is sent."""
+        if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+            raise Invalid("snapshot_id_invalid", snapshot_id=snapshot_id[:80])
+        view, address = await self._running_address(instance_id)
+        return await self._snapshot_call(view, self._client.snapshot_zip(address, snapshot_id), snapshot_id)
+
+    async def _snapshot_call(self, view: InstanceView, call: Any, snapshot_id: str | None = None) -> Any:
+        """The instance's 404 and 422 worded for snapshots; everything else as any other instance call."""
+        try:
+            return await call
+        except (InstanceRejected, InstanceNoAnswer) as exc:
+            status = exc.status_code if isinstance(exc, InstanceRejected) else None
+            if status == 404 and snapshot_id is not None:
+                raise NotFound("snapshot_not_found", snapshot_id=snapshot_id, name=view.name) from exc
+            if status in (400, 422):
+                raise Invalid("snapshot_refused", name=view.name, reason=exc.detail) from exc
+            if status == 507:
+                raise InstanceUnavailable("snapshot_not_stored", name=view.name, reason=exc.detail) from exc
+            return await self._instance_call(view, _raise(exc))
+
     @contextlib.asynccontextmanager
     async def liveview(self, instance_id: str) -> AsyncIterator[ClientConnection]:
         """The instance's live view (its token stays here): frames from it, mouse and keyboard to it."""
@@ -587,6 +624,15 @@ class InstanceService:
             if exc.status_code == 409:
                 raise Conflict("instance_busy", name=view.name) from exc
             raise InstanceUnavailable("instance_rejected", name=view.name, reason=str(exc)) from exc
+
+
+_SNAPSHOT_ID = re.compile(SNAPSHOT_ID_PATTERN)
+_SNAPSHOT_REASON = re.compile(SNAPSHOT_REASON_PATTERN)
+
+
+async def _raise(exc: Exception) -> Any:
+    """An awaitable that raises `exc`: hands an instance's refusal to `_instance_call`'s wording."""
+    raise exc
 
 
 async def _model_blocks(session: AsyncSession, instance_id: uuid.UUID | None = None) -> dict[uuid.UUID, list[ModelBlockView]]:

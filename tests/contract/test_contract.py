@@ -71,6 +71,8 @@ def test_the_instance_answers_status_with_the_contracts_struct() -> None:
     ("PUT", "/selectors", messages.SelectorsInstalled, b'{"roles": {"run_button": ["button"]}}'),
     ("DELETE", "/selectors", messages.SelectorsRemoved, None),
     ("POST", "/generate", messages.GenerateAnswer, messages.encode(messages.GenerateRequest(prompt="a cat"))),
+    ("GET", "/snapshots", messages.SnapshotList, None),
+    ("POST", "/snapshots", messages.Snapshot, messages.encode(messages.SnapshotRequest(reason="canary"))),
 ])
 def test_the_fake_instance_answers_in_the_contracts_shapes(method: str, path: str, kind: Any, body: bytes | None) -> None:
     async def call() -> httpx.Response:
@@ -80,7 +82,7 @@ def test_the_fake_instance_answers_in_the_contracts_shapes(method: str, path: st
             return await client.request(method, path, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
 
     answer = asyncio.run(call())
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code == (201 if (method, path) == ("POST", "/snapshots") else 200), answer.text
     msgspec.json.decode(answer.content, type=kind)
     assert set(answer.json()) <= set(kind.__struct_fields__)
 
