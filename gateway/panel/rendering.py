@@ -22,7 +22,7 @@ def create_environment() -> Environment:
     # Autoescape everywhere: names, prompts, errors and log lines are all someone else's text.
     environment = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     environment.globals.update(t=_t, csrf_field=_csrf_field, uptime=uptime, time_left=time_left, event_label=_event_label)
-    environment.filters.update(clock=clock, pacific=pacific, ms=milliseconds, short=short_id)
+    environment.filters.update(clock=clock, pacific=pacific, ms=milliseconds, short=short_id, size=byte_size)
     return environment
 
 
@@ -98,3 +98,13 @@ def milliseconds(value: int | None) -> str:
 
 def short_id(value: str | None) -> str:
     return (value or "")[:8]
+
+
+def byte_size(value: int | None) -> str:
+    """A file's size for a person: bytes, KB or MB (1024-based)."""
+    if value is None:
+        return "—"
+    if value < 1024:
+        return f"{value} B"
+    return f"{value / 1024:.0f} KB" if value < 1024 * 1024 else f"{value / 1024 / 1024:.1f} MB"
+
