@@ -114,7 +114,9 @@ def test_a_rate_limit_pauses_that_model_on_that_account_and_the_task_goes_elsewh
     first, second = pair.generations()
     limited = by_account(pair)[first["account"]]
     assert first["outcome"] != "ok" and second["outcome"] == "ok" and body["instance_id"] != limited
-    (block,) = pair.gateway.instance(limited)["unavailable_models"]
+    # The block is written with the attempt's release, just after the answer went out.
+    (block,) = wait_until(lambda: pair.gateway.instance(limited)["unavailable_models"], timeout=10,
+                          what="the rate-limit pause in the instance view")
     assert block["kind"] == "rate_limit" and block["until"] and block["model"] == body["model"], block
     assert "model_blocked" in pair.gateway.event_kinds(limited)
     # While that model rests on it, the next task for the model goes to the other one.

@@ -227,7 +227,10 @@ def test_a_quota_answer_blocks_that_model_on_that_account(pool: Pool) -> None:
     assert body["timings"]["tries"][0]["outcome"] == "quota_exhausted"
     outcomes = [g["outcome"] for g in pool.record()["generations"]]
     assert outcomes[0] != "ok" and outcomes[-1] == "ok"
-    blocked = [i for i in pool.gateway.call("GET", "/api/instances")["instances"] if i["unavailable_models"]]
+    # The block is written with the attempt's release, just after the answer went out.
+    blocked = wait_until(
+        lambda: [i for i in pool.gateway.call("GET", "/api/instances")["instances"] if i["unavailable_models"]],
+        timeout=10, what="the quota block in the instance list")
     assert len(blocked) == 1 and blocked[0]["instance_id"] != body["instance_id"]
     (block,) = blocked[0]["unavailable_models"]
     assert block["kind"] == "quota" and block["model"] == body["model"] and block["until"], block
