@@ -132,7 +132,7 @@ def test_imported_session_then_a_generation_with_references(pair):
     result = httpx.post(pair["url"] + "/generate", headers=_auth(), timeout=120, json={
         "prompt": prompt, "aspect_ratio": "21:9", "reference_images_b64": [b64(r) for r in refs]}).json()
     assert result["success"], result
-    assert png_size(base64.b64decode(result["images_b64"][0])) == (512, 219)
+    assert png_size(base64.b64decode(result["images_b64"][0])) == (1024, 439)  # the default model at the page's default size, 1K
     record = httpx.get(pair["sim"] + "/_sim/record").json()["generations"][-1]
     assert (record["account"], record["prompt"], record["aspect_ratio"]) == ("acct-container", prompt, "21:9")
     reencoded = [reencode(r, i, 40_000_000).data for i, r in enumerate(refs)]  # what the instance gives the page

@@ -40,7 +40,7 @@ def colour(png: bytes) -> tuple[int, int, int]:
 def test_a_ratio_the_page_applies_late_is_waited_for(inst, simulator_url):
     reload_page(inst, simulator_url, {"select_apply": "late", "select_apply_delay_ms": 400})
     answer = inst.generate("wide, applied late", aspect_ratio="16:9").json()
-    assert png_size(first_image(answer)) == (512, 288)
+    assert png_size(first_image(answer)) == (1024, 576)  # the default model at the page's default size, 1K
     assert [g["aspect_ratio"] for g in generations(simulator_url)] == ["16:9"]
 
 
@@ -88,7 +88,7 @@ def test_the_app_prompts_url_form_is_accepted(inst, simulator_url):
     reload_page(inst, simulator_url, {"app_path": True})
     inst.wait_for(lambda s: "/app/prompts/new_chat" in (s["page_url"] or ""), what="the /app/prompts page")
     answer = inst.generate("under /app", aspect_ratio="3:4").json()
-    assert png_size(first_image(answer)) == (384, 512)
+    assert png_size(first_image(answer)) == (768, 1024)
     # Another model's URL redirects there too, and is recognised as that model's new chat.
     answer = inst.generate("pro under /app", model="gemini-3-pro-image", aspect_ratio="1:1").json()
     assert answer["success"], answer
@@ -211,7 +211,7 @@ def test_dialogs_arriving_at_every_step_are_dismissed(inst, simulator_url):
         "event_dialogs": {"ratio": ["whats_new"], "upload": ["drive_offer", "announcement"], "run": ["preference_vote"]},
     })
     answer = inst.generate("through the dialogs", aspect_ratio="9:16", reference_images_b64=[b64(png_bytes())]).json()
-    assert png_size(first_image(answer)) == (288, 512)
+    assert png_size(first_image(answer)) == (576, 1024)
     [generation] = generations(simulator_url)
     assert generation["aspect_ratio"] == "9:16" and len(generation["uploads"]) == 1
 
