@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -494,7 +495,7 @@ async def test_the_operators_aliases_run_their_target_on_every_face(database_url
                     answered = (await pool.http.get(f"/tasks/{task_id}", headers=headers)).json()["model"]
                 elif arguments["json" if "json" in arguments else "data"].get("stream"):
                     chunks = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
-                    answered = {__import__("json").loads(chunk)["model"] for chunk in chunks}.pop()
+                    answered = {json.loads(chunk)["model"] for chunk in chunks}.pop()
                 else:
                     body = response.json()
                     answered = body.get("model") or body.get("modelVersion")
@@ -533,6 +534,6 @@ def test_bad_aliases_stop_the_gateway_naming_the_setting(tmp_path: Path, value: 
 def test_bad_aliases_in_the_environment_stop_the_gateway_process(tmp_path: Path) -> None:
     env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_RUNTIME": "fake",
            "GATEWAY_MODEL_ALIASES": "gemini-3.1-flash-image=gemini-3.1-flash-image-preview"}
-    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "GATEWAY_MODEL_ALIASES" in done.stderr + done.stdout
     assert not (tmp_path / "gateway.db").exists()  # refused before anything started
