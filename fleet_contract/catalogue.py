@@ -1,6 +1,9 @@
 """The model catalogue: which models the page serves and what each offers, read from models.json beside this.
 
-One reader for both sides, so a request the gateway accepts is one the instance accepts.
+One reader for both sides, so a request the gateway accepts is one the instance accepts. The file also lists
+the models Google shut down (`retired`), each with its date and its successor, so that a request naming one is
+refused naming the model to use instead; and it reads the operator's own mapping of names onto today's models
+(`GATEWAY_MODEL_ALIASES`), checked against the catalogue at start.
 """
 
 from __future__ import annotations
@@ -38,14 +41,64 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class RetiredModel:
+    """A model Google shut down: a request naming it (or one of its aliases) is told to use `successor`."""
+
+    id: str
+    name: str
+    aliases: tuple[str, ...]
+    retired_on: str  # ISO date of the shutdown
+    successor: str  # the id of a current model
+
+
+class AliasError(ValueError):
+    """An operator's model-alias setting that cannot be used."""
+
+
+@dataclass(frozen=True)
 class Catalogue:
     version: str
     default_model: str
     models: tuple[ModelSpec, ...]
+    retired: tuple[RetiredModel, ...] = ()
 
     def find(self, name: str) -> ModelSpec | None:
-        """A model by its id or one of its retired aliases."""
+        """A current model by its id or one of its earlier names (aliases); None for a retired or unknown one."""
         return next((m for m in self.models if name == m.id or name in m.aliases), None)
+
+    def find_retired(self, name: str) -> RetiredModel | None:
+        """A model that was shut down, by its id or one of its aliases."""
+        return next((r for r in self.retired if name == r.id or name in r.aliases), None)
+
+    def operator_aliases(self, text: str) -> dict[str, str]:
+        """`GATEWAY_MODEL_ALIASES`: "name=model,name=model" -> {name: id of a current model}.
+
+        A name may be a retired model (clients that cannot change their model name) or any other name that is
+        not a current model's; the target must be a current model (an id or one of its aliases). Anything else
+        raises AliasError saying which part is wrong."""
+        aliases: dict[str, str] = {}
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            name, sep, target = (s.strip() for s in part.partition("="))
+            if not sep or not name or not target:
+                raise AliasError(f"{part!r}: write name=model, e.g. gemini-3.1-flash-image={self.default_model}")
+            if self.find(name) is not None:
+                raise AliasError(f"{name!r} is a current model; it cannot be mapped onto another")
+            if name in aliases:
+                raise AliasError(f"{name!r} is mapped twice")
+            spec = self.find(target)
+            if spec is None:
+                retired = self.find_retired(target)
+                if retired is not None:
+                    raise AliasError(
+                        f"{part!r}: {target!r} was shut down on {retired.retired_on}; map onto {retired.successor!r} instead"
+                    )
+                raise AliasError(f"{part!r}: unknown model {target!r}; use one of {', '.join(self.ids)}")
+            if not spec.driven:
+                raise AliasError(f"{part!r}: model {spec.id!r} is on a page the driver cannot run yet")
+            aliases[name] = spec.id
+        return aliases
 
     @property
     def default(self) -> ModelSpec:
@@ -79,9 +132,34 @@ def parse(raw: dict) -> Catalogue:
         )
         for m in raw["models"]
     )
-    catalogue = Catalogue(str(raw.get("version", "unknown")), raw["default_model"], models)
+    retired = tuple(
+        RetiredModel(
+            id=r["id"],
+            name=r.get("name", r["id"]),
+            aliases=tuple(r.get("aliases", ())),
+            retired_on=str(r["retired_on"]),
+            successor=r["successor"],
+        )
+        for r in raw.get("retired", ())
+    )
+    catalogue = Catalogue(str(raw.get("version", "unknown")), raw["default_model"], models, retired)
     catalogue.default  # noqa: B018 - a file without its default model fails here, at load
+    _check_names(catalogue)
     return catalogue
+
+
+def _check_names(catalogue: Catalogue) -> None:
+    """Every name means one model, and every retired model's successor is a current one: checked at load."""
+    seen: set[str] = set()
+    for names in [(m.id, *m.aliases) for m in catalogue.models] + [(r.id, *r.aliases) for r in catalogue.retired]:
+        for name in names:
+            if name in seen:
+                raise ValueError(f"models.json: the name {name!r} is listed twice")
+            seen.add(name)
+    for retired in catalogue.retired:
+        successor = catalogue.find(retired.successor)
+        if successor is None or successor.id != retired.successor:
+            raise ValueError(f"models.json: {retired.id!r} names {retired.successor!r} as its successor, not a current model's id")
 
 
 @cache

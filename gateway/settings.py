@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_contract import catalogue
+from fleet_contract.catalogue import AliasError
 from fleet_contract.proxy import ProxyURLError, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.accounts.policy import CapError, parse_daily_caps
@@ -251,6 +253,8 @@ class InputSettings:
     max_reference_images: int
     max_reference_bytes: int
     max_body_bytes: int
+    # GATEWAY_MODEL_ALIASES, read: a name a client sends -> the current model that runs it (checked at start).
+    model_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +403,10 @@ class Settings(BaseSettings):
     max_reference_images: int = Field(4, ge=0)
     max_reference_bytes: int = Field(8 * 1024 * 1024, gt=0)  # per image, decoded
     max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
+    # Names mapped onto today's models on purpose, for clients that cannot change theirs: "old=new,old=new"
+    # (e.g. "gemini-3.1-flash-image=gemini-nano-banana-2.1"). Without one, a shut-down model gets a 422
+    # model_retired naming its successor. Checked at start: a target that is unknown or itself retired is refused.
+    model_aliases: str = ""
 
     # The OpenAI and Gemini faces on :8812.
     max_images_per_request: int = Field(4, ge=1)  # OpenAI's `n`: that many tasks, spread over idle instances
@@ -437,6 +445,15 @@ class Settings(BaseSettings):
             parse_daily_caps(value)
         except CapError as exc:
             raise ValueError(f"GATEWAY_PACE_DAILY_CAP: {exc}") from None
+        return value
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _valid_model_aliases(cls, value: str) -> str:
+        try:
+            catalogue.load().operator_aliases(value)
+        except AliasError as exc:
+            raise ValueError(f"GATEWAY_MODEL_ALIASES: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -541,7 +558,7 @@ class Settings(BaseSettings):
 
     @property
     def inputs(self) -> InputSettings:
-        return self._part(InputSettings)
+        return self._part(InputSettings, model_aliases=catalogue.load().operator_aliases(self.model_aliases))
 
     @property
     def faces(self) -> FaceSettings:

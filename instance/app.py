@@ -191,13 +191,16 @@ def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest
 
 
 def _model(value: Any, settings: InstanceSettings) -> ModelSpec:
-    """The requested model (a retired alias names its successor); none asked for: the instance's own."""
+    """The requested model (an earlier name resolves to its id; a shut-down one is refused naming its
+    successor); none asked for: the instance's own."""
     catalogue = load_catalogue()
     name = value if value not in (None, "") else settings.model
     if not isinstance(name, str):
         raise BadInput("'model' must be a string")
     spec = catalogue.find(name)
     choices = ", ".join(m.id for m in catalogue.driven)
+    if spec is None and (retired := catalogue.find_retired(name)) is not None:
+        raise BadInput(f"model {name[:80]!r} was shut down on {retired.retired_on}; use {retired.successor}")
     if spec is None:
         raise BadInput(f"unknown model {name[:80]!r}; use one of {choices}")
     if not spec.driven:

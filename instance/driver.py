@@ -54,7 +54,7 @@ class GenerationRequest:
     aspect_ratio: str
     references: list[ReferenceImage]
     task_id: str
-    model: str = "gemini-2.5-flash-image"
+    model: str = "gemini-nano-banana-2.1"
     image_size: str | None = None  # "1K", "2K", "4K" where the model offers it; None keeps the page's default
 
 

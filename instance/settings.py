@@ -20,7 +20,7 @@ class InstanceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSTANCE_", extra="ignore")
 
     aistudio_url: str = "https://aistudio.google.com"
-    model: str = "gemini-2.5-flash-image"
+    model: str = "gemini-nano-banana-2.1"
     # Where "sign in" sends the page; {continue} is the new-chat URL, URL-encoded.
     signin_url: str = "https://accounts.google.com/ServiceLogin?continue={continue}"
     # Loopback unless told otherwise (the image says 0.0.0.0); beyond loopback an api_token is required.

@@ -124,7 +124,7 @@ def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateCo
     prompt = "\n".join(texts)
     refuse_control_characters({"prompt": prompt, "model": model, "aspectRatio": image_config.aspectRatio,
                                "imageSize": image_config.imageSize})
-    spec = generation_options(model, None, None).spec
+    spec = generation_options(model, None, None, limits.model_aliases).spec
     return form_request(
         prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize,
         output_format=_format_of(image_config.outputMimeType), output_quality=image_config.outputCompressionQuality,

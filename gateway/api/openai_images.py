@@ -72,6 +72,7 @@ class ImageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
 class ImagesOut(msgspec.Struct, kw_only=True):
     created: int
     data: list[ImageOut]
+    model: str  # the model that ran (an alias answered under its model's id); beyond OpenAI's fields
 
 
 # The mapping of OpenAI's options onto the catalogue ----------------------------------------------------
@@ -105,7 +106,7 @@ async def images_answer(request: Request[Any, Any, Any], generation: GenerationR
                 data.append(ImageOut(url=image_url(request, result.task_id, index, image), revised_prompt=result.text))
             else:
                 data.append(ImageOut(b64_json=image, revised_prompt=result.text))
-    return ImagesOut(created=int(time.time()), data=data[:n])
+    return ImagesOut(created=int(time.time()), data=data[:n], model=generation.model)
 
 
 # Handlers --------------------------------------------------------------------------------------------
@@ -120,8 +121,8 @@ class OpenAIImagesController(Controller):
         return ModelListOut(data=[_model_out(m) for m in catalogue.load().driven])
 
     @get("/models/{model:str}", operation_id="openaiGetModel", summary="One image model")
-    async def get_model(self, model: FromPath[str]) -> ModelOut:
-        return _model_out(model_spec(model))
+    async def get_model(self, request: Request[Any, Any, Any], model: FromPath[str]) -> ModelOut:
+        return _model_out(model_spec(request, model))
 
     @post("/images/generations", operation_id="openaiCreateImage", status_code=200, summary="Generate images (OpenAI)")
     async def generations(self, request: Request[Any, Any, Any], data: JSONBody[ImageGenerationIn]) -> ImagesOut:

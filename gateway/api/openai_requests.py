@@ -22,9 +22,10 @@ _RATIO = re.compile(r"^(\d{1,2}):(\d{1,2})$")
 _SIZE_STEPS = ((1024, "1K"), (2048, "2K"), (4096, "4K"))  # the longer side up to this → the page's size
 
 
-def model_spec(model: Any) -> ModelSpec:
-    """The catalogue's model (an alias resolves to its id); 422 naming the choices for an unknown one."""
-    return generation_options(model, None, None).spec
+def model_spec(request: Request[Any, Any, Any], model: Any) -> ModelSpec:
+    """The catalogue's model (an earlier name or the operator's alias resolves to its id); 422 naming the
+    choices for an unknown one, or the successor of a retired one."""
+    return generation_options(model, None, None, limits_of(request).model_aliases).spec
 
 
 def ratio_and_size(size: Any, spec: ModelSpec) -> tuple[str | None, str | None]:
@@ -77,7 +78,7 @@ def openai_request(
 ) -> GenerationRequest:
     """The one checked request behind an OpenAI call (prompt, model, ratio and size, references, output)."""
     refuse_control_characters({"prompt": prompt, "model": model, "size": size})
-    spec = model_spec(model)
+    spec = model_spec(request, model)
     aspect_ratio, image_size = ratio_and_size(size, spec)
     quality = max(1, output_compression) if isinstance(output_compression, int) and not isinstance(output_compression, bool) else output_compression
     return form_request(

@@ -10,7 +10,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from fleet_contract import catalogue
@@ -33,6 +35,8 @@ class InputLimits:
     max_reference_images: int
     max_reference_bytes: int
     max_body_bytes: int
+    # The operator's GATEWAY_MODEL_ALIASES: a name a client sends -> the id of the current model that runs it.
+    model_aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_settings(cls, settings: InputSettings) -> InputLimits:
@@ -41,6 +45,7 @@ class InputLimits:
             settings.max_reference_images,
             settings.max_reference_bytes,
             settings.max_body_bytes,
+            MappingProxyType(dict(settings.model_aliases)),
         )
 
 
@@ -88,7 +93,7 @@ def body_request(body: dict[str, Any], limits: InputLimits) -> GenerationRequest
     """The old JSON body, already parsed into an object."""
     refuse_control_characters({name: body.get(name) for name in _TEXT_FIELDS})
     prompt = _prompt(body.get("prompt"), limits)
-    options = generation_options(body.get("model"), body.get("aspect_ratio"), body.get("image_size"))
+    options = generation_options(body.get("model"), body.get("aspect_ratio"), body.get("image_size"), limits.model_aliases)
     encoded = _reference_strings(body.get("reference_image_b64"), body.get("reference_images_b64"), limits)
     options.check_references(len(encoded))
     references = tuple(_checked_base64(text, index, limits) for index, text in enumerate(encoded))
@@ -110,7 +115,7 @@ def form_request(
     """POST /generate-with-file: form fields and uploaded files (already read) under `reference_images`."""
     refuse_control_characters({"prompt": prompt, "model": model, "aspect_ratio": aspect_ratio, "image_size": image_size})
     checked_prompt = _prompt(prompt, limits)
-    options = generation_options(model, aspect_ratio, image_size)
+    options = generation_options(model, aspect_ratio, image_size, limits.model_aliases)
     if len(files) > limits.max_reference_images:
         raise Invalid("too_many_references", limit=limits.max_reference_images)
     options.check_references(len(files))
@@ -146,22 +151,33 @@ class GenerationOptions:
         return GenerationRequest(prompt, self.aspect_ratio, references_b64, self.spec.id, self.image_size)
 
 
-def generation_options(model: Any, aspect_ratio: Any, image_size: Any) -> GenerationOptions:
+def generation_options(
+    model: Any, aspect_ratio: Any, image_size: Any, aliases: Mapping[str, str] | None = None
+) -> GenerationOptions:
     """The one check of model, ratio and size for every face: 422 naming what the model offers.
-    Absent fields keep the old behaviour: the default model, the page's default ratio and size."""
-    spec = _model(model)
+    Absent fields keep the old behaviour: the default model, the page's default ratio and size.
+    `aliases` is the operator's GATEWAY_MODEL_ALIASES (InputLimits.model_aliases)."""
+    spec = resolve_model(model, aliases)
     return GenerationOptions(spec, _aspect_ratio(aspect_ratio, spec), _image_size(image_size, spec))
 
 
-def _model(value: Any) -> ModelSpec:
+def resolve_model(value: Any, aliases: Mapping[str, str] | None = None) -> ModelSpec:
+    """The current model a request's `model` names: the default when absent; a current model by its id or an
+    earlier name; else the operator's alias; else a 422 (model_retired naming the successor, model_unknown)."""
     known = catalogue.load()
     if value is None or value == "":
         return known.default
     if not isinstance(value, str):
         raise Invalid("field_type", field="model", expected="string")
-    spec = known.find(value.strip())
+    name = value.strip()
+    spec = known.find(name)
+    if spec is None and aliases and name in aliases:
+        spec = known.find(aliases[name])  # checked at start: a current, driven model
     choices = ", ".join(m.id for m in known.driven)
     if spec is None:
+        retired = known.find_retired(name)
+        if retired is not None:
+            raise Invalid("model_retired", value=name[:80], date=retired.retired_on, successor=retired.successor)
         raise Invalid("model_unknown", value=value[:80], choices=choices)
     if not spec.driven:
         raise Invalid("model_not_driven", value=spec.id, choices=choices)

@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.docker]
 
 CATALOGUE = json.loads((Path(__file__).resolve().parents[2] / "fleet_contract" / "models.json").read_text(encoding="utf-8"))
 MODEL_X = CATALOGUE["default_model"]  # the model a request without one gets
-MODEL_Y = "gemini-3.1-flash-image"  # another chat-page model, unlimited for account A
+MODEL_Y = "gemini-3-pro-image"  # another chat-page model, unlimited for account A
 ACCOUNT_A = "ledger-a@example.com"
 ACCOUNT_B = "ledger-b@example.com"
 ALLOWANCES = {ACCOUNT_A: {MODEL_X: 1}, ACCOUNT_B: {MODEL_X: 1}}  # a model left out is unlimited

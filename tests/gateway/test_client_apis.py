@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,11 +24,13 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from pydantic import ValidationError
 
 from gateway.api.openai_requests import nearest_ratio, ratio_and_size
 from gateway.addresses import public
 from fleet_contract.catalogue import load
 from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
+from tests.gateway.conftest import IsolatedSettings
 from tests.gateway.pool import Pool, open_pool
 from tests.polling import await_until
 
@@ -86,10 +92,20 @@ def test_only_public_addresses_count_as_public() -> None:
 # ---- OpenAI images -------------------------------------------------------------------------------------
 
 
-async def test_models_lists_the_catalogue(pool: Pool) -> None:
-    models = await openai_client(pool).models.list()
-    assert [m.id for m in models.data] == [m.id for m in load().driven]  # Imagen is listed in the file, not offered
-    assert (await openai_client(pool).models.retrieve("gemini-3-pro-image-preview")).id == "gemini-3-pro-image"
+TODAYS_MODELS = ["gemini-nano-banana-2.1", "gemini-3-pro-image", "gemini-3.1-flash-lite-image", "gemini-2.5-flash-image"]
+
+
+async def test_models_lists_todays_models(pool: Pool) -> None:
+    client = openai_client(pool)
+    models = await client.models.list()
+    assert [m.id for m in models.data] == TODAYS_MODELS == [m.id for m in load().driven]  # no shut-down model
+    assert {m.object for m in models.data} == {"model"}
+    assert (await client.models.retrieve("gemini-3-pro-image-preview")).id == "gemini-3-pro-image"
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        await client.models.retrieve("gemini-3.1-flash-image")
+    assert refused.value.body["code"] == "model_retired" and "gemini-nano-banana-2.1" in refused.value.body["message"]
+    listed = await pool.http.get("/v1beta/models", headers={"x-goog-api-key": KEY})
+    assert [m["name"] for m in listed.json()["models"]] == [f"models/{m}" for m in TODAYS_MODELS]
 
 
 async def test_n_images_run_as_n_tasks_on_different_instances_at_once(pool: Pool) -> None:
@@ -151,7 +167,8 @@ BAD_IMAGE_BODIES = [
     ({"prompt": "x", "model": "dall-e-3"}, 422, "model_unknown", "model"),
     ({"prompt": "x", "size": "1000"}, 422, "size_unknown", "size"),
     ({"prompt": "x", "size": "7:3"}, 422, "aspect_ratio_unknown", "size"),
-    ({"prompt": "x", "model": "imagen-4.0-generate-001"}, 422, "model_not_driven", "model"),
+    ({"prompt": "x", "model": "imagen-4.0-generate-001"}, 422, "model_retired", "model"),
+    ({"prompt": "x", "model": "gemini-3.1-flash-image"}, 422, "model_retired", "model"),
     ({"prompt": "x", "n": 0}, 422, "n_out_of_range", "n"),
     ({"prompt": "x", "n": 5}, 422, "n_out_of_range", "n"),
     ({"prompt": "x", "n": "two"}, 400, "invalid_body", None),
@@ -403,3 +420,120 @@ async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
     )
     assert unauthorized.status_code == 401 and unauthorized.json()["error"]["status"] == "UNAUTHENTICATED"
     assert pool.fake.generations == []
+
+
+# ---- shut-down models and the operator's aliases, on every face ---------------------------------------------
+
+
+def _face_requests(model: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(face, path, httpx arguments) of one generation naming `model` on every face."""
+    chat = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+    return [
+        ("old", "/generate", {"json": {"prompt": "x", "model": model}}),
+        ("old", "/tasks", {"json": {"prompt": "x", "model": model}}),
+        ("old", "/generate-with-file", {"data": {"prompt": "x", "model": model},
+                                        "files": {"reference_images": ("a.png", TINY_PNG, "image/png")}}),
+        ("openai", "/v1/images/generations", {"json": {"prompt": "x", "model": model}}),
+        ("openai", "/v1/images/edits", {"data": {"prompt": "x", "model": model}, "files": {"image": ("a.png", TINY_PNG, "image/png")}}),
+        ("openai", "/v1/chat/completions", {"json": chat}),
+        ("openai", "/v1/chat/completions", {"json": {**chat, "stream": True}}),
+        ("gemini", f"/v1beta/models/{model}:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}]}}),
+        ("gemini", f"/v1/models/{model}:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}]}}),
+    ]
+
+
+def _error_of(face: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(code, message, param) of an error in the face's own shape."""
+    if face == "old":
+        return body["error"], body["message"], None
+    error = body["error"]
+    if face == "openai":
+        return error["code"], error["message"], error["param"]
+    return error["details"][0]["reason"], error["message"], None
+
+
+@pytest.mark.parametrize(
+    ("model", "successor", "day"),
+    [
+        ("gemini-3.1-flash-image", "gemini-nano-banana-2.1", "2026-10-29"),
+        ("gemini-3.1-flash-image-preview", "gemini-nano-banana-2.1", "2026-10-29"),
+        ("imagen-4.0-ultra-generate-001", "gemini-3-pro-image", "2026-08-17"),
+    ],
+)
+async def test_every_face_refuses_a_retired_model_naming_its_successor(pool: Pool, model: str, successor: str, day: str) -> None:
+    for language, words in (("en", "shut down"), ("zh", "停用")):
+        for face, path, arguments in _face_requests(model):
+            headers = {"Authorization": f"Bearer {KEY}", "x-goog-api-key": KEY, "Accept-Language": language}
+            response = await pool.http.post(path, **arguments, headers=headers)
+            assert response.status_code == 422, (path, response.text[:300])
+            code, message, param = _error_of(face, response.json())
+            assert code == "model_retired", (path, response.text[:300])
+            assert model in message and successor in message and day in message and words in message, message
+            if face == "openai":
+                assert param == "model"
+    assert pool.fake.generations == [] and await pool.task_count() == 0
+
+
+ALIASES = "gemini-3.1-flash-image=gemini-nano-banana-2.1, imagen-4.0-generate-001=gemini-3-pro-image-preview"
+
+
+async def test_the_operators_aliases_run_their_target_on_every_face(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1, api_keys=KEY, model_aliases=ALIASES) as pool:
+        headers = {"Authorization": f"Bearer {KEY}", "x-goog-api-key": KEY, "Accept-Language": "en"}
+        for old, target in (("gemini-3.1-flash-image", "gemini-nano-banana-2.1"), ("imagen-4.0-generate-001", "gemini-3-pro-image")):
+            for face, path, arguments in _face_requests(old):
+                before = len(pool.fake.generations)
+                response = await pool.http.post(path, **arguments, headers=headers)
+                assert response.status_code in (200, 202), (path, response.text[:300])
+                if path == "/tasks":
+                    task_id = response.json()["task_id"]
+
+                    async def done(task_id: str = task_id) -> bool:
+                        return (await pool.http.get(f"/tasks/{task_id}", headers=headers)).json()["done"]
+
+                    await await_until(done, timeout=10, what="the task to finish")
+                    answered = (await pool.http.get(f"/tasks/{task_id}", headers=headers)).json()["model"]
+                elif arguments["json" if "json" in arguments else "data"].get("stream"):
+                    chunks = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+                    answered = {json.loads(chunk)["model"] for chunk in chunks}.pop()
+                else:
+                    body = response.json()
+                    answered = body.get("model") or body.get("modelVersion")
+                assert answered == target, (path, response.text[:300])  # the answer says which model ran
+                assert len(pool.fake.generations) == before + 1 and pool.fake.generations[-1].model == target, path
+        rows = await pool.task_rows()
+        assert rows and {r.model for r in rows} == {"gemini-nano-banana-2.1", "gemini-3-pro-image"}
+        # The official client, too; a shut-down model the operator did not map is still refused.
+        client = openai_client(pool)
+        answer = await client.images.generate(model="gemini-3.1-flash-image", prompt="x")
+        assert answer.model == "gemini-nano-banana-2.1"  # type: ignore[attr-defined]
+        assert (await client.models.retrieve("imagen-4.0-generate-001")).id == "gemini-3-pro-image"
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await client.images.generate(model="imagen-4.0-fast-generate-001", prompt="x")
+        assert refused.value.body["code"] == "model_retired" and "gemini-3.1-flash-lite-image" in refused.value.body["message"]
+        assert [m.id for m in (await client.models.list()).data] == TODAYS_MODELS  # aliases are not models
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("gemini-3.1-flash-image=gemini-9-ultra", "unknown model"),
+        ("imagen-4.0-generate-001=gemini-3.1-flash-image", "shut down"),
+        ("gemini-3.1-flash-image", "name=model"),
+        ("=gemini-3-pro-image", "name=model"),
+        ("gemini-3.1-flash-image=gemini-3-pro-image,gemini-3.1-flash-image=gemini-nano-banana-2.1", "twice"),
+        ("gemini-3-pro-image=gemini-nano-banana-2.1", "current model"),
+    ],
+)
+def test_bad_aliases_stop_the_gateway_naming_the_setting(tmp_path: Path, value: str, words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        IsolatedSettings(data_dir=tmp_path, model_aliases=value)
+    assert "GATEWAY_MODEL_ALIASES" in str(caught.value) and words in str(caught.value)
+
+
+def test_bad_aliases_in_the_environment_stop_the_gateway_process(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_RUNTIME": "fake",
+           "GATEWAY_MODEL_ALIASES": "gemini-3.1-flash-image=gemini-3.1-flash-image-preview"}
+    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0 and "GATEWAY_MODEL_ALIASES" in done.stderr + done.stdout
+    assert not (tmp_path / "gateway.db").exists()  # refused before anything started

@@ -12,12 +12,12 @@ from instance.images import reencode
 from instance.selectors import load_packaged
 from tests.instance.conftest import ACCOUNT, sim
 from tests.instance.harness import b64, png_bytes, png_size
+from tests.simulator.images import image_size
 
-RATIO_SIZES = {
-    "Auto": (512, 512), "1:1": (512, 512), "9:16": (288, 512), "16:9": (512, 288), "3:4": (384, 512),
-    "4:3": (512, 384), "3:2": (512, 341), "2:3": (341, 512), "5:4": (512, 410), "4:5": (410, 512),
-    "21:9": (512, 219),
-}
+# The default model (gemini-nano-banana-2.1) offers sizes: a request naming none gets the page's default, 1K.
+PAGE_SIZE = "1K"
+RATIO_SIZES = {ratio: image_size(ratio, PAGE_SIZE) for ratio in (
+    "Auto", "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "1:4", "4:1", "1:8", "8:1")}
 
 
 def test_cjk_prompt_round_trips_and_returns_a_png(inst, simulator_url):
@@ -26,7 +26,7 @@ def test_cjk_prompt_round_trips_and_returns_a_png(inst, simulator_url):
     assert answer["success"], answer
     assert answer["error"] is None
     assert len(answer["images_b64"]) == 1
-    assert png_size(base64.b64decode(answer["images_b64"][0])) == (512, 288)
+    assert png_size(base64.b64decode(answer["images_b64"][0])) == (1024, 576)
     assert answer["text"] == "Here is your image."
     assert answer["timings"]["total_ms"] >= answer["timings"]["generate_ms"] > 0
     generations = sim(simulator_url, "/_sim/record")["generations"]
@@ -49,7 +49,7 @@ def test_reference_images_are_uploaded_and_not_returned(inst, simulator_url, cou
     assert answer["success"], answer
     # Only the model turn's image: the user turn shows the references too.
     assert len(answer["images_b64"]) == 1
-    assert png_size(base64.b64decode(answer["images_b64"][0])) == (512, 512)
+    assert png_size(base64.b64decode(answer["images_b64"][0])) == (1024, 1024)
     uploads = sim(simulator_url, "/_sim/record")["generations"][0]["uploads"]
     # The page gets each image as re-encoded from its pixels, never the caller's bytes.
     reencoded = [reencode(r, i, 40_000_000).data for i, r in enumerate(refs)]
@@ -83,7 +83,7 @@ def test_legacy_markup_is_driven_through_fallback_selectors(inst, simulator_url)
     inst.client.post("/navigate", json={"target": "home"})
     answer = inst.generate("older page", aspect_ratio="9:16", reference_images_b64=[b64(png_bytes())]).json()
     assert answer["success"], answer
-    assert png_size(base64.b64decode(answer["images_b64"][0])) == (288, 512)
+    assert png_size(base64.b64decode(answer["images_b64"][0])) == (576, 1024)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ def parse(**body: Any):
 
 def test_an_old_request_keeps_its_meaning() -> None:
     request = parse(aspect_ratio="16:9", reference_images_b64=[PNG], task_id="t1")
-    assert (request.model, request.aspect_ratio, request.image_size) == ("gemini-2.5-flash-image", "16:9", None)
+    assert (request.model, request.aspect_ratio, request.image_size) == ("gemini-nano-banana-2.1", "16:9", None)
     assert request.task_id == "t1" and len(request.references) == 1
     assert parse().aspect_ratio == "Auto"
 
@@ -37,7 +37,9 @@ def test_the_instance_default_model_is_its_setting() -> None:
     ("body", "expected"),
     [
         ({"model": "gemini-3-pro-image-preview", "image_size": "4K"}, ("gemini-3-pro-image", "Auto", "4K")),
-        ({"model": "gemini-3.1-flash-image", "aspect_ratio": "8:1", "image_size": "2k"}, ("gemini-3.1-flash-image", "8:1", "2K")),
+        ({"model": "gemini-nano-banana-2.1", "aspect_ratio": "8:1", "image_size": "2k"}, ("gemini-nano-banana-2.1", "8:1", "2K")),
+        ({"aspect_ratio": "1:4", "image_size": "4K"}, ("gemini-nano-banana-2.1", "1:4", "4K")),
+        ({"model": "gemini-3.1-flash-lite-image", "aspect_ratio": "4:1", "image_size": "1K"}, ("gemini-3.1-flash-lite-image", "4:1", "1K")),
         ({"model": "gemini-2.5-flash-image-preview", "aspect_ratio": "21:9"}, ("gemini-2.5-flash-image", "21:9", None)),
     ],
 )
@@ -49,14 +51,18 @@ def test_models_ratios_and_sizes_it_offers(body: dict[str, Any], expected: tuple
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        ({"model": "gemini-9"}, ["gemini-9", "gemini-2.5-flash-image", "gemini-3-pro-image"]),
+        ({"model": "gemini-9"}, ["gemini-9", "gemini-nano-banana-2.1", "gemini-3-pro-image", "gemini-3.1-flash-lite-image"]),
         ({"model": "gemini-3-pro-image", "aspect_ratio": "1:4"}, ["1:4", "21:9", "Auto"]),
-        ({"aspect_ratio": "8:1"}, ["8:1", "gemini-2.5-flash-image"]),
+        ({"model": "gemini-2.5-flash-image", "aspect_ratio": "8:1"}, ["8:1", "gemini-2.5-flash-image"]),
         ({"model": "gemini-3-pro-image", "image_size": "8K"}, ["8K", "1K, 2K, 4K"]),
-        ({"image_size": "1K"}, ["1K", "none"]),
+        ({"model": "gemini-2.5-flash-image", "image_size": "1K"}, ["1K", "none"]),
+        ({"model": "gemini-3.1-flash-lite-image", "image_size": "2K"}, ["2K", "offered: 1K"]),
+        ({"image_size": "512"}, ["512", "1K, 2K, 4K"]),
         ({"model": ["x"]}, ["model"]),
         ({"model": "gemini-3-pro-image", "image_size": 4}, ["image_size"]),
-        ({"model": "imagen-4.0-fast-generate-001"}, ["cannot drive", "gemini-2.5-flash-image"]),
+        ({"model": "imagen-4.0-fast-generate-001"}, ["shut down", "2026-08-17", "gemini-3.1-flash-lite-image"]),
+        ({"model": "gemini-3.1-flash-image"}, ["shut down", "2026-10-29", "gemini-nano-banana-2.1"]),
+        ({"model": "gemini-3.1-flash-image-preview"}, ["shut down", "gemini-nano-banana-2.1"]),
     ],
 )
 def test_what_the_model_lacks_is_422_naming_what_is_allowed(body: dict[str, Any], words: list[str]) -> None:

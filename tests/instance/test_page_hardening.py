@@ -40,7 +40,7 @@ def colour(png: bytes) -> tuple[int, int, int]:
 def test_a_ratio_the_page_applies_late_is_waited_for(inst, simulator_url):
     reload_page(inst, simulator_url, {"select_apply": "late", "select_apply_delay_ms": 400})
     answer = inst.generate("wide, applied late", aspect_ratio="16:9").json()
-    assert png_size(first_image(answer)) == (512, 288)
+    assert png_size(first_image(answer)) == (1024, 576)  # the default model at the page's default size, 1K
     assert [g["aspect_ratio"] for g in generations(simulator_url)] == ["16:9"]
 
 
@@ -63,12 +63,22 @@ def test_image_size_and_model_are_set_on_the_page(inst, simulator_url, apply):
         "gemini-3-pro-image", "16:9", "2K")
 
 
-def test_an_extreme_ratio_of_the_newer_model(inst, simulator_url):
+def test_an_extreme_ratio_of_the_default_model(inst, simulator_url):
     reload_page(inst, simulator_url, {})
-    answer = inst.generate("tall banner", model="gemini-3.1-flash-image", aspect_ratio="1:4").json()
+    answer = inst.generate("tall banner", aspect_ratio="1:4").json()
     # The page's own default size (1K) is kept when the request names none.
     assert png_size(first_image(answer)) == (256, 1024)
-    assert generations(simulator_url)[0]["image_size"] == "1K"
+    assert (generations(simulator_url)[0]["model"], generations(simulator_url)[0]["image_size"]) == (
+        "gemini-nano-banana-2.1", "1K")
+
+
+def test_the_lite_model_with_an_extreme_ratio_at_its_one_size(inst, simulator_url):
+    reload_page(inst, simulator_url, {})
+    answer = inst.generate("lite strip", model="gemini-3.1-flash-lite-image", aspect_ratio="4:1", image_size="1K").json()
+    assert png_size(first_image(answer)) == (1024, 256)
+    [generation] = generations(simulator_url)
+    assert (generation["model"], generation["aspect_ratio"], generation["image_size"]) == (
+        "gemini-3.1-flash-lite-image", "4:1", "1K")
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -78,11 +88,11 @@ def test_the_app_prompts_url_form_is_accepted(inst, simulator_url):
     reload_page(inst, simulator_url, {"app_path": True})
     inst.wait_for(lambda s: "/app/prompts/new_chat" in (s["page_url"] or ""), what="the /app/prompts page")
     answer = inst.generate("under /app", aspect_ratio="3:4").json()
-    assert png_size(first_image(answer)) == (384, 512)
+    assert png_size(first_image(answer)) == (768, 1024)
     # Another model's URL redirects there too, and is recognised as that model's new chat.
     answer = inst.generate("pro under /app", model="gemini-3-pro-image", aspect_ratio="1:1").json()
     assert answer["success"], answer
-    assert [g["model"] for g in generations(simulator_url)] == ["gemini-2.5-flash-image", "gemini-3-pro-image"]
+    assert [g["model"] for g in generations(simulator_url)] == ["gemini-nano-banana-2.1", "gemini-3-pro-image"]
 
 
 def test_a_page_that_ignores_the_url_model_gets_it_through_the_picker(inst, simulator_url):
@@ -91,6 +101,25 @@ def test_a_page_that_ignores_the_url_model_gets_it_through_the_picker(inst, simu
     answer = inst.generate("picked by hand", model="gemini-3-pro-image", aspect_ratio="4:3", image_size="1K").json()
     assert png_size(first_image(answer)) == (1024, 768)
     assert [(g["model"], g["aspect_ratio"]) for g in generations(simulator_url)] == [("gemini-3-pro-image", "4:3")]
+
+
+@pytest.mark.parametrize("from_url", [True, False])
+def test_nano_banana_2_1_is_selected_like_the_others(inst, simulator_url, from_url):
+    """The new default, reached from another model's chat: by ?model= in the URL, or through the model picker
+    when the page ignores the URL (there the picker also lists Nano Banana, whose title its own begins with)."""
+    reload_page(inst, simulator_url, {"model_from_url": from_url})
+    assert first_image(inst.generate("pro first", model="gemini-3-pro-image", aspect_ratio="1:1").json())
+    answer = inst.generate("wide strip", model="gemini-nano-banana-2.1", aspect_ratio="8:1", image_size="4K").json()
+    assert png_size(first_image(answer)) == (4096, 512)
+    answer = inst.generate("no model named", aspect_ratio="1:8", image_size="2K").json()  # the instance's default
+    assert png_size(first_image(answer)) == (256, 2048)
+    answer = inst.generate("the older one", model="gemini-2.5-flash-image", aspect_ratio="16:9").json()
+    assert png_size(first_image(answer)) == (512, 288)
+    assert [(g["model"], g["aspect_ratio"]) for g in generations(simulator_url)] == [
+        ("gemini-3-pro-image", "1:1"), ("gemini-nano-banana-2.1", "8:1"), ("gemini-nano-banana-2.1", "1:8"),
+        ("gemini-2.5-flash-image", "16:9"),
+    ]
+    assert [g["image_size"] for g in generations(simulator_url)][1:3] == ["4K", "2K"]
 
 
 def test_no_model_picker_is_a_retry_safe_error_not_a_blocked_answer(inst, simulator_url):
@@ -182,7 +211,7 @@ def test_dialogs_arriving_at_every_step_are_dismissed(inst, simulator_url):
         "event_dialogs": {"ratio": ["whats_new"], "upload": ["drive_offer", "announcement"], "run": ["preference_vote"]},
     })
     answer = inst.generate("through the dialogs", aspect_ratio="9:16", reference_images_b64=[b64(png_bytes())]).json()
-    assert png_size(first_image(answer)) == (288, 512)
+    assert png_size(first_image(answer)) == (576, 1024)
     [generation] = generations(simulator_url)
     assert generation["aspect_ratio"] == "9:16" and len(generation["uploads"]) == 1
 

@@ -67,7 +67,7 @@ def test_diagnose_reports_every_role_on_the_live_page(page: RunningInstance) -> 
     assert report["url"] == status["page_url"] and "/prompts/new_chat" in report["url"]
     assert (report["login_state"], report["browser"], report["busy"], report["error"]) == ("logged_in", "up", False, None)
     # The simulator names the model where the real page does ([data-test-id="model-name"]).
-    assert (report["model"], report["model_source"]) == ("gemini-2.5-flash-image", "page")
+    assert (report["model"], report["model_source"]) == ("gemini-nano-banana-2.1", "page")
     packaged = json.loads((Path(__file__).parents[2] / "fleet_contract" / "selectors.json").read_text())
     assert [r["role"] for r in report["roles"]] == list(packaged["roles"])
     prompt = role(report, "prompt_textarea")

@@ -6,19 +6,21 @@ from typing import Any
 
 STANDARD_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 EXTREME_RATIOS = ("1:4", "4:1", "1:8", "8:1")
-DEFAULT_MODEL = "gemini-2.5-flash-image"
+DEFAULT_MODEL = "gemini-nano-banana-2.1"  # what a new chat opens on without ?model= (the newest image model)
 # Where the page lands when the URL's model is ignored: a text model, so Run answers without an image.
 TEXT_MODEL = "gemini-2.5-flash"
 
+# The picker as of December 2026 (AISTUDIO.md): gemini-3.1-flash-image (shut down 2026-10-29) and the Imagen 4
+# models (shut down 2026-08-17) are gone from it; an id the page does not list still opens like a plain image model.
 MODELS: dict[str, dict[str, Any]] = {
-    "gemini-2.5-flash-image": {"title": "Nano Banana", "images": True, "ratios": STANDARD_RATIOS, "sizes": ()},
-    "gemini-3.1-flash-image": {
-        "title": "Nano Banana 2", "images": True, "ratios": STANDARD_RATIOS + EXTREME_RATIOS,
-        "sizes": ("512", "1K", "2K", "4K"),
+    "gemini-nano-banana-2.1": {
+        "title": "Nano Banana 2.1", "images": True, "ratios": STANDARD_RATIOS + EXTREME_RATIOS, "sizes": ("1K", "2K", "4K"),
     },
     "gemini-3-pro-image": {"title": "Nano Banana Pro", "images": True, "ratios": STANDARD_RATIOS, "sizes": ("1K", "2K", "4K")},
-    "gemini-3.1-flash-lite-image": {"title": "Nano Banana Lite", "images": True, "ratios": STANDARD_RATIOS, "sizes": ()},
-    "imagen-4.0-generate-001": {"title": "Imagen 4", "images": True, "ratios": ("1:1", "3:4", "4:3", "9:16", "16:9"), "sizes": ("1K", "2K")},
+    "gemini-3.1-flash-lite-image": {
+        "title": "Nano Banana 2 Lite", "images": True, "ratios": STANDARD_RATIOS + EXTREME_RATIOS, "sizes": ("1K",),
+    },
+    "gemini-2.5-flash-image": {"title": "Nano Banana", "images": True, "ratios": STANDARD_RATIOS, "sizes": ()},
     TEXT_MODEL: {"title": "Gemini 2.5 Flash", "images": False, "ratios": (), "sizes": ()},
 }
 

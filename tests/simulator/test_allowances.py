@@ -72,7 +72,7 @@ def test_a_spent_model_leaves_the_accounts_other_models_and_other_accounts_worki
     sign_in(client)
     assert statuses(client, 2) == [200, 429]
     assert statuses(client, 2, PRO) == [200, 200]
-    assert statuses(client, 2, "imagen-4.0-generate-001") == [200, 200]  # not in the mapping: unlimited
+    assert statuses(client, 2, "gemini-3.1-flash-lite-image") == [200, 200]  # not in the mapping: unlimited
     sign_in(client, BOB)
     assert statuses(client, 2) == [200, 429]
     for account in (ALICE, BOB):

@@ -355,7 +355,7 @@ async def test_browser_smoke(simulator_url):  # noqa: F811
 def test_models_sizes_thoughts_and_saved_chats(client):
     sign_in(client)
     client.post("/_sim/config", json={"thinking_image": True, "unavailable_models": ["gemini-3-pro-image"]})
-    body = {"prompt": "p", "aspect_ratio": "1:4", "model": "gemini-3.1-flash-image", "image_size": "2K",
+    body = {"prompt": "p", "aspect_ratio": "1:4", "model": "gemini-nano-banana-2.1", "image_size": "2K",
             "chat_id": "c1", "temporary": False}
     answer = client.post(GENERATE_PATH, json=body).json()
     assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]["data"]))).size == (512, 2048)
@@ -383,11 +383,11 @@ def test_page_model_url_forms_and_region_redirect(client):
     sign_in(client)
     client.post("/_sim/config", json={"unavailable_models": ["gemini-3-pro-image"], "event_dialogs": {"run": ["autosave"]}})
     refused = page_config(client.get("/prompts/new_chat?model=gemini-3-pro-image").text)
-    assert (refused["model"], refused["refused_model"]) == ("gemini-2.5-flash-image", "gemini-3-pro-image")
+    assert (refused["model"], refused["refused_model"]) == ("gemini-nano-banana-2.1", "gemini-3-pro-image")
     assert refused["event_dialogs"] == {"run": ["autosave"]}
     client.post("/_sim/config", json={"model_from_url": False, "app_path": True})
-    moved = client.get("/prompts/new_chat?model=gemini-3.1-flash-image", follow_redirects=False)
-    assert moved.headers["location"] == "/app/prompts/new_chat?model=gemini-3.1-flash-image"
+    moved = client.get("/prompts/new_chat?model=gemini-nano-banana-2.1", follow_redirects=False)
+    assert moved.headers["location"] == "/app/prompts/new_chat?model=gemini-nano-banana-2.1"
     assert page_config(client.get(moved.headers["location"]).text)["model"] == "gemini-2.5-flash"
     client.post("/_sim/config", json={"region_redirect": True})
     blocked = client.get("/prompts/new_chat", follow_redirects=False)
