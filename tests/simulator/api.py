@@ -90,7 +90,7 @@ def _png_b64(prompt: str, generation: Generation, index: int) -> str:
 
 
 def _success(generation: Generation, config: dict[str, Any]) -> Response[dict[str, Any]]:
-    if not describe(generation.model or "").get("images"):
+    if not describe(generation.model or "", config["extra_models"]).get("images"):
         return Response({"images": [], "text": TEXT_MODEL_TEXT, "finish_reason": "STOP"})
     images = [{"mime": "image/png", "data": _png_b64(generation.prompt, generation, i)} for i in range(config["image_count"])]
     body: dict[str, Any] = {"images": images, "text": config["text"] or None, "finish_reason": "STOP"}

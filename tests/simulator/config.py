@@ -59,6 +59,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # {model: successful generations a day}: the real page's unpublished allowance per account and model, renewed
     # at midnight Pacific (simulator clock); a spent one answers like mode "quota". A model left out is unlimited.
     "allowances": {},
+    # Models the picker lists beyond the built-in ones (a model the fleet's packaged catalogue lacks):
+    # [{"id": ..., "label": ..., "ratios": [...], "sizes": [...]}]; the run settings offer those ratios and sizes.
+    "extra_models": [],
 }
 
 
@@ -104,6 +107,19 @@ def _allowances(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(model, str) and _non_negative_int(n) for model, n in value.items())
 
 
+EXTRA_MODEL_KEYS = {"id", "label", "ratios", "sizes"}
+EXTRA_MODEL_SIZES = ("512", "1K", "2K", "4K")
+EXTRA_MODEL_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "1:4", "4:1", "1:8", "8:1")
+
+
+def _extra_models(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and set(m) <= EXTRA_MODEL_KEYS and isinstance(m.get("id"), str) and m["id"].strip() != ""
+        and isinstance(m.get("label", ""), str) and _list_of(EXTRA_MODEL_RATIOS)(m.get("ratios", [])) and _list_of(EXTRA_MODEL_SIZES)(m.get("sizes", []))
+        for m in value
+    )
+
+
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "latency_ms": _non_negative_int,
     "mode": _one_of(MODES),
@@ -140,6 +156,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "stale_grace_ms": _non_negative_int,
     "signed_out_page": _one_of(("redirect", "link")),
     "allowances": _allowances,
+    "extra_models": _extra_models,
 }
 
 

@@ -25,15 +25,24 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def describe(model: str) -> dict[str, Any]:
+def _extra(extra_models: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """The config's `extra_models` in MODELS' shape (they come after, and may not replace, the built-in ones)."""
+    return {
+        m["id"]: {"title": m.get("label") or m["id"], "images": True, "ratios": tuple(m.get("ratios", ())),
+                  "sizes": tuple(m.get("sizes", ()))}
+        for m in extra_models or () if m["id"] not in MODELS
+    }
+
+
+def describe(model: str, extra_models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The page's view of a model; an id it does not list behaves like a plain image model (old tests' ids)."""
-    known = MODELS.get(model)
+    known = MODELS.get(model) or _extra(extra_models).get(model)
     if known is not None:
         return {"id": model, **known}
     return {"id": model, "title": model, "images": True, "ratios": STANDARD_RATIOS, "sizes": ()}
 
 
-def picker_entries() -> list[dict[str, Any]]:
-    """What the model picker lists, in order, for the page's JavaScript."""
+def picker_entries(extra_models: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What the model picker lists, in order, for the page's JavaScript (the config's extra models last)."""
     return [{"id": model_id, **{k: list(v) if isinstance(v, tuple) else v for k, v in info.items()}}
-            for model_id, info in MODELS.items()]
+            for model_id, info in {**MODELS, **_extra(extra_models)}.items()]

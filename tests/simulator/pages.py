@@ -61,7 +61,7 @@ def _page_config(sim: SimState, account: str, model: str | None) -> dict[str, An
         "account": account,
         "model": page_model,
         "refused_model": refused,
-        "models": picker_entries(),
+        "models": picker_entries(config["extra_models"]),
         **{knob: config[knob] for knob in PAGE_KNOBS},
         # region block shows on load; peeking does not count against mode_times
         "region_blocked": config["mode"] == "region",

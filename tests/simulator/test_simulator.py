@@ -395,3 +395,21 @@ def test_page_model_url_forms_and_region_redirect(client):
     assert "Available regions for Google AI Studio" in client.get(blocked.headers["location"]).text
     assert client.post("/_sim/config", json={"event_dialogs": {"later": ["autosave"]}}).status_code == 400
     assert client.post("/_sim/config", json={"upload_signal": "smoke"}).status_code == 400
+
+
+EXTRA_MODEL = {"id": "gemini-nano-banana-2.2", "label": "Nano Banana 2.2", "ratios": ["1:1", "16:9", "8:1"], "sizes": ["1K", "2K"]}
+
+
+def test_extra_model_in_the_picker_opens_by_url_and_generates(client):
+    sign_in(client)
+    assert client.post("/_sim/config", json={"extra_models": [EXTRA_MODEL]}).status_code in (200, 201)
+    page = page_config(client.get("/prompts/new_chat?model=gemini-nano-banana-2.2").text)
+    assert page["model"] == "gemini-nano-banana-2.2"
+    entry = page["models"][-1]
+    assert (entry["id"], entry["title"], entry["ratios"], entry["sizes"]) == (
+        "gemini-nano-banana-2.2", "Nano Banana 2.2", ["1:1", "16:9", "8:1"], ["1K", "2K"])
+    answer = client.post(GENERATE_PATH, json={"prompt": "p", "aspect_ratio": "8:1", "model": "gemini-nano-banana-2.2",
+                                              "image_size": "2K"}).json()
+    assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]["data"]))).size == (2048, 256)
+    for bad in ([{"id": "x", "colour": "red"}], [{"id": ""}], [{"id": "x", "sizes": ["3K"]}], [{"id": "x", "ratios": ["7:3"]}], {}):
+        assert client.post("/_sim/config", json={"extra_models": bad}).status_code == 400
