@@ -37,6 +37,30 @@ class Counters(_Message, kw_only=True):
     browser_restarts: int = 0
 
 
+class OfferedModel(_Message, kw_only=True):
+    """One entry of the page's model picker, as this account sees it."""
+
+    id: str
+    label: str | None = None
+    available: bool = True  # False: listed, but "not available to your account"
+
+
+class ModelOptions(_Message, kw_only=True):
+    """What the run settings offer for one model: aspect ratios (besides Auto) and output sizes (may be none)."""
+
+    ratios: list[str] = []
+    sizes: list[str] = []
+    label: str | None = None
+
+
+class PageCatalogue(_Message, kw_only=True):
+    """The models the page offers to this account, and the run settings of those it looked at."""
+
+    offered_models: list[OfferedModel] | None = None  # None: not read yet (or the page shows no picker)
+    offered_options: dict[str, ModelOptions] = {}
+    offered_read_at: str | None = None
+
+
 class Status(SessionHealth, kw_only=True):
     """`GET /status`: what the instance is doing, its login, and whether its page reaches AI Studio."""
 
@@ -54,6 +78,10 @@ class Status(SessionHealth, kw_only=True):
     version: str | None = None
     selectors_version: str | None = None
     started_at: str | None = None
+    # The page's model picker as this account sees it (PageCatalogue's fields; None: not read yet).
+    offered_models: list[OfferedModel] | None = None
+    offered_options: dict[str, ModelOptions] = {}
+    offered_read_at: str | None = None
 
 
 class LoginCheck(SessionHealth, kw_only=True):
@@ -76,6 +104,8 @@ class GenerateRequest(_Message, kw_only=True, omit_defaults=True):
     image_size: str | None = None
     reference_images_b64: list[str] = []
     task_id: str | None = None
+    # A model the packaged catalogue lacks, that the account's page offers: the options the page showed for it.
+    model_options: ModelOptions | None = None
 
 
 class TaskError(_Message, kw_only=True):
@@ -163,7 +193,7 @@ class RoleCheck(_Message, kw_only=True):
     candidates: list[CandidateCheck] = []
 
 
-class PageCheck(_Message, kw_only=True):
+class PageCheck(PageCatalogue, kw_only=True):
     """`GET /diagnose`: each selector role against the live page, read-only."""
 
     checked_at: str

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from litestar import Litestar, Request, Response, WebSocket, delete, get, post, put, websocket
@@ -36,6 +36,7 @@ from instance.driver import Driver, GenerationRequest, GenerationResult
 from instance.errors import BadInput, ErrorCode, GenerationError
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
+from instance.offered import options_spec, read_page_catalogue
 from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
 from instance.session_store import SessionFormatError, SessionStore, normalize_session
 from instance.settings import InstanceSettings
@@ -65,6 +66,25 @@ class InstanceState:
         self._last_save = time.monotonic()
         self._background: set[asyncio.Task] = set()
         self.selectors_lock = asyncio.Lock()  # one override change at a time
+        # The page's model picker and run settings as last read (instance/offered.py): Status's offered_* fields.
+        self.page_catalogue: dict[str, Any] = {"offered_models": None, "offered_options": {}, "offered_read_at": None}
+
+    async def read_page_catalogue(self) -> bool:
+        """Read what the page offers this account, holding the task slot (menus open and close); False if busy."""
+        host = self.host
+        if host.browser_state != "up" or host.login_state != "logged_in" or not self.claim("page-catalogue"):
+            return False
+        try:
+            await host.wait_reset()
+            url_model = parse_qs(urlsplit(host.page_url or "").query).get("model", [None])[0]
+            read = await read_page_catalogue(host.page, host.selectors, url_model, timeout_s=self.settings.element_timeout_s)
+            options = {**self.page_catalogue["offered_options"], **read["offered_options"]}
+            self.page_catalogue = {**read, "offered_options": options}
+            log.info("the page offers %d model(s); run settings read for %s",
+                     len(read["offered_models"] or ()), ", ".join(read["offered_options"]) or "none")
+        finally:
+            self.release(None)
+        return True
 
     async def _snapshot_ui_changed(self, request: GenerationRequest, error: GenerationError) -> None:
         occasion = Occasion("ui_changed", task_id=request.task_id, error=error.message, role=error.role)
@@ -163,7 +183,7 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise BadInput(f"request body is not valid JSON: {exc}", 400) from None
 
 
-def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest:
+def parse_generation(body: Any, settings: InstanceSettings, page_options: dict[str, Any] | None = None) -> GenerationRequest:
     if not isinstance(body, dict):
         raise BadInput("request body must be a JSON object")
     prompt = body.get("prompt")
@@ -171,7 +191,7 @@ def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest
         raise BadInput("'prompt' must be a non-empty string")
     if len(prompt) > settings.max_prompt_chars:
         raise BadInput(f"'prompt' is longer than {settings.max_prompt_chars} characters")
-    model = _model(body.get("model"), settings)
+    model = _model(body.get("model"), settings, body.get("model_options"), page_options or {})
     ratio = _aspect_ratio(body.get("aspect_ratio"), model)
     image_size = _image_size(body.get("image_size"), model)
     refs = body.get("reference_images_b64") or []
@@ -190,9 +210,11 @@ def parse_generation(body: Any, settings: InstanceSettings) -> GenerationRequest
     )
 
 
-def _model(value: Any, settings: InstanceSettings) -> ModelSpec:
+def _model(value: Any, settings: InstanceSettings, model_options: Any = None,
+           page_options: dict[str, Any] | None = None) -> ModelSpec:
     """The requested model (an earlier name resolves to its id; a shut-down one is refused naming its
-    successor); none asked for: the instance's own."""
+    successor); none asked for: the instance's own. A model the packaged catalogue lacks is accepted with the
+    options the gateway sends (`model_options`, what an account's page showed) or this page's own."""
     catalogue = load_catalogue()
     name = value if value not in (None, "") else settings.model
     if not isinstance(name, str):
@@ -202,7 +224,12 @@ def _model(value: Any, settings: InstanceSettings) -> ModelSpec:
     if spec is None and (retired := catalogue.find_retired(name)) is not None:
         raise BadInput(f"model {name[:80]!r} was shut down on {retired.retired_on}; use {retired.successor}")
     if spec is None:
-        raise BadInput(f"unknown model {name[:80]!r}; use one of {choices}")
+        shown = options_spec(name, model_options) or options_spec(name, (page_options or {}).get(name))
+        if shown is None:
+            raise BadInput(f"unknown model {name[:80]!r}; use one of {choices}")
+        return ModelSpec(id=name, name=shown["label"] or name, page="chat", aliases=(),
+                         aspect_ratios=tuple(shown["ratios"]), image_sizes=tuple(shown["sizes"]), references=True,
+                         driven=True)
     if not spec.driven:
         raise BadInput(f"model {spec.id!r} is on a page this instance cannot drive yet; use one of {choices}")
     return spec
@@ -270,7 +297,18 @@ async def status(request: Request) -> m.Status:
         selectors_version=host.selectors.version,
         started_at=st.started_at.isoformat(),
         **_session_health(st),
+        **_offered_fields(st),
     )
+
+
+def _offered_fields(st: InstanceState) -> dict[str, Any]:
+    catalogue = st.page_catalogue
+    return {
+        "offered_models": None if catalogue["offered_models"] is None
+        else [m.OfferedModel(**entry) for entry in catalogue["offered_models"]],
+        "offered_options": {model: m.ModelOptions(**options) for model, options in catalogue["offered_options"].items()},
+        "offered_read_at": catalogue["offered_read_at"],
+    }
 
 
 def _session_health(st: InstanceState) -> dict[str, str | None]:
@@ -312,7 +350,7 @@ async def generate(request: Request) -> Response:
     st = _state(request)
     body = await _json_body(request, st.settings.max_body_bytes)
     # In a thread: decoding reference images takes milliseconds to seconds, and /status must answer meanwhile.
-    gen = await asyncio.to_thread(parse_generation, body, st.settings)
+    gen = await asyncio.to_thread(parse_generation, body, st.settings, st.page_catalogue["offered_options"])
     if not st.claim(gen.task_id):
         return _error(409, "this instance is already running a task", current_task=st.current_task)
     result: GenerationResult | None = None
@@ -434,8 +472,10 @@ async def reload_selectors(request: Request) -> m.SelectorsReloaded:
 async def page_check(request: Request) -> m.PageCheck:
     """Which selector candidates match the page now; read-only, so it answers beside a running task."""
     st = _state(request)
-    report = await diagnose(await _host_up(st), busy=st.busy, timeout_s=st.settings.element_timeout_s)
-    return msgspec.convert(report, m.PageCheck)
+    host = await _host_up(st)
+    await st.read_page_catalogue()  # while idle only: it opens the picker and the run-settings selects
+    report = await diagnose(host, busy=st.busy, timeout_s=st.settings.element_timeout_s)
+    return msgspec.convert({**report, **st.page_catalogue}, m.PageCheck)
 
 
 @put("/selectors")
@@ -543,7 +583,7 @@ def _unexpected(_: Request, exc: Exception) -> Response:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     st: InstanceState = app.state.instance
-    starter = asyncio.create_task(_start_browser(st.host))
+    starter = asyncio.create_task(_start_browser(st))
     saver = asyncio.create_task(_periodic_save(st))
     retrier = asyncio.create_task(_retry_unreachable(st))
     watcher = asyncio.create_task(st.host.watch_login_cookies())
@@ -556,12 +596,17 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         await st.host.close()
 
 
-async def _start_browser(host: BrowserHost) -> None:
-    """Runs beside the server so /healthz answers while Chromium starts."""
+async def _start_browser(st: InstanceState) -> None:
+    """Runs beside the server so /healthz answers while Chromium starts; then reads what the page offers."""
     try:
-        await host.start()
+        await st.host.start()
     except Exception as exc:
         log.error("browser start failed: %s", exc)
+        return
+    try:
+        await st.read_page_catalogue()
+    except Exception as exc:  # never fatal: /diagnose reads it again
+        log.warning("reading the page's models at start failed: %s", exc)
 
 
 async def _periodic_save(st: InstanceState) -> None:
