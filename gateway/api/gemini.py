@@ -21,6 +21,7 @@ from gateway.api.faces import TaskFailed, exception_handlers, failure, gemini_er
 from gateway.api.keys import require_api_key
 from gateway.api.task_options import task_meta
 from fleet_contract.catalogue import ModelSpec
+from gateway.accounts import page_catalogue
 from gateway.dispatcher import GenerationRequest, TaskResult, form_request, generation_options
 from gateway.dispatcher.inputs import decoded_reference, refuse_control_characters
 from gateway.errors import Invalid, NotFound
@@ -103,6 +104,8 @@ class GeminiModelOut(msgspec.Struct, kw_only=True):
     name: str
     displayName: str  # noqa: N815
     supportedGenerationMethods: list[str]  # noqa: N815
+    # False: a packaged model no signed-in account's page offers any more; None: no page has told its picker yet.
+    offeredByPages: bool | None = None  # noqa: N815
 
 
 class GeminiModelListOut(msgspec.Struct, kw_only=True):
@@ -166,8 +169,9 @@ def _split(model_action: str) -> tuple[str, str]:
     return model, action
 
 
-def _model_out(spec: ModelSpec) -> GeminiModelOut:
-    return GeminiModelOut(name=f"models/{spec.id}", displayName=spec.name, supportedGenerationMethods=[ACTION])
+def _model_out(spec: ModelSpec, offered: bool | None = None) -> GeminiModelOut:
+    return GeminiModelOut(name=f"models/{spec.id}", displayName=spec.name, supportedGenerationMethods=[ACTION],
+                          offeredByPages=offered)
 
 
 class GeminiController(Controller):
@@ -176,7 +180,7 @@ class GeminiController(Controller):
 
     @get("/v1beta/models", operation_id="geminiListModels", summary="The image models (Gemini's model list)")
     async def list_models(self) -> GeminiModelListOut:
-        return GeminiModelListOut(models=[_model_out(m) for m in catalogue.load().driven])
+        return GeminiModelListOut(models=[_model_out(spec, offered) for spec, offered, _ in page_catalogue.servable_models()])
 
     @post(
         "/v1beta/models/{model_action:str}", operation_id="geminiGenerateContent", status_code=200,

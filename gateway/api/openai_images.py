@@ -19,6 +19,7 @@ from litestar.params import FromPath, JSONBody
 
 from fleet_contract import catalogue
 from fleet_contract.catalogue import ModelSpec
+from gateway.accounts import page_catalogue
 from gateway.api.errors import request_language
 from gateway.api.faces import run_all, succeeded_or_raise
 from gateway.api.generation_schemas import ImageEditFormIn, documented_body, form_schema
@@ -44,6 +45,9 @@ class ModelOut(msgspec.Struct, kw_only=True):
     aspect_ratios: list[str] = []
     image_sizes: list[str] = []
     references: bool = True
+    # False: a packaged model no signed-in account's page offers any more; None: no page has told its picker yet.
+    offered_by_pages: bool | None = None
+    packaged: bool = True  # False: learned from the pages (the packaged catalogue lacks it)
 
 
 class ModelListOut(msgspec.Struct, kw_only=True):
@@ -118,7 +122,7 @@ class OpenAIImagesController(Controller):
 
     @get("/models", operation_id="openaiListModels", summary="The image models (OpenAI's model list)")
     async def list_models(self) -> ModelListOut:
-        return ModelListOut(data=[_model_out(m) for m in catalogue.load().driven])
+        return ModelListOut(data=[_model_out(spec, offered, packaged) for spec, offered, packaged in page_catalogue.servable_models()])
 
     @get("/models/{model:str}", operation_id="openaiGetModel", summary="One image model")
     async def get_model(self, request: Request[Any, Any, Any], model: FromPath[str]) -> ModelOut:
@@ -168,10 +172,13 @@ class OpenAIImagesController(Controller):
         return await images_answer(request, generation, n, fmt)
 
 
-def _model_out(spec: ModelSpec) -> ModelOut:
+def _model_out(spec: ModelSpec, offered: bool | None = None, packaged: bool | None = None) -> ModelOut:
+    if packaged is None:
+        packaged = catalogue.load().find(spec.id) is not None
+        offered = page_catalogue.still_offered(spec.id) if packaged else True
     return ModelOut(
         id=spec.id, name=spec.name, aspect_ratios=list(spec.aspect_ratios), image_sizes=list(spec.image_sizes),
-        references=spec.references,
+        references=spec.references, offered_by_pages=offered, packaged=packaged,
     )
 
 

@@ -158,6 +158,8 @@ class Instance(Base):
     locale: Mapped[str | None] = mapped_column(String(64))
     # Why the page cannot reach AI Studio, as the browser said it (aistudio_reach `unreachable`).
     page_error: Mapped[str | None] = mapped_column(Text)
+    # What the page's model picker offers this account, from /status: {"models": [...], "options": {...}, "read_at"}.
+    offered_models: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Session health, as the instance reports it on /status.
     login_checked_at: Mapped[datetime | None]
     signed_in_since: Mapped[datetime | None]

@@ -17,8 +17,9 @@ from typing import Any
 
 from fleet_contract import catalogue
 from fleet_contract.catalogue import ModelSpec
-from fleet_contract.messages import GenerateRequest
+from fleet_contract.messages import GenerateRequest, ModelOptions
 from gateway.errors import BadRequest, Invalid, TooLarge
+from gateway.accounts import page_catalogue
 from gateway.settings import InputSettings
 
 # C0 and C1 control characters but tab, newline and carriage return; lone surrogates (no UTF-8 form). Postgres
@@ -62,7 +63,10 @@ class GenerationRequest:
     output_quality: int | None = None  # jpeg and webp, 1-100; None: the converter's default
 
     def instance_payload(self, task_id: str) -> GenerateRequest:
+        offered = None if catalogue.load().find(self.model) is not None else page_catalogue.offered_spec(self.model)
         return GenerateRequest(
+            model_options=None if offered is None else ModelOptions(
+                ratios=list(offered.aspect_ratios), sizes=list(offered.image_sizes), label=offered.name),
             prompt=self.prompt,
             aspect_ratio=self.aspect_ratio,
             model=self.model,
@@ -173,6 +177,9 @@ def resolve_model(value: Any, aliases: Mapping[str, str] | None = None) -> Model
     spec = known.find(name)
     if spec is None and aliases and name in aliases:
         spec = known.find(aliases[name])  # checked at start: a current, driven model
+    if spec is None and known.find_retired(name) is None:
+        # a model the packaged data lacks that a signed-in account's page offers, with the options it showed
+        spec = page_catalogue.offered_spec(name)
     choices = ", ".join(m.id for m in known.driven)
     if spec is None:
         retired = known.find_retired(name)

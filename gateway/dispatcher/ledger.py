@@ -20,6 +20,7 @@ from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleet_contract.codes import OUT_OF_REACH
+from gateway.accounts import page_catalogue
 from gateway.accounts import policy
 from gateway.accounts.calendar import pacific_day
 from gateway.accounts.policy import BlockKind
@@ -382,7 +383,8 @@ class Ledger:
         expires = now + timedelta(seconds=self._lease_seconds)
         today = pacific_day(now)
         return {
-            "p_task_id": task_id, "p_exclude": list(exclude), "p_now": now, "p_expires": expires, "p_model": model,
+            # a model the packaged catalogue lacks goes only to accounts whose page lists it
+            "p_task_id": task_id, "p_exclude": list(exclude | page_catalogue.not_offering(model)), "p_now": now, "p_expires": expires, "p_model": model,
             "p_day": today, "p_since": today - timedelta(days=self.accounts.usage_days),
             "p_per_exit": self.accounts.per_exit,
         }
@@ -417,6 +419,7 @@ class Ledger:
                 count(and_(serving, blocked)),
                 func.min(case((serving, sql.block_end(model, now)), else_=None)),
             )
+        exclude = exclude | page_catalogue.not_offering(model)
         if exclude:
             query = query.where(I.id.not_in(exclude))
         row = (await connection.execute(query)).one()

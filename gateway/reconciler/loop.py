@@ -31,6 +31,7 @@ from gateway.reconciler.decide import Action, InstanceRow, backoff_delay, decide
 from gateway.reconciler.session_health import health_changes, login_check_due
 from gateway.runtime.base import InstanceSpec, Runtime, RuntimeError_, RuntimeState, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
+from gateway.accounts import page_catalogue
 from gateway.instance_client import (
     InstanceAddress,
     InstanceBadAnswer,
@@ -106,6 +107,8 @@ class Reconciler:
         self._login_checks: dict[uuid.UUID, float] = {}  # when each instance's login was last checked (monotonic)
         self._checking: set[asyncio.Task[None]] = set()  # login checks: beside, not instead of, starts and stops
         self._suspects: set[uuid.UUID] = set()
+        self._offers_written: dict[uuid.UUID, dict[str, Any]] = {}  # what the page offered, as last written to the row
+        page_catalogue.clear()  # this fleet's pages tell it again on their next probe
         # Instances whose stored session met a passing failure (busy, 5xx, no answer): tried again each pass.
         self._undelivered: set[uuid.UUID] = set()
         # Running instances this reconciler started or has seen healthy; any other running one is adopted.
@@ -452,7 +455,8 @@ class Reconciler:
             "page_error": status.page_error,
         }
         health, warnings = health_changes(row, status, values["login_state"], utcnow(), self._session_settings.session_warn_before)
-        values.update(health)  # the session's age and freshness from the first answer, not the next probe's
+        values.update(health)
+        self._note_offers(row.id, status, values["login_state"], values)  # the session's age and freshness from the first answer, not the next probe's
         kind = EventKind.ADOPTED if how.startswith("adopted") else EventKind.READY
         said = f"{how}; login state {status.login_state}" + (f"; AI Studio unreachable: {status.page_error}" if status.page_error else "")
         if await self._write(row.id, row.name, values, (kind, said), *warnings):
@@ -513,6 +517,8 @@ class Reconciler:
     ) -> None:
         """A crash or a failed start: schedule a restart with backoff, or give up after max_restarts."""
         self._known_running.discard(instance_id)
+        page_catalogue.forget(instance_id)
+        self._offers_written.pop(instance_id, None)
         self._probe_failures.pop(instance_id, None)
         async with self._sessions() as session:
             count = await session.scalar(select(Instance.restart_count).where(Instance.id == instance_id))
@@ -562,6 +568,8 @@ class Reconciler:
             await self._write(row.id, row.name, {"status": Status.ERROR, "last_error": f"stop failed: {exc}"}, (EventKind.STOPPED, f"stop failed: {exc}"))
             return
         self._known_running.discard(row.id)
+        page_catalogue.forget(row.id)
+        self._offers_written.pop(row.id, None)
         values = {"status": Status.STOPPED, "busy": False, "endpoint": None, "token": None}
         await self._write(row.id, row.name, values, (EventKind.STOPPED, "stopped as requested"))
 
@@ -607,10 +615,23 @@ class Reconciler:
         stable_for = (now - row.started_at).total_seconds() if row.started_at else 0.0
         if row.restart_count and stable_for >= self._settings.restart_reset_after:
             outcome.values["restart_count"] = 0
+        if status.ready:
+            self._note_offers(row.id, status, login_state, outcome.values)
         if row.id not in self._known_running:
             self._known_running.add(row.id)
             outcome.events.append((EventKind.ADOPTED, f"found running after a gateway restart; kept (login state {login_state})"))
         return outcome
+
+    def _note_offers(self, instance_id: uuid.UUID, status: InstanceStatus, login_state: Any, values: dict[str, Any]) -> None:
+        """What the page's model picker offers this account: kept for the one model check, written to the row
+        when it changed."""
+        doc = page_catalogue.document(status)
+        page_catalogue.record(instance_id, doc, login_state == LoginState.LOGGED_IN)
+        if doc is not None:
+            compared = {k: v for k, v in doc.items() if k != "read_at"}
+            if self._offers_written.get(instance_id) != compared:
+                self._offers_written[instance_id] = compared
+                values["offered_models"] = doc
 
     def _check_login_soon(self, row: InstanceRow, endpoint: str) -> None:
         """At most one check per instance per interval, whether it worked or not."""

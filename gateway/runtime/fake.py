@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from fleet_contract import messages as m
+from fleet_contract.catalogue import load as load_catalogue
 from fleet_contract.codes import BrowserState, LoginState, Reach
 from gateway.runtime.base import InstanceSpec, RuntimeError_, RuntimeState, RuntimeUnavailable
 
@@ -80,6 +81,7 @@ class FakeGeneration:
     references: list[str] = field(default_factory=list)
     model: str | None = None
     image_size: str | None = None
+    model_options: dict[str, Any] | None = None  # what the gateway sent for a model the packaged catalogue lacks
 
 
 @dataclass
@@ -115,6 +117,8 @@ class FakeContainer:
     current_task: str | None = None
     last_success_at: str | None = None
     fake_snapshots: list[m.Snapshot] = field(default_factory=list)  # newest first, as the real instance lists them
+    # What its page's model picker offers beyond the packaged models (offer_fake_model): id -> {label, ratios, sizes}.
+    fake_offered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -196,6 +200,11 @@ class FakeRuntime:
     def refuse_model(self, instance_id: str, model: str) -> None:
         """The instance's account cannot use `model`: every generation with it answers model_unavailable."""
         self.containers[instance_id].unavailable_models.add(model)
+
+    def offer_fake_model(self, instance_id: str, model: str, ratios: list[str], sizes: list[str], label: str | None = None) -> None:
+        """The instance's page offers `model` (one the packaged catalogue may lack) with these run settings; its
+        /status lists it beside the packaged models, and its /generate runs it."""
+        self.containers[instance_id].fake_offered_models[model] = {"label": label or model, "ratios": ratios, "sizes": sizes}
 
     def refuse_selectors(self, instance_id: str) -> None:
         """The instance answers 500 to every selectors change (a push that fails on one instance only)."""
@@ -405,6 +414,7 @@ class FakeRuntime:
             selectors_version=self._selectors_version(container),
             started_at=container.started_at,
             **self._saved_and_success(container),
+            **(_fake_page_catalogue(container) if ready else {}),
         ))
 
     def _selectors_version(self, container: FakeContainer) -> str:
@@ -559,7 +569,7 @@ class FakeRuntime:
             container.instance_id, task_id, time.monotonic(), outcome.code or outcome.kind,
             prompt=body.get("prompt", ""), aspect_ratio=body.get("aspect_ratio", ""),
             references=list(body.get("reference_images_b64") or []),
-            model=body.get("model"), image_size=body.get("image_size"),
+            model=body.get("model"), image_size=body.get("image_size"), model_options=body.get("model_options"),
         )
         self.generations.append(record)
         container.busy, container.current_task = True, task_id
@@ -607,6 +617,17 @@ def _fake_snapshot_files(reason: str) -> dict[str, bytes]:
         "pagecheck.json": b'{"missing_expected": ["run_button"]}',
         "meta.json": json.dumps({"reason": reason, "fake": True}).encode(),
     }
+
+
+def _fake_page_catalogue(container: FakeContainer) -> dict[str, Any]:
+    """A fake page's model picker: the packaged models (minus those its account may not use) and its fake extras."""
+    packaged = load_catalogue().driven
+    models = [m.OfferedModel(id=spec.id, label=spec.name, available=spec.id not in container.unavailable_models)
+              for spec in packaged]
+    models += [m.OfferedModel(id=model, label=extra["label"]) for model, extra in container.fake_offered_models.items()]
+    options = {model: m.ModelOptions(ratios=list(extra["ratios"]), sizes=list(extra["sizes"]), label=extra["label"])
+               for model, extra in container.fake_offered_models.items()}
+    return {"offered_models": models, "offered_options": options, "offered_read_at": container.started_at}
 
 
 def _bad_generation(body: object) -> str | None:

@@ -1,0 +1,24 @@
+"""What each account's page offers: the model picker's entries and the run settings' options, per instance.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07 07:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0007'
+down_revision: str | Sequence[str] | None = '0006'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column('instances', sa.Column('offered_models', sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column('instances', 'offered_models')

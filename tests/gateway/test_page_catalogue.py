@@ -1,0 +1,77 @@
+"""The catalogue as the pages see it, on the fake runtime (SQLite and Postgres): a model the packaged data lacks,
+offered by one account's (fake) page, is listed, checked against the ratios and sizes that page showed, sent only
+to that account with those options, and kept in the instance's row; a packaged model no page offers is marked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.accounts import page_catalogue
+from gateway.db.models import Instance
+from gateway.runtime.fake import FakeRuntime
+from tests.gateway.pool import Pool, open_pool
+from tests.polling import await_until
+
+NEW = "gemini-nano-banana-2.2"
+FLASH_25 = "gemini-2.5-flash-image"
+EN = {"Accept-Language": "en"}
+
+
+@pytest.fixture
+async def pair(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Pool]:
+    async with open_pool(database_url, tmp_path, fake, instances=2) as opened:
+        yield opened
+
+
+async def listed(pool: Pool) -> dict[str, dict]:
+    return {m["id"]: m for m in (await pool.http.get("/v1/models")).json()["data"]}
+
+
+async def test_a_model_one_page_offers_is_served_with_the_options_it_showed(pair: Pool) -> None:
+    offering, other = pair.instance_ids
+    pair.fake.offer_fake_model(offering, NEW, ["1:1", "8:1"], ["1K", "2K"], label="Nano Banana 2.2")
+
+    async def new_listed() -> bool:
+        return NEW in await listed(pair)
+
+    await await_until(new_listed, timeout=15, what="the offered model in /v1/models")
+    models = await listed(pair)
+    assert models[NEW]["packaged"] is False and models[NEW]["aspect_ratios"] == ["1:1", "8:1"]
+    assert models[NEW]["image_sizes"] == ["1K", "2K"] and models[NEW]["name"] == "Nano Banana 2.2"
+    assert models["gemini-nano-banana-2.1"]["offered_by_pages"] is True
+    gemini = {m["name"]: m for m in (await pair.http.get("/v1beta/models")).json()["models"]}
+    assert f"models/{NEW}" in gemini
+
+    for _ in range(3):  # every time to the account whose page lists it, never to the other
+        answer = await pair.generate(model=NEW, aspect_ratio="8:1", image_size="2k")
+        assert answer.status_code == 200 and answer.json()["success"] is True, answer.text
+        generation = pair.fake.generations[-1]
+        assert (generation.instance_id, generation.model, generation.aspect_ratio, generation.image_size) == (
+            offering, NEW, "8:1", "2K")
+        assert generation.model_options == {"ratios": ["1:1", "8:1"], "sizes": ["1K", "2K"], "label": "Nano Banana 2.2"}
+    assert all(g.instance_id != other for g in pair.fake.generations if g.model == NEW)
+
+    refused = await pair.http.post("/generate", json={"prompt": "p", "model": NEW, "aspect_ratio": "4:3"}, headers=EN)
+    assert refused.status_code == 422 and "8:1" in refused.text
+    unknown = await pair.http.post("/generate", json={"prompt": "p", "model": "gemini-nano-banana-9"}, headers=EN)
+    assert unknown.status_code == 422
+
+    async with pair.fleet.sessions() as session:
+        row = await session.get(Instance, __import__("uuid").UUID(offering))
+        assert [m["id"] for m in row.offered_models["models"]][-1] == NEW
+        assert row.offered_models["options"][NEW]["ratios"] == ["1:1", "8:1"]
+
+
+async def test_a_packaged_model_no_page_offers_is_marked(pair: Pool) -> None:
+    for instance_id in pair.instance_ids:
+        pair.fake.refuse_model(instance_id, FLASH_25)  # the fake picker shows it as not available to the account
+
+    async def marked() -> bool:
+        return (await listed(pair))[FLASH_25]["offered_by_pages"] is False
+
+    await await_until(marked, timeout=15, what="the model marked as offered by no page")
+    assert (await listed(pair))["gemini-3-pro-image"]["offered_by_pages"] is True
+    assert page_catalogue.offer_counts()["gemini-3-pro-image"] == 2
