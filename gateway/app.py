@@ -31,6 +31,7 @@ from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
 from gateway.api.openai_face import openai_router
+from gateway.api.catalogue import CATALOGUE_CONTROLLERS
 from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.api.snapshots import SNAPSHOT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
@@ -48,6 +49,7 @@ from gateway.instance_client import InstanceClient
 from gateway.services.instances import InstanceService
 from gateway.services.proxies import ProxyTester
 from gateway.retention import Retention
+from gateway.services.catalogue import CatalogueService
 from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
 
@@ -74,6 +76,11 @@ class Fleet:
     retention: Retention
     proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
     clock: Clock = utcnow  # the accounts' time: the ledger's reads follow the same clock as its writes
+
+    @property
+    def catalogue(self) -> CatalogueService:
+        """The operator's catalogue edit (kept in fleet_settings) and the listing of what the fleet serves."""
+        return CatalogueService(self.sessions)
 
     @property
     def usage(self) -> UsageReader:
@@ -129,6 +136,7 @@ class Fleet:
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
             selectors, retention, proxies, clock,
         )
+        await fleet.catalogue.load()  # the operator's stored catalogue edit, for the model check
         dispatcher.start()
         retention.start()
         if reconcile:
@@ -170,7 +178,7 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
-    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *SNAPSHOT_CONTROLLERS]
+    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *CATALOGUE_CONTROLLERS, *SNAPSHOT_CONTROLLERS]
     plugins = [HTMXPlugin(), PanelPlugin(settings.listeners)]
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,

@@ -232,6 +232,11 @@ def _model(value: Any, settings: InstanceSettings, model_options: Any = None,
                          driven=True)
     if not spec.driven:
         raise BadInput(f"model {spec.id!r} is on a page this instance cannot drive yet; use one of {choices}")
+    sent = options_spec(spec.id, model_options)
+    if sent is not None:  # the fleet's catalogue (an operator's edit) says what this model offers now
+        return ModelSpec(id=spec.id, name=spec.name, page=spec.page, aliases=spec.aliases,
+                         aspect_ratios=tuple(sent["ratios"]), image_sizes=tuple(sent["sizes"]),
+                         references=spec.references, driven=True)
     return spec
 
 

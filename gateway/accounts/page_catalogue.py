@@ -90,7 +90,7 @@ def offered_spec(name: str) -> ModelSpec | None:
     showed (the union over accounts); None when no page offers it or no page showed its ratios."""
     offering = accounts_offering(name)
     if not offering:
-        return None
+        return None  # (an operator's entry for it is asked first, by resolve_model)
     ratios: list[str] = []
     sizes: list[str] = []
     label = None
@@ -139,8 +139,8 @@ def still_offered(model: str) -> bool | None:
 def not_offering(model: str | None) -> frozenset[uuid.UUID]:
     """For a model the packaged catalogue lacks: the instances whose page told its picker without it (the lease
     does not send the model there). Empty for a packaged model: its accounts are chosen as before."""
-    if not model or catalogue.load().find(model) is not None:
-        return frozenset()
+    if not model or catalogue.load().find(model) is not None or not accounts_offering(model):
+        return frozenset()  # packaged, or (an operator's entry) no page lists it: every account may be tried
     with _lock:
         return frozenset(i for i, o in _offers.items()
                          if not any(m.get("id") == model and m.get("available", True) for m in o.models))
@@ -150,5 +150,100 @@ def servable_models() -> list[tuple[ModelSpec, bool | None, bool]]:
     """What the model lists show: (spec, offered by pages now, packaged). Packaged models first, each marked
     False when signed-in pages told their pickers and none lists it any more (None before any page told);
     then the models pages offer that the packaged data lacks."""
-    packaged = [(spec, still_offered(spec.id), True) for spec in catalogue.load().driven]
-    return packaged + [(spec, True, False) for spec in offered_models()]
+    packaged = [(operator_spec(spec.id) or spec, still_offered(spec.id), True) for spec in catalogue.load().driven]
+    listed = {spec.id for spec, _, _ in packaged}
+    added = [(operator_spec(m), bool(accounts_offering(m)) if knows_offers() else None, False)
+             for m in operator_ids() if m not in listed]
+    listed |= {spec.id for spec, _, _ in added}
+    return packaged + added + [(spec, True, False) for spec in offered_models() if spec.id not in listed]
+
+
+# ---- the operator's catalogue edit ------------------------------------------------------------------------
+
+EDIT_KEYS = ("version", "models")
+EDIT_MODEL_KEYS = ("id", "name", "aspect_ratios", "image_sizes", "references")
+EDIT_SIZES = ("512", "1K", "2K", "4K")
+_ID_SHAPE = __import__("re").compile(r"^[a-z0-9][a-z0-9.\-]{0,63}$")
+_RATIO_SHAPE = __import__("re").compile(r"^\d{1,2}:\d{1,2}$")
+_operator: dict[str, ModelSpec] = {}
+
+
+class EditProblem(ValueError):
+    """Why an operator's catalogue edit is refused: `code` is a message key, `params` fill it in."""
+
+    def __init__(self, code: str, **params: Any) -> None:
+        super().__init__(code)
+        self.code, self.params = code, {k: str(v) for k, v in params.items()}
+
+
+def check_edit(document: Any) -> dict[str, Any]:
+    """{"version"?, "models": [{id, name?, aspect_ratios, image_sizes?, references?}]}: each entry adds a model or
+    replaces a packaged one's options. Unknown fields, a model without a ratio, a retired id: refused."""
+    if not isinstance(document, dict):
+        raise EditProblem("catalogue_not_object")
+    unknown = sorted(set(document) - set(EDIT_KEYS))
+    if unknown:
+        raise EditProblem("catalogue_unknown_field", fields=", ".join(unknown), known=", ".join(EDIT_KEYS))
+    version = document.get("version")
+    if version is not None and not (isinstance(version, str) and version.strip()):
+        raise EditProblem("catalogue_version_invalid")
+    models = document.get("models")
+    if not isinstance(models, list) or not models:
+        raise EditProblem("catalogue_models_missing")
+    seen: set[str] = set()
+    for index, entry in enumerate(models):
+        where = f"models[{index}]"
+        if not isinstance(entry, dict):
+            raise EditProblem("catalogue_entry_not_object", entry=where)
+        unknown = sorted(set(entry) - set(EDIT_MODEL_KEYS))
+        if unknown:
+            raise EditProblem("catalogue_unknown_field", fields=", ".join(f"{where}.{k}" for k in unknown),
+                              known=", ".join(EDIT_MODEL_KEYS))
+        model_id = entry.get("id")
+        if not isinstance(model_id, str) or not _ID_SHAPE.match(model_id):
+            raise EditProblem("catalogue_id_invalid", entry=where)
+        where = f"{where} ({model_id})"
+        if model_id in seen:
+            raise EditProblem("catalogue_id_twice", model=model_id)
+        seen.add(model_id)
+        retired = catalogue.load().find_retired(model_id)
+        if retired is not None:
+            raise EditProblem("catalogue_id_retired", model=model_id, successor=retired.successor)
+        ratios = entry.get("aspect_ratios")
+        if not isinstance(ratios, list) or not ratios:
+            raise EditProblem("catalogue_no_ratio", entry=where)
+        if not all(isinstance(r, str) and _RATIO_SHAPE.match(r) for r in ratios):
+            raise EditProblem("catalogue_ratio_invalid", entry=where)
+        sizes = entry.get("image_sizes", [])
+        if not isinstance(sizes, list) or not all(s in EDIT_SIZES for s in sizes):
+            raise EditProblem("catalogue_size_invalid", entry=where, choices=", ".join(EDIT_SIZES))
+        name = entry.get("name", model_id)
+        if not isinstance(name, str) or not name.strip():
+            raise EditProblem("catalogue_name_invalid", entry=where)
+        if not isinstance(entry.get("references", True), bool):
+            raise EditProblem("catalogue_references_invalid", entry=where)
+    return document
+
+
+def install_edit(document: dict[str, Any] | None) -> None:
+    """The stored edit as this process uses it (None: none)."""
+    specs = {}
+    for entry in (document or {}).get("models") or ():
+        specs[entry["id"]] = ModelSpec(
+            id=entry["id"], name=entry.get("name") or entry["id"], page="chat", aliases=(),
+            aspect_ratios=tuple(entry["aspect_ratios"]), image_sizes=tuple(entry.get("image_sizes") or ()),
+            references=bool(entry.get("references", True)), driven=True,
+        )
+    with _lock:
+        _operator.clear()
+        _operator.update(specs)
+
+
+def operator_spec(name: str) -> ModelSpec | None:
+    with _lock:
+        return _operator.get(name)
+
+
+def operator_ids() -> list[str]:
+    with _lock:
+        return list(_operator)

@@ -63,7 +63,9 @@ class GenerationRequest:
     output_quality: int | None = None  # jpeg and webp, 1-100; None: the converter's default
 
     def instance_payload(self, task_id: str) -> GenerateRequest:
-        offered = None if catalogue.load().find(self.model) is not None else page_catalogue.offered_spec(self.model)
+        # the operator's entry, or a model the packaged data lacks: the instance is told the options checked here
+        offered = page_catalogue.operator_spec(self.model) or (
+            None if catalogue.load().find(self.model) is not None else page_catalogue.offered_spec(self.model))
         return GenerateRequest(
             model_options=None if offered is None else ModelOptions(
                 ratios=list(offered.aspect_ratios), sizes=list(offered.image_sizes), label=offered.name),
@@ -175,6 +177,10 @@ def resolve_model(value: Any, aliases: Mapping[str, str] | None = None) -> Model
         raise Invalid("field_type", field="model", expected="string")
     name = value.strip()
     spec = known.find(name)
+    if spec is not None:
+        spec = page_catalogue.operator_spec(spec.id) or spec  # the operator's edit of a packaged model
+    elif (edited := page_catalogue.operator_spec(name)) is not None:
+        spec = edited  # a model the operator added
     if spec is None and aliases and name in aliases:
         spec = known.find(aliases[name])  # checked at start: a current, driven model
     if spec is None and known.find_retired(name) is None:

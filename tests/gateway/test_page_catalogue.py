@@ -4,15 +4,19 @@ to that account with those options, and kept in the instance's row; a packaged m
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.accounts import page_catalogue
 from gateway.db.models import Instance
 from gateway.runtime.fake import FakeRuntime
-from tests.gateway.pool import Pool, open_pool
+from gateway.app import create_admin_app
+from tests.gateway.pool import Pool, open_pool, serve
 from tests.polling import await_until
 
 NEW = "gemini-nano-banana-2.2"
@@ -24,6 +28,14 @@ EN = {"Accept-Language": "en"}
 async def pair(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Pool]:
     async with open_pool(database_url, tmp_path, fake, instances=2) as opened:
         yield opened
+
+
+@pytest.fixture
+async def admin_http(pair: Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """The admin listener (management API) of the same fleet."""
+    async with serve(create_admin_app(pair.fleet.settings, fleet=pair.fleet)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
 
 
 async def listed(pool: Pool) -> dict[str, dict]:
@@ -75,3 +87,54 @@ async def test_a_packaged_model_no_page_offers_is_marked(pair: Pool) -> None:
     await await_until(marked, timeout=15, what="the model marked as offered by no page")
     assert (await listed(pair))["gemini-3-pro-image"]["offered_by_pages"] is True
     assert page_catalogue.offer_counts()["gemini-3-pro-image"] == 2
+
+
+# ---- the operator's catalogue edit ---------------------------------------------------------------------------
+
+EDIT = {"version": "ops-1", "models": [
+    {"id": "gemini-nano-banana-2.3", "name": "Nano Banana 2.3", "aspect_ratios": ["1:1", "3:2"], "image_sizes": ["2K"]},
+    {"id": "gemini-3-pro-image", "aspect_ratios": ["1:1"], "image_sizes": ["1K"]},
+]}
+
+
+@pytest.mark.parametrize("body, key", [
+    (b"{not json", "catalogue_not_json"),
+    (b'{"models": [{"id": "m-1", "aspect_ratios": ["1:1"], "colour": "red"}]}', "catalogue_unknown_field"),
+    (b'{"modles": []}', "catalogue_unknown_field"),
+    (b'{"models": [{"id": "m-1", "aspect_ratios": []}]}', "catalogue_no_ratio"),
+    (b'{"models": [{"id": "m-1"}]}', "catalogue_no_ratio"),
+    (b'{"models": [{"id": "gemini-3.1-flash-image", "aspect_ratios": ["1:1"]}]}', "catalogue_id_retired"),
+    (b'{"models": [{"id": "m-1", "aspect_ratios": ["1:1"], "image_sizes": ["3K"]}]}', "catalogue_size_invalid"),
+])
+async def test_a_bad_catalogue_edit_is_refused_with_the_reason_and_the_current_one_stays(
+    admin_http: httpx.AsyncClient, body: bytes, key: str
+) -> None:
+    kept = {"models": [{"id": "kept-1", "aspect_ratios": ["1:1"]}]}
+    assert (await admin_http.put("/api/catalogue/", json=kept)).status_code == 200
+    refused = await admin_http.put("/api/catalogue/", content=body, headers=EN)
+    assert refused.status_code in (400, 422), refused.text
+    template = json.loads((Path(__file__).resolve().parents[2] / "gateway/locales/en.json").read_text("utf-8"))[key]
+    said = refused.json()["message"]
+    assert all(part in said for part in re.split(r"\{[a-z_]+\}", template) if part), (said, template)
+    assert (await admin_http.get("/api/catalogue/")).json()["override"] == kept
+    assert page_catalogue.operator_ids() == ["kept-1"]  # the model check still uses the current edit
+
+
+async def test_an_operator_edit_is_used_by_the_model_check_and_sent_to_the_instance(pair: Pool, admin_http: httpx.AsyncClient) -> None:
+    saved = await admin_http.put("/api/catalogue/", json=EDIT)
+    assert saved.status_code == 200, saved.text
+    answer = await pair.generate(model="gemini-nano-banana-2.3", aspect_ratio="3:2", image_size="2K")
+    assert answer.status_code == 200 and answer.json()["success"] is True, answer.text
+    generation = pair.fake.generations[-1]
+    assert generation.model == "gemini-nano-banana-2.3"
+    assert generation.model_options == {"ratios": ["1:1", "3:2"], "sizes": ["2K"], "label": "Nano Banana 2.3"}
+    narrowed = await pair.http.post("/generate", json={"prompt": "p", "model": "gemini-3-pro-image", "aspect_ratio": "16:9"}, headers=EN)
+    assert narrowed.status_code == 422  # the operator's edit of a packaged model is the one check's
+    view = (await admin_http.get("/api/catalogue/")).json()
+    sources = {m["id"]: m["source"] for m in view["models"]}
+    assert sources["gemini-nano-banana-2.3"] == "operator" and sources["gemini-3-pro-image"] == "operator"
+    assert sources["gemini-nano-banana-2.1"] == "packaged" and view["retired"]
+    assert "gemini-nano-banana-2.3" in await listed(pair)
+    assert (await admin_http.delete("/api/catalogue/")).json()["removed"] is True
+    gone = await pair.http.post("/generate", json={"prompt": "p", "model": "gemini-nano-banana-2.3"}, headers=EN)
+    assert gone.status_code == 422
