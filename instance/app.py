@@ -45,6 +45,9 @@ from instance.snapshots import REASON_PATTERN, Occasion, SnapshotKeeper, Snapsho
 log = logging.getLogger("instance")
 
 
+MAX_UNKNOWN_MODELS_READ = 5  # picker models the packaged catalogue lacks whose run settings are read, per reading
+
+
 class InstanceState:
     """Everything the handlers share: settings, the browser host, the driver and the one-task gate."""
 
@@ -77,8 +80,30 @@ class InstanceState:
         try:
             await host.wait_reset()
             url_model = parse_qs(urlsplit(host.page_url or "").query).get("model", [None])[0]
-            read = await read_page_catalogue(host.page, host.selectors, url_model, timeout_s=self.settings.element_timeout_s)
+            timeout_s = self.settings.element_timeout_s
+            read = await read_page_catalogue(host.page, host.selectors, url_model, timeout_s=timeout_s)
             options = {**self.page_catalogue["offered_options"], **read["offered_options"]}
+            # A model the packaged catalogue lacks: its own new chat, to read the ratios and sizes it offers.
+            catalogue = load_catalogue()
+            unknown = [e["id"] for e in read["offered_models"] or () if e["available"] and catalogue.find(e["id"]) is None
+                       and catalogue.find_retired(e["id"]) is None and e["id"] not in options][:MAX_UNKNOWN_MODELS_READ]
+            for model_id in unknown:
+                try:
+                    await host.page.goto(f"{self.settings.aistudio_url.rstrip('/')}/prompts/new_chat?model={model_id}",
+                                         wait_until="domcontentloaded", timeout=self.settings.page_load_timeout_s * 1000)
+                    await host.page.locator(host.selectors.css_union("prompt_textarea")).first.wait_for(
+                        timeout=self.settings.page_load_timeout_s * 1000)
+                    shown = await read_page_catalogue(host.page, host.selectors, model_id, timeout_s=timeout_s)
+                except PlaywrightError as exc:
+                    log.warning("reading the run settings of %s failed: %s", model_id, str(exc).splitlines()[0])
+                    continue
+                if model_id in shown["offered_options"]:
+                    options[model_id] = shown["offered_options"][model_id]
+            if unknown:
+                try:
+                    await host.load_home()  # back on the instance's own model
+                except Exception as exc:  # noqa: BLE001 - /status says why; the next task loads its own page
+                    log.warning("back to the home page after reading the models failed: %s", exc)
             self.page_catalogue = {**read, "offered_options": options}
             log.info("the page offers %d model(s); run settings read for %s",
                      len(read["offered_models"] or ()), ", ".join(read["offered_options"]) or "none")
@@ -439,6 +464,7 @@ async def _replace_login(st: InstanceState, replace: Any, cookies: int | None) -
     finally:
         st.release(None)
     count = cookies if cookies is not None else len((await st.host.export_session())["cookies"])
+    st.in_background(st.read_page_catalogue())  # a new login: what its page offers this account
     return Response(m.SessionImported(cookies=count, login_state=st.host.login_state))
 
 

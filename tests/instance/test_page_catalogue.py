@@ -26,11 +26,14 @@ def own(simulator_server: str, tmp_path_factory) -> Iterator[RunningInstance]:
 
 
 def test_start_reads_the_picker_and_the_default_models_settings(own: RunningInstance):
-    status = own.wait_for(lambda s: s.get("offered_models") and not s["busy"], what="offered models read")
+    status = own.wait_for(lambda s: s.get("offered_models") and not s["busy"] and "gemini-nano-banana-2.1" in s["offered_options"],
+                          what="offered models read")
     ids = [m["id"] for m in status["offered_models"]]
     assert "gemini-nano-banana-2.2" in ids and "gemini-nano-banana-2.1" in ids
     extra = next(m for m in status["offered_models"] if m["id"] == "gemini-nano-banana-2.2")
     assert extra == {"id": "gemini-nano-banana-2.2", "label": "Nano Banana 2.2", "available": True}
+    # a model the packaged catalogue lacks: its own new chat was opened to read its run settings
+    assert status["offered_options"]["gemini-nano-banana-2.2"]["ratios"] == ["1:1", "16:9", "8:1"]
     default = status["offered_options"]["gemini-nano-banana-2.1"]
     assert default["sizes"] == ["1K", "2K", "4K"] and "8:1" in default["ratios"] and "Auto" not in default["ratios"]
 
