@@ -115,6 +115,7 @@ class FakeContainer:
     current_task: str | None = None
     last_success_at: str | None = None
     fake_snapshots: list[m.Snapshot] = field(default_factory=list)  # newest first, as the real instance lists them
+    fake_missing_roles: list[str] = field(default_factory=list)  # roles its page check does not find (a page change)
 
     @property
     def endpoint(self) -> str:
@@ -248,6 +249,11 @@ class FakeRuntime:
         )
         container.fake_snapshots.insert(0, snapshot)
         return snapshot
+
+    def fake_page_change(self, instance_id: str, *missing_roles: str) -> None:
+        """The fake's page check (`/diagnose`) stops finding these expected roles, as after AI Studio changed its
+        page; with none, it finds every role again."""
+        self.containers[instance_id].fake_missing_roles = list(missing_roles)
 
     def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
         """A labeled container the gateway did not start, e.g. left over from a deleted row."""
@@ -505,6 +511,7 @@ class FakeRuntime:
         return _answer(m.PageCheck(
             checked_at=datetime.now(UTC).isoformat(), url=f"https://{FAKE_DOMAIN}/prompts/new_chat",
             login_state=container.login_state, browser=BrowserState.UP, busy=container.busy, roles=roles,
+            missing_expected=list(container.fake_missing_roles),
             selectors_version=(override or {}).get("version", "packaged"), selectors_source="fake",
         ))
 
