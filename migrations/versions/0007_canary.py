@@ -1,7 +1,7 @@
 """The canary's history: one row per canary run of a model (a small generation, or a free page check).
 
-Revision ID: 0008
-Revises: 0006 (to be rechained onto 0007 at merge; this branch was written before 0007 existed)
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-20 06:00:00
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0008'
+revision: str = '0007'
 down_revision: str | Sequence[str] | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
