@@ -276,11 +276,21 @@ class Canary:
         timings = {"total": round(time.monotonic() - began, 3)}
         missing = list(check.missing_expected)
         if check.error:
+            await self._keep_page(address, name)
             return {"ok": False, "step": "check_error", "message": check.error[:2000], "instance_name": name, "timings": timings}
         if missing:
+            await self._keep_page(address, name)
             return {"ok": False, "step": "missing_roles", "message": ", ".join(missing), "instance_name": name, "timings": timings}
         roles = len(check.roles)
         return {"ok": True, "step": None, "message": f"{roles} roles found", "instance_name": name, "timings": timings}
+
+    async def _keep_page(self, address: InstanceAddress, name: str) -> None:
+        """A failed check leaves a copy of the page (the instance's snapshot), for the selectors override; a
+        failed generation with ui_changed leaves one by itself."""
+        try:
+            await self._client.take_snapshot(address, "canary")
+        except InstanceCallError as exc:  # the check's result stands without its copy
+            log.warning("canary: no page snapshot from %s: %s", name, exc)
 
     async def _check_target(self) -> tuple[str, InstanceAddress] | None:
         """An idle instance that could take a task, the one after the last checked (by name), so they take turns."""

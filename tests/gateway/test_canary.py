@@ -139,6 +139,8 @@ async def test_the_page_check_is_free_and_turns_red_when_the_page_changes(pool: 
     red = await canary.run(MODEL, "check")
     assert red.ok is False and red.step == "missing_roles" and "run_button" in red.message
     assert pool.fake.generations == [] and await pool.task_rows() == []  # no image spent
+    snapshots = await pool.fleet.instances.snapshots(iid)  # a copy of the page it failed on, for the override
+    assert [s["reason"] for s in snapshots] == ["canary"]
     last = model_entry((await admin.get("/api/canary")).json())["last"]
     assert last["check"]["state"] == "fail" and last["generation"] is None
     metrics = (await pool.http.get("/metrics")).text
