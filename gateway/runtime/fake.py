@@ -140,6 +140,8 @@ class FakeRuntime:
         self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
         self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
         self.generate_delay = 0.0
+        # While set and not yet fired, every generation holds after its delay: a test decides when the pool frees.
+        self.generation_gate: asyncio.Event | None = None
         self.selectors_removal_delay = 0.0  # how long DELETE /selectors takes (a delivery at start in flight)
         self.selectors_removals = {"begun": 0, "done": 0}
         self.generations: list[FakeGeneration] = []
@@ -596,9 +598,9 @@ class FakeRuntime:
             if self.containers.get(container.instance_id) is not container or container.phase != "running":
                 raise httpx.ReadError("connection reset by peer (container gone)", request=request)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and (self.generation_gate is None or self.generation_gate.is_set()):
                 return
-            await asyncio.sleep(min(remaining, 0.01))
+            await asyncio.sleep(min(remaining, 0.01) if remaining > 0 else 0.01)
 
 
 def _answer(message: msgspec.Struct, status: int = 200) -> httpx.Response:
