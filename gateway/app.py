@@ -33,6 +33,8 @@ from gateway.api.metrics import MetricsController
 from gateway.api.openai_face import openai_router
 from gateway.api.catalogue import CATALOGUE_CONTROLLERS
 from gateway.api.selectors import SELECTORS_CONTROLLERS
+from gateway.api.canary import CANARY_CONTROLLERS
+from gateway.canary import Canary
 from gateway.api.snapshots import SNAPSHOT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
@@ -74,6 +76,7 @@ class Fleet:
     dispatcher: Dispatcher
     selectors: SelectorsService
     retention: Retention
+    canary: Canary
     proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
     clock: Clock = utcnow  # the accounts' time: the ledger's reads follow the same clock as its writes
 
@@ -122,6 +125,8 @@ class Fleet:
             )
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
             retention = Retention(sessions, settings.retention, dispatcher.results.directory)
+            canary = Canary(sessions, db, client, settings.canary,
+                            lambda request, meta: dispatcher.generate(request, meta=meta))
             instance = settings.instance
             proxies = ProxyTester(
                 sessions, runtime, instance.default_proxy_url, instance.proxy_test_target, instance.proxy_test_timeout
@@ -134,11 +139,12 @@ class Fleet:
             raise
         fleet = cls(
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
-            selectors, retention, proxies, clock,
+            selectors, retention, canary, proxies, clock,
         )
         await fleet.catalogue.load()  # the operator's stored catalogue edit, for the model check
         dispatcher.start()
         retention.start()
+        canary.start()
         if reconcile:
             reconciler.start()
         return fleet
@@ -146,7 +152,7 @@ class Fleet:
     async def close(self) -> None:
         """Stops the gateway's own work; instances keep running and are adopted on the next start."""
         try:
-            for name, part in (("retention", self.retention), ("dispatcher", self.dispatcher),
+            for name, part in (("canary", self.canary), ("retention", self.retention), ("dispatcher", self.dispatcher),
                                ("reconciler", self.reconciler), ("instance client", self.client),
                                ("runtime", self.runtime)):
                 await _close_within(name, part.close(), CLOSE_PART_TIMEOUT)
@@ -178,7 +184,10 @@ async def open_fleet(settings: Settings, *, runtime: Runtime | None = None, reco
 
 def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The admin listener (:8813): the management API under /api, the admin panel at /."""
-    handlers = [*MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *CATALOGUE_CONTROLLERS, *SNAPSHOT_CONTROLLERS]
+    handlers = [
+        *MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *CATALOGUE_CONTROLLERS,
+        *SNAPSHOT_CONTROLLERS, *CANARY_CONTROLLERS,
+    ]
     plugins = [HTMXPlugin(), PanelPlugin(settings.listeners)]
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,9 @@ from fleet_contract.catalogue import AliasError
 from fleet_contract.proxy import ProxyURLError, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.accounts.policy import CapError, parse_daily_caps
+
+# GATEWAY_CANARY_INTERVAL in hours (up to a week), GATEWAY_CANARY_CHECK_INTERVAL in minutes (up to a day).
+CANARY_RANGES = {"canary_interval": (1.0, 168.0, "hours"), "canary_check_interval": (1.0, 1440.0, "minutes")}
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]
@@ -272,6 +276,25 @@ class FaceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CanarySettings:
+    """The canary (gateway/canary.py): how often a model's small generation and its free page check run, and
+    where a pass-to-fail change is POSTed (signed like the task webhooks)."""
+
+    canary_interval: float  # hours between two canary generations of one model (each spends one image)
+    canary_check_interval: float  # minutes between two page checks of one model (free: no generation)
+    alert_webhook: str | None
+    webhooks: WebhookSettings
+
+    @property
+    def generation_seconds(self) -> float:
+        return self.canary_interval * 3600
+
+    @property
+    def check_seconds(self) -> float:
+        return self.canary_check_interval * 60
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionSettings:
     """How long finished tasks, events and result files are kept, and how often old ones are looked for."""
 
@@ -421,6 +444,12 @@ class Settings(BaseSettings):
     webhook_backoff: float = Field(2.0, gt=0)  # seconds before the second delivery; doubles each time
     webhook_timeout: float = Field(10.0, gt=0)
 
+    # The canary: hours between generations, minutes between page checks; alerts POSTed (signed) here.
+    # Their ranges are checked by `_valid_canary` below, which names the variable.
+    canary_interval: float = 6.0
+    canary_check_interval: float = 30.0
+    alert_webhook: str | None = None
+
     # Sessions.
     legacy_session_file: Path | None = None
     max_session_bytes: int = Field(5 * 1024 * 1024, gt=0)
@@ -455,6 +484,31 @@ class Settings(BaseSettings):
         except AliasError as exc:
             raise ValueError(f"GATEWAY_MODEL_ALIASES: {exc}") from None
         return value
+
+    @field_validator("canary_interval", "canary_check_interval")
+    @classmethod
+    def _valid_canary(cls, value: float, info: Any) -> float:
+        low, high, unit = CANARY_RANGES[info.field_name]
+        if not low <= value <= high:
+            raise ValueError(f"GATEWAY_{info.field_name.upper()} must be between {low:g} and {high:g} {unit}, not {value:g}")
+        return value
+
+    @field_validator("alert_webhook", mode="before")
+    @classmethod
+    def _valid_alert_webhook(cls, value: str | None) -> str | None:
+        if value is None or not str(value).strip():
+            return None  # compose passes an unset variable as ""
+        url = str(value).strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("GATEWAY_ALERT_WEBHOOK must be an http(s) URL")
+        return url
+
+    @model_validator(mode="after")
+    def _alerts_are_signed(self) -> Settings:
+        if self.alert_webhook and not _secret(self.webhook_secret):
+            raise ValueError("GATEWAY_ALERT_WEBHOOK needs GATEWAY_WEBHOOK_SECRET: alerts are signed like task webhooks")
+        return self
 
     @model_validator(mode="after")
     def _rate_limit_pauses(self) -> Settings:
@@ -563,6 +617,10 @@ class Settings(BaseSettings):
     @property
     def faces(self) -> FaceSettings:
         return self._part(FaceSettings)
+
+    @property
+    def canary(self) -> CanarySettings:
+        return self._part(CanarySettings, webhooks=self.webhooks)
 
     @property
     def retention(self) -> RetentionSettings:

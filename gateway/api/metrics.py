@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.accounts.usage import UsageReport
 from gateway.api.keys import require_api_key
+from gateway.canary import RunView
 from gateway.db.models import Status
 from gateway.dispatcher.metrics import CONTENT_TYPE
 
@@ -42,7 +43,9 @@ class MetricsController(Controller):
         views = await fleet.instances.list()
         expiries = {v.name: v.session_expires_at.timestamp() if v.session_expires_at else None for v in views}
         fleet.dispatcher.metrics.set_sessions(expiries, sum(v.session_expiring for v in views))
-        account_gauges(fleet.dispatcher.metrics.registry).show(await fleet.usage.report())
+        gauges = account_gauges(fleet.dispatcher.metrics.registry)
+        gauges.show(await fleet.usage.report())
+        gauges.show_canary(await fleet.canary.latest())
         return Response(fleet.dispatcher.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
@@ -65,11 +68,26 @@ class AccountGauges:
             "aistudio_account_blocked", "1 while a model is blocked on an account, by why (quota, cap, rate_limit, unavailable)",
             [*account, "kind"], registry=registry,
         )
+        self.canary_ok = Gauge(
+            "aistudio_canary_ok", "1 when a model's last canary run of a kind (generation, check) passed, 0 when it failed",
+            ["model", "kind"], registry=registry,
+        )
+        self.canary_last_run = Gauge(
+            "aistudio_canary_last_run_timestamp", "When a model's last decided canary run of a kind started (Unix time)",
+            ["model", "kind"], registry=registry,
+        )
         self.pool_remaining = Gauge(
             "aistudio_pool_remaining",
             "Images known to be left of a model today on the accounts meant to run and not blocked", ["model"],
             registry=registry,
         )
+
+    def show_canary(self, runs: list[RunView]) -> None:
+        self.canary_ok.clear()
+        self.canary_last_run.clear()
+        for run in runs:
+            self.canary_ok.labels(run.model, run.kind).set(1 if run.ok else 0)
+            self.canary_last_run.labels(run.model, run.kind).set(run.started_at.timestamp())
 
     def show(self, report: UsageReport) -> None:
         for gauge in (self.made_today, self.remaining, self.blocked, self.pool_remaining):

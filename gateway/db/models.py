@@ -98,6 +98,9 @@ class EventKind(StrEnum):
     PACING_CHANGED = "pacing_changed"  # its own pause between tasks or daily cap
     SELECTORS_CHANGED = "selectors_changed"
     SESSION_EXPIRING = "session_expiring"
+    # The canary (gateway/canary.py): a model's canary turned red, or green again, on this instance's run.
+    CANARY_FAILED = "canary_failed"
+    CANARY_RECOVERED = "canary_recovered"
 
 
 def _in(column: str, values: type[StrEnum]) -> str:
@@ -280,6 +283,25 @@ class FleetSetting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CanaryRun(Base):
+    """One canary run of a model (gateway/canary.py): a small generation (`kind` generation, spends an image) or a
+    page check (`check`, free). `ok` is None when it was skipped (no idle account, no allowance left)."""
+
+    __tablename__ = "canary_runs"
+    __table_args__ = (Index("ix_canary_runs_model_kind_started_at", "model", "kind", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # generation | check
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ok: Mapped[bool | None] = mapped_column(Boolean)
+    step: Mapped[str | None] = mapped_column(String(64))  # what failed: the instance's error code, missing roles...
+    message: Mapped[str] = mapped_column(Text, default="")
+    timings: Mapped[dict[str, Any] | None]
+    instance_name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    task_id: Mapped[uuid.UUID | None]  # the generation's task (api "canary")
 
 
 def lease_active(now: datetime) -> ColumnElement[bool]:

@@ -80,26 +80,36 @@ class Webhooks:
         log.warning("webhook of task %s not delivered after %d attempts", task_id, len(attempts))
 
     async def _post(self, client: httpx.AsyncClient, url: str, body: bytes, secret: str, task_id: str) -> dict[str, Any]:
-        parts = urlsplit(url)
-        try:
-            port = parts.port or _PORTS[parts.scheme]
-            address = await checked_address(parts.hostname or "", port, allow_private=self._settings.fetch_private_addresses)
-        except AddressRefused as refused:
-            return {"ok": False, "error": f"address {refused.reason}"}
-        except (KeyError, ValueError):
-            return {"ok": False, "error": "not an http(s) URL"}
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "Host": parts.netloc.rsplit("@", 1)[-1],
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: signature(secret, timestamp, body),
-            "X-Fleet-Task-Id": task_id,
-            "User-Agent": "aistudio-fleet-webhook",
-        }
-        target = parts._replace(netloc=netloc(address, port)).geturl()
-        try:
-            response = await client.post(target, content=body, headers=headers, extensions={"sni_hostname": parts.hostname})
-        except httpx.HTTPError as exc:
-            return {"ok": False, "error": type(exc).__name__}
-        return {"ok": response.is_success, "status": response.status_code}
+        return await post_signed(client, url, body, secret, allow_private=self._settings.fetch_private_addresses,
+                                 headers={"X-Fleet-Task-Id": task_id})
+
+
+async def post_signed(
+    client: httpx.AsyncClient, url: str, body: bytes, secret: str, *, allow_private: bool, headers: dict[str, str],
+    user_agent: str = "aistudio-fleet-webhook",
+) -> dict[str, Any]:
+    """One signed POST to a public address (checked now, connected to by that address): {"ok", "status"|"error"}.
+    Task webhooks and the canary's alerts (gateway/canary.py) both send through it."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or _PORTS[parts.scheme]
+        address = await checked_address(parts.hostname or "", port, allow_private=allow_private)
+    except AddressRefused as refused:
+        return {"ok": False, "error": f"address {refused.reason}"}
+    except (KeyError, ValueError):
+        return {"ok": False, "error": "not an http(s) URL"}
+    timestamp = str(int(time.time()))
+    sent = {
+        "Content-Type": "application/json",
+        "Host": parts.netloc.rsplit("@", 1)[-1],
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: signature(secret, timestamp, body),
+        **headers,
+        "User-Agent": user_agent,
+    }
+    target = parts._replace(netloc=netloc(address, port)).geturl()
+    try:
+        response = await client.post(target, content=body, headers=sent, extensions={"sni_hostname": parts.hostname})
+    except httpx.HTTPError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": response.is_success, "status": response.status_code}

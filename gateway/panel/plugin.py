@@ -22,6 +22,7 @@ from gateway.panel.rendering import create_engine
 from gateway.panel.sessions import PanelSessions
 from gateway.panel.migration import MIGRATION_PANEL_CONTROLLERS
 from gateway.panel.catalogue import CATALOGUE_PANEL_CONTROLLERS
+from gateway.panel.canary import CANARY_PANEL_CONTROLLERS
 from gateway.panel.selectors import SELECTORS_PANEL_CONTROLLERS
 from gateway.panel.snapshots import SNAPSHOTS_PANEL_CONTROLLERS
 from gateway.services.history import TaskView
@@ -53,7 +54,10 @@ class PanelPlugin(InitPluginProtocol):
         app_config.middleware.insert(0, DefineMiddleware(AdminAccessMiddleware, auth=auth))
         app_config.route_handlers.extend([
             Router(
-                path="/", route_handlers=[*PANEL_CONTROLLERS, *SELECTORS_PANEL_CONTROLLERS, *CATALOGUE_PANEL_CONTROLLERS, *SNAPSHOTS_PANEL_CONTROLLERS, *MIGRATION_PANEL_CONTROLLERS],
+                path="/", route_handlers=[
+                    *PANEL_CONTROLLERS, *SELECTORS_PANEL_CONTROLLERS, *CATALOGUE_PANEL_CONTROLLERS, *SNAPSHOTS_PANEL_CONTROLLERS,
+                    *MIGRATION_PANEL_CONTROLLERS, *CANARY_PANEL_CONTROLLERS,
+                ],
                 exception_handlers=PANEL_EXCEPTION_HANDLERS,
             ),
             create_static_files_router(

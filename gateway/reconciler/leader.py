@@ -16,11 +16,14 @@ log = logging.getLogger(__name__)
 
 # An arbitrary constant shared by every gateway: "AISF" in ASCII.
 LOCK_KEY = 0x41495346
+CANARY_LOCK_KEY = 0x41495343  # "AISC": the canary's own election (gateway/canary.py)
 
 
 class LeaderLock:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, key: int = LOCK_KEY, what: str = "the reconciler") -> None:
         self._engine = engine
+        self._key = key
+        self._what = what
         self._connection: AsyncConnection | None = None
         self._exclusive = engine.dialect.name == "postgresql"
 
@@ -38,14 +41,14 @@ class LeaderLock:
                 return True
             connection = await self._engine.connect()
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            got = await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
+            got = await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key})
         except SQLAlchemyError as exc:
-            log.warning("reconciler leadership unknown (database error): %s", exc)
+            log.warning("%s leadership unknown (database error): %s", self._what, exc)
             await self.release()
             return False
         if got:
             self._connection = connection
-            log.info("this gateway now runs the reconciler")
+            log.info("this gateway now runs %s", self._what)
             return True
         await connection.close()
         return False
@@ -55,7 +58,7 @@ class LeaderLock:
         if connection is None:
             return
         try:
-            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
         except SQLAlchemyError:
             pass  # a dead connection has released it already
         finally:

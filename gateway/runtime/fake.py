@@ -119,6 +119,7 @@ class FakeContainer:
     fake_snapshots: list[m.Snapshot] = field(default_factory=list)  # newest first, as the real instance lists them
     # What its page's model picker offers beyond the packaged models (offer_fake_model): id -> {label, ratios, sizes}.
     fake_offered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fake_missing_roles: list[str] = field(default_factory=list)  # roles its page check does not find (a page change)
 
     @property
     def endpoint(self) -> str:
@@ -143,6 +144,8 @@ class FakeRuntime:
         self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
         self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
         self.generate_delay = 0.0
+        # While set and not yet fired, every generation holds after its delay: a test decides when the pool frees.
+        self.generation_gate: asyncio.Event | None = None
         self.selectors_removal_delay = 0.0  # how long DELETE /selectors takes (a delivery at start in flight)
         self.selectors_removals = {"begun": 0, "done": 0}
         self.generations: list[FakeGeneration] = []
@@ -257,6 +260,11 @@ class FakeRuntime:
         )
         container.fake_snapshots.insert(0, snapshot)
         return snapshot
+
+    def fake_page_change(self, instance_id: str, *missing_roles: str) -> None:
+        """The fake's page check (`/diagnose`) stops finding these expected roles, as after AI Studio changed its
+        page; with none, it finds every role again."""
+        self.containers[instance_id].fake_missing_roles = list(missing_roles)
 
     def plant(self, instance_id: str, *, token: str = "planted", running: bool = True) -> FakeContainer:
         """A labeled container the gateway did not start, e.g. left over from a deleted row."""
@@ -515,6 +523,7 @@ class FakeRuntime:
         return _answer(m.PageCheck(
             checked_at=datetime.now(UTC).isoformat(), url=f"https://{FAKE_DOMAIN}/prompts/new_chat",
             login_state=container.login_state, browser=BrowserState.UP, busy=container.busy, roles=roles,
+            missing_expected=list(container.fake_missing_roles),
             selectors_version=(override or {}).get("version", "packaged"), selectors_source="fake",
         ))
 
@@ -599,9 +608,9 @@ class FakeRuntime:
             if self.containers.get(container.instance_id) is not container or container.phase != "running":
                 raise httpx.ReadError("connection reset by peer (container gone)", request=request)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and (self.generation_gate is None or self.generation_gate.is_set()):
                 return
-            await asyncio.sleep(min(remaining, 0.01))
+            await asyncio.sleep(min(remaining, 0.01) if remaining > 0 else 0.01)
 
 
 def _answer(message: msgspec.Struct, status: int = 200) -> httpx.Response:

@@ -137,13 +137,14 @@ async def test_an_expired_lease_does_not_block_the_instance(database_url: str, t
 
 async def test_queue_is_first_in_first_out(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     async with open_pool(database_url, tmp_path, fake, instances=1) as pool:
-        fake.generate_delay = 0.5  # p0 holds the one instance while the others line up
+        fake.generation_gate = asyncio.Event()  # p0 holds the one instance while the others line up
         calls = [asyncio.create_task(pool.generate(prompt="p0"))]
         await await_until(lambda: _running(pool), timeout=5, what="a generation running")
         for i in range(1, 5):
             calls.append(asyncio.create_task(pool.generate(prompt=f"p{i}")))
             # each one queued before the next arrives
             await await_until(lambda n=i: _queued(pool, n), timeout=5, what=f"{i} tasks queued")
+        fake.generation_gate.set()
         responses = await asyncio.gather(*calls)
         assert [g.prompt for g in fake.generations] == [f"p{i}" for i in range(5)]
         assert [r.json()["timings"]["queued_ms"] > 0 for r in responses] == [False, True, True, True, True]
