@@ -71,6 +71,8 @@ class InstanceState:
         self.selectors_lock = asyncio.Lock()  # one override change at a time
         # The page's model picker and run settings as last read (instance/offered.py): Status's offered_* fields.
         self.page_catalogue: dict[str, Any] = {"offered_models": None, "offered_options": {}, "offered_read_at": None}
+        # Not ready until the start's read is done: the gateway must not send a task into the menus it opens.
+        self.start_read_done = False
 
     async def read_page_catalogue(self) -> bool:
         """Read what the page offers this account, holding the task slot (menus open and close); False if busy."""
@@ -78,38 +80,45 @@ class InstanceState:
         if host.browser_state != "up" or host.login_state != "logged_in" or not self.claim("page-catalogue"):
             return False
         try:
-            await host.wait_reset()
-            url_model = parse_qs(urlsplit(host.page_url or "").query).get("model", [None])[0]
-            timeout_s = self.settings.element_timeout_s
-            read = await read_page_catalogue(host.page, host.selectors, url_model, timeout_s=timeout_s)
-            options = {**self.page_catalogue["offered_options"], **read["offered_options"]}
-            # A model the packaged catalogue lacks: its own new chat, to read the ratios and sizes it offers.
-            catalogue = load_catalogue()
-            unknown = [e["id"] for e in read["offered_models"] or () if e["available"] and catalogue.find(e["id"]) is None
-                       and catalogue.find_retired(e["id"]) is None and e["id"] not in options][:MAX_UNKNOWN_MODELS_READ]
-            for model_id in unknown:
-                try:
-                    await host.page.goto(f"{self.settings.aistudio_url.rstrip('/')}/prompts/new_chat?model={model_id}",
-                                         wait_until="domcontentloaded", timeout=self.settings.page_load_timeout_s * 1000)
-                    await host.page.locator(host.selectors.css_union("prompt_textarea")).first.wait_for(
-                        timeout=self.settings.page_load_timeout_s * 1000)
-                    shown = await read_page_catalogue(host.page, host.selectors, model_id, timeout_s=timeout_s)
-                except PlaywrightError as exc:
-                    log.warning("reading the run settings of %s failed: %s", model_id, str(exc).splitlines()[0])
-                    continue
-                if model_id in shown["offered_options"]:
-                    options[model_id] = shown["offered_options"][model_id]
-            if unknown:
-                try:
-                    await host.load_home()  # back on the instance's own model
-                except Exception as exc:  # noqa: BLE001 - /status says why; the next task loads its own page
-                    log.warning("back to the home page after reading the models failed: %s", exc)
-            self.page_catalogue = {**read, "offered_options": options}
-            log.info("the page offers %d model(s); run settings read for %s",
-                     len(read["offered_models"] or ()), ", ".join(read["offered_options"]) or "none")
+            await self.read_page_catalogue_held()
         finally:
             self.release(None)
         return True
+
+    async def read_page_catalogue_held(self) -> None:
+        """The read itself, by a caller that holds the task slot."""
+        host = self.host
+        if host.browser_state != "up" or host.login_state != "logged_in":
+            return
+        await host.wait_reset()
+        url_model = parse_qs(urlsplit(host.page_url or "").query).get("model", [None])[0]
+        timeout_s = self.settings.element_timeout_s
+        read = await read_page_catalogue(host.page, host.selectors, url_model, timeout_s=timeout_s)
+        options = {**self.page_catalogue["offered_options"], **read["offered_options"]}
+        # A model the packaged catalogue lacks: its own new chat, to read the ratios and sizes it offers.
+        catalogue = load_catalogue()
+        unknown = [e["id"] for e in read["offered_models"] or () if e["available"] and catalogue.find(e["id"]) is None
+                   and catalogue.find_retired(e["id"]) is None and e["id"] not in options][:MAX_UNKNOWN_MODELS_READ]
+        for model_id in unknown:
+            try:
+                await host.page.goto(f"{self.settings.aistudio_url.rstrip('/')}/prompts/new_chat?model={model_id}",
+                                     wait_until="domcontentloaded", timeout=self.settings.page_load_timeout_s * 1000)
+                await host.page.locator(host.selectors.css_union("prompt_textarea")).first.wait_for(
+                    timeout=self.settings.page_load_timeout_s * 1000)
+                shown = await read_page_catalogue(host.page, host.selectors, model_id, timeout_s=timeout_s)
+            except PlaywrightError as exc:
+                log.warning("reading the run settings of %s failed: %s", model_id, str(exc).splitlines()[0])
+                continue
+            if model_id in shown["offered_options"]:
+                options[model_id] = shown["offered_options"][model_id]
+        if unknown:
+            try:
+                await host.load_home()  # back on the instance's own model
+            except Exception as exc:  # noqa: BLE001 - /status says why; the next task loads its own page
+                log.warning("back to the home page after reading the models failed: %s", exc)
+        self.page_catalogue = {**read, "offered_options": options}
+        log.info("the page offers %d model(s); run settings read for %s",
+                 len(read["offered_models"] or ()), ", ".join(read["offered_options"]) or "none")
 
     async def _snapshot_ui_changed(self, request: GenerationRequest, error: GenerationError) -> None:
         occasion = Occasion("ui_changed", task_id=request.task_id, error=error.message, role=error.role)
@@ -313,7 +322,7 @@ async def status(request: Request) -> m.Status:
     st = _state(request)
     host = st.host
     return m.Status(
-        ready=host.ready and host.browser_state == "up",
+        ready=host.ready and host.browser_state == "up" and st.start_read_done,
         browser=host.browser_state,
         login_state=host.login_state,
         reach=host.reach,
@@ -450,10 +459,19 @@ async def restore_session(request: Request) -> Response:
     return await _replace_login(st, st.host.restore_previous, None)
 
 
+async def _read_after_import(st: InstanceState) -> None:
+    """A new login: what its page offers this account, read in the import's own slot (never fails the import)."""
+    try:
+        await st.read_page_catalogue_held()
+    except Exception as exc:  # noqa: BLE001 - /diagnose reads it again
+        log.warning("reading the page's models after the import failed: %s", exc)
+
+
 async def _replace_login(st: InstanceState, replace: Any, cookies: int | None) -> Response:
     """Runs an import or a restore in the claimed task slot; every refusal leaves the working login as it was."""
     try:
         await replace()
+        await _read_after_import(st)
     except SessionRejected as exc:
         raise BadInput(f"the session was not imported: {exc}") from None
     except SessionUntested as exc:
@@ -464,7 +482,6 @@ async def _replace_login(st: InstanceState, replace: Any, cookies: int | None) -
     finally:
         st.release(None)
     count = cookies if cookies is not None else len((await st.host.export_session())["cookies"])
-    st.in_background(st.read_page_catalogue())  # a new login: what its page offers this account
     return Response(m.SessionImported(cookies=count, login_state=st.host.login_state))
 
 
@@ -633,11 +650,14 @@ async def _start_browser(st: InstanceState) -> None:
         await st.host.start()
     except Exception as exc:
         log.error("browser start failed: %s", exc)
+        st.start_read_done = True
         return
     try:
         await st.read_page_catalogue()
     except Exception as exc:  # never fatal: /diagnose reads it again
         log.warning("reading the page's models at start failed: %s", exc)
+    finally:
+        st.start_read_done = True
 
 
 async def _periodic_save(st: InstanceState) -> None:
