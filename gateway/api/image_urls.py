@@ -86,7 +86,7 @@ class ImageFilesController(Controller):
             raise NotFound("image_not_found")
         index = int(stem)
         signer_of(request).check(task_id, index, expires, signature)
-        result = await dispatcher_of(request).task(task_id)
+        result = await dispatcher_of(request).ended_task(task_id)
         if index >= len(result.images_b64):
             raise NotFound("image_not_found")
         data = base64.b64decode(result.images_b64[index])

@@ -277,6 +277,16 @@ class Dispatcher:
             result.text = stored.text
         return result
 
+    async def ended_task(self, task_id: str, *, within: float = 10.0) -> TaskResult:
+        """`task`, once the row has ended: a signed URL's task succeeded already, but the gateway that ran it
+        writes its end just after the answer went out, and the URL may reach another gateway first."""
+        deadline = time.monotonic() + within
+        while True:
+            result = await self.task(task_id)
+            if result.status not in (TaskStatus.QUEUED, TaskStatus.RUNNING) or time.monotonic() >= deadline:
+                return result
+            await asyncio.sleep(min(0.05, self._settings.queue_poll_interval))
+
     @staticmethod
     def _row_result(row: Any) -> TaskResult:
         return TaskResult(
