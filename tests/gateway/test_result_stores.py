@@ -25,7 +25,12 @@ from gateway.db.engine import create_db_engine
 from gateway.db.migrate import prepare_schema
 from gateway.db.models import FleetMarker, KeptResult
 from gateway.db.types import utcnow
-from gateway.dispatcher.results import IN_DATABASE, DatabaseResultStore, FileResultStore, StoredResult
+from gateway.dispatcher.results import (
+    IN_DATABASE,
+    DatabaseResultStore,
+    FileResultStore,
+    StoredResult,
+)
 from gateway.retention import Purged
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
