@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.models import KeptResult
+from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,16 @@ class FileResultStore:
 
 
 class DatabaseResultStore:
-    """A `kept_results` row per result, with its expiry: every gateway on the database serves it alike."""
+    """A `kept_results` row per result, with its expiry: every gateway on the database serves it alike. A result
+    that ends while the database is down goes to `fallback` (this gateway's data folder) rather than being lost;
+    file references (those, or from before a switch to this store) are read and pruned there."""
 
     kind: StoreKind = "database"
 
-    def __init__(self, engine: AsyncEngine, ttl: float, *, batch: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, ttl: float, *, fallback: FileResultStore | None = None, batch: int = 500) -> None:
         self._engine = engine
         self.ttl = ttl
+        self._fallback = fallback
         self._batch = batch
 
     async def save(self, task_id: uuid.UUID, images_b64: list[str], text: str | None) -> str:
@@ -154,13 +158,19 @@ class DatabaseResultStore:
         # A task is saved once; a second save (never expected) replaces the first rather than failing the task.
         statement = statement.on_conflict_do_update(index_elements=[KeptResult.task_id], set_={
             k: statement.excluded[k] for k in ("images_b64", "text", "created_at", "expires_at")})
-        async with self._engine.begin() as connection:
-            await connection.execute(statement)
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(statement)
+        except Exception as exc:
+            if self._fallback is None or not database_unreachable(exc):
+                raise
+            log.warning("the database is down: the result of task %s is kept in this gateway's data folder", task_id)
+            return await self._fallback.save(task_id, images_b64, text)
         return IN_DATABASE
 
     async def load(self, task_id: uuid.UUID, reference: str | None) -> StoredResult | None:
         if reference != IN_DATABASE:
-            return None  # a file of a gateway that kept results in its data folder then
+            return await self._fallback.load(task_id, reference) if self._fallback is not None else None
         query = select(KeptResult.images_b64, KeptResult.text).where(
             KeptResult.task_id == task_id, KeptResult.expires_at > utcnow()
         )
@@ -170,7 +180,7 @@ class DatabaseResultStore:
 
     async def prune(self, now: datetime | None = None) -> int:
         """Deletes expired rows, a batch per transaction; any gateway may run it at once."""
-        removed = 0
+        removed = await self._fallback.prune() if self._fallback is not None else 0
         now = now or utcnow()
         while True:
             old = select(KeptResult.task_id).where(KeptResult.expires_at <= now).limit(self._batch)
@@ -183,17 +193,18 @@ class DatabaseResultStore:
 
     async def delete(self, kept: Sequence[tuple[uuid.UUID, str]]) -> int:
         ids = [task_id for task_id, reference in kept if reference == IN_DATABASE]
+        files = [entry for entry in kept if entry[1] != IN_DATABASE]
+        removed = await self._fallback.delete(files) if self._fallback is not None and files else 0
         if not ids:
-            return 0
+            return removed
         statement = delete(KeptResult).where(KeptResult.task_id.in_(ids)).returning(KeptResult.task_id)
         async with self._engine.begin() as connection:
-            return len((await connection.execute(statement)).all())
+            return removed + len((await connection.execute(statement)).all())
 
 
 def build_result_store(kind: StoreKind, engine: AsyncEngine, data_dir: Path, ttl: float) -> ResultStore:
-    if kind == "database":
-        return DatabaseResultStore(engine, ttl)
-    return FileResultStore(Path(data_dir) / "results", ttl)
+    files = FileResultStore(Path(data_dir) / "results", ttl)
+    return DatabaseResultStore(engine, ttl, fallback=files) if kind == "database" else files
 
 
 def _write_atomically(path: Path, body: bytes) -> None:
