@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 from litestar import Litestar
+from pydantic import ValidationError
 
 from gateway.app import create_admin_app, create_api_app, open_fleet
 from gateway.db.migrate import SchemaMismatch
@@ -81,7 +82,16 @@ def restrict_data_dir(settings: Settings) -> None:
 def main() -> None:
     # Everything the gateway writes (database, results, keys) holds instance tokens or prompts: owner only.
     os.umask(0o077)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a setting that cannot work: its reason, without a traceback
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        reasons = "; ".join(
+            "".join(f"GATEWAY_{str(part).upper()}: " for part in error["loc"][:1]) + str(error["msg"]).removeprefix("Value error, ")
+            for error in exc.errors()
+        )
+        log.error("refusing to start: %s", reasons)
+        sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: every probe of every instance would flood the gateway's log.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

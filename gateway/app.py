@@ -54,6 +54,7 @@ from gateway.retention import Retention
 from gateway.services.catalogue import CatalogueService
 from gateway.services.selectors import SelectorsService
 from gateway.settings import Settings
+from gateway.signing import shared_secret
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Fleet:
     retention: Retention
     canary: Canary
     proxies: ProxyTester | None = None  # the "test proxy" action; set by open()
+    secret: str = ""  # the signing key (panel cookies, image URLs); set by open(), shared on Postgres
     clock: Clock = utcnow  # the accounts' time: the ledger's reads follow the same clock as its writes
 
     @property
@@ -124,13 +126,14 @@ class Fleet:
                 clock=clock,
             )
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
-            retention = Retention(sessions, settings.retention, dispatcher.results.directory)
+            retention = Retention(sessions, settings.retention, dispatcher.results)
             canary = Canary(sessions, db, client, settings.canary,
                             lambda request, meta: dispatcher.generate(request, meta=meta))
             instance = settings.instance
             proxies = ProxyTester(
                 sessions, runtime, instance.default_proxy_url, instance.proxy_test_target, instance.proxy_test_timeout
             )
+            secret = await shared_secret(settings.listeners, db)
             if (problem := proxies.default_problem("en")) is not None:
                 # The setting is read at start: the operator learns it here and in the panel, not from instances.
                 log.warning("GATEWAY_DEFAULT_PROXY: %s", problem)
@@ -139,7 +142,7 @@ class Fleet:
             raise
         fleet = cls(
             settings, db, sessions, runtime, health, client, instances, reconciler, TaskHistoryService(sessions), dispatcher,
-            selectors, retention, canary, proxies, clock,
+            selectors, retention, canary, proxies, clock=clock, secret=secret,
         )
         await fleet.catalogue.load()  # the operator's stored catalogue edit, for the model check
         dispatcher.start()
@@ -188,7 +191,7 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
         *MANAGEMENT_CONTROLLERS, *CONSOLE_CONTROLLERS, *HISTORY_CONTROLLERS, *SELECTORS_CONTROLLERS, *CATALOGUE_CONTROLLERS,
         *SNAPSHOT_CONTROLLERS, *CANARY_CONTROLLERS,
     ]
-    plugins = [HTMXPlugin(), PanelPlugin(settings.listeners)]
+    plugins = [HTMXPlugin(), PanelPlugin(settings.listeners, secret=fleet.secret if fleet is not None else None)]
     return _create_app(
         settings, fleet, runtime, handlers, title="AI Studio Fleet management API", plugins=plugins,
         forms_allowed=lambda path: not path.startswith("/api/"),  # the panel's htmx forms, behind its CSRF check

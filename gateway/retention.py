@@ -1,5 +1,6 @@
-"""Retention: finished tasks (with their result files) and instance events older than `GATEWAY_TASK_RETENTION`
-are deleted, a small batch per transaction, so that a pass never holds locks for long or grows the log.
+"""Retention: finished tasks (with their kept results) and instance events older than `GATEWAY_TASK_RETENTION`
+are deleted, a small batch per transaction, so that a pass never holds locks for long or grows the log; and
+kept results past `GATEWAY_TASK_RESULT_TTL` are pruned from their store (files or database rows) every pass.
 
 Every gateway may run it at once: a batch deletes the rows it found by id, and a row that another gateway
 deleted first is simply not there any more. Unfinished tasks are never deleted (the dispatcher ends them).
@@ -10,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import InstanceEvent, Task, TaskStatus
 from gateway.db.types import utcnow
+from gateway.dispatcher.results import ResultStore
 from gateway.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ FINISHED = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
 class Purged:
     tasks: int = 0
     events: int = 0
-    files: int = 0
+    results: int = 0  # kept results of the deleted tasks
+    expired: int = 0  # kept results past their time (GATEWAY_TASK_RESULT_TTL)
 
 
 class Retention:
@@ -39,21 +41,22 @@ class Retention:
         self,
         sessions: async_sessionmaker[AsyncSession],
         settings: RetentionSettings,
-        results_dir: Path,
+        results: ResultStore,
         *,
         batch: int = 500,
         pause: float = 0.05,
     ) -> None:
         self._sessions = sessions
         self._keep = settings.task_retention
-        self._interval = settings.retention_interval
-        self._results_dir = results_dir.resolve()
+        # Expired results are pruned at least every minute (half their time when that is shorter).
+        self._interval = min(settings.retention_interval, max(1.0, min(60.0, results.ttl / 2)))
+        self._results = results
         self._batch = batch
         self._pause = pause  # between batches, so that other writers get their turn
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._keep > 0 and self._loop is None:
+        if self._loop is None:
             self._loop = asyncio.create_task(self._purge_forever(), name="retention")
 
     async def close(self) -> None:
@@ -64,16 +67,18 @@ class Retention:
                 await loop
 
     async def purge_once(self, now: datetime | None = None) -> Purged:
-        """Deletes everything older than the retention period, batch by batch; returns how much went."""
+        """Deletes expired results, and everything older than the retention period, batch by batch; returns how
+        much went."""
+        expired = await self._results.prune()
         if self._keep <= 0:
-            return Purged()
+            return Purged(expired=expired)
         cutoff = (now or utcnow()) - timedelta(seconds=self._keep)
-        tasks = files = 0
+        tasks = results = 0
         while True:
-            ids, paths = await self._delete_task_batch(cutoff)
-            tasks += ids
-            files += await asyncio.to_thread(self._unlink_results, paths)
-            if ids < self._batch:
+            count, kept = await self._delete_task_batch(cutoff)
+            tasks += count
+            results += await self._results.delete(kept)
+            if count < self._batch:
                 break
             await asyncio.sleep(self._pause)
         events = 0
@@ -82,9 +87,9 @@ class Retention:
             if deleted < self._batch:
                 break
             await asyncio.sleep(self._pause)
-        purged = Purged(tasks, events, files)
+        purged = Purged(tasks, events, results, expired)
         if tasks or events:
-            log.info("retention: deleted %d tasks, %d result files, %d events before %s", tasks, files, events, cutoff)
+            log.info("retention: deleted %d tasks, %d kept results, %d events before %s", tasks, results, events, cutoff)
         return purged
 
     async def _purge_forever(self) -> None:
@@ -95,7 +100,7 @@ class Retention:
                 log.exception("retention pass failed")
             await asyncio.sleep(self._interval)
 
-    async def _delete_task_batch(self, cutoff: datetime) -> tuple[int, list[str]]:
+    async def _delete_task_batch(self, cutoff: datetime) -> tuple[int, list[tuple[uuid.UUID, str]]]:
         # created_at finds them through ix_tasks_status_created_at; finished_at keeps a long task's row.
         old = (
             select(Task.id)
@@ -104,10 +109,10 @@ class Retention:
             .limit(self._batch)
         )
         # RETURNING: only the rows this statement deleted (another gateway may have taken some of the same).
-        statement = delete(Task).where(Task.id.in_(old.scalar_subquery())).returning(Task.result_path)
+        statement = delete(Task).where(Task.id.in_(old.scalar_subquery())).returning(Task.id, Task.result_path)
         async with self._sessions.begin() as session:
-            paths = list((await session.scalars(statement.execution_options(synchronize_session=False))).all())
-        return len(paths), [path for path in paths if path]
+            rows = list((await session.execute(statement.execution_options(synchronize_session=False))).all())
+        return len(rows), [(task_id, reference) for task_id, reference in rows if reference]
 
     async def _delete_event_batch(self, cutoff: datetime) -> int:
         # Oldest ids first: the primary key's order is the order they were written in.
@@ -116,18 +121,3 @@ class Retention:
         statement = delete(event).where(event.id.in_(old.scalar_subquery())).returning(event.id)
         async with self._sessions.begin() as session:
             return len((await session.scalars(statement.execution_options(synchronize_session=False))).all())
-
-    def _unlink_results(self, paths: list[str]) -> int:
-        removed = 0
-        for stored in paths:
-            path = Path(stored)
-            if path.resolve().parent != self._results_dir:
-                continue  # another gateway's folder, or not a result file at all: never deleted from here
-            try:
-                os.unlink(path)
-                removed += 1
-            except FileNotFoundError:
-                continue  # pruned after its time already (GATEWAY_TASK_RESULT_TTL)
-            except OSError as exc:
-                log.warning("retention: cannot delete result %s: %s", path, exc)
-        return removed

@@ -29,6 +29,7 @@ from gateway.accounts.policy import CapError, parse_daily_caps
 CANARY_RANGES = {"canary_interval": (1.0, 168.0, "hours"), "canary_check_interval": (1.0, 1440.0, "minutes")}
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
+ResultStoreName = Literal["auto", "database", "files"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]
 ADMIN_TOKEN_MIN_LENGTH = 16
 Language = Literal["zh", "en"]
@@ -243,6 +244,7 @@ class DispatchSettings:
     max_attempts: int
     task_result_ttl: float
     store_sync_results: bool
+    result_store: Literal["database", "files"]  # GATEWAY_RESULT_STORE with `auto` resolved
     reconcile_interval: float  # how soon the reconciler probes a suspect instance: bounds how long it is avoided
     data_dir: Path  # results and request files live below it
     webhooks: WebhookSettings
@@ -417,7 +419,10 @@ class Settings(BaseSettings):
     usage_days: int = Field(30, ge=1, le=3650)
     max_attempts: int = Field(2, ge=1)  # 2: one retry on another instance
     api_keys: SecretStr | None = None  # comma-separated keys for :8812; unset or empty: open
-    task_result_ttl: float = Field(3600.0, gt=0)  # generated images are kept (as files) this long
+    task_result_ttl: float = Field(3600.0, gt=0)  # generated images are kept this long
+    # Where they are kept: `database` (every gateway on it serves them), `files` (under data_dir, this gateway
+    # alone), `auto`: the database when it is Postgres (several gateways may share it), else files.
+    result_store: ResultStoreName = "auto"
     # Finished tasks, instance events and their result files are deleted this long after (seconds; 0: kept).
     task_retention: float = Field(30 * 86400.0, ge=0)
     retention_interval: float = Field(3600.0, gt=0)  # how often old rows are looked for
@@ -546,6 +551,12 @@ class Settings(BaseSettings):
         return value.strip()
 
     @model_validator(mode="after")
+    def _usable_result_store(self) -> Settings:
+        if self.result_store_kind == "files" and (problem := _not_writable(self.data_dir / "results")):
+            raise ValueError(f"GATEWAY_RESULT_STORE=files keeps results under GATEWAY_DATA_DIR, but {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
@@ -604,7 +615,14 @@ class Settings(BaseSettings):
 
     @property
     def dispatch(self) -> DispatchSettings:
-        return self._part(DispatchSettings, webhooks=self.webhooks, accounts=self.accounts)
+        return self._part(DispatchSettings, webhooks=self.webhooks, accounts=self.accounts, result_store=self.result_store_kind)
+
+    @property
+    def result_store_kind(self) -> Literal["database", "files"]:
+        """GATEWAY_RESULT_STORE resolved: `auto` is the database on Postgres (replicas share it), files on SQLite."""
+        if self.result_store != "auto":
+            return self.result_store
+        return "files" if self.is_sqlite or not self.database_url else "database"
 
     @property
     def accounts(self) -> AccountSettings:
@@ -662,6 +680,20 @@ class Settings(BaseSettings):
     @property
     def instance_nano_cpus(self) -> int:
         return self.instance.nano_cpus
+
+
+def _not_writable(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (made when missing), or None."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
 
 
 def host_name(host: str) -> str:

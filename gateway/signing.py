@@ -1,19 +1,51 @@
-"""The gateway's signing key: made once and kept in the data folder (or configured), for the panel's cookies
-and CSRF tokens and the signed image URLs. A neutral module, so that the API and the panel both use it and
-neither imports the other."""
+"""The gateway's signing key: configured, or made once and kept (in the database on Postgres, else in the data
+folder), for the panel's cookies and CSRF tokens and the signed image URLs. A neutral module, so that the API
+and the panel both use it and neither imports the other."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db.models import FleetMarker
 from gateway.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 
 SECRET_FILE = "secret_key"
+SECRET_MARKER = "signing_key"  # its fleet_markers row on Postgres
+
+
+async def shared_secret(settings: ListenerSettings, engine: AsyncEngine) -> str:
+    """The key every gateway on this database signs with: GATEWAY_SECRET_KEY when set, else on Postgres one
+    kept in the database (the first gateway's), else the data folder's (SQLite: one gateway)."""
+    if settings.secret_key is not None and settings.secret_key.get_secret_value():
+        return settings.secret_key.get_secret_value()
+    if engine.dialect.name != "postgresql":
+        return await asyncio.to_thread(load_secret, settings)
+    # In the database, so replicas agree with nothing to copy; one derived from the admin token would change
+    # every URL and panel session whenever that token is rotated.
+    candidate = await asyncio.to_thread(_existing_secret, Path(settings.data_dir) / SECRET_FILE)
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(FleetMarker).values(key=SECRET_MARKER, value=candidate or secrets.token_hex(32)).on_conflict_do_nothing()
+        )
+        return str(await connection.scalar(select(FleetMarker.value).where(FleetMarker.key == SECRET_MARKER)))
+
+
+def _existing_secret(path: Path) -> str | None:
+    """The data folder's key of a gateway from before: the first replica to start keeps its panel sessions."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def load_secret(settings: ListenerSettings) -> str:

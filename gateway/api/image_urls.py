@@ -1,8 +1,9 @@
 """Image URLs the gateway hands out (OpenAI's `response_format: url`): signed, expiring, no API key needed.
 
 A URL names a task's image by index and carries its expiry and an HMAC of both, keyed from the gateway's
-secret (GATEWAY_SECRET_KEY, or the key kept in the data folder), so every gateway sharing that secret serves
-it. The image itself is the task's kept result (GATEWAY_TASK_RESULT_TTL): a URL outlives neither.
+secret (GATEWAY_SECRET_KEY, or the key kept in the database on Postgres, else in the data folder), so every
+gateway sharing that secret serves it. The image itself is the task's kept result (GATEWAY_TASK_RESULT_TTL,
+in the database on Postgres: every replica reads it): a URL outlives neither.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
 from gateway.errors import Forbidden, NotFound
-from gateway.signing import load_secret
-from gateway.settings import FaceSettings, ListenerSettings
+from gateway.settings import FaceSettings
 
 FILES_PATH = "/v1/images/files"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -32,9 +32,10 @@ class ImageSigner:
         self.ttl = ttl
 
     @classmethod
-    def from_settings(cls, settings: FaceSettings, listeners: ListenerSettings) -> ImageSigner:
+    def from_settings(cls, settings: FaceSettings, secret: str) -> ImageSigner:
+        """`secret`: the fleet's signing key (gateway/signing.py), the same on every gateway of one database."""
         # Derived, so a leaked URL signature says nothing about the key that signs the panel's cookies.
-        key = hmac.new(load_secret(listeners).encode(), b"aistudio-fleet image urls", hashlib.sha256).digest()
+        key = hmac.new(secret.encode(), b"aistudio-fleet image urls", hashlib.sha256).digest()
         return cls(key, min(settings.image_url_ttl, settings.task_result_ttl))
 
     def signature(self, task_id: str, index: int, expires: int) -> str:
@@ -58,7 +59,7 @@ def signer_of(request: Request[Any, Any, Any]) -> ImageSigner:
     state = request.app.state
     signer = state.get("image_signer")
     if signer is None:  # made once per app from the injected settings
-        signer = state["image_signer"] = ImageSigner.from_settings(state.settings.faces, state.settings.listeners)
+        signer = state["image_signer"] = ImageSigner.from_settings(state.settings.faces, state.fleet.secret)
     return signer
 
 
@@ -85,7 +86,7 @@ class ImageFilesController(Controller):
             raise NotFound("image_not_found")
         index = int(stem)
         signer_of(request).check(task_id, index, expires, signature)
-        result = await dispatcher_of(request).task(task_id)
+        result = await dispatcher_of(request).ended_task(task_id)
         if index >= len(result.images_b64):
             raise NotFound("image_not_found")
         data = base64.b64decode(result.images_b64[index])

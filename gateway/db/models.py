@@ -213,7 +213,8 @@ class Task(Base):
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     image_count: Mapped[int] = mapped_column(Integer, default=0)
-    result_path: Mapped[str | None] = mapped_column(String(512))  # async results live in files
+    # Where its kept images are: a file's path, or `database` (a `kept_results` row); None once expired.
+    result_path: Mapped[str | None] = mapped_column(String(512))
     timings: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
@@ -231,6 +232,19 @@ class Task(Base):
     # Webhook: where the result goes, and every delivery attempt (time, status, error).
     callback_url: Mapped[str | None] = mapped_column(Text)
     callback_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+
+class KeptResult(Base):
+    """A task's images while they are kept (GATEWAY_RESULT_STORE=database, the default on Postgres): every gateway
+    sharing the database serves them. Base64 as the instance sent them, in order; gone after `expires_at`."""
+
+    __tablename__ = "kept_results"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)  # no foreign key: retention deletes both
+    images_b64: Mapped[list[str]] = mapped_column(JSON)
+    text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class FleetMarker(Base):

@@ -47,7 +47,7 @@ from gateway.dispatcher.ledger import (
 )
 from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.queue import Waiter, WaitQueue
-from gateway.dispatcher.results import ResultStore
+from gateway.dispatcher.results import ResultStore, build_result_store
 from gateway.dispatcher.run import (
     MAX_BOUNCES,
     Avoidance,
@@ -79,14 +79,14 @@ class Dispatcher:
         *,
         suspect: Callable[[uuid.UUID], None],
         metrics: DispatchMetrics | None = None,
-        results: ResultStore | None = None,
+        results: ResultStore,
         listener_url: str | None = None,
     ) -> None:
         self._ledger = ledger
         self._settings = settings
         self._suspect_locally = suspect
         self.metrics = metrics or DispatchMetrics()
-        self.results = results or ResultStore(Path(settings.data_dir) / "results", settings.task_result_ttl)
+        self.results = results
         self._queue = WaitQueue(self._lease_for, ledger.release_unused, poll_interval=settings.queue_poll_interval,
                                 spent_until=self._spent_until)
         self.metrics.track_queue(self.queue_length)
@@ -126,7 +126,8 @@ class Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
         ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6),
                         accounts=settings.accounts, clock=clock)
-        return cls(ledger, client, settings, suspect=suspect, listener_url=listener_url)
+        results = build_result_store(settings.result_store, engine, Path(settings.data_dir), settings.task_result_ttl)
+        return cls(ledger, client, settings, suspect=suspect, results=results, listener_url=listener_url)
 
     def _run_limits(self) -> RunLimits:
         settings = self._settings
@@ -269,12 +270,22 @@ class Dispatcher:
             raise NotFound("task_not_found", task_id=str(uid))
         result = self._row_result(row)
         if row.status == TaskStatus.SUCCEEDED:
-            stored = await self.results.load(row.result_path)
+            stored = await self.results.load(uid, row.result_path)
             if stored is None:
                 raise Gone("task_result_gone", task_id=str(uid), ttl=int(self._settings.task_result_ttl))
-            result.images_b64 = [i for i in stored.get("images_b64") or [] if isinstance(i, str)]
-            result.text = stored.get("text") if isinstance(stored.get("text"), str) else None
+            result.images_b64 = stored.images_b64
+            result.text = stored.text
         return result
+
+    async def ended_task(self, task_id: str, *, within: float = 10.0) -> TaskResult:
+        """`task`, once the row has ended: a signed URL's task succeeded already, but the gateway that ran it
+        writes its end just after the answer went out, and the URL may reach another gateway first."""
+        deadline = time.monotonic() + within
+        while True:
+            result = await self.task(task_id)
+            if result.status not in (TaskStatus.QUEUED, TaskStatus.RUNNING) or time.monotonic() >= deadline:
+                return result
+            await asyncio.sleep(min(0.05, self._settings.queue_poll_interval))
 
     @staticmethod
     def _row_result(row: Any) -> TaskResult:
@@ -471,10 +482,10 @@ class Dispatcher:
         if renewed:
             log.info("%d spent allowances came back at the day's reset", renewed)
             self._queue.wake()
-        removed = await self.results.prune()
+        # The kept results themselves are pruned by the retention loop; here the rows forget them.
         expired = await self._ledger.expire_results(now - timedelta(seconds=self._settings.task_result_ttl))
-        if removed or expired:
-            log.info("pruned %d result files, %d task results expired", removed, expired)
+        if expired:
+            log.info("%d task results expired", expired)
         if max_age is not None:
             end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
             abandoned = await self._ledger.abandon_stale(now - timedelta(seconds=max_age), end)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.accounts.calendar import next_reset
 from gateway.accounts.policy import BlockKind
 from gateway.db.models import EventKind, TaskStatus, new_event
@@ -424,8 +426,8 @@ class TaskRun:
     async def _save(self, attempt: Attempt) -> str | None:
         try:
             return await self._context.results.save(self.task_id, attempt.images_b64, attempt.text)
-        except OSError as exc:
-            log.error("cannot keep the result of task %s: %s", self.task_id, exc)
+        except (OSError, SQLAlchemyError) as exc:  # a full disk, a database gone: the task still ends
+            log.error("cannot keep the result of task %s: %s", self.task_id, str(exc).splitlines()[0][:300])
             return None
 
     async def _report_suspect(self, instance_id: uuid.UUID) -> None:

@@ -36,12 +36,13 @@ CSRF_COOKIE = "fleet_csrf"
 class PanelPlugin(InitPluginProtocol):
     """The admin panel at `/` of the admin listener; the management API keeps `/api`."""
 
-    def __init__(self, settings: ListenerSettings, *, live_interval: float = 0.5) -> None:
+    def __init__(self, settings: ListenerSettings, *, secret: str | None = None, live_interval: float = 0.5) -> None:
         self.settings = settings
+        self.secret = secret  # the fleet's key (shared by the gateways of one Postgres); None: the data folder's
         self.live_interval = live_interval
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        secret = load_secret(self.settings)
+        secret = self.secret or load_secret(self.settings)
         state: State = app_config.state
         sessions = PanelSessions(lambda: state.fleet.sessions, self.settings.admin_session_hours * 3600)
         auth = AdminAuth.from_settings(self.settings, secret, sessions)

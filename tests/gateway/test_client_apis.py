@@ -144,7 +144,7 @@ async def test_an_expired_url_is_refused(pool: Pool) -> None:
 
     answer = await openai_client(pool).images.generate(prompt="a red fox", response_format="url")
     task_id = httpx.URL(answer.data[0].url).path.split("/")[-2]
-    signer = ImageSigner.from_settings(pool.fleet.settings.faces, pool.fleet.settings.listeners)
+    signer = ImageSigner.from_settings(pool.fleet.settings.faces, pool.fleet.secret)
     old = signer.path(task_id, 0, "image/png", now=time.time() - signer.ttl - 5)  # type: ignore[arg-type]
     refused = await pool.http.get(old)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "image_url_expired"

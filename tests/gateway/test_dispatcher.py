@@ -358,7 +358,8 @@ async def test_an_instance_that_never_answers_times_out_without_a_retry(
 async def test_async_task_runs_in_the_background_and_its_result_expires(
     database_url: str, tmp_path: Path, fake: FakeRuntime
 ) -> None:
-    async with open_pool(database_url, tmp_path, fake, instances=1, task_result_ttl=60) as pool:
+    """With results kept as files (the database's store has its own tests: test_result_stores.py)."""
+    async with open_pool(database_url, tmp_path, fake, instances=1, task_result_ttl=60, result_store="files") as pool:
         fake.generate_delay = 0.2
         accepted = await pool.http.post("/tasks", json={"prompt": "later", "aspect_ratio": "4:3"})
         assert accepted.status_code == 202
@@ -377,11 +378,12 @@ async def test_async_task_runs_in_the_background_and_its_result_expires(
         stored = list((tmp_path / "results").iterdir())
         assert [p.name for p in stored] == [f"{task_id}.json"]
 
-        # Past its time: the pruner removes the file and the row forgets it; the status stays readable.
+        # Past its time: retention prunes the file, the row forgets it; the status stays readable.
         old = datetime.now().timestamp() - 120
         import os
 
         os.utime(stored[0], (old, old))
+        assert (await pool.fleet.retention.purge_once()).expired == 1
         await pool.fleet.dispatcher.prune_once()
         assert not stored[0].exists()
         gone = await pool.http.get(f"/tasks/{task_id}", headers={"Accept-Language": "en"})

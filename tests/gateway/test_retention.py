@@ -1,5 +1,6 @@
-"""Retention (GATEWAY_TASK_RETENTION): old finished tasks, their result files and old instance events are deleted
-in small batches; unfinished tasks and anything newer stay; every gateway may run it at once. Both databases."""
+"""Retention (GATEWAY_TASK_RETENTION): old finished tasks, their kept results and old instance events are deleted
+in small batches; unfinished tasks and anything newer stay; every gateway may run it at once. Both databases,
+both result stores (files, database rows)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.app import Fleet
-from gateway.db.models import InstanceEvent, Task, TaskStatus
+from gateway.db.models import InstanceEvent, KeptResult, Task, TaskStatus
+from gateway.dispatcher.results import FileResultStore
 from gateway.db.types import utcnow
 from gateway.runtime.fake import FakeRuntime
 from gateway.retention import Purged, Retention
@@ -23,11 +25,11 @@ from tests.polling import await_until
 DAY = 86400.0
 
 
-@pytest.fixture
-async def fleet(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Fleet]:
-    """A fleet whose own retention loop is off (0): the tests run their passes themselves. Results are kept
-    longer than tasks (else the dispatcher's pruner forgets the old rows' files first, as it does by default)."""
-    settings = make_settings(database_url, tmp_path, task_retention=0, task_result_ttl=90 * DAY)
+@pytest.fixture(params=["files", "database"])
+async def fleet(request: pytest.FixtureRequest, database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIterator[Fleet]:
+    """A fleet whose retention deletes no tasks (0): the tests run their passes themselves. Results are kept
+    longer than tasks (else the pruner forgets the old rows' results first, as it does by default)."""
+    settings = make_settings(database_url, tmp_path, task_retention=0, task_result_ttl=90 * DAY, result_store=request.param)
     opened = await Fleet.open(settings, runtime=fake, reconcile=False)
     try:
         yield opened
@@ -38,33 +40,34 @@ async def fleet(database_url: str, tmp_path: Path, fake: FakeRuntime) -> AsyncIt
 def retention(fleet: Fleet, **options: float) -> Retention:
     """A retention pass as a gateway with the default 30 days runs it."""
     settings = fleet.settings.model_copy(update={"task_retention": 30 * DAY})
-    return Retention(fleet.sessions, settings.retention, fleet.dispatcher.results.directory, **options)  # type: ignore[arg-type]
+    return Retention(fleet.sessions, settings.retention, fleet.dispatcher.results, **options)  # type: ignore[arg-type]
 
 
-def results_dir(fleet: Fleet) -> Path:
-    path = fleet.dispatcher.results.directory
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+async def kept(fleet: Fleet) -> list[str]:
+    """The task ids whose results the fleet's store still keeps."""
+    store = fleet.dispatcher.results
+    if isinstance(store, FileResultStore):
+        return sorted(p.stem for p in store.directory.iterdir()) if store.directory.exists() else []
+    async with fleet.sessions() as session:
+        return sorted(str(i) for i in (await session.scalars(select(KeptResult.task_id))).all())
 
 
-def finished_task(fleet: Fleet, status: TaskStatus, when: datetime, *, result: Path | None = None) -> Task:
-    """A finished task row with a result file (in the results folder, unless another path is given)."""
+async def finished_task(fleet: Fleet, status: TaskStatus, when: datetime, *, result: Path | None = None) -> Task:
+    """A finished task row with a kept result (in the fleet's store, unless another file is given)."""
     task_id = uuid.uuid4()
-    if result is None:
-        result = results_dir(fleet) / f"{task_id}.json"
-        result.write_text("{}")
-    return Task(id=task_id, status=status, prompt="p", created_at=when, finished_at=when, result_path=str(result))
+    reference = str(result) if result is not None else await fleet.dispatcher.results.save(task_id, ["aW1n"], None)
+    return Task(id=task_id, status=status, prompt="p", created_at=when, finished_at=when, result_path=reference)
 
 
 async def seed(fleet: Fleet, *, now: datetime, outside: Path) -> dict[str, list[uuid.UUID]]:
-    """Tasks and events of various ages; result files beside the old and the recent finished tasks."""
+    """Tasks and events of various ages; kept results beside the old and the recent finished tasks."""
     old, recent = now - timedelta(days=40), now - timedelta(days=3)
     kinds, unfinished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED), (TaskStatus.QUEUED, TaskStatus.RUNNING)
     tasks = {
-        "old": [finished_task(fleet, kinds[n % 2], old) for n in range(7)]  # more than two batches of 3
+        "old": [await finished_task(fleet, kinds[n % 2], old) for n in range(7)]  # more than two batches of 3
         # An old row pointing outside the results folder: the row goes, that file is not the gateway's to delete.
-        + [finished_task(fleet, TaskStatus.SUCCEEDED, old, result=outside)],
-        "recent": [finished_task(fleet, status, recent) for status in kinds],
+        + [await finished_task(fleet, TaskStatus.SUCCEEDED, old, result=outside)],
+        "recent": [await finished_task(fleet, status, recent) for status in kinds],
         # Never finished: the dispatcher ends those, not retention.
         "unfinished": [Task(id=uuid.uuid4(), status=status, prompt="stuck", created_at=old) for status in unfinished],
     }
@@ -86,7 +89,7 @@ async def event_messages(fleet: Fleet) -> list[str]:
         return sorted((await session.scalars(select(InstanceEvent.message))).all())
 
 
-async def test_old_finished_tasks_their_files_and_old_events_go_in_batches(fleet: Fleet, tmp_path: Path) -> None:
+async def test_old_finished_tasks_their_results_and_old_events_go_in_batches(fleet: Fleet, tmp_path: Path) -> None:
     now = utcnow()
     outside = tmp_path / "not-a-result.json"
     outside.write_text("keep me")
@@ -95,10 +98,10 @@ async def test_old_finished_tasks_their_files_and_old_events_go_in_batches(fleet
 
     purged = await gateway.purge_once(now)
 
-    assert purged == Purged(tasks=8, events=5, files=7)
+    assert purged == Purged(tasks=8, events=5, results=7)
     assert await task_ids(fleet) == {*ids["recent"], *ids["unfinished"]}
     assert await event_messages(fleet) == ["recent", "recent"]
-    assert sorted(p.stem for p in results_dir(fleet).iterdir()) == sorted(str(i) for i in ids["recent"])
+    assert await kept(fleet) == sorted(str(i) for i in ids["recent"])
     assert outside.read_text() == "keep me"
     # Nothing more to do: a second pass (or another gateway's) deletes nothing.
     assert await gateway.purge_once(now) == Purged()
@@ -112,7 +115,7 @@ async def test_gateways_purging_at_the_same_time_delete_each_row_once(fleet: Fle
     results = await asyncio.gather(*(g.purge_once(now) for g in gateways))
 
     assert sum(r.tasks for r in results) == 8 and sum(r.events for r in results) == 5
-    assert sum(r.files for r in results) == 7
+    assert sum(r.results for r in results) == 7
     assert await task_ids(fleet) == {*ids["recent"], *ids["unfinished"]}
 
 
