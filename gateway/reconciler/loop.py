@@ -174,6 +174,8 @@ class Reconciler:
             try:
                 if self._leader is None or await self._leader.acquire():
                     self.last_report = await self.reconcile_once()
+                else:
+                    await self.follow_offers()
             except Exception as exc:  # a bug in one pass must not end reconciliation
                 if database_unreachable(exc):  # an outage: the next pass tries again
                     log.warning("reconcile pass skipped: database unreachable (%s)", _first_line(exc))
@@ -188,6 +190,16 @@ class Reconciler:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    async def follow_offers(self) -> None:
+        """A replica that does not lead probes no page: it learns what the pages offer from the leader's rows."""
+        query = select(Instance.id, Instance.offered_models, Instance.status, Instance.login_state)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        page_catalogue.load_rows([
+            (row.id, row.offered_models, row.status == Status.RUNNING and row.login_state == LoginState.LOGGED_IN)
+            for row in rows
+        ])
 
     # One pass ------------------------------------------------------------------------------------
 

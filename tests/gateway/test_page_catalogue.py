@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.accounts import page_catalogue
-from gateway.db.models import Instance
+from gateway.db.models import Instance, Status
 from gateway.runtime.fake import FakeRuntime
 from gateway.app import create_admin_app
 from tests.gateway.pool import Pool, open_pool, serve
@@ -138,3 +138,33 @@ async def test_an_operator_edit_is_used_by_the_model_check_and_sent_to_the_insta
     assert (await admin_http.delete("/api/catalogue/")).json()["removed"] is True
     gone = await pair.http.post("/generate", json={"prompt": "p", "model": "gemini-nano-banana-2.3"}, headers=EN)
     assert gone.status_code == 422
+
+
+async def test_a_replica_that_does_not_lead_learns_the_offers_from_the_rows(pair: Pool) -> None:
+    """Only the leading replica probes pages; another one reads what they offered from the instances' rows."""
+    offering, other = pair.instance_ids
+    pair.fake.offer_fake_model(offering, NEW, ["1:1", "8:1"], ["1K", "2K"], label="Nano Banana 2.2")
+    await await_until(lambda: _row_offers(pair, offering), timeout=15, what="the offer written to the instance's row")
+    page_catalogue.clear()  # what a follower knows before it reads the rows: nothing
+    assert page_catalogue.offered_spec(NEW) is None
+    await pair.fleet.reconciler.follow_offers()
+    spec = page_catalogue.offered_spec(NEW)
+    assert spec is not None and list(spec.aspect_ratios) == ["1:1", "8:1"]
+    assert {str(i) for i in page_catalogue.accounts_offering(NEW)} == {offering}
+    await pair.fleet.instances.stop(other)
+    await pair.fleet.instances.stop(offering)
+    await await_until(lambda: _stopped(pair, offering), timeout=15, what="the offering instance stopped")
+    await pair.fleet.reconciler.follow_offers()
+    assert page_catalogue.accounts_offering(NEW) == set()  # a stopped account's page offers nothing now
+
+
+async def _row_offers(pool: Pool, instance_id: str) -> bool:
+    async with pool.fleet.sessions() as session:
+        row = await session.get(Instance, __import__("uuid").UUID(instance_id))
+        return bool(row and row.offered_models and any(m["id"] == NEW for m in row.offered_models.get("models", [])))
+
+
+async def _stopped(pool: Pool, instance_id: str) -> bool:
+    async with pool.fleet.sessions() as session:
+        row = await session.get(Instance, __import__("uuid").UUID(instance_id))
+        return row is not None and row.status == Status.STOPPED
