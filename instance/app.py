@@ -416,8 +416,13 @@ class BrowserNotUp(Exception):
 
 async def _host_up(st: InstanceState) -> BrowserHost:
     """The host, once its browser is up (a call right after start waits for it); else 503, retry-safe."""
+    deadline = time.monotonic() + st.settings.page_load_timeout_s
     if not await _wait_browser(st.host, st.settings.page_load_timeout_s):
         raise BrowserNotUp(f"the browser is not running (it is {st.host.browser_state})")
+    while not st.start_read_done:  # the start's read of the page's models holds the page a moment longer
+        if time.monotonic() > deadline:
+            raise BrowserNotUp("the browser is still reading the models its page offers")
+        await asyncio.sleep(0.1)
     return st.host
 
 
