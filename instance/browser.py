@@ -233,7 +233,12 @@ class BrowserHost:
         self._proxy = browser_proxy(self.settings.proxy.get_secret_value() if self.settings.proxy else None)
         if self._proxy is not None:
             await self._proxy.start()
-        await self._launch()
+        try:
+            await self._launch()
+        except Exception as exc:  # a Chromium that dies at launch (seen under load): tried again, as after a crash
+            log.error("browser launch failed: %s; trying again", str(exc).splitlines()[0])
+            self.browser_state = "down"
+            await self._restart()
 
     async def close(self) -> None:
         self._closing = True

@@ -72,3 +72,39 @@ def test_calls_while_the_browser_starts_are_503_then_served(starting_instance: h
     for method, path, kw in CALLS:
         answer = client.request(method, path, **kw)
         assert answer.is_success, (path, answer.status_code, answer.text[:300])
+
+
+@pytest.fixture
+def crashing_once_browser(tmp_path: Path) -> Path:
+    """A Chromium that dies at its first launch (as one did under load in a container), then starts."""
+    require_chromium()
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    marker = tmp_path / "launched-once"
+    wrapper = tmp_path / "chromium-crashing-once"
+    wrapper.write_text(f'#!/bin/sh\nif [ ! -e {marker} ]; then touch {marker}; exit 1; fi\nexec {chromium} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_browser_that_dies_at_its_first_launch_is_launched_again(
+    crashing_once_browser: Path, tmp_path: Path, simulator_url: str
+) -> None:
+    control(simulator_url, "/_sim/config", {"signin_required": False})
+    port = free_port()
+    env = {
+        **os.environ, "INSTANCE_HOST": "127.0.0.1", "INSTANCE_PORT": str(port), "INSTANCE_API_TOKEN": TOKEN,
+        "INSTANCE_DATA_DIR": str(tmp_path / "data"), "INSTANCE_AISTUDIO_URL": simulator_url,
+        "INSTANCE_CHROMIUM_PATH": str(crashing_once_browser), "INSTANCE_BROWSER_MODE": "headless",
+    }
+    with (tmp_path / "instance.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "instance"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    try:
+        status = wait_until(lambda: client.get("/status").json(), until=lambda s: s["ready"], timeout=60,
+                            what="the instance ready after a failed first launch", ignore=(httpx.TransportError,))
+        assert status["browser"] == "up" and status["counters"]["browser_restarts"] == 1, status
+        assert (tmp_path / "launched-once").exists()
+        assert b"browser launch failed" in (tmp_path / "instance.log").read_bytes()
+    finally:
+        client.close()
+        stop_process(process)
