@@ -422,6 +422,67 @@ async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
     assert pool.fake.generations == []
 
 
+async def test_stream_generate_content_through_the_official_client(pool: Pool) -> None:
+    client = gemini_client(pool)
+    reference = genai_types.Part.from_bytes(data=TINY_PNG, mime_type="image/png")
+    chunks = [chunk async for chunk in await client.aio.models.generate_content_stream(
+        model="gemini-3-pro-image", contents=[reference, "一只猫，画成油画"],
+        config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="4:3", image_size="2K")),
+    )]
+    parts = [part for chunk in chunks for part in chunk.candidates[0].content.parts]
+    assert [p.text for p in parts if p.text] == ["fake text"]
+    assert [p.inline_data.data for p in parts if p.inline_data] == [TINY_PNG]
+    assert [c.candidates[0].finish_reason for c in chunks][-1] == genai_types.FinishReason.STOP
+    assert all(c.candidates[0].finish_reason is None for c in chunks[:-1]) and len(chunks) == 2
+    (generation,) = pool.fake.generations
+    assert (generation.model, generation.aspect_ratio, generation.image_size) == ("gemini-3-pro-image", "4:3", "2K")
+    assert generation.prompt == "一只猫，画成油画" and generation.references == [TINY_B64]
+
+
+async def test_stream_generate_content_as_a_json_array_with_the_key_in_the_query(pool: Pool) -> None:
+    """Google's REST default (no alt=sse) is one JSON array of chunks; `?key=` is its form of the API key."""
+    answer = await pool.http.post(
+        f"/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?key={KEY}",
+        json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]},
+    )
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    chunks = answer.json()
+    assert [list(c["candidates"][0]["content"]["parts"][0]) for c in chunks] == [["text"], ["inlineData"]]
+    assert "finishReason" not in chunks[0]["candidates"][0] and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] == TINY_B64
+
+
+async def test_a_refused_stream_is_an_http_error_in_google_shape(pool: Pool) -> None:
+    client = gemini_client(pool)
+    with pytest.raises(genai_errors.ClientError) as refused:
+        async for _ in await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash-image", contents="x",
+            config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="1:8")),
+        ):
+            pass
+    assert refused.value.code == 422 and refused.value.status == "INVALID_ARGUMENT"
+    wrong_key = await pool.http.post(
+        "/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?alt=sse&key=wrong",
+        json={"contents": [{"parts": [{"text": "x"}]}]},
+    )
+    assert wrong_key.status_code == 401 and wrong_key.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert pool.fake.generations == []
+
+
+async def test_models_get_through_the_official_client(pool: Pool) -> None:
+    client = gemini_client(pool)
+    model = await client.aio.models.get(model="gemini-3-pro-image")
+    assert model.name == "models/gemini-3-pro-image"
+    assert set(model.supported_actions or []) == {"generateContent", "streamGenerateContent"}
+    renamed = await pool.http.get(f"/v1beta/models/gemini-3-pro-image-preview?key={KEY}")
+    assert renamed.status_code == 200 and renamed.json()["name"] == "models/gemini-3-pro-image"
+    with pytest.raises(genai_errors.ClientError) as retired:
+        await client.aio.models.get(model="gemini-3.1-flash-image")
+    assert retired.value.code == 422 and "gemini-nano-banana-2.1" in (retired.value.message or "")
+    unknown = await pool.http.get("/v1beta/models/no-such-model", headers={"x-goog-api-key": KEY})
+    assert unknown.status_code == 422 and unknown.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
 # ---- shut-down models and the operator's aliases, on every face ---------------------------------------------
 
 
