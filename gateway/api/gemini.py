@@ -25,6 +25,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from fleet_contract import catalogue
+from gateway.api import conversation
 from gateway.api.errors import request_language
 from gateway.api.faces import TaskFailed, exception_handlers, failure, gemini_error, limits_of, mime_of_b64, run_all
 from gateway.api.keys import require_api_key
@@ -125,25 +126,32 @@ class GeminiModelListOut(msgspec.Struct, kw_only=True):
 
 
 def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateContentIn) -> GenerationRequest:
-    """The one checked request behind a generateContent call."""
+    """The one checked request behind a generateContent call: the last user turn, with the conversation's earlier
+    images as references and its earlier requests as context (gateway/api/conversation.py)."""
     contents = body.contents if isinstance(body.contents, list) else [body.contents]
-    turn = _last_user_turn(contents)
     config = body.generationConfig or body.generation_config
     image_config = config.imageConfig if config and config.imageConfig else ImageConfig()
-    texts = [p.text for p in turn.parts if p.text]
-    blobs = [blob for p in turn.parts if (blob := p.inline_data or p.inlineData) is not None]
     limits = limits_of(request)
-    if len(blobs) > limits.max_reference_images:
-        raise Invalid("too_many_references", limit=limits.max_reference_images)
-    images = [decoded_reference(blob.data, index, limits) for index, blob in enumerate(blobs)]
-    prompt = "\n".join(texts)
-    refuse_control_characters({"prompt": prompt, "model": model, "aspectRatio": image_config.aspectRatio,
-                               "imageSize": image_config.imageSize})
     spec = generation_options(model, None, None, limits.model_aliases).spec
+    talk = conversation.read(
+        [_turn(content) for content in contents], max_references=limits.max_reference_images,
+        takes_references=spec.references, context_chars=request.app.state.settings.faces.chat_context_chars,
+        max_prompt_chars=limits.max_prompt_chars, no_user="contents_no_user",
+    )
+    images = [decoded_reference(data, index, limits) for index, data in enumerate(talk.images)]
+    refuse_control_characters({"prompt": talk.prompt, "model": model, "aspectRatio": image_config.aspectRatio,
+                               "imageSize": image_config.imageSize})
     return form_request(
-        prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize,
+        talk.prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize,
         output_format=_format_of(image_config.outputMimeType), output_quality=image_config.outputCompressionQuality,
     )
+
+
+def _turn(content: Content) -> conversation.Turn:
+    """A turn of `contents`: the user's (role absent or `user`) or the model's, its texts and inline images."""
+    images = [blob.data for p in content.parts if (blob := p.inline_data or p.inlineData) is not None]
+    role = "user" if content.role in (None, "user") else content.role
+    return conversation.Turn(role, [p.text for p in content.parts if p.text], images)
 
 
 def _format_of(mime_type: str | None) -> str | None:
@@ -151,13 +159,6 @@ def _format_of(mime_type: str | None) -> str | None:
     if mime_type is None:
         return None
     return mime_type[len("image/"):] if mime_type.startswith("image/") else mime_type
-
-
-def _last_user_turn(contents: list[Content]) -> Content:
-    users = [c for c in contents if c.role in (None, "user")]
-    if not users:
-        raise Invalid("contents_no_user")
-    return users[-1]
 
 
 def gemini_answer(result: TaskResult, model: str, language: str) -> GenerateContentOut:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from gateway.api.openai_requests import nearest_ratio, ratio_and_size
 from gateway.addresses import public
 from fleet_contract.catalogue import load
-from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
+from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime, numbered_png
 from tests.gateway.conftest import IsolatedSettings
 from tests.gateway.pool import Pool, open_pool
 from tests.polling import await_until
@@ -307,7 +307,9 @@ async def test_chat_answers_with_images_as_data_urls_and_markdown(pool: Pool) ->
     assert message.content == f"fake text\n\n![image 1]({TINY_DATA_URL})"
     assert completion.choices[0].finish_reason == "stop" and completion.model == "gemini-2.5-flash-image"
     (generation,) = pool.fake.generations
-    assert generation.prompt == "draw this cat as a lion" and generation.references == [TINY_B64]
+    # The earlier request follows as context (the system message and the model's words do not).
+    assert generation.prompt == "draw this cat as a lion\n\nEarlier requests in this conversation, oldest first:\n- earlier"
+    assert generation.references == [TINY_B64]
     assert generation.aspect_ratio == "16:9"
 
 
@@ -379,6 +381,66 @@ async def test_chat_fetches_http_images_under_limits(database_url: str, tmp_path
         unresolved = await pool.http.post("/v1/chat/completions", json={"messages": chat_messages("http://no-such-host.invalid/a.png")})
         assert unresolved.status_code == 400 and unresolved.json()["error"]["code"] == "image_url_unresolved"
         assert len(pool.fake.generations) == 1
+
+
+# ---- conversations: an edit in three turns --------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def test_a_chat_edits_in_conversation_with_the_earlier_images_as_references(pool: Pool) -> None:
+    """As a chat app sends it: each turn resends the history, the answers' Markdown images included."""
+    pool.fake.numbered_images = True
+    client = openai_client(pool)
+    messages: list[dict[str, Any]] = []
+    for request in ("a cat on a sofa", "now make it red", "add a hat"):
+        messages.append({"role": "user", "content": request})
+        answer = await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    first, second, third = pool.fake.generations
+    made = [b64(numbered_png(n)) for n in (1, 2, 3)]
+    assert first.references == [] and first.prompt == "a cat on a sofa"
+    assert second.references == [made[0]]
+    assert third.references == [made[1], made[0]]  # newest first
+    assert third.prompt.startswith("add a hat\n\n") and third.prompt.endswith("- a cat on a sofa\n- now make it red")
+
+
+async def test_a_chat_reference_may_be_a_signed_link_of_this_gateway(pool: Pool) -> None:
+    """Read from the kept result, not fetched: this gateway's own address is private, which fetches refuse."""
+    from gateway.api.image_urls import ImageSigner
+
+    pool.fake.numbered_images = True
+    client = openai_client(pool)
+    made = await client.images.generate(prompt="a red fox", response_format="url")
+    url = made.data[0].url
+    assert url is not None and httpx.URL(url).host == "127.0.0.1"
+    parts = [{"type": "text", "text": "the same fox, in snow"}, {"type": "image_url", "image_url": {"url": url}}]
+    await client.chat.completions.create(model="gemini-2.5-flash-image", messages=[{"role": "user", "content": parts}])
+    assert pool.fake.generations[1].references == [b64(numbered_png(1))]
+    # One that expired is told apart from a fetch failure, and nothing runs.
+    signer = ImageSigner.from_settings(pool.fleet.settings.faces, pool.fleet.secret)
+    task_id = httpx.URL(url).path.split("/")[-2]
+    old = pool.url + signer.path(task_id, 0, "image/png", now=time.time() - signer.ttl - 5)  # type: ignore[arg-type]
+    history = [{"role": "user", "content": "a fox"}, {"role": "assistant", "content": f"![fox]({old})"},
+               {"role": "user", "content": "in snow"}]
+    refused = await pool.http.post("/v1/chat/completions", headers=auth(),
+                                   json={"model": "gemini-2.5-flash-image", "messages": history})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "reference_link_expired"
+    assert len(pool.fake.generations) == 2
+
+
+async def test_a_gemini_chat_edits_in_conversation_through_the_official_client(pool: Pool) -> None:
+    pool.fake.numbered_images = True
+    chat = gemini_client(pool).aio.chats.create(model="gemini-3-pro-image")
+    for request in ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"):
+        answer = await chat.send_message(request)
+        assert answer.candidates[0].content.parts[1].inline_data.data.startswith(b"\x89PNG")
+    first, second, third = pool.fake.generations
+    made = [b64(numbered_png(n)) for n in (1, 2, 3)]
+    assert (first.references, second.references, third.references) == ([], [made[0]], [made[1], made[0]])
+    assert third.prompt.startswith("再加一顶帽子\n\n") and third.prompt.endswith("- 一只猫坐在沙发上\n- 把它变成红色")
 
 
 # ---- Gemini ---------------------------------------------------------------------------------------------
