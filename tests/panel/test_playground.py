@@ -152,6 +152,8 @@ def test_the_playground_in_chromium_makes_an_image_from_a_dropped_reference(
             small.goto(gateway.admin_url + "/playground")
             expect(small.locator("h1")).to_have_text("Playground")
             assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            # Every tab of the menu within the screen (they wrap), none cut off at its right edge.
+            assert small.evaluate("[...document.querySelectorAll('.nav a')].every(a => a.getBoundingClientRect().right <= window.innerWidth)")
             expect(small.locator("[data-gallery] img[data-result-image]").first).to_be_visible()
             save_screenshot(small, "playground-phone")
         finally:
