@@ -275,6 +275,7 @@ class FaceSettings:
     fetch_timeout: float
     fetch_private_addresses: bool
     sse_keepalive_interval: float
+    chat_context_chars: int  # earlier requests of a conversation carried into the new turn's prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +444,9 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(10.0, gt=0)  # an http(s) image in a chat message must arrive within this
     fetch_private_addresses: bool = False  # true: such URLs may name private addresses too (closed networks, tests)
     sse_keepalive_interval: float = Field(10.0, gt=0)  # a streamed chat sends a comment this often while it waits
+    # A conversation's earlier requests follow the new turn's text in the prompt, up to this many characters
+    # (the newest kept; 0: the new turn alone). Earlier images become references regardless (gateway/api/conversation.py).
+    chat_context_chars: int = Field(600, ge=0)
     # Webhooks (`callback_url`): signed with this key (HMAC-SHA256), retried with growing pauses.
     webhook_secret: SecretStr | None = None
     webhook_attempts: int = Field(5, ge=1)

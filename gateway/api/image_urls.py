@@ -19,7 +19,7 @@ from litestar import Controller, Request, Response, get
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
-from gateway.errors import Forbidden, NotFound
+from gateway.errors import Forbidden, Gone, Invalid, NotFound
 from gateway.settings import FaceSettings
 
 FILES_PATH = "/v1/images/files"
@@ -84,12 +84,30 @@ class ImageFilesController(Controller):
         stem = name.split(".", 1)[0]
         if not stem.isdigit() or len(stem) > 3:
             raise NotFound("image_not_found")
-        index = int(stem)
-        signer_of(request).check(task_id, index, expires, signature)
-        result = await dispatcher_of(request).ended_task(task_id)
-        if index >= len(result.images_b64):
-            raise NotFound("image_not_found")
-        data = base64.b64decode(result.images_b64[index])
+        data = await signed_image(request, task_id, int(stem), expires, signature)
         # The URL names one immutable image until it expires.
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
         return Response(data, media_type=mime_of(data), headers=headers)
+
+
+async def signed_image(request: Request[Any, Any, Any], task_id: str, index: int, expires: str, signature: str) -> bytes:
+    """The image a signed URL names: 403 for a signature that is not ours or has expired, 404/410 when gone."""
+    signer_of(request).check(task_id, index, expires, signature)
+    result = await dispatcher_of(request).ended_task(task_id)
+    if index >= len(result.images_b64):
+        raise NotFound("image_not_found")
+    return base64.b64decode(result.images_b64[index])
+
+
+async def own_image(request: Request[Any, Any, Any], link: tuple[str, int, str, str]) -> bytes | None:
+    """A conversation's reference that is one of our signed links, read from the kept result rather than
+    fetched; None when the signature is not ours (another server's link of the same shape: fetched)."""
+    try:
+        return await signed_image(request, *link)
+    except Forbidden as exc:
+        if exc.key == "image_url_invalid":
+            return None
+        raise Invalid("reference_link_expired") from None
+    except (NotFound, Gone):
+        raise Invalid("reference_link_expired") from None
+

@@ -1,5 +1,5 @@
-"""Optional API keys for the generation listener (:8812): `Authorization: Bearer <key>`, `X-API-Key` or
-`x-goog-api-key` (Google's SDKs)."""
+"""Optional API keys for the generation listener (:8812): `Authorization: Bearer <key>`, `X-API-Key`,
+`x-goog-api-key` (Google's SDKs) or `?key=` (Google's REST form, which some chat apps use)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: Ba
 
 
 def _api_key_header(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    # `x-goog-api-key`: what Google's SDKs send to the Gemini face.
-    return connection.headers.get("x-api-key") or connection.headers.get("x-goog-api-key")
+    # `x-goog-api-key`: what Google's SDKs send to the Gemini face; `?key=`: Google's REST form.
+    return (connection.headers.get("x-api-key") or connection.headers.get("x-goog-api-key")
+            or connection.query_params.get("key"))
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str | None:

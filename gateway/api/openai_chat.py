@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,7 +34,9 @@ from gateway.api.faces import (
     openai_error,
     run_all,
 )
-from gateway.api.openai_requests import openai_request
+from gateway.api import conversation
+from gateway.api.image_urls import own_image
+from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.remote_images import fetch_image
 from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
@@ -41,12 +44,23 @@ from gateway.dispatcher.inputs import decoded_reference
 from gateway.errors import Invalid, TooLarge
 from gateway.settings import FaceSettings, InputSettings
 
+# A Markdown image whose target is a data URL or an http(s) URL: the images of an answer sent back as history.
+MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*((?:data:image/|https?://)[^)\s]+)\s*\)")
 TEXT_ANSWER = "blocked"  # the model answered with text and no image: in a chat, that text is the answer
 
 
 class ImageURL(msgspec.Struct, kw_only=True):
     url: str
     detail: str | None = None
+
+
+class ImageContent(msgspec.Struct, kw_only=True):
+    url: str
+
+
+class ImagePart(msgspec.Struct, kw_only=True):
+    type: str = "image_url"
+    image_url: ImageContent
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -58,6 +72,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: str
     content: str | list[ContentPart] | None = None
+    images: list[ImagePart] | None = None  # an assistant message of ours, sent back with the conversation
 
 
 class ChatCompletionIn(msgspec.Struct, kw_only=True):
@@ -67,15 +82,6 @@ class ChatCompletionIn(msgspec.Struct, kw_only=True):
     model: str | None = None
     stream: bool = False
     size: str | None = None  # an extension: as for images (a ratio such as "16:9", or WxH)
-
-
-class ImageContent(msgspec.Struct, kw_only=True):
-    url: str
-
-
-class ImagePart(msgspec.Struct, kw_only=True):
-    type: str = "image_url"
-    image_url: ImageContent
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True):
@@ -121,28 +127,54 @@ class OpenAIChatController(Controller):
 
 
 async def chat_request(request: Request[Any, Any, Any], body: ChatCompletionIn) -> GenerationRequest:
-    limits: InputSettings = request.app.state.settings.inputs
-    message = _last_user_message(body.messages)
-    texts: list[str] = []
-    images: list[bytes] = []
-    for part in _parts(message):
-        if part.type == "text":
-            texts.append(part.text or "")
-        elif part.type == "image_url":
-            if len(images) >= limits.max_reference_images:
-                raise Invalid("too_many_references", limit=limits.max_reference_images)
-            images.append(await _image(request, part, len(images)))
-        else:
-            raise Invalid("messages_part_unsupported", type=part.type[:40])
-    prompt = "\n".join(t for t in texts if t.strip())
-    return openai_request(request, prompt=prompt, model=body.model, size=body.size, images=images)
+    """The conversation as one generation: the last user message's text and images, the earlier messages'
+    images as references and their requests as context (gateway/api/conversation.py)."""
+    limits = limits_of(request)
+    faces: FaceSettings = request.app.state.settings.faces
+    turns = [turn for index, message in enumerate(body.messages)
+             if (turn := _turn(message, strict=index == _last_user_index(body.messages))) is not None]
+    spec = model_spec(request, body.model)
+    talk = conversation.read(
+        turns, max_references=limits.max_reference_images, takes_references=spec.references,
+        context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
+    )
+    images = await conversation.resolve(
+        talk.images, decode=lambda image, index: decoded_reference(image, index, limits),
+        own_link=lambda link: own_image(request, link), fetch=lambda url, index: _fetched(request, url, index),
+    )
+    return openai_request(request, prompt=talk.prompt, model=body.model, size=body.size, images=images)
 
 
-def _last_user_message(messages: list[ChatMessage]) -> ChatMessage:
-    users = [m for m in messages if m.role == "user"]
+def _last_user_index(messages: list[ChatMessage]) -> int:
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
     if not users:
         raise Invalid("messages_no_user")
     return users[-1]
+
+
+def _turn(message: ChatMessage, *, strict: bool) -> conversation.Turn | None:
+    """A user or assistant message as a turn (others, such as system, say nothing to an image page). Parts this
+    face cannot use are refused in the new turn, and passed over in earlier ones (a chat app's own history)."""
+    if message.role not in ("user", "assistant"):
+        return None
+    texts: list[str] = []
+    images: list[str] = []
+    for part in _parts(message):
+        if part.type == "text":
+            text = part.text or ""
+            if message.role == "assistant":
+                images += MARKDOWN_IMAGE.findall(text)  # our own answers carry their images as Markdown too
+                text = MARKDOWN_IMAGE.sub("", text).strip()
+            texts.append(text)
+        elif part.type == "image_url":
+            url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+            if not url:
+                raise Invalid("image_url_missing", index=len(images) + 1)
+            images.append(url)
+        elif strict:
+            raise Invalid("messages_part_unsupported", type=part.type[:40])
+    images += [image.image_url.url for image in message.images or []]
+    return conversation.Turn("user" if message.role == "user" else "model", texts, images)
 
 
 def _parts(message: ChatMessage) -> list[ContentPart]:
@@ -153,14 +185,9 @@ def _parts(message: ChatMessage) -> list[ContentPart]:
     return message.content
 
 
-async def _image(request: Request[Any, Any, Any], part: ContentPart, index: int) -> bytes:
+async def _fetched(request: Request[Any, Any, Any], url: str, index: int) -> bytes:
     settings: FaceSettings = request.app.state.settings.faces
     limit = request.app.state.settings.inputs.max_reference_bytes
-    url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
-    if not url:
-        raise Invalid("image_url_missing", index=index + 1)
-    if url.startswith("data:"):
-        return decoded_reference(url, index, limits_of(request))
     data = await fetch_image(
         url, max_bytes=limit, timeout=settings.fetch_timeout,
         allow_private=settings.fetch_private_addresses,

@@ -23,6 +23,7 @@ from gateway.panel.sessions import PanelSessions
 from gateway.panel.migration import MIGRATION_PANEL_CONTROLLERS
 from gateway.panel.catalogue import CATALOGUE_PANEL_CONTROLLERS
 from gateway.panel.canary import CANARY_PANEL_CONTROLLERS
+from gateway.panel.playground import PLAYGROUND_PANEL_CONTROLLERS
 from gateway.panel.selectors import SELECTORS_PANEL_CONTROLLERS
 from gateway.panel.snapshots import SNAPSHOTS_PANEL_CONTROLLERS
 from gateway.services.history import TaskView
@@ -57,7 +58,7 @@ class PanelPlugin(InitPluginProtocol):
             Router(
                 path="/", route_handlers=[
                     *PANEL_CONTROLLERS, *SELECTORS_PANEL_CONTROLLERS, *CATALOGUE_PANEL_CONTROLLERS, *SNAPSHOTS_PANEL_CONTROLLERS,
-                    *MIGRATION_PANEL_CONTROLLERS, *CANARY_PANEL_CONTROLLERS,
+                    *MIGRATION_PANEL_CONTROLLERS, *CANARY_PANEL_CONTROLLERS, *PLAYGROUND_PANEL_CONTROLLERS,
                 ],
                 exception_handlers=PANEL_EXCEPTION_HANDLERS,
             ),

@@ -35,6 +35,15 @@ TINY_PNG = base64.b64decode(
 FAKE_DOMAIN = "fake-instance.invalid"
 
 
+def numbered_png(number: int) -> bytes:
+    """A 1x1 PNG of its own per number (its colour), for tests that follow which image went where."""
+    from PIL import Image  # the gateway's own dependency, imported only by the tests that number images
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (number % 256, number // 256 % 256, 7)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @dataclass(frozen=True)
 class FakeOutcome:
     """What one fake generation does: succeed, fail with an instance error code, answer an HTTP error,
@@ -144,6 +153,7 @@ class FakeRuntime:
         self.volumes: dict[str, dict[str, Any]] = {}  # per instance: the stored session, like /data
         self.calls: list[tuple[str, str]] = []  # (method, instance id), for assertions
         self.generate_delay = 0.0
+        self.numbered_images = False  # True: the n-th generation answers numbered_png(n), not TINY_PNG
         # While set and not yet fired, every generation holds after its delay: a test decides when the pool frees.
         self.generation_gate: asyncio.Event | None = None
         self.selectors_removal_delay = 0.0  # how long DELETE /selectors takes (a delivery at start in flight)
@@ -598,7 +608,8 @@ class FakeRuntime:
             error = m.TaskError(code=outcome.code, message=f"injected {outcome.code}", retry_safe=outcome.retry_safe)
             return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
-        image = base64.b64encode(TINY_PNG).decode()
+        png = numbered_png(len(self.generations)) if self.numbered_images else TINY_PNG
+        image = base64.b64encode(png).decode()
         return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings))
 
     async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:

@@ -31,6 +31,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     error_code: str | None
     error_message: str | None
     image_count: int
+    model: str | None = None
+    image_size: str | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -52,6 +54,8 @@ _COLUMNS = (
     Task.error_code,
     Task.error_message,
     Task.image_count,
+    Task.model,
+    Task.image_size,
     Task.created_at,
     Task.started_at,
     Task.finished_at,
@@ -73,6 +77,25 @@ class TaskHistoryService:
             query = query.where(Task.status == outcome)
         if instance_id:
             query = query.where(Task.instance_id == _parse_id(instance_id))
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [_to_view(row) for row in rows]
+
+    async def one(self, task_id: str) -> TaskView | None:
+        """One task, or None for an id that names none (or is no id)."""
+        try:
+            uid = uuid.UUID(task_id)
+        except ValueError:
+            return None
+        async with self._sessions() as session:
+            row = (await session.execute(select(*_COLUMNS).where(Task.id == uid))).first()
+        return _to_view(row) if row is not None else None
+
+    async def with_kept_images(self, *, since: datetime, limit: int = 24) -> list[TaskView]:
+        """Succeeded tasks whose images are still kept (a result, ended after `since`), newest first."""
+        query = (select(*_COLUMNS).where(Task.status == TaskStatus.SUCCEEDED, Task.image_count > 0,
+                                         Task.result_path.is_not(None), Task.finished_at >= since)
+                 .order_by(Task.finished_at.desc(), Task.id).limit(max(1, min(limit, 200))))
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
         return [_to_view(row) for row in rows]
@@ -101,6 +124,8 @@ def _to_view(row: Any) -> TaskView:
         error_code=row.error_code,
         error_message=row.error_message,
         image_count=row.image_count,
+        model=row.model,
+        image_size=row.image_size,
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,

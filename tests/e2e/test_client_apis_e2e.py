@@ -165,3 +165,17 @@ def test_generate_content_with_image_config(fleet: Fleet) -> None:
     (generation,) = fleet.generations()
     assert (generation["model"], generation["aspect_ratio"], generation["image_size"]) == ("gemini-3-pro-image", "21:9", "2K")
     assert len(generation["uploads"]) == 1 and generation["prompt"] == "the same, at dusk"
+
+
+def test_generate_content_stream(fleet: Fleet) -> None:
+    """google-genai streams by default in many chat apps: its SSE form, through the gateway image."""
+    fleet.fresh(latency_ms=200)
+    client = fleet.gemini()  # held: a collected client closes its connections under a running call
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash-image", contents="一座雪山，日出"))
+    parts = [part for chunk in chunks for part in chunk.candidates[0].content.parts]
+    assert [p.text for p in parts if p.text] == [SIM_TEXT]
+    (image,) = [p.inline_data for p in parts if p.inline_data]
+    assert image.mime_type == "image/png" and image.data.startswith(b"\x89PNG")
+    assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
+    (generation,) = fleet.generations()
+    assert generation["model"] == "gemini-2.5-flash-image" and generation["prompt"] == "一座雪山，日出"

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from gateway.api.openai_requests import nearest_ratio, ratio_and_size
 from gateway.addresses import public
 from fleet_contract.catalogue import load
-from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime
+from gateway.runtime.fake import TINY_PNG, FakeOutcome, FakeRuntime, numbered_png
 from tests.gateway.conftest import IsolatedSettings
 from tests.gateway.pool import Pool, open_pool
 from tests.polling import await_until
@@ -307,7 +307,9 @@ async def test_chat_answers_with_images_as_data_urls_and_markdown(pool: Pool) ->
     assert message.content == f"fake text\n\n![image 1]({TINY_DATA_URL})"
     assert completion.choices[0].finish_reason == "stop" and completion.model == "gemini-2.5-flash-image"
     (generation,) = pool.fake.generations
-    assert generation.prompt == "draw this cat as a lion" and generation.references == [TINY_B64]
+    # The earlier request follows as context (the system message and the model's words do not).
+    assert generation.prompt == "draw this cat as a lion\n\nEarlier requests in this conversation, oldest first:\n- earlier"
+    assert generation.references == [TINY_B64]
     assert generation.aspect_ratio == "16:9"
 
 
@@ -381,6 +383,66 @@ async def test_chat_fetches_http_images_under_limits(database_url: str, tmp_path
         assert len(pool.fake.generations) == 1
 
 
+# ---- conversations: an edit in three turns --------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def test_a_chat_edits_in_conversation_with_the_earlier_images_as_references(pool: Pool) -> None:
+    """As a chat app sends it: each turn resends the history, the answers' Markdown images included."""
+    pool.fake.numbered_images = True
+    client = openai_client(pool)
+    messages: list[dict[str, Any]] = []
+    for request in ("a cat on a sofa", "now make it red", "add a hat"):
+        messages.append({"role": "user", "content": request})
+        answer = await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    first, second, third = pool.fake.generations
+    made = [b64(numbered_png(n)) for n in (1, 2, 3)]
+    assert first.references == [] and first.prompt == "a cat on a sofa"
+    assert second.references == [made[0]]
+    assert third.references == [made[1], made[0]]  # newest first
+    assert third.prompt.startswith("add a hat\n\n") and third.prompt.endswith("- a cat on a sofa\n- now make it red")
+
+
+async def test_a_chat_reference_may_be_a_signed_link_of_this_gateway(pool: Pool) -> None:
+    """Read from the kept result, not fetched: this gateway's own address is private, which fetches refuse."""
+    from gateway.api.image_urls import ImageSigner
+
+    pool.fake.numbered_images = True
+    client = openai_client(pool)
+    made = await client.images.generate(prompt="a red fox", response_format="url")
+    url = made.data[0].url
+    assert url is not None and httpx.URL(url).host == "127.0.0.1"
+    parts = [{"type": "text", "text": "the same fox, in snow"}, {"type": "image_url", "image_url": {"url": url}}]
+    await client.chat.completions.create(model="gemini-2.5-flash-image", messages=[{"role": "user", "content": parts}])
+    assert pool.fake.generations[1].references == [b64(numbered_png(1))]
+    # One that expired is told apart from a fetch failure, and nothing runs.
+    signer = ImageSigner.from_settings(pool.fleet.settings.faces, pool.fleet.secret)
+    task_id = httpx.URL(url).path.split("/")[-2]
+    old = pool.url + signer.path(task_id, 0, "image/png", now=time.time() - signer.ttl - 5)  # type: ignore[arg-type]
+    history = [{"role": "user", "content": "a fox"}, {"role": "assistant", "content": f"![fox]({old})"},
+               {"role": "user", "content": "in snow"}]
+    refused = await pool.http.post("/v1/chat/completions", headers=auth(),
+                                   json={"model": "gemini-2.5-flash-image", "messages": history})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "reference_link_expired"
+    assert len(pool.fake.generations) == 2
+
+
+async def test_a_gemini_chat_edits_in_conversation_through_the_official_client(pool: Pool) -> None:
+    pool.fake.numbered_images = True
+    chat = gemini_client(pool).aio.chats.create(model="gemini-3-pro-image")
+    for request in ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"):
+        answer = await chat.send_message(request)
+        assert answer.candidates[0].content.parts[1].inline_data.data.startswith(b"\x89PNG")
+    first, second, third = pool.fake.generations
+    made = [b64(numbered_png(n)) for n in (1, 2, 3)]
+    assert (first.references, second.references, third.references) == ([], [made[0]], [made[1], made[0]])
+    assert third.prompt.startswith("再加一顶帽子\n\n") and third.prompt.endswith("- 一只猫坐在沙发上\n- 把它变成红色")
+
+
 # ---- Gemini ---------------------------------------------------------------------------------------------
 
 
@@ -420,6 +482,67 @@ async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
     )
     assert unauthorized.status_code == 401 and unauthorized.json()["error"]["status"] == "UNAUTHENTICATED"
     assert pool.fake.generations == []
+
+
+async def test_stream_generate_content_through_the_official_client(pool: Pool) -> None:
+    client = gemini_client(pool)
+    reference = genai_types.Part.from_bytes(data=TINY_PNG, mime_type="image/png")
+    chunks = [chunk async for chunk in await client.aio.models.generate_content_stream(
+        model="gemini-3-pro-image", contents=[reference, "一只猫，画成油画"],
+        config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="4:3", image_size="2K")),
+    )]
+    parts = [part for chunk in chunks for part in chunk.candidates[0].content.parts]
+    assert [p.text for p in parts if p.text] == ["fake text"]
+    assert [p.inline_data.data for p in parts if p.inline_data] == [TINY_PNG]
+    assert [c.candidates[0].finish_reason for c in chunks][-1] == genai_types.FinishReason.STOP
+    assert all(c.candidates[0].finish_reason is None for c in chunks[:-1]) and len(chunks) == 2
+    (generation,) = pool.fake.generations
+    assert (generation.model, generation.aspect_ratio, generation.image_size) == ("gemini-3-pro-image", "4:3", "2K")
+    assert generation.prompt == "一只猫，画成油画" and generation.references == [TINY_B64]
+
+
+async def test_stream_generate_content_as_a_json_array_with_the_key_in_the_query(pool: Pool) -> None:
+    """Google's REST default (no alt=sse) is one JSON array of chunks; `?key=` is its form of the API key."""
+    answer = await pool.http.post(
+        f"/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?key={KEY}",
+        json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]},
+    )
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    chunks = answer.json()
+    assert [list(c["candidates"][0]["content"]["parts"][0]) for c in chunks] == [["text"], ["inlineData"]]
+    assert "finishReason" not in chunks[0]["candidates"][0] and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] == TINY_B64
+
+
+async def test_a_refused_stream_is_an_http_error_in_google_shape(pool: Pool) -> None:
+    client = gemini_client(pool)
+    with pytest.raises(genai_errors.ClientError) as refused:
+        async for _ in await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash-image", contents="x",
+            config=genai_types.GenerateContentConfig(image_config=genai_types.ImageConfig(aspect_ratio="1:8")),
+        ):
+            pass
+    assert refused.value.code == 422 and refused.value.status == "INVALID_ARGUMENT"
+    wrong_key = await pool.http.post(
+        "/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?alt=sse&key=wrong",
+        json={"contents": [{"parts": [{"text": "x"}]}]},
+    )
+    assert wrong_key.status_code == 401 and wrong_key.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert pool.fake.generations == []
+
+
+async def test_models_get_through_the_official_client(pool: Pool) -> None:
+    client = gemini_client(pool)
+    model = await client.aio.models.get(model="gemini-3-pro-image")
+    assert model.name == "models/gemini-3-pro-image"
+    assert set(model.supported_actions or []) == {"generateContent", "streamGenerateContent"}
+    renamed = await pool.http.get(f"/v1beta/models/gemini-3-pro-image-preview?key={KEY}")
+    assert renamed.status_code == 200 and renamed.json()["name"] == "models/gemini-3-pro-image"
+    with pytest.raises(genai_errors.ClientError) as retired:
+        await client.aio.models.get(model="gemini-3.1-flash-image")
+    assert retired.value.code == 422 and "gemini-nano-banana-2.1" in (retired.value.message or "")
+    unknown = await pool.http.get("/v1beta/models/no-such-model", headers={"x-goog-api-key": KEY})
+    assert unknown.status_code == 422 and unknown.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
 # ---- shut-down models and the operator's aliases, on every face ---------------------------------------------

@@ -95,8 +95,37 @@
     connect();
   }
 
+  // ---- playground: reference images dropped on the zone go into its file input (delegated: htmx swaps it)
+  function showChosen(input) {
+    const zone = input.closest("[data-drop-zone]");
+    const names = zone && zone.querySelector("[data-reference-names]");
+    if (names) names.textContent = Array.from(input.files).map(function (f) { return f.name; }).join(", ");
+  }
+  function setupPlayground() {
+    document.addEventListener("dragover", function (e) {
+      const zone = e.target.closest && e.target.closest("[data-drop-zone]");
+      if (zone) { e.preventDefault(); zone.classList.add("dragging"); }
+    });
+    document.addEventListener("dragleave", function (e) {
+      const zone = e.target.closest && e.target.closest("[data-drop-zone]");
+      if (zone) zone.classList.remove("dragging");
+    });
+    document.addEventListener("drop", function (e) {
+      const zone = e.target.closest && e.target.closest("[data-drop-zone]");
+      if (!zone) return;
+      e.preventDefault();
+      zone.classList.remove("dragging");
+      const input = zone.querySelector("[data-references]");
+      if (input && e.dataTransfer && e.dataTransfer.files.length) { input.files = e.dataTransfer.files; showChosen(input); }
+    });
+    document.addEventListener("change", function (e) {
+      if (e.target.matches && e.target.matches("[data-references]")) showChosen(e.target);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     setupScreenshot();
     setupLogs();
+    setupPlayground();
   });
 })();

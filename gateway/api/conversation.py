@@ -1,0 +1,115 @@
+"""A chat conversation as one generation, for the OpenAI chat and Gemini generateContent faces.
+
+Chat apps edit in conversation ("a cat on a sofa", then "now make it red"): the page makes one image per task,
+so the new turn carries what the conversation already has.
+- References: the new user turn's own images first (as sent; more than the limit is a 422), then the images of
+  earlier turns, the user's and the model's own, newest first, without repeats, up to the limit
+  (GATEWAY_MAX_REFERENCE_IMAGES); none for a model that takes no references.
+- Prompt: the new turn's text; when earlier user turns said something, it is followed by those requests, oldest
+  first, at most GATEWAY_CHAT_CONTEXT_CHARS characters of them (the newest kept) and never past the prompt
+  limit. The model's own words ("Here is your image") are not repeated to it.
+An image is a data URL, base64 (Gemini's inline data), an http(s) URL fetched under the fetch limits, or a
+signed link this gateway made (read from the kept result, not fetched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from gateway.api.image_urls import FILES_PATH
+from gateway.errors import Invalid
+
+CONTEXT_HEADER = "Earlier requests in this conversation, oldest first:"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message: who said it (`user`, or `model` for the assistant), its texts and its images in order."""
+
+    role: str
+    texts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the generation gets from a conversation: the prompt and the images to send as references."""
+
+    prompt: str
+    images: list[str]
+    from_history: int  # how many of `images` came from earlier turns
+
+
+def read(turns: Sequence[Turn], *, max_references: int, takes_references: bool, context_chars: int,
+         max_prompt_chars: int, no_user: str = "messages_no_user") -> Conversation:
+    """The prompt and references of the last user turn, given the turns before it."""
+    users = [i for i, turn in enumerate(turns) if turn.role == "user"]
+    if not users:
+        raise Invalid(no_user)
+    last = users[-1]
+    current, earlier = turns[last], turns[:last]
+    if len(current.images) > max_references:
+        raise Invalid("too_many_references", limit=max_references)
+    history = _history_images(earlier, exclude=current.images) if takes_references else []
+    room = max(0, max_references - len(current.images))
+    text = "\n".join(t for t in current.texts if t.strip())
+    prompt = with_context(text, [t for turn in earlier if turn.role == "user" for t in turn.texts if t.strip()],
+                          context_chars, max_prompt_chars)
+    return Conversation(prompt, [*current.images, *history[:room]], min(room, len(history)))
+
+
+def _history_images(earlier: Sequence[Turn], exclude: Sequence[str]) -> list[str]:
+    """Earlier turns' images, newest turn first (a turn's own images keep their order), each once."""
+    seen = set(exclude)
+    found = []
+    for turn in reversed(earlier):
+        for image in turn.images:
+            if image not in seen:
+                seen.add(image)
+                found.append(image)
+    return found
+
+
+def with_context(text: str, earlier: Sequence[str], context_chars: int, max_prompt_chars: int) -> str:
+    """`text`, then the earlier requests that fit in `context_chars` and the prompt limit, newest kept."""
+    budget = min(context_chars, max_prompt_chars - len(text) - len(CONTEXT_HEADER) - 2)
+    kept: list[str] = []
+    for request in reversed(earlier):
+        line = "- " + " ".join(request.split())
+        if budget - len(line) - 1 < 0:
+            break
+        budget -= len(line) + 1
+        kept.append(line)
+    if not kept:
+        return text
+    return "\n".join([text, "", CONTEXT_HEADER, *reversed(kept)])
+
+
+def signed_link_of(url: str) -> tuple[str, int, str, str] | None:
+    """(task id, index, expires, signature) when `url` is an image link this gateway signs, else None."""
+    parts = urlsplit(url)
+    if not parts.path.startswith(FILES_PATH + "/"):
+        return None
+    task_id, _, name = parts.path[len(FILES_PATH) + 1:].partition("/")
+    stem = name.split(".", 1)[0]
+    query = parse_qs(parts.query)
+    if not task_id or not stem.isdigit() or len(stem) > 3:
+        return None
+    return task_id, int(stem), query.get("expires", [""])[0], query.get("signature", [""])[0]
+
+
+async def resolve(images: Sequence[str], *, decode: Callable[[str, int], bytes],
+                  own_link: Callable[[tuple[str, int, str, str]], Awaitable[bytes | None]],
+                  fetch: Callable[[str, int], Awaitable[bytes]]) -> list[bytes]:
+    """The bytes of each reference: our own signed links from the kept results, other URLs fetched, data decoded."""
+    found = []
+    for index, image in enumerate(images):
+        if image.startswith(("http://", "https://")):
+            link = signed_link_of(image)
+            own = await own_link(link) if link is not None else None
+            found.append(own if own is not None else await fetch(image, index))
+        else:
+            found.append(decode(image, index))
+    return found
