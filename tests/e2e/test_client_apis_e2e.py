@@ -19,6 +19,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
+from instance.images import reencode
 from tests.e2e.conftest import FAST_SETTINGS
 from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace
 from tests.instance.harness import png_bytes, signed_in_state
@@ -203,5 +204,6 @@ def test_anthropic_messages_stream_and_an_edit_carrying_the_image(fleet: Fleet) 
     assert second.content[0].text == SIM_TEXT
     made, edited = fleet.generations()
     assert made["prompt"] == "一座雪山，日出" and made["aspect_ratio"] == "16:9" and made["uploads"] == []
-    assert [u["sha256"] for u in edited["uploads"]] == [hashlib.sha256(image.content).hexdigest()]  # the image made
+    reencoded = reencode(image.content, 0, 40_000_000).data  # the instance re-encodes every reference it takes
+    assert [u["sha256"] for u in edited["uploads"]] == [hashlib.sha256(reencoded).hexdigest()]  # the image made
     assert edited["prompt"].startswith("加上一只鹰\n\n") and edited["prompt"].endswith("- 一座雪山，日出")
