@@ -97,7 +97,7 @@ class TextBlockOut(msgspec.Struct, kw_only=True):
     text: str
 
 
-class UsageOut(msgspec.Struct, kw_only=True):
+class MessageUsageOut(msgspec.Struct, kw_only=True):
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -110,12 +110,13 @@ class MessageOut(msgspec.Struct, kw_only=True):
     content: list[TextBlockOut]
     stop_reason: str | None = "end_turn"  # end_turn, or refusal for the page's text-only answer
     stop_sequence: str | None = None
-    usage: UsageOut = msgspec.field(default_factory=UsageOut)
+    usage: MessageUsageOut = msgspec.field(default_factory=MessageUsageOut)
 
 
 # Errors ----------------------------------------------------------------------------------------------
 
-# Anthropic's error types by HTTP status (its own: 413 request_too_large, 504 timeout_error); else by class.
+# Anthropic's error types by HTTP status (413 and 504 as its own API names them); others: api_error for 5xx, else
+# invalid_request_error.
 _ERROR_TYPES = {
     401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
     429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
@@ -160,7 +161,7 @@ def _turn(message: MessageIn, *, strict: bool) -> conversation.Turn | None:
         if block.type == "text":
             text = block.text or ""
             if message.role == "assistant":
-                text, pictures = conversation.markdown_images(text)  # our own answers carry their images so
+                text, pictures = conversation.markdown_images(text)  # our answers carry their images as Markdown
                 images += pictures
             texts.append(text)
         elif block.type == "image":
