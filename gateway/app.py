@@ -22,6 +22,7 @@ from gateway.api.bodies import BodyGuardPlugin
 from gateway.api.console import CONSOLE_CONTROLLERS
 from gateway.api.docs import docs_assets, openapi_config
 from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.anthropic_messages import anthropic_router
 from gateway.api.gemini import gemini_router
 from gateway.api.generation import generation_router
 from gateway.api.health import HealthController
@@ -201,8 +202,9 @@ def create_admin_app(settings: Settings, *, fleet: Fleet | None = None, runtime:
 
 def create_api_app(settings: Settings, *, fleet: Fleet | None = None, runtime: Runtime | None = None) -> Litestar:
     """The generation listener (:8812): the old clients' /generate, /generate-with-file, /tasks and /health,
-    OpenAI's /v1/... and Gemini's /v1beta/..., and /metrics."""
-    handlers = [HealthController, ProbesController, generation_router(settings.inputs), openai_router(settings.inputs), gemini_router(settings.inputs), MetricsController]
+    OpenAI's /v1/..., Gemini's /v1beta/..., Anthropic's /v1/messages, and /metrics."""
+    handlers = [HealthController, ProbesController, generation_router(settings.inputs), openai_router(settings.inputs), gemini_router(settings.inputs),
+                anthropic_router(settings.inputs), MetricsController]
     return _create_app(settings, fleet, runtime, handlers, title="AI Studio Fleet generation API")
 
 

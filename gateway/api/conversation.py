@@ -1,4 +1,4 @@
-"""A chat conversation as one generation, for the OpenAI chat and Gemini generateContent faces.
+"""A chat conversation as one generation, for the OpenAI chat, Gemini generateContent and Anthropic Messages faces.
 
 Chat apps edit in conversation ("a cat on a sofa", then "now make it red"): the page makes one image per task,
 so the new turn carries what the conversation already has.
@@ -9,19 +9,30 @@ so the new turn carries what the conversation already has.
   first, at most GATEWAY_CHAT_CONTEXT_CHARS characters of them (the newest kept) and never past the prompt
   limit. The model's own words ("Here is your image") are not repeated to it.
 An image is a data URL, base64 (Gemini's inline data), an http(s) URL fetched under the fetch limits, or a
-signed link this gateway made (read from the kept result, not fetched).
+signed link this gateway made (read from the kept result, not fetched). The chat and Anthropic faces answer with
+Markdown images; sent back as history, those are the model's images of that turn.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.api.image_urls import FILES_PATH
-from gateway.errors import Invalid
+from litestar import Request
+
+from gateway.api.faces import limits_of
+from gateway.api.image_urls import FILES_PATH, own_image
+from gateway.api.remote_images import fetch_image
+from gateway.dispatcher.inputs import decoded_reference
+from gateway.errors import Invalid, TooLarge
+from gateway.settings import FaceSettings
 
 CONTEXT_HEADER = "Earlier requests in this conversation, oldest first:"
+# A Markdown image whose target is a data URL or an http(s) URL: the images of an answer sent back as history.
+MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*((?:data:image/|https?://)[^)\s]+)\s*\)")
 
 
 @dataclass(frozen=True)
@@ -113,3 +124,30 @@ async def resolve(images: Sequence[str], *, decode: Callable[[str, int], bytes],
         else:
             found.append(decode(image, index))
     return found
+
+
+async def references(request: Request[Any, Any, Any], images: Sequence[str]) -> list[bytes]:
+    """`resolve` as the faces use it: data checked under the reference limits, other URLs fetched under the
+    fetch limits, our own signed links read from the kept results."""
+    limits = limits_of(request)
+    return await resolve(
+        images, decode=lambda image, index: decoded_reference(image, index, limits),
+        own_link=lambda link: own_image(request, link), fetch=lambda url, index: _fetched(request, url, index),
+    )
+
+
+async def _fetched(request: Request[Any, Any, Any], url: str, index: int) -> bytes:
+    settings: FaceSettings = request.app.state.settings.faces
+    limit = request.app.state.settings.inputs.max_reference_bytes
+    data = await fetch_image(
+        url, max_bytes=limit, timeout=settings.fetch_timeout,
+        allow_private=settings.fetch_private_addresses,
+    )
+    if len(data) > limit:
+        raise TooLarge("reference_too_large", index=index + 1, limit=limit)
+    return data  # its format is checked with the others by the one check
+
+
+def markdown_images(text: str) -> tuple[str, list[str]]:
+    """An answer of ours sent back as history: its text without the Markdown images, and their targets."""
+    return MARKDOWN_IMAGE.sub("", text).strip(), MARKDOWN_IMAGE.findall(text)

@@ -1,4 +1,4 @@
-"""What the OpenAI and Gemini faces share: errors in each API's own shape, n tasks side by side, a task's
+"""What the OpenAI, Gemini and Anthropic faces share: errors in each API's own shape, n tasks side by side, a task's
 failure as an HTTP error, and the client's disconnect watched once for several tasks.
 
 Each face is a thin translation onto one `GenerationRequest` and one `TaskResult`; none of them talks to an

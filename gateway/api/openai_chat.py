@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,17 +34,11 @@ from gateway.api.faces import (
     run_all,
 )
 from gateway.api import conversation
-from gateway.api.image_urls import own_image
 from gateway.api.openai_requests import model_spec, openai_request
-from gateway.api.remote_images import fetch_image
 from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
-from gateway.dispatcher.inputs import decoded_reference
-from gateway.errors import Invalid, TooLarge
-from gateway.settings import FaceSettings, InputSettings
-
-# A Markdown image whose target is a data URL or an http(s) URL: the images of an answer sent back as history.
-MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*((?:data:image/|https?://)[^)\s]+)\s*\)")
+from gateway.errors import Invalid
+from gateway.settings import FaceSettings
 TEXT_ANSWER = "blocked"  # the model answered with text and no image: in a chat, that text is the answer
 
 
@@ -138,10 +131,7 @@ async def chat_request(request: Request[Any, Any, Any], body: ChatCompletionIn) 
         turns, max_references=limits.max_reference_images, takes_references=spec.references,
         context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
     )
-    images = await conversation.resolve(
-        talk.images, decode=lambda image, index: decoded_reference(image, index, limits),
-        own_link=lambda link: own_image(request, link), fetch=lambda url, index: _fetched(request, url, index),
-    )
+    images = await conversation.references(request, talk.images)
     return openai_request(request, prompt=talk.prompt, model=body.model, size=body.size, images=images)
 
 
@@ -163,8 +153,8 @@ def _turn(message: ChatMessage, *, strict: bool) -> conversation.Turn | None:
         if part.type == "text":
             text = part.text or ""
             if message.role == "assistant":
-                images += MARKDOWN_IMAGE.findall(text)  # our own answers carry their images as Markdown too
-                text = MARKDOWN_IMAGE.sub("", text).strip()
+                text, pictures = conversation.markdown_images(text)  # our own answers carry their images so too
+                images += pictures
             texts.append(text)
         elif part.type == "image_url":
             url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
@@ -183,18 +173,6 @@ def _parts(message: ChatMessage) -> list[ContentPart]:
     if isinstance(message.content, str):
         return [ContentPart(type="text", text=message.content)]
     return message.content
-
-
-async def _fetched(request: Request[Any, Any, Any], url: str, index: int) -> bytes:
-    settings: FaceSettings = request.app.state.settings.faces
-    limit = request.app.state.settings.inputs.max_reference_bytes
-    data = await fetch_image(
-        url, max_bytes=limit, timeout=settings.fetch_timeout,
-        allow_private=settings.fetch_private_addresses,
-    )
-    if len(data) > limit:
-        raise TooLarge("reference_too_large", index=index + 1, limit=limit)
-    return data  # its format is checked with the others by the one check
 
 
 # Answers ---------------------------------------------------------------------------------------------

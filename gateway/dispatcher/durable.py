@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class TaskMeta:
     """What a client asked of a task beyond the generation itself."""
 
-    api: str = "generate"  # the face that took it: generate, tasks, openai, gemini
+    api: str = "generate"  # the face that took it: generate, tasks, openai, gemini, anthropic
     idempotency_key: str | None = None
     callback_url: str | None = None  # asynchronous tasks: where the result is sent
 

@@ -54,14 +54,15 @@ class FakeOutcome:
     retry_safe: bool = False
     status: int = 200
     delay: float | None = None  # None: the container's, else the runtime's generate_delay
+    text: str | None = None  # what the page said with an error (AI Studio's words when it refuses a prompt)
 
     @classmethod
     def ok(cls, delay: float | None = None) -> FakeOutcome:
         return cls("ok", delay=delay)
 
     @classmethod
-    def error(cls, code: str, *, retry_safe: bool, delay: float | None = None) -> FakeOutcome:
-        return cls("error", code=code, retry_safe=retry_safe, delay=delay)
+    def error(cls, code: str, *, retry_safe: bool, delay: float | None = None, text: str | None = None) -> FakeOutcome:
+        return cls("error", code=code, retry_safe=retry_safe, delay=delay, text=text)
 
     @classmethod
     def http(cls, status: int) -> FakeOutcome:
@@ -606,7 +607,7 @@ class FakeRuntime:
             if outcome.code == "ui_changed":
                 self.fake_snapshot(container.instance_id, task_id=task_id)  # as a real instance copies its page
             error = m.TaskError(code=outcome.code, message=f"injected {outcome.code}", retry_safe=outcome.retry_safe)
-            return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, timings=timings))
+            return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, text=outcome.text, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
         png = numbered_png(len(self.generations)) if self.numbered_images else TINY_PNG
         image = base64.b64encode(png).decode()

@@ -1,15 +1,17 @@
-"""The OpenAI and Gemini faces end to end: the official `openai` and `google-genai` clients over HTTP against
-`python -m gateway` (runtime docker) in front of two real instance containers, each signed in to its own
-simulator account. The simulator's record says what each real page was asked (prompt, ratio, size, model,
-uploads), and that the two images of `n=2` ran on both accounts at once."""
+"""The OpenAI, Gemini and Anthropic faces end to end: the official `openai`, `google-genai` and `anthropic`
+clients over HTTP against `python -m gateway` (runtime docker) in front of two real instance containers, each
+signed in to its own simulator account. The simulator's record says what each real page was asked (prompt,
+ratio, size, model, uploads), and that the two images of `n=2` ran on both accounts at once."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import docker
 import httpx
 import openai
@@ -17,6 +19,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
+from instance.images import reencode
 from tests.e2e.conftest import FAST_SETTINGS
 from tests.e2e.harness import GatewayProcess, SimulatorNetwork, print_fleet_logs, new_namespace, remove_namespace
 from tests.instance.harness import png_bytes, signed_in_state
@@ -179,3 +182,28 @@ def test_generate_content_stream(fleet: Fleet) -> None:
     assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
     (generation,) = fleet.generations()
     assert generation["model"] == "gemini-2.5-flash-image" and generation["prompt"] == "一座雪山，日出"
+
+
+def test_anthropic_messages_stream_and_an_edit_carrying_the_image(fleet: Fleet) -> None:
+    """The official anthropic client, streaming in Chinese, then the next turn with the answer sent back: the
+    signed link in its Markdown is read from the kept result and uploaded to the real page as the reference."""
+    fleet.fresh(latency_ms=1000)
+    client = anthropic.Anthropic(base_url=fleet.gateway.api_url, api_key=KEY, max_retries=0, timeout=180)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "一座雪山，日出"}]
+    with client.messages.stream(model="gemini-2.5-flash-image", max_tokens=1024, messages=messages,
+                                extra_body={"size": "16:9"}) as stream:
+        first = stream.get_final_message()
+    text, picture = (block.text for block in first.content)
+    assert text == SIM_TEXT and first.stop_reason == "end_turn"
+    url = picture[picture.index("(") + 1:-1]
+    image = httpx.get(url, timeout=30)  # no key: the signature is the credential
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+    messages += [{"role": "assistant", "content": first.content}, {"role": "user", "content": "加上一只鹰"}]
+    second = client.messages.create(model="gemini-2.5-flash-image", max_tokens=1024, messages=messages)
+    assert second.content[0].text == SIM_TEXT
+    made, edited = fleet.generations()
+    assert made["prompt"] == "一座雪山，日出" and made["aspect_ratio"] == "16:9" and made["uploads"] == []
+    reencoded = reencode(image.content, 0, 40_000_000).data  # the instance re-encodes every reference it takes
+    assert [u["sha256"] for u in edited["uploads"]] == [hashlib.sha256(reencoded).hexdigest()]  # the image made
+    assert edited["prompt"].startswith("加上一只鹰\n\n") and edited["prompt"].endswith("- 一座雪山，日出")

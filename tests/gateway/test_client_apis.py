@@ -1,6 +1,7 @@
-"""The OpenAI and Gemini faces on the fake runtime, spoken to by the official `openai` and `google-genai` clients
-over HTTP (and by httpx where a client hides what is checked): shapes, n tasks side by side, signed image URLs,
-streaming, and every bad field refused in the API's own error shape with nothing dispatched."""
+"""The OpenAI, Gemini and Anthropic faces on the fake runtime, spoken to by the official `openai`, `google-genai`
+and `anthropic` clients over HTTP (and by httpx where a client hides what is checked): shapes, n tasks side by
+side, signed image URLs, streaming, and every bad field refused in the API's own error shape with nothing
+dispatched."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -231,6 +234,22 @@ async def test_bad_bodies_of_every_face_stay_4xx_in_their_shape(pool: Pool) -> N
         ("/v1beta/models/imagen-4.0-generate-001:generateContent", {"json": {"contents": [{"parts": [
             {"text": "x"}, {"inlineData": {"mimeType": "image/png", "data": TINY_B64}}]}]}}, 422, "gemini"),
         ("/v1beta/models/gemini-2.5-flash-image:generateContent", {"json": {"contents": "x"}}, 400, "gemini"),
+        ("/v1/messages", {"json": {"messages": []}}, 422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "assistant", "content": "hello"}]}}, 422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]}},
+         422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]}},
+         422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "source": {"type": "base64", "data": too_big}}]}]}}, 413, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "source": {"type": "url", "url": "http://127.0.0.1:1/a.png"}}]}]}},
+         422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": "x"}], "size": "7:3"}}, 422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": ""}]}}, 422, "anthropic"),
+        ("/v1/messages", {"json": {"messages": "x"}}, 400, "anthropic"),
+        ("/v1/messages", {"json": {"messages": [{"role": "user", "content": 5}]}}, 400, "anthropic"),
     ]
     for path, request, status, shape in cases:
         headers = {**auth(), **request.pop("headers", {})}
@@ -239,6 +258,9 @@ async def test_bad_bodies_of_every_face_stay_4xx_in_their_shape(pool: Pool) -> N
         error = response.json()["error"]
         if shape == "openai":
             assert {"message", "type", "code", "param"} <= error.keys(), error
+        elif shape == "anthropic":
+            assert response.json()["type"] == "error" and error["message"] and error["details"]["error_code"], error
+            assert error["type"] == ("request_too_large" if status == 413 else "invalid_request_error"), error
         else:
             assert error["code"] == status and error["status"] in ("INVALID_ARGUMENT", "NOT_FOUND") and error["message"]
     assert pool.fake.generations == [] and await pool.task_count() == 0
@@ -256,12 +278,20 @@ async def test_busy_and_empty_pools_answer_429_and_503_with_retry_after(database
             "/v1beta/models/gemini-2.5-flash-image:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]}
         )
         assert gemini_full.status_code == 429 and gemini_full.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+        anthropic_full = await pool.http.post("/v1/messages", json={
+            "model": "gemini-2.5-flash-image", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+        assert anthropic_full.status_code == 429 and int(anthropic_full.headers["retry-after"]) >= 1
+        assert anthropic_full.json() == {"type": "error", "error": {
+            "type": "rate_limit_error", "message": anthropic_full.json()["error"]["message"], "details": {"error_code": "queue_full"}}}
         assert (await first).status_code == 200
         await pool.fleet.instances.stop(pool.instance_ids[0])
         await await_until(lambda: _stopped(pool), timeout=5, what="the instance stopped")
         empty = await pool.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "stream": True})
         assert empty.status_code == 503 and "retry-after" in empty.headers
         assert empty.json()["error"]["code"] == "no_instance_running"
+        anthropic_empty = await pool.http.post("/v1/messages", json={"messages": [{"role": "user", "content": "x"}], "stream": True})
+        assert anthropic_empty.status_code == 503 and "retry-after" in anthropic_empty.headers
+        assert anthropic_empty.json()["error"]["type"] == "overloaded_error"
 
 
 async def _stopped(pool: Pool) -> bool:
@@ -545,6 +575,185 @@ async def test_models_get_through_the_official_client(pool: Pool) -> None:
     assert unknown.status_code == 422 and unknown.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
+# ---- Anthropic Messages ---------------------------------------------------------------------------------
+
+
+def anthropic_client(pool: Pool, *, api_key: str = KEY) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=pool.url, api_key=api_key, max_retries=0)
+
+
+def image_block(data_b64: str = TINY_B64) -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data_b64}}
+
+
+MARKDOWN_LINK = re.compile(r"^!\[image 1\]\((\S+)\)$")
+
+
+async def test_a_message_with_an_image_block_through_the_official_client(pool: Pool) -> None:
+    message = await anthropic_client(pool).messages.create(
+        model="gemini-3-pro-image", max_tokens=1024, system="You draw.",
+        messages=[{"role": "user", "content": [image_block(), {"type": "text", "text": "draw this cat as a lion"}]}],
+        extra_body={"size": "1792x1024"}, extra_headers={"anthropic-beta": "anything"},
+    )
+    assert (message.type, message.role, message.model) == ("message", "assistant", "gemini-3-pro-image")
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None and message.id.startswith("msg_")
+    assert message.usage.input_tokens == 0 and message.usage.output_tokens == 0
+    text, image = message.content
+    assert text.type == image.type == "text" and text.text == "fake text"
+    link = MARKDOWN_LINK.match(image.text)
+    assert link is not None and link.group(1).startswith(pool.url + "/v1/images/files/"), image.text
+    async with httpx.AsyncClient() as anonymous:  # a signed link: no key needed
+        assert (await anonymous.get(link.group(1))).content == TINY_PNG
+    (generation,) = pool.fake.generations
+    assert generation.prompt == "draw this cat as a lion" and generation.references == [TINY_B64]
+    assert (generation.model, generation.aspect_ratio, generation.image_size) == ("gemini-3-pro-image", "16:9", "2K")
+    (row,) = await pool.task_rows()
+    assert row.api == "anthropic" and message.id == f"msg_{row.id.hex}"
+
+
+async def test_an_anthropic_conversation_edits_with_the_earlier_images_as_references(pool: Pool) -> None:
+    """As an agent sends it: each turn resends the history, the answers' content as it came."""
+    pool.fake.numbered_images = True
+    client = anthropic_client(pool)
+    messages: list[dict[str, Any]] = []
+    for request in ("a cat on a sofa", "now make it red", "add a hat"):
+        messages.append({"role": "user", "content": request})
+        answer = await client.messages.create(model="gemini-2.5-flash-image", max_tokens=1024, messages=messages)
+        messages.append({"role": "assistant", "content": answer.content})
+    first, second, third = pool.fake.generations
+    made = [b64(numbered_png(n)) for n in (1, 2, 3)]
+    assert first.references == [] and first.prompt == "a cat on a sofa"
+    assert second.references == [made[0]]
+    assert third.references == [made[1], made[0]]  # newest first, read from the kept results
+    assert third.prompt.startswith("add a hat\n\n") and third.prompt.endswith("- a cat on a sofa\n- now make it red")
+
+
+async def test_without_kept_results_the_images_are_data_urls_and_still_carried(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1, store_sync_results=False) as pool:
+        pool.fake.numbered_images = True
+        client = anthropic_client(pool)
+        first = await client.messages.create(model="gemini-2.5-flash-image", max_tokens=64,
+                                             messages=[{"role": "user", "content": "a cat"}])
+        picture = first.content[-1].text
+        assert picture == f"![image 1](data:image/png;base64,{b64(numbered_png(1))})"
+        history = [{"role": "user", "content": "a cat"}, {"role": "assistant", "content": first.content},
+                   {"role": "user", "content": "now red"}]
+        await client.messages.create(model="gemini-2.5-flash-image", max_tokens=64, messages=history)
+        assert pool.fake.generations[1].references == [b64(numbered_png(1))]
+
+
+async def test_a_message_streams_through_the_official_client_in_chinese(pool: Pool) -> None:
+    pool.fake.generate_delay = 0.3
+    client = anthropic_client(pool)
+    async with client.messages.stream(
+        model="gemini-3-pro-image", max_tokens=1024, messages=[{"role": "user", "content": "一只猫，画成油画"}],
+        extra_body={"size": "3:4"},
+    ) as stream:
+        texts = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert texts[0] == "fake text" and MARKDOWN_LINK.match(texts[1]) and len(texts) == 2
+    assert [block.text for block in final.content] == texts and final.stop_reason == "end_turn"
+    assert final.model == "gemini-3-pro-image"
+    (generation,) = pool.fake.generations
+    assert generation.prompt == "一只猫，画成油画" and generation.aspect_ratio == "3:4"
+
+
+async def test_a_streamed_message_sends_anthropics_events_and_pings_while_it_waits(pool: Pool) -> None:
+    events = await anthropic_client(pool).messages.create(
+        model="gemini-2.5-flash-image", max_tokens=1024, stream=True, messages=[{"role": "user", "content": "a fox"}],
+    )
+    kinds = [event.type async for event in events]
+    assert kinds == ["message_start", *["content_block_start", "content_block_delta", "content_block_stop"] * 2,
+                     "message_delta", "message_stop"]
+    pool.fake.generation_gate = asyncio.Event()  # the generation ends once a ping has come
+    body = {"model": "gemini-2.5-flash-image", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    lines: list[str] = []
+    async with pool.http.stream("POST", "/v1/messages", json=body, headers={"x-api-key": KEY}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            lines += [line] if line else []
+            if line == "event: ping":
+                pool.fake.generation_gate.set()
+    names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    assert names[0] == "message_start" and names[1] == "ping" and names[-1] == "message_stop"
+    assert json.loads(lines[lines.index("event: ping") + 1][len("data: "):]) == {"type": "ping"}
+    delta = json.loads(lines[lines.index("event: message_delta") + 1][len("data: "):])
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+
+
+async def test_anthropic_errors_in_anthropics_shape_through_the_client(pool: Pool) -> None:
+    client = anthropic_client(pool)
+    not_image = base64.b64encode(b"just text, not an image").decode()
+    with pytest.raises(anthropic.UnprocessableEntityError) as bad_image:
+        await client.messages.create(model="gemini-2.5-flash-image", max_tokens=10, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "x"}, image_block(not_image)]}])
+    assert bad_image.value.body["type"] == "error" and bad_image.value.type == "invalid_request_error"
+    assert bad_image.value.error_code == "reference_not_image" and bad_image.value.api_message
+    with pytest.raises(anthropic.AuthenticationError) as wrong_key:
+        await anthropic_client(pool, api_key="wrong").messages.create(
+            model="gemini-2.5-flash-image", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert wrong_key.value.type == "authentication_error" and wrong_key.value.error_code == "api_key_invalid"
+    with pytest.raises(anthropic.UnprocessableEntityError) as unknown_model:
+        await client.messages.create(model="claude-opus-4", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert unknown_model.value.error_code == "model_unknown" and "gemini-3-pro-image" in unknown_model.value.api_message
+    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}
+    with pytest.raises(anthropic.UnprocessableEntityError) as unsupported:
+        await client.messages.create(model="gemini-2.5-flash-image", max_tokens=10, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "x"}, document]}])
+    assert unsupported.value.error_code == "content_block_unsupported" and '"document"' in unsupported.value.api_message
+    with pytest.raises(anthropic.UnprocessableEntityError) as by_file:
+        await client.messages.create(model="gemini-2.5-flash-image", max_tokens=10, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}])
+    assert by_file.value.error_code == "image_source_unsupported"
+    assert pool.fake.generations == [] and await pool.task_count() == 0
+    # Blocks this face cannot use are passed over in earlier turns (an agent's own history).
+    earlier = [{"role": "user", "content": [{"type": "text", "text": "read this"}, document]},
+               {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "draw", "input": {}}]},
+               {"role": "user", "content": "now draw a fox"}]
+    answer = await client.messages.create(model="gemini-2.5-flash-image", max_tokens=10, messages=earlier)
+    assert answer.stop_reason == "end_turn" and pool.fake.generations[0].prompt.startswith("now draw a fox\n\n")
+
+
+async def test_a_failed_anthropic_task_is_an_error_before_the_stream_and_an_error_event_after(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    async with open_pool(database_url, tmp_path, fake, instances=1, api_keys=KEY) as pool:
+        (instance_id,) = pool.instance_ids
+        refusal = "I can't make that image."
+        pool.fake.script_generations(
+            instance_id, FakeOutcome.error("quota_exhausted", retry_safe=False),
+            FakeOutcome.error("quota_exhausted", retry_safe=False),
+            FakeOutcome.error("blocked", retry_safe=False, text=refusal),
+            FakeOutcome.error("blocked", retry_safe=False, text=refusal),
+        )
+        client = anthropic_client(pool)
+        flash = {"model": "gemini-2.5-flash-image", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await client.messages.create(**flash)
+        assert limited.value.type == "rate_limit_error" and limited.value.error_code == "quota_exhausted"
+        assert limited.value.response.headers["retry-after"]
+        # The one account is out of this model now: a stream is refused before it starts, with a status.
+        with pytest.raises(anthropic.RateLimitError) as before:
+            async for _ in await client.messages.create(**flash, stream=True):
+                pass
+        assert before.value.status_code == 429 and before.value.error_code == "model_exhausted"
+        # A task that fails once the stream has started: an error event, as Anthropic sends one.
+        with pytest.raises(anthropic.APIStatusError) as in_stream:
+            async for _ in await client.messages.create(**{**flash, "model": "gemini-3-pro-image"}, stream=True):
+                pass
+        assert in_stream.value.status_code == 200 and in_stream.value.body["type"] == "error"
+        assert in_stream.value.type == "rate_limit_error" and in_stream.value.error_code == "quota_exhausted"
+        other = {**flash, "model": "gemini-nano-banana-2.1"}
+        refused = await client.messages.create(**other)
+        assert refused.stop_reason == "refusal" and [b.text for b in refused.content] == [refusal]
+        async with client.messages.stream(**other) as stream:
+            streamed = await stream.get_final_message()
+        assert streamed.stop_reason == "refusal" and [b.text for b in streamed.content] == [refusal]
+        assert len(pool.fake.generations) == 4
+
+
 # ---- shut-down models and the operator's aliases, on every face ---------------------------------------------
 
 
@@ -562,6 +771,7 @@ def _face_requests(model: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("openai", "/v1/chat/completions", {"json": {**chat, "stream": True}}),
         ("gemini", f"/v1beta/models/{model}:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}]}}),
         ("gemini", f"/v1/models/{model}:generateContent", {"json": {"contents": [{"parts": [{"text": "x"}]}]}}),
+        ("anthropic", "/v1/messages", {"json": {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}}),
     ]
 
 
@@ -572,6 +782,8 @@ def _error_of(face: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
     error = body["error"]
     if face == "openai":
         return error["code"], error["message"], error["param"]
+    if face == "anthropic":
+        return error["details"]["error_code"], error["message"], None
     return error["details"][0]["reason"], error["message"], None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.api.conversation import CONTEXT_HEADER, Turn, read, signed_link_of, with_context
+from gateway.api.conversation import CONTEXT_HEADER, Turn, markdown_images, read, signed_link_of, with_context
 from gateway.errors import Invalid
 
 
@@ -67,3 +67,10 @@ def test_context_never_pushes_the_prompt_past_its_limit() -> None:
 ])
 def test_signed_links_are_told_by_their_path(url: str, expected: tuple | None) -> None:
     assert signed_link_of(url) == expected
+
+
+def test_our_markdown_images_are_read_back_and_left_out_of_the_text() -> None:
+    text = "Here it is.\n\n![image 1](http://gw:8812/v1/images/files/t/0.png?expires=1&signature=s)\n\n![x](data:image/png;base64,AAAA)"
+    assert markdown_images(text) == (
+        "Here it is.", ["http://gw:8812/v1/images/files/t/0.png?expires=1&signature=s", "data:image/png;base64,AAAA"])
+    assert markdown_images("![not ours](ftp://x/a.png) plain") == ("![not ours](ftp://x/a.png) plain", [])

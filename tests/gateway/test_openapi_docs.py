@@ -16,6 +16,7 @@ GENERATION_BODIES = {
     ("/v1/images/edits", "post"): "multipart/form-data",
     ("/v1/chat/completions", "post"): "application/json",
     ("/v1beta/models/{model_action}", "post"): "application/json",
+    ("/v1/messages", "post"): "application/json",
 }
 
 
