@@ -45,10 +45,11 @@ class FakeOutcome:
     retry_safe: bool = False
     status: int = 200
     delay: float | None = None  # None: the container's, else the runtime's generate_delay
+    image: bytes | None = None  # the generated image's bytes (None: TINY_PNG)
 
     @classmethod
-    def ok(cls, delay: float | None = None) -> FakeOutcome:
-        return cls("ok", delay=delay)
+    def ok(cls, delay: float | None = None, *, image: bytes | None = None) -> FakeOutcome:
+        return cls("ok", delay=delay, image=image)
 
     @classmethod
     def error(cls, code: str, *, retry_safe: bool, delay: float | None = None) -> FakeOutcome:
@@ -120,6 +121,7 @@ class FakeContainer:
     # What its page's model picker offers beyond the packaged models (offer_fake_model): id -> {label, ratios, sizes}.
     fake_offered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     fake_missing_roles: list[str] = field(default_factory=list)  # roles its page check does not find (a page change)
+    screenshot: tuple[bytes, str] = (TINY_PNG, "image/png")  # what /screenshot answers: its body and Content-Type
 
     @property
     def endpoint(self) -> str:
@@ -216,6 +218,10 @@ class FakeRuntime:
     def fail_session_imports(self, instance_id: str, *statuses: int) -> None:
         """The next session imports answer these statuses (a busy or starting browser, a full volume)."""
         self.containers[instance_id].session_failures.extend(statuses)
+
+    def script_screenshot(self, instance_id: str, body: bytes, content_type: str) -> None:
+        """What the instance's /screenshot answers from now on (a compromised instance's page, for instance)."""
+        self.containers[instance_id].screenshot = (body, content_type)
 
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
@@ -489,8 +495,9 @@ class FakeRuntime:
             return _answer(m.ErrorAnswer(detail=detail), 422)
         return self._adopt_session(container, previous)
 
-    async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=TINY_PNG, headers={"content-type": "image/png"})
+    async def _screenshot(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        body, content_type = container.screenshot
+        return httpx.Response(200, content=body, headers={"content-type": content_type})
 
     async def _put_selectors(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
         """Stored in the volume like the real instance's override file; a dry run only answers."""
@@ -598,7 +605,7 @@ class FakeRuntime:
             error = m.TaskError(code=outcome.code, message=f"injected {outcome.code}", retry_safe=outcome.retry_safe)
             return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
-        image = base64.b64encode(TINY_PNG).decode()
+        image = base64.b64encode(outcome.image if outcome.image is not None else TINY_PNG).decode()
         return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings))
 
     async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:

@@ -95,6 +95,12 @@
     connect();
   }
 
+  // ---- forms marked data-reset-after are emptied after a request that worked (not after "test the proxy")
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const form = event.target.closest && event.target.closest("form[data-reset-after]");
+    if (form && event.detail.successful && event.detail.elt.dataset.action !== "test-proxy") form.reset();
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     setupScreenshot();
     setupLogs();
