@@ -95,6 +95,12 @@
     connect();
   }
 
+  // ---- a message's close button (a listener here: the content security policy refuses inline handlers)
+  document.addEventListener("click", function (event) {
+    const close = event.target.closest && event.target.closest("[data-dismiss]");
+    if (close) close.parentElement.remove();
+  });
+
   // ---- forms marked data-reset-after are emptied after a request that worked (not after "test the proxy")
   document.addEventListener("htmx:afterRequest", function (event) {
     const form = event.target.closest && event.target.closest("form[data-reset-after]");
