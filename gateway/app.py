@@ -32,6 +32,7 @@ from gateway.api.history import HISTORY_CONTROLLERS
 from gateway.api.management import MANAGEMENT_CONTROLLERS
 from gateway.api.metrics import MetricsController
 from gateway.api.openai_face import openai_router
+from gateway.api.page_headers import PageHeadersPlugin
 from gateway.api.catalogue import CATALOGUE_CONTROLLERS
 from gateway.api.selectors import SELECTORS_CONTROLLERS
 from gateway.api.canary import CANARY_CONTROLLERS
@@ -236,7 +237,7 @@ def _create_app(
         state=state,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[*plugins, BodyGuardPlugin(_largest_body(settings), forms_allowed, untyped_is_json=untyped_is_json), AllowedHostsPlugin(settings.listeners)],  # last: its check runs first
+        plugins=[*plugins, PageHeadersPlugin(), BodyGuardPlugin(_largest_body(settings), forms_allowed, untyped_is_json=untyped_is_json), AllowedHostsPlugin(settings.listeners)],  # last: its check runs first
         openapi_config=openapi_config(title),  # its reading page served from the image
         request_max_body_size=max(10_000_000, settings.max_session_bytes * 2),
         logging_config=None,

@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from fleet_contract import messages as m
+from gateway.image_types import sniff_image_type
 
 # The status as the gateway reads it; one definition, the contract's.
 InstanceStatus = m.Status
@@ -96,8 +97,12 @@ class InstanceClient:
         return _decode(await self._request("POST", address, "/session/restore"), m.SessionImported)
 
     async def screenshot(self, address: InstanceAddress, *, image_format: str = "png") -> tuple[bytes, str]:
+        """The image and its type, read from its bytes: the instance's Content-Type is never passed on."""
         response = await self._request("GET", address, "/screenshot", params={"format": image_format})
-        return response.content, response.headers.get("content-type", f"image/{image_format}")
+        media_type = sniff_image_type(response.content)
+        if media_type is None:
+            raise InstanceBadAnswer(f"the screenshot is not a PNG, JPEG or WebP image ({len(response.content)} bytes)")
+        return response.content, media_type
 
     async def navigate(self, address: InstanceAddress, *, url: str | None = None, target: str | None = None) -> None:
         body = {"url": url} if url else {"target": target or "home"}

@@ -1,19 +1,27 @@
 """The browser's egress proxy (INSTANCE_PROXY): Playwright's launch option, and a relay for SOCKS5 with a login.
 
 Chromium speaks HTTP and HTTPS proxies with credentials (Playwright answers their 407), and SOCKS5 without any.
-For SOCKS5 with a user name and password, the browser is pointed at a relay on 127.0.0.1 that takes its
-SOCKS5 requests without a login and passes each one upstream with the login (RFC 1928 and 1929). Only the
-browser uses any of it: the instance's own HTTP server and its callers never see the proxy.
+For SOCKS5 with a user name and password, the browser is pointed at a relay on 127.0.0.1 that it speaks HTTP to
+(CONNECT, and absolute-URI requests for plain http), and that passes each one upstream as a SOCKS5 CONNECT with the
+login (RFC 1928 and 1929). The relay wants a login of its own, made afresh by each instance process and handed to
+Chromium through Playwright only: under the `local` runtime 127.0.0.1 is the host's loopback, which every process
+and user of the host can reach. Only the browser uses any of it: the instance's own HTTP server and its callers
+never see the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
+import ipaddress
 import logging
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fleet_contract import proxy as proxy_grammar
 
@@ -64,6 +72,10 @@ class BrowserProxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self._relay: asyncio.Server | None = None
+        # The relay's own login: random per process, known only to this process and, through Playwright, Chromium.
+        self._relay_user = f"relay-{secrets.token_hex(4)}"
+        self._relay_password = secrets.token_urlsafe(24)
+        self._relay_authorization = "Basic " + base64.b64encode(f"{self._relay_user}:{self._relay_password}".encode()).decode()
 
     @property
     def needs_relay(self) -> bool:
@@ -87,7 +99,8 @@ class BrowserProxy:
         c = self.config
         if self._relay is not None:
             port = self._relay.sockets[0].getsockname()[1]
-            return {"server": f"socks5://127.0.0.1:{port}", "bypass": LOOPBACK_BYPASS}
+            return {"server": f"http://127.0.0.1:{port}", "username": self._relay_user, "password": self._relay_password,
+                    "bypass": LOOPBACK_BYPASS}
         option: dict[str, Any] = {"server": f"{c.scheme}://{c.address}", "bypass": LOOPBACK_BYPASS}
         if c.username:
             option.update(username=c.username, password=c.password)
@@ -98,25 +111,36 @@ class BrowserProxy:
     async def _relay_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         try:
-            request = await _accept_browser(reader, writer)
+            request = await asyncio.wait_for(_read_request(reader), RELAY_CONNECT_TIMEOUT_S)
+            if not hmac.compare_digest(request.authorization.encode(), self._relay_authorization.encode()):
+                writer.write(PROXY_LOGIN_WANTED)  # Chromium asks Playwright for the login, then comes again
+                await writer.drain()
+                return
             up_reader, upstream = await asyncio.wait_for(
                 asyncio.open_connection(self.config.host, self.config.port), RELAY_CONNECT_TIMEOUT_S
             )
-            reply = await asyncio.wait_for(self._handshake(up_reader, upstream, request), RELAY_CONNECT_TIMEOUT_S)
-            writer.write(reply)
-            await writer.drain()
+            reply = await asyncio.wait_for(
+                self._handshake(up_reader, upstream, _socks_connect(request.host, request.port)), RELAY_CONNECT_TIMEOUT_S
+            )
             if reply[1] != 0:
+                writer.write(BAD_GATEWAY)
+                await writer.drain()
                 return
+            if request.method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                upstream.write(request.origin_form())  # one request, then both sides close
+            await writer.drain()
             await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
         except ProxyConfigError as exc:
             log.warning("SOCKS5 relay: %s", exc)
             with contextlib.suppress(Exception):
-                writer.write(b"\x05\x01\x00\x01" + bytes(6))
-        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                writer.write(BAD_GATEWAY)
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
             log.debug("relay connection ended: %s", exc)
-            # "general failure" before any tunnel: the browser shows its network error, as with a dead proxy.
+            # Before any tunnel: the browser shows its network error, as with a dead proxy.
             with contextlib.suppress(Exception):
-                writer.write(b"\x05\x01\x00\x01" + bytes(6))
+                writer.write(BAD_GATEWAY)
         finally:
             for w in (writer, upstream):
                 if w is not None:
@@ -124,7 +148,7 @@ class BrowserProxy:
                         w.close()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
-        """Greet upstream with the login, send the browser's CONNECT request as it was, return the reply."""
+        """Greet upstream with the login, send the CONNECT request, return the reply."""
         user, password = self.config.username.encode(), self.config.password.encode()
         writer.write(b"\x05\x01\x02")
         await writer.drain()
@@ -139,16 +163,61 @@ class BrowserProxy:
         return await _read_reply(reader)
 
 
-async def _accept_browser(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """The browser's greeting (answered: no login) and its CONNECT request, returned as raw bytes."""
-    version, count = await reader.readexactly(2)
-    await reader.readexactly(count)
-    if version != 5:
-        raise ProxyConfigError("not a SOCKS5 client")
-    writer.write(b"\x05\x00")
-    await writer.drain()
-    head = await reader.readexactly(4)
-    return head + await _read_address(reader, head[3])
+PROXY_LOGIN_WANTED = (b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                      b'Proxy-Authenticate: Basic realm="instance relay"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n')
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_HOP_BY_HOP = ("proxy-", "connection:", "keep-alive:")
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    """The browser's request to the relay: CONNECT host:port, or a plain-http request in absolute form."""
+
+    method: str
+    host: str
+    port: int
+    path: str  # the origin-form target of a plain-http request ("/" for CONNECT)
+    version: str
+    headers: list[str]
+    authorization: str  # Proxy-Authorization as sent, "" when absent
+
+    def origin_form(self) -> bytes:
+        """The plain-http request as the origin server takes it: its path, without the proxy's headers."""
+        kept = [h for h in self.headers if not h.lower().startswith(_HOP_BY_HOP)]
+        return "\r\n".join([f"{self.method} {self.path} {self.version}", *kept, "Connection: close", "", ""]).encode("latin-1")
+
+
+async def _read_request(reader: asyncio.StreamReader) -> RelayRequest:
+    """The request line and headers (the body, if any, follows on the stream); ValueError when it is not HTTP."""
+    first = await reader.readexactly(1)
+    if not first.isalpha():  # a SOCKS greeting or other binary: refused at once, not after the timeout
+        raise ValueError("not an HTTP proxy request")
+    head = first + await reader.readuntil(b"\r\n\r\n")  # at most the reader's limit (64 KiB)
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, version = lines[0].split(" ", 2)
+    headers = [line for line in lines[1:] if line]
+    authorization = next((h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("proxy-authorization:")), "")
+    if method == "CONNECT":
+        host, _, port = target.rpartition(":")
+        return RelayRequest(method, host.strip("[]"), int(port), "/", version, headers, authorization)
+    url = urlsplit(target)
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError("not a proxy request")
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    return RelayRequest(method, url.hostname, url.port or 80, path, version, headers, authorization)
+
+
+def _socks_connect(host: str, port: int) -> bytes:
+    """A SOCKS5 CONNECT request for host:port (an address as such, a name for the proxy to resolve)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode("idna")
+        if not 0 < len(name) < 256:
+            raise ValueError("host name too long") from None
+        return b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port)
+    kind = b"\x01" if address.version == 4 else b"\x04"
+    return b"\x05\x01\x00" + kind + address.packed + struct.pack(">H", port)
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> bytes:

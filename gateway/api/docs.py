@@ -23,7 +23,8 @@ REDOC_BUNDLE = "redoc.standalone.js"
 
 
 def openapi_config(title: str) -> OpenAPIConfig:
-    redoc = RedocRenderPlugin(js_url=f"{ASSETS_PATH}/{REDOC_BUNDLE}", google_fonts=False, path=["/", "/redoc"])
+    # No favicon: Litestar's default is on a CDN (the page loads nothing from elsewhere).
+    redoc = RedocRenderPlugin(js_url=f"{ASSETS_PATH}/{REDOC_BUNDLE}", google_fonts=False, path=["/", "/redoc"], favicon="")
     return OpenAPIConfig(
         title=title, version=__version__, path=SCHEMA_PATH,
         render_plugins=[redoc, JsonRenderPlugin(), YamlRenderPlugin(path=["/openapi.yaml", "/openapi.yml"])],

@@ -6,9 +6,11 @@ Tables for people, `--json` for scripts; exit codes in gateway/cli/client.py (0 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,12 +326,26 @@ def session_export(options: Options, name: str, output: Path | None) -> None:
         click.echo(body.decode())
         return
     try:
-        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(body)
+        write_private(output, body)
     except OSError as exc:
         raise UsageProblem(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"{output}: {len(body)} bytes", err=True)
+
+
+def write_private(path: Path, body: bytes) -> None:
+    """`body` at `path`, mode 600 whatever was there: written to a new file beside it, then renamed over it, so a
+    symlink at `path` is replaced, never followed, and an existing file's mode is not kept."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 600
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 # Tasks -------------------------------------------------------------------------------------------------

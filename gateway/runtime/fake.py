@@ -55,10 +55,11 @@ class FakeOutcome:
     status: int = 200
     delay: float | None = None  # None: the container's, else the runtime's generate_delay
     text: str | None = None  # what the page said with an error (AI Studio's words when it refuses a prompt)
+    image: bytes | None = None  # the generated image's bytes (None: TINY_PNG, or the numbered one)
 
     @classmethod
-    def ok(cls, delay: float | None = None) -> FakeOutcome:
-        return cls("ok", delay=delay)
+    def ok(cls, delay: float | None = None, *, image: bytes | None = None) -> FakeOutcome:
+        return cls("ok", delay=delay, image=image)
 
     @classmethod
     def error(cls, code: str, *, retry_safe: bool, delay: float | None = None, text: str | None = None) -> FakeOutcome:
@@ -130,6 +131,7 @@ class FakeContainer:
     # What its page's model picker offers beyond the packaged models (offer_fake_model): id -> {label, ratios, sizes}.
     fake_offered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     fake_missing_roles: list[str] = field(default_factory=list)  # roles its page check does not find (a page change)
+    screenshot: tuple[bytes, str] = (TINY_PNG, "image/png")  # what /screenshot answers: its body and Content-Type
 
     @property
     def endpoint(self) -> str:
@@ -227,6 +229,10 @@ class FakeRuntime:
     def fail_session_imports(self, instance_id: str, *statuses: int) -> None:
         """The next session imports answer these statuses (a busy or starting browser, a full volume)."""
         self.containers[instance_id].session_failures.extend(statuses)
+
+    def script_screenshot(self, instance_id: str, body: bytes, content_type: str) -> None:
+        """What the instance's /screenshot answers from now on (a compromised instance's page, for instance)."""
+        self.containers[instance_id].screenshot = (body, content_type)
 
     def set_generate_delay(self, instance_id: str, delay: float | None) -> None:
         self.containers[instance_id].generate_delay = delay
@@ -500,8 +506,9 @@ class FakeRuntime:
             return _answer(m.ErrorAnswer(detail=detail), 422)
         return self._adopt_session(container, previous)
 
-    async def _screenshot(self, _container: FakeContainer, _request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=TINY_PNG, headers={"content-type": "image/png"})
+    async def _screenshot(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+        body, content_type = container.screenshot
+        return httpx.Response(200, content=body, headers={"content-type": content_type})
 
     async def _put_selectors(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
         """Stored in the volume like the real instance's override file; a dry run only answers."""
@@ -610,7 +617,7 @@ class FakeRuntime:
             return _answer(m.GenerateAnswer(success=False, task_id=task_id, error=error, text=outcome.text, timings=timings))
         container.last_success_at = datetime.now(UTC).isoformat()
         png = numbered_png(len(self.generations)) if self.numbered_images else TINY_PNG
-        image = base64.b64encode(png).decode()
+        image = base64.b64encode(outcome.image if outcome.image is not None else png).decode()
         return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings))
 
     async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:

@@ -54,6 +54,7 @@ from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
 from gateway.runtime.health import EngineHealth
 from gateway.instance_client import (
     ClientConnection,
+    InstanceBadAnswer,
     InstanceAddress,
     InstanceClient,
     InstanceNoAnswer,
@@ -616,6 +617,8 @@ class InstanceService:
             return await call
         except InstanceNoAnswer as exc:
             raise InstanceUnavailable(name=view.name, reason=str(exc)) from exc
+        except InstanceBadAnswer as exc:
+            raise InstanceUnavailable("instance_bad_answer", name=view.name, reason=str(exc)) from exc
         except InstanceRejected as exc:
             if exc.status_code == 413:
                 raise TooLarge("session_too_large", size="?", limit=self._session_settings.max_session_bytes) from exc

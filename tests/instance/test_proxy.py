@@ -7,6 +7,7 @@ went through the proxy; the proxy also records every host it carried.
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import httpx
 import pytest
@@ -71,6 +72,61 @@ def test_socks5_with_a_login_goes_through_the_local_relay(simulator_url, fresh_d
         proxy.close()
 
 
+def test_the_socks5_relay_on_the_loopback_serves_only_who_has_its_login():
+    """Under the local runtime the relay listens on the host's loopback: another process there (a SOCKS5 client,
+    or an HTTP client without the relay's login) gets no tunnel through the instance's proxy account."""
+    proxy = ProxyThread("socks5", username="fleet", password=SECRET, hosts={HOST: "127.0.0.1"}).start()
+
+    async def attempts() -> dict[str, bytes]:
+        relay = browser_proxy(proxy.url())
+        other = browser_proxy(proxy.url())
+        await relay.start()
+        await other.start()
+        target = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)  # what the tunnel would reach
+        target_port = target.sockets[0].getsockname()[1]
+        try:
+            option, second = relay.launch_option(), other.launch_option()
+            port = int(option["server"].rsplit(":", 1)[1])
+            socks = b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(HOST)]) + HOST.encode() + target_port.to_bytes(2, "big")
+            socks_answer = await _first_answer(port, socks)
+            assert not socks_answer.startswith(b"\x05\x00"), "a SOCKS5 client without a login was served"
+            assert (option["username"], option["password"]) != (second["username"], second["password"])
+            wrong = base64.b64encode(f"{second['username']}:{second['password']}".encode()).decode()
+            right = base64.b64encode(f"{option['username']}:{option['password']}".encode()).decode()
+            connect = f"CONNECT {HOST}:{target_port} HTTP/1.1\r\nHost: {HOST}:{target_port}\r\n"
+            return {
+                "socks5 without a login": socks_answer,
+                "http without a login": await _first_answer(port, (connect + "\r\n").encode()),
+                "another relay's login": await _first_answer(port, (connect + f"Proxy-Authorization: Basic {wrong}\r\n\r\n").encode()),
+                "its own login": await _first_answer(port, (connect + f"Proxy-Authorization: Basic {right}\r\n\r\n").encode()),
+            }
+        finally:
+            target.close()
+            await relay.close()
+            await other.close()
+
+    try:
+        answers = asyncio.run(attempts())
+        for refused in ("socks5 without a login", "http without a login", "another relay's login"):
+            assert not answers[refused].startswith(b"\x05\x00"), refused  # no SOCKS5 "no login needed"
+            assert not answers[refused].startswith(b"HTTP/1.1 200"), (refused, answers[refused])
+        assert answers["http without a login"].startswith(b"HTTP/1.1 407")
+        assert answers["its own login"].startswith(b"HTTP/1.1 200 Connection established"), answers["its own login"]
+        assert len(proxy.carried) == 1 and proxy.carried[0].startswith(f"{HOST}:")  # only the one with the login reached the upstream proxy
+    finally:
+        proxy.close()
+
+
+async def _first_answer(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+
+
 def test_dead_proxy_is_unreachable_with_the_browsers_error_until_it_comes_back(simulator_url, fresh_dir):
     sim_url, carried_as = via_proxy_name(simulator_url)
     proxy = ProxyThread("http", hosts={HOST: "127.0.0.1"}).start()
@@ -121,7 +177,9 @@ def test_launch_option_keeps_a_socks5_login_in_the_relay_and_refuses_other_schem
             await socks.close()
 
     option = asyncio.run(relayed())
-    assert option["server"].startswith("socks5://127.0.0.1:") and "username" not in option and SECRET not in str(option)
+    # The relay's own login, not the upstream's: Chromium speaks HTTP to it with a per-process user and password.
+    assert option["server"].startswith("http://127.0.0.1:") and option["username"].startswith("relay-")
+    assert len(option["password"]) >= 24 and SECRET not in str(option)
     assert browser_proxy("") is None
     for bad in ("ftp://10.0.0.2:21", "http://10.0.0.2", f"socks4://u:{SECRET}@h:1"):
         with pytest.raises(ProxyConfigError) as caught:

@@ -54,9 +54,9 @@ async def test_preview_then_confirm(panel: Client, tmp_path: Path) -> None:
     assert again.text.count('data-result="skipped"') == 3 and 'data-action="migrate-confirm"' not in again.text
 
 
-def _zip(entries: dict[str, bytes]) -> bytes:
+def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
+    with zipfile.ZipFile(out, "w", compression=compression) as archive:
         for name, content in entries.items():
             archive.writestr(name, content)
     return out.getvalue()
@@ -102,3 +102,29 @@ async def test_a_zip_whose_logs_make_it_larger_than_the_panels_other_forms_is_re
     preview = await post_zip(panel, "/migrate/preview", archive)
     assert preview.status_code == 200, preview.text[:500]
     assert 'data-result="would_create"' in preview.text and "logs" in html.unescape(preview.text)
+
+
+def _session_padded_to(size: int) -> bytes:
+    """A storage state the old system could have written, padded with an origin's local storage to `size` bytes."""
+    head = b'{"cookies": [{"name": "SID", "value": "x", "domain": ".google.com", "path": "/"}], "origins": [' \
+           b'{"origin": "https://aistudio.google.com", "localStorage": [{"name": "pad", "value": "'
+    tail = b'"}]}]}'
+    return head + b"a" * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_zip_whose_sessions_unpack_past_the_total_limit_is_refused_and_changes_nothing(panel: Client) -> None:
+    """Each cookie file is within the session limit, all of them together are not: refused while they unpack."""
+    from gateway.legacy.archive import MAX_UNPACKED_BYTES
+
+    each = 5 * 1024 * 1024 - 1024  # under the panel's session limit (5 MiB)
+    count = MAX_UNPACKED_BYTES // each + 1
+    index = json.dumps({"instances": [{"instance_id": f"a{n}", "name": f"old-{n}"} for n in range(count)]}).encode()
+    cookies = {f"data/cookies/browser_a{n}_session.json": _session_padded_to(each) for n in range(count)}
+    archive = _zip({"data/browser_instances.json": index, **cookies}, zipfile.ZIP_DEFLATED)
+    assert len(archive) < 1024 * 1024
+    for path in ("/migrate/preview", "/migrate/apply"):
+        answer = await post_zip(panel, path, archive, digest="x")
+        assert answer.status_code == 422, (path, answer.status_code, answer.text[:300])
+        assert f"unpack to more than {MAX_UNPACKED_BYTES} bytes" in html.unescape(answer.text), answer.text[:500]
+    assert await names(panel) == []
+

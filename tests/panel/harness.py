@@ -180,7 +180,7 @@ def sign_in_through_the_live_view(page: Any, admin_url: str, centres: dict[str, 
     frames = lambda: int(canvas.get_attribute("data-frames") or 0)  # noqa: E731
 
     def repainted(since: int) -> None:
-        page.wait_for_function(f"Number(document.querySelector('[data-lv=canvas]').dataset.frames) > {since}")
+        page.wait_for_function(f"() => Number(document.querySelector('[data-lv=canvas]').dataset.frames) > {since}")
 
     def click_at(point: tuple[float, float]) -> None:
         canvas.scroll_into_view_if_needed()  # as a person would: a click off screen reaches nothing

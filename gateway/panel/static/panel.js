@@ -123,6 +123,18 @@
     });
   }
 
+  // ---- a message's close button (a listener here: the content security policy refuses inline handlers)
+  document.addEventListener("click", function (event) {
+    const close = event.target.closest && event.target.closest("[data-dismiss]");
+    if (close) close.parentElement.remove();
+  });
+
+  // ---- forms marked data-reset-after are emptied after a request that worked (not after "test the proxy")
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const form = event.target.closest && event.target.closest("form[data-reset-after]");
+    if (form && event.detail.successful && event.detail.elt.dataset.action !== "test-proxy") form.reset();
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     setupScreenshot();
     setupLogs();
