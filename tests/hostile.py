@@ -3,8 +3,8 @@ one of the ways that hurt a careless client. Every request's headers are recorde
 server managed to send before the client went away.
 
 Modes:
-- `endless`: 200 with no length, then a body that never ends (a KiB at a time, `pause` apart);
-- `bomb`: 200 `Content-Encoding: gzip`, a small body that unpacks to `bomb_bytes` of zeros;
+- `endless`: `status` with no length, then a body that never ends (`chunk` bytes at a time, `pause` apart);
+- `bomb`: `status` with `Content-Encoding: gzip`, a small body that unpacks to `bomb_bytes` of zeros;
 - `drip`: the status line, then one header byte every `pause` seconds, for ever (every read gets a byte in time);
 - `image`: 200 `image/png` with the bytes given (a control: a well-behaved server).
 """
@@ -12,24 +12,29 @@ Modes:
 from __future__ import annotations
 
 import contextlib
-import gzip
 import socketserver
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 
 def gzip_bomb(unpacked: int) -> bytes:
-    """`unpacked` zeros, gzipped (about a thousandth of the size)."""
-    return gzip.compress(b"\0" * unpacked, compresslevel=9)
+    """`unpacked` zeros, gzipped (about a thousandth of the size), packed a MiB at a time."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    block = b"\0" * (1 << 20)
+    parts = [packer.compress(block[: min(len(block), unpacked - done)]) for done in range(0, unpacked, len(block))]
+    return b"".join(parts) + packer.flush()
 
 
 @dataclass
 class Hostile:
     mode: str
     pause: float = 0.05
+    chunk: int = 1024
+    status: int = 200
     bomb_bytes: int = 64 * 1024 * 1024
     content: bytes = b""
     requests: list[dict[str, Any]] = field(default_factory=list)  # {"headers", "sent", "ended"}
@@ -44,12 +49,14 @@ class Hostile:
         record["ended"] = True
 
     def _endless(self, stream: socketserver.StreamRequestHandler, record: dict[str, Any]) -> None:
-        stream.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        stream.wfile.write(f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".encode())
+        block = b"x" * self.chunk
         while True:
-            stream.wfile.write(b"x" * 1024)
+            stream.wfile.write(block)
             stream.wfile.flush()
-            record["sent"] += 1024
-            time.sleep(self.pause)
+            record["sent"] += len(block)
+            if self.pause:
+                time.sleep(self.pause)
 
     def _bomb_reply(self) -> bytes:
         if not self._packed:
@@ -58,7 +65,7 @@ class Hostile:
 
     def _bomb(self, stream: socketserver.StreamRequestHandler, record: dict[str, Any]) -> None:
         body = self._bomb_reply()
-        stream.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Encoding: gzip\r\n"
+        stream.wfile.write(f"HTTP/1.1 {self.status} X\r\nContent-Type: image/png\r\nContent-Encoding: gzip\r\n".encode()
                            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
         stream.wfile.write(body)
         stream.wfile.flush()
