@@ -93,8 +93,19 @@ async def post_signed(
     user_agent: str = "aistudio-fleet-webhook", deadline: float | None = None,
 ) -> dict[str, Any]:
     """One signed POST to a public address (checked now, connected to by that address): {"ok", "status"|"error"}.
-    Task webhooks and the canary's alerts (gateway/canary.py) both send through it. The whole exchange ends
-    within `deadline` seconds (by default the client's read timeout); the reply's body is never read."""
+    Task webhooks and the canary's alerts (gateway/canary.py) both send through it. The whole attempt (name lookup
+    included) ends within `deadline` seconds, by default the client's read timeout; the reply's body is never read."""
+    seconds = deadline if deadline is not None else (client.timeout.read or DEFAULT_DEADLINE)
+    try:
+        async with asyncio.timeout(seconds):
+            return await _post_once(client, url, body, secret, allow_private, {**headers, "User-Agent": user_agent})
+    except TimeoutError:
+        return {"ok": False, "error": f"timeout ({seconds:g} s in all)"}
+
+
+async def _post_once(
+    client: httpx.AsyncClient, url: str, body: bytes, secret: str, allow_private: bool, headers: dict[str, str]
+) -> dict[str, Any]:
     parts = urlsplit(url)
     try:
         port = parts.port or _PORTS[parts.scheme]
@@ -111,17 +122,11 @@ async def post_signed(
         SIGNATURE_HEADER: signature(secret, timestamp, body),
         **headers,
         **IDENTITY,
-        "User-Agent": user_agent,
     }
     target = parts._replace(netloc=netloc(address, port)).geturl()
-    seconds = deadline if deadline is not None else (client.timeout.read or DEFAULT_DEADLINE)
     try:
-        async with asyncio.timeout(seconds):
-            # Streamed and closed unread: the status is the whole answer, so no body can be endless or a bomb.
-            async with client.stream("POST", target, content=body, headers=sent,
-                                     extensions={"sni_hostname": parts.hostname}) as response:
-                return {"ok": response.is_success, "status": response.status_code}
-    except TimeoutError:
-        return {"ok": False, "error": f"timeout ({seconds:g} s in all)"}
+        # Streamed and closed unread: the status is the whole answer, so no body can be endless or a bomb.
+        async with client.stream("POST", target, content=body, headers=sent, extensions={"sni_hostname": parts.hostname}) as response:
+            return {"ok": response.is_success, "status": response.status_code}
     except httpx.HTTPError as exc:
         return {"ok": False, "error": type(exc).__name__}
