@@ -58,13 +58,14 @@ class Hostile:
             if self.pause:
                 time.sleep(self.pause)
 
-    def _bomb_reply(self) -> bytes:
+    def packed_bomb(self) -> bytes:
+        """The bomb as sent (packed once; call before measuring, so the packing is not counted)."""
         if not self._packed:
             self._packed = gzip_bomb(self.bomb_bytes)
         return self._packed
 
     def _bomb(self, stream: socketserver.StreamRequestHandler, record: dict[str, Any]) -> None:
-        body = self._bomb_reply()
+        body = self.packed_bomb()
         stream.wfile.write(f"HTTP/1.1 {self.status} X\r\nContent-Type: image/png\r\nContent-Encoding: gzip\r\n".encode()
                            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
         stream.wfile.write(body)

@@ -77,7 +77,7 @@ def test_a_receiver_answering_without_end_or_with_a_gzip_bomb_leaves_the_gateway
         hostile_server("endless", status=500, chunk=64 * 1024, pause=0.0) as (endless_url, endless),
         hostile_server("bomb", status=500, bomb_bytes=BOMB) as (bomb_url, bomb),
     ):
-        bomb._bomb_reply()
+        bomb.packed_bomb()
         for _ in range(TASKS_PER_RECEIVER):
             submit(fleet, f"{endless_url}/hook")
             submit(fleet, f"{bomb_url}/hook")

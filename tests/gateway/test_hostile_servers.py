@@ -85,7 +85,7 @@ async def test_a_receiver_dripping_its_headers_meets_one_deadline_for_the_whole_
 async def test_a_receiver_answering_a_gzip_bomb_is_never_unpacked(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
     async with open_pool(database_url, tmp_path, fake, instances=1, **HOOKS) as pool:
         with hostile_server("bomb", bomb_bytes=BOMB) as (base, receiver):
-            receiver._bomb_reply()  # packed before measuring: the server's own bytes are not the gateway's
+            receiver.packed_bomb()  # packed before measuring: the server's own bytes are not the gateway's
             with peak_allocated() as peak:
                 attempt = await delivered_once(pool, f"{base}/hook")
     assert attempt["ok"] is True and attempt["status"] == 200, attempt
@@ -99,7 +99,7 @@ async def test_a_chat_image_answered_compressed_is_refused_without_unpacking(
     settings = {"fetch_private_addresses": True, "fetch_timeout": 10.0, "max_reference_bytes": 1024 * 1024}
     async with open_pool(database_url, tmp_path, fake, instances=1, **settings) as pool:
         with hostile_server("bomb", bomb_bytes=BOMB) as (base, server):
-            server._bomb_reply()
+            server.packed_bomb()
             image = {"type": "image_url", "image_url": {"url": f"{base}/cat.png"}}
             messages = [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]
             with peak_allocated() as peak:

@@ -24,8 +24,8 @@ from gateway.app import create_admin_app
 from gateway.cli.commands import main as cli_main
 from gateway.instance_client import InstanceAddress, InstanceClient
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
-from gateway.runtime.kubernetes import KubernetesRuntime
 from gateway.runtime.kube_objects import PodTemplate
+from gateway.runtime.kubernetes import KubernetesRuntime
 from tests.gateway.pool import open_pool, serve
 from tests.hostile import hostile_server
 from tests.kube.apiserver import FakeApiServer
@@ -125,17 +125,14 @@ ONE_SHOT = {"get", "post", "put", "patch", "delete", "head", "options", "request
 
 
 def client_constructions(tree: ast.AST) -> list[ast.Call]:
-    calls = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if isinstance(func, ast.Name) and func.id in CLIENT_NAMES:
-            calls.append(node)
-        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("httpx", "httpx2") \
-                and func.attr in CLIENT_NAMES | ONE_SHOT:
-            calls.append(node)
-    return calls
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and builds_a_client(node.func)]
+
+
+def builds_a_client(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in CLIENT_NAMES
+    return (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("httpx", "httpx2")
+            and func.attr in CLIENT_NAMES | ONE_SHOT)
 
 
 def trusts_no_environment(call: ast.Call) -> bool:
