@@ -129,7 +129,7 @@ def test_the_access_log_keeps_a_signed_image_urls_path_but_not_its_signature(tmp
     signature = "5ec7e7" * 10  # the log records a request as it came, whether its signature is good or not
     path = "/v1/images/files/0b1f9a52-3c1e-4c7e-9d0a-1a2b3c4d5e6f/0.png"
     try:
-        wait_until_up(f"http://127.0.0.1:{api_port}/health", process)
+        wait_until_up(f"http://127.0.0.1:{api_port}/health", process, timeout=60)  # a loaded machine starts slowly
         fetched = httpx.get(f"http://127.0.0.1:{api_port}{path}?expires=4102444800&signature={signature}", trust_env=False)
         assert fetched.status_code in (403, 404)
         process.send_signal(signal.SIGTERM)
