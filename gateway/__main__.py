@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,25 @@ from gateway.db.migrate import SchemaMismatch
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
+
+# Query parameters that are credentials: a signed image URL's `signature` (gateway/api/image_urls.py).
+_SECRET_QUERY = re.compile(r"([?&]signature=)[^&#\s]*", re.IGNORECASE)
+_ACCESS_PATH_ARG = 2  # uvicorn.access's arguments: client, method, path with query, HTTP version, status
+
+
+def redact_query(path: str) -> str:
+    """The path with every credential in its query replaced by `REDACTED` (the path itself kept)."""
+    return _SECRET_QUERY.sub(r"\1REDACTED", path)
+
+
+class _RedactedAccessLog(logging.Filter):
+    """Keeps signed image URLs' signatures out of the access log: whoever reads the log could fetch the image."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > _ACCESS_PATH_ARG and isinstance(args[_ACCESS_PATH_ARG], str):
+            record.args = (*args[:_ACCESS_PATH_ARG], redact_query(args[_ACCESS_PATH_ARG]), *args[_ACCESS_PATH_ARG + 1:])
+        return True
 
 
 class _Server(uvicorn.Server):
@@ -95,6 +115,7 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: every probe of every instance would flood the gateway's log.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("uvicorn.access").addFilter(_RedactedAccessLog())
     if problem := settings.admin_exposure_problem() or settings.admin_token_problem():
         log.error("refusing to start: %s", problem)
         sys.exit(2)

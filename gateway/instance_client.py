@@ -67,7 +67,9 @@ class InstanceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 200,
     ) -> None:
+        # No environment proxies: instance tokens and exported logins must never pass through an HTTP_PROXY.
         self._http = httpx.AsyncClient(
+            trust_env=False,
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

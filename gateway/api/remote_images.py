@@ -2,7 +2,8 @@
 
 Only public addresses are fetched (`gateway.addresses`), and the connection goes to the address that was
 checked. Redirects are followed by hand, each checked the
-same way; the whole download has a time limit and a size limit (the reference image limit).
+same way; the whole download has one time limit and a size limit (the reference image limit) counted on the
+bytes as they arrive, uncompressed: a compressed answer is refused (`gateway.bounded_http`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 
 from gateway.addresses import AddressRefused, checked_address, netloc
+from gateway.bounded_http import IDENTITY, ReplyRefused, read_bounded
 from gateway.errors import BadRequest, Invalid, TooLarge
 
 MAX_REDIRECTS = 3
@@ -33,7 +35,7 @@ async def _follow(url: str, max_bytes: int, allow_private: bool) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
             parts, address = await _checked_target(url, allow_private)
             target = parts._replace(netloc=netloc(address, parts.port or _PORTS[parts.scheme])).geturl()
-            headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
+            headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*", **IDENTITY}
             try:
                 async with client.stream("GET", target, headers=headers, extensions={"sni_hostname": parts.hostname}) as response:
                     if response.is_redirect and "location" in response.headers:
@@ -64,14 +66,9 @@ async def _checked_target(url: str, allow_private: bool) -> tuple[SplitResult, s
 
 
 async def _body(response: httpx.Response, max_bytes: int) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise TooLarge("image_url_too_large", limit=max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge("image_url_too_large", limit=max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_bounded(response, max_bytes)
+    except ReplyRefused as refused:
+        if refused.encoding:
+            raise BadRequest("image_url_compressed", encoding=refused.encoding) from None
+        raise TooLarge("image_url_too_large", limit=max_bytes) from None

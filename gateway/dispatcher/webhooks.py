@@ -4,7 +4,9 @@ The body is JSON; `X-Fleet-Signature: sha256=<hex>` is the HMAC-SHA256 of `<X-Fl
 GATEWAY_WEBHOOK_SECRET, so a receiver can check both who sent it and when (and refuse a replay). A 2xx answer
 ends the delivery; anything else is tried again after 2, 4, 8, ... seconds (GATEWAY_WEBHOOK_BACKOFF), up to
 GATEWAY_WEBHOOK_ATTEMPTS times. Each attempt (time, status or error) is written to the task's row. The
-address is checked at every attempt like any URL a client gives (public addresses only).
+address is checked at every attempt like any URL a client gives (public addresses only). A receiver cannot
+hold or fill the gateway: an attempt runs under one deadline (GATEWAY_WEBHOOK_TIMEOUT, for the whole exchange),
+asks for no compression, and reads only the reply's status, never its body (`gateway.bounded_http`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.addresses import AddressRefused, checked_address, netloc
+from gateway.bounded_http import IDENTITY
 from gateway.db.types import utcnow
 from gateway.settings import WebhookSettings
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Fleet-Signature"
 TIMESTAMP_HEADER = "X-Fleet-Timestamp"
 _PORTS = {"http": 80, "https": 443}
+DEFAULT_DEADLINE = 10.0  # seconds, when neither the caller nor the client names one
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -86,10 +90,22 @@ class Webhooks:
 
 async def post_signed(
     client: httpx.AsyncClient, url: str, body: bytes, secret: str, *, allow_private: bool, headers: dict[str, str],
-    user_agent: str = "aistudio-fleet-webhook",
+    user_agent: str = "aistudio-fleet-webhook", deadline: float | None = None,
 ) -> dict[str, Any]:
     """One signed POST to a public address (checked now, connected to by that address): {"ok", "status"|"error"}.
-    Task webhooks and the canary's alerts (gateway/canary.py) both send through it."""
+    Task webhooks and the canary's alerts (gateway/canary.py) both send through it. The whole attempt (name lookup
+    included) ends within `deadline` seconds, by default the client's read timeout; the reply's body is never read."""
+    seconds = deadline if deadline is not None else (client.timeout.read or DEFAULT_DEADLINE)
+    try:
+        async with asyncio.timeout(seconds):
+            return await _post_once(client, url, body, secret, allow_private, {**headers, "User-Agent": user_agent})
+    except TimeoutError:
+        return {"ok": False, "error": f"timeout ({seconds:g} s in all)"}
+
+
+async def _post_once(
+    client: httpx.AsyncClient, url: str, body: bytes, secret: str, allow_private: bool, headers: dict[str, str]
+) -> dict[str, Any]:
     parts = urlsplit(url)
     try:
         port = parts.port or _PORTS[parts.scheme]
@@ -105,11 +121,12 @@ async def post_signed(
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: signature(secret, timestamp, body),
         **headers,
-        "User-Agent": user_agent,
+        **IDENTITY,
     }
     target = parts._replace(netloc=netloc(address, port)).geturl()
     try:
-        response = await client.post(target, content=body, headers=sent, extensions={"sni_hostname": parts.hostname})
+        # Streamed and closed unread: the status is the whole answer, so no body can be endless or a bomb.
+        async with client.stream("POST", target, content=body, headers=sent, extensions={"sni_hostname": parts.hostname}) as response:
+            return {"ok": response.is_success, "status": response.status_code}
     except httpx.HTTPError as exc:
         return {"ok": False, "error": type(exc).__name__}
-    return {"ok": response.is_success, "status": response.status_code}

@@ -140,7 +140,9 @@ class KubernetesRuntime:
                 config = (KubeConfig.from_file(self.kubeconfig) if self.kubeconfig else KubeConfig.from_env())
                 single = config.get(self.context)
                 timeout = httpx2.Timeout(self.api_timeout)
-                self._client = AsyncClient(single, namespace=self._namespace, timeout=timeout, field_manager="aistudio-fleet")
+                # No environment proxies: the API server is reached directly with the gateway's own credentials.
+                self._client = AsyncClient(single, namespace=self._namespace, timeout=timeout, field_manager="aistudio-fleet",
+                                           trust_env=False)
             except (ConfigError, OSError, KeyError, ValueError) as e:
                 raise RuntimeUnavailable(ENGINE, f"no usable Kubernetes configuration: {_reason(e)}") from e
         return self._client

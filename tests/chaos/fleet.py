@@ -132,21 +132,23 @@ class ChaosFleet:
 
 @contextlib.contextmanager
 def open_chaos_fleet(
-    engine: docker.DockerClient, sim: SimulatorNetwork, postgres: PostgresServer, data_dir: Path, request: pytest.FixtureRequest
+    engine: docker.DockerClient, sim: SimulatorNetwork, postgres: PostgresServer, data_dir: Path, request: pytest.FixtureRequest,
+    *, instances: int = INSTANCES, settings: dict[str, str] | None = None,
 ) -> Iterator[ChaosFleet]:
+    """`settings`: GATEWAY_* (without the prefix) over the suite's own."""
     database = f"chaos_{uuid.uuid4().hex[:10]}"
     if not postgres.running():
         postgres.start()
     postgres.psql(f'CREATE DATABASE "{database}"')
     url = postgres.url.rsplit("/", 1)[0] + f"/{database}"
     namespace = new_namespace("chaos")
-    gateway = GatewayProcess(url, data_dir / "data", sim, namespace, settings=dict(SETTINGS))
+    gateway = GatewayProcess(url, data_dir / "data", sim, namespace, settings={**SETTINGS, **(settings or {})})
     failed_before = request.session.testsfailed
     fleet = ChaosFleet(gateway, engine, sim, postgres)
     try:
         fleet.simulator()
         gateway.start()
-        fleet.instance_ids = [gateway.create(f"chaos-{n}") for n in range(INSTANCES)]
+        fleet.instance_ids = [gateway.create(f"chaos-{n}") for n in range(instances)]
         for instance_id in fleet.instance_ids:
             gateway.call("POST", f"/api/instances/{instance_id}/start")
         fleet.wait_all_running()

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.services",),
     ("gateway.dispatcher", "gateway.reconciler", "gateway.retention", "gateway.canary"),
     ("gateway.instance_client", "gateway.proxy_probe", "gateway.runtime", "gateway.db", "gateway.signing", "gateway.settings",
-     "gateway.image_types",
+     "gateway.image_types", "gateway.bounded_http",
      "gateway.accounts", "gateway.errors", "gateway.i18n", "gateway.addresses", "gateway"),
 ]
 

@@ -124,7 +124,7 @@ async def open_pool(
     try:
         ids = await start_instances(fleet, instances)
         async with serve(create_api_app(settings, fleet=fleet)) as url:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
                 yield Pool(fleet, fake, http, url, ids)
     finally:
         await fleet.close()

@@ -118,3 +118,26 @@ def test_refuses_a_short_admin_token_before_touching_anything(tmp_path: Path) ->
     assert "refusing to start" in message and "GATEWAY_ADMIN_TOKEN has 11 characters" in message
     assert "at least 16" in message and "sh0rt-t0ken" not in message  # the token itself stays out of the log
     assert not (tmp_path / "gateway.db").exists()
+
+
+def test_the_access_log_keeps_a_signed_image_urls_path_but_not_its_signature(tmp_path: Path) -> None:
+    api_port, admin_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(tmp_path), GATEWAY_API_PORT=str(api_port),
+               GATEWAY_ADMIN_PORT=str(admin_port), GATEWAY_LOG_LEVEL="INFO")
+    process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    signature = "5ec7e7" * 10  # the log records a request as it came, whether its signature is good or not
+    path = "/v1/images/files/0b1f9a52-3c1e-4c7e-9d0a-1a2b3c4d5e6f/0.png"
+    try:
+        wait_until_up(f"http://127.0.0.1:{api_port}/health", process, timeout=60)  # a loaded machine starts slowly
+        fetched = httpx.get(f"http://127.0.0.1:{api_port}{path}?expires=4102444800&signature={signature}", trust_env=False)
+        assert fetched.status_code in (403, 404)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        log = process.stderr.read().decode()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert f"{path}?expires=4102444800&signature=REDACTED" in log, log[-2000:]
+    assert signature not in log
