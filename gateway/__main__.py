@@ -22,8 +22,9 @@ from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
 
-# Query parameters that are credentials: a signed image URL's `signature` (gateway/api/image_urls.py).
-_SECRET_QUERY = re.compile(r"([?&]signature=)[^&#\s]*", re.IGNORECASE)
+# Query parameters that are credentials: a signed image URL's `signature` (gateway/api/image_urls.py), and the
+# API key in Google's REST form (`?key=`, gateway/api/keys.py).
+_SECRET_QUERY = re.compile(r"([?&](?:signature|key)=)[^&#\s]*", re.IGNORECASE)
 _ACCESS_PATH_ARG = 2  # uvicorn.access's arguments: client, method, path with query, HTTP version, status
 
 
@@ -33,7 +34,8 @@ def redact_query(path: str) -> str:
 
 
 class _RedactedAccessLog(logging.Filter):
-    """Keeps signed image URLs' signatures out of the access log: whoever reads the log could fetch the image."""
+    """Keeps signed image URLs' signatures and `?key=` API keys out of the access log: whoever reads the log could
+    fetch the image, or generate with the key."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args

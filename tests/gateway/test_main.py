@@ -132,6 +132,8 @@ def test_the_access_log_keeps_a_signed_image_urls_path_but_not_its_signature(tmp
         wait_until_up(f"http://127.0.0.1:{api_port}/health", process, timeout=60)  # a loaded machine starts slowly
         fetched = httpx.get(f"http://127.0.0.1:{api_port}{path}?expires=4102444800&signature={signature}", trust_env=False)
         assert fetched.status_code in (403, 404)
+        keyed = httpx.get(f"http://127.0.0.1:{api_port}/v1beta/models?key=sk-in-the-query-{signature}", trust_env=False)
+        assert keyed.status_code == 200  # no keys configured: any key passes, and it is still not logged
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         log = process.stderr.read().decode()  # type: ignore[union-attr]
@@ -140,4 +142,5 @@ def test_the_access_log_keeps_a_signed_image_urls_path_but_not_its_signature(tmp
             process.kill()
             process.wait()
     assert f"{path}?expires=4102444800&signature=REDACTED" in log, log[-2000:]
+    assert "/v1beta/models?key=REDACTED" in log and "sk-in-the-query" not in log
     assert signature not in log
