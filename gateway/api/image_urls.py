@@ -86,10 +86,7 @@ class ImageFilesController(Controller):
             raise NotFound("image_not_found")
         index = int(stem)
         signer_of(request).check(task_id, index, expires, signature)
-        result = await dispatcher_of(request).ended_task(task_id)
-        if index >= len(result.images_b64):
-            raise NotFound("image_not_found")
-        data = base64.b64decode(result.images_b64[index])
+        data = await dispatcher_of(request).image(task_id, index)  # this one alone, not the task's others
         # The URL names one immutable image until it expires.
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
         return Response(data, media_type=mime_of(data), headers=headers)

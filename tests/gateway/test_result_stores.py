@@ -145,7 +145,7 @@ def test_auto_is_the_database_on_postgres_and_files_on_sqlite(tmp_path: Path) ->
     assert make_settings("", tmp_path, result_store="database").dispatch.result_store == "database"
 
 
-@pytest.mark.parametrize("value", ["s3", "", "Database "])
+@pytest.mark.parametrize("value", ["gcs", "", "Database "])
 def test_an_unknown_store_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ValidationError) as refused:
         make_settings("", tmp_path, result_store=value)
