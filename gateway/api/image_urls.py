@@ -19,7 +19,7 @@ from litestar import Controller, Request, Response, get
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
-from gateway.errors import Forbidden, NotFound
+from gateway.errors import Forbidden, Gone, NotFound
 from gateway.settings import FaceSettings
 
 FILES_PATH = "/v1/images/files"
@@ -48,11 +48,11 @@ class ImageSigner:
         return f"{FILES_PATH}/{task_id}/{name}?expires={expires}&signature={self.signature(str(task_id), index, expires)}"
 
     def check(self, task_id: str, index: int, expires: str, signature: str, *, now: float | None = None) -> None:
-        """Forbidden unless the signature is ours and the URL has not expired."""
+        """Forbidden unless the signature is ours; Gone (410, like its expired result) once the URL has expired."""
         if not expires.isdigit() or not hmac.compare_digest(signature.encode(), self.signature(task_id, index, int(expires)).encode()):
             raise Forbidden("image_url_invalid")
         if int(expires) < (now if now is not None else time.time()):
-            raise Forbidden("image_url_expired")
+            raise Gone("image_url_expired")
 
 
 def signer_of(request: Request[Any, Any, Any]) -> ImageSigner:
