@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.api.image_urls import ImageSigner
 from gateway.app import Fleet, create_api_app
 from gateway.db.engine import create_db_engine
 from gateway.db.migrate import prepare_schema
@@ -93,6 +95,19 @@ async def test_database_store_prunes_in_batches_and_deletes_by_task(engine: Asyn
     assert await store.prune(utcnow() + timedelta(seconds=61)) == 4  # more than one batch of 2
 
 
+async def test_database_store_reads_one_image_alone(engine: AsyncEngine) -> None:
+    """The database picks the element (->> on Postgres, json_extract on SQLite): one image, never the others."""
+    store = DatabaseResultStore(engine, ttl=0.5)
+    task_id = uuid.uuid4()
+    images = [base64.b64encode(f"image {n}".encode()).decode() for n in range(3)]
+    reference = await store.save(task_id, images, "text")
+    assert [await store.load_image(task_id, reference, n) for n in range(3)] == [b"image 0", b"image 1", b"image 2"]
+    assert await store.load_image(task_id, reference, 3) is None and await store.load_image(task_id, reference, -1) is None
+    assert await store.load_image(uuid.uuid4(), reference, 0) is None
+    await asyncio.sleep(0.6)
+    assert await store.load_image(task_id, reference, 0) is None  # expired, before any prune
+
+
 async def test_saving_one_task_twice_keeps_the_second(engine: AsyncEngine) -> None:
     store = DatabaseResultStore(engine, ttl=60)
     task_id = uuid.uuid4()
@@ -110,10 +125,12 @@ async def test_file_store_keeps_prunes_and_deletes_only_its_own(tmp_path: Path) 
     path = await store.save(first, [TINY_B64], "text")
     assert path == str(tmp_path / "results" / f"{first}.json")
     assert await store.load(first, path) == StoredResult([TINY_B64], "text")
+    assert await store.load_image(first, path, 0) == TINY_PNG and await store.load_image(first, path, 1) is None
     assert await store.load(first, IN_DATABASE) is None and await store.load(first, None) is None
     # Past its time by its file's age.
     old = (tmp_path / "results" / f"{first}.json")
     os.utime(old, (0, 0))
+    assert await store.load(first, path) is None and await store.load_image(first, path, 0) is None  # before a prune
     other = await store.save(second, [TINY_B64], None)
     assert await store.prune() == 1 and not old.exists()
     assert await store.load(first, path) is None
@@ -249,6 +266,12 @@ async def test_an_expired_result_is_410_alike_on_both_gateways_and_pruned_by_ret
             assert [a.status_code for a in answers] == [410, 410]
             assert answers[0].json() == answers[1].json()
             assert answers[0].json()["error"] == "task_result_gone" and task_id in answers[0].json()["message"]
+            # A signed URL still valid (signed to last longer) for the expired result: 410 with the reason on both.
+            signer = ImageSigner.from_settings(fleet_a.settings.faces, fleet_a.secret)
+            url = signer.path(uuid.UUID(task_id), 0, "image/png", now=time.time() + 60)
+            images = [await http.get(url, headers={"Authorization": ""}) for http in (http_a, http_b)]
+            assert [i.status_code for i in images] == [410, 410] and images[0].json() == images[1].json()
+            assert images[0].json()["error"]["code"] == "task_result_gone" and task_id in images[0].json()["error"]["message"]
             # The gateways' own retention loops delete the row (every second at this TTL); still 410 after.
             async def kept_rows() -> int:
                 async with fleet_a.sessions() as session:
@@ -259,3 +282,27 @@ async def test_an_expired_result_is_410_alike_on_both_gateways_and_pruned_by_ret
             assert (await http_a.get(f"/tasks/{task_id}")).status_code == 410
             # A malformed id is a 404 on both, never a 500.
             assert [(await h.get("/tasks/not-an-id")).status_code for h in (http_a, http_b)] == [404, 404]
+
+
+async def test_an_expired_result_in_the_data_folder_is_410_before_any_prune(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """The files store: past the TTL by the row's end, the file still there (no prune yet), 410 all the same."""
+    overrides = {"result_store": "files", "task_result_ttl": 1.0, "retention_interval": 3600.0}
+    async with replica(database_url, tmp_path, fake, **overrides) as (fleet, http):
+        await start_instances(fleet, 1)
+        # The loops that forget and prune expired results stop here: the 410 must come from the expiry itself.
+        await fleet.retention.close()
+        fleet.dispatcher._pruner.cancel()  # type: ignore[union-attr]
+        answer = (await http.post("/v1/images/generations", json={"prompt": "short-lived", "response_format": "url"})).json()
+        url = httpx.URL(answer["data"][0]["url"])
+        task_id = url.path.split("/")[-2]
+        assert (await http.get(f"/tasks/{task_id}")).status_code == 200
+        later = ImageSigner.from_settings(fleet.settings.faces, fleet.secret).path(uuid.UUID(task_id), 0, "image/png", now=time.time() + 60)
+        assert (await http.get(later)).content == TINY_PNG
+        await asyncio.sleep(1.2)
+        assert (tmp_path / "results" / f"{task_id}.json").is_file()  # still there: nothing pruned it
+        gone = await http.get(f"/tasks/{task_id}")
+        assert gone.status_code == 410 and gone.json()["error"] == "task_result_gone"
+        image = await http.get(later)
+        assert image.status_code == 410 and image.json()["error"]["code"] == "task_result_gone"
