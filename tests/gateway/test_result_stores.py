@@ -8,6 +8,8 @@ import asyncio
 import base64
 import contextlib
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +42,7 @@ from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
 from tests.polling import await_until
 
 TINY_B64 = base64.b64encode(TINY_PNG).decode()
+REPO = Path(__file__).resolve().parents[2]
 KEY = "replica-api-key"
 
 
@@ -177,6 +180,95 @@ def test_files_in_a_data_folder_that_cannot_be_written_are_refused(tmp_path: Pat
     assert f"{blocker} is not a folder" in str(refused.value) and "GATEWAY_RESULT_STORE=files" in str(refused.value)
     # The database's store does not need the folder.
     assert make_settings("postgresql+asyncpg://u@db/fleet", blocker / "data").result_store_kind == "database"
+
+
+@pytest.fixture
+def no_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither the developer's AWS variables nor their ~/.aws files: the settings alone decide."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+
+
+MINIO = {"result_s3_endpoint_url": "http://minio:9000"}
+KEYS = {"result_s3_access_key_id": "fleet", "result_s3_secret_access_key": "fleet-secret"}
+S3_REFUSALS = [
+    ({}, "GATEWAY_RESULT_STORE=s3 needs GATEWAY_RESULT_S3_URL"),
+    ({"result_s3_url": "s3:///results", **MINIO, **KEYS}, "GATEWAY_RESULT_S3_URL names no bucket"),
+    ({"result_s3_url": "s3://", **MINIO, **KEYS}, "GATEWAY_RESULT_S3_URL names no bucket"),
+    ({"result_s3_url": "https://fleet/results", **MINIO, **KEYS}, "GATEWAY_RESULT_S3_URL must start with s3://"),
+    ({"result_s3_url": "fleet/results", **MINIO, **KEYS}, "GATEWAY_RESULT_S3_URL must start with s3://"),
+    ({"result_s3_url": "s3://Fleet_Results", **MINIO, **KEYS}, "'Fleet_Results' is not a bucket name"),
+    ({"result_s3_url": "s3://fleet?versionId=1", **MINIO, **KEYS}, "takes no query"),
+    ({"result_s3_url": "s3://fleet", "result_s3_endpoint_url": "minio:9000", **KEYS}, "GATEWAY_RESULT_S3_ENDPOINT_URL must be an http(s) URL"),
+    ({"result_s3_url": "s3://fleet", **MINIO}, "needs credentials: GATEWAY_RESULT_S3_ACCESS_KEY_ID"),
+    ({"result_s3_url": "s3://fleet", **MINIO, "result_s3_access_key_id": "fleet"}, "set both or neither"),
+    ({"result_s3_url": "s3://fleet"}, "on AWS needs a region"),
+]
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+@pytest.mark.parametrize(("given", "reason"), S3_REFUSALS)
+def test_a_bucket_setting_that_cannot_work_is_refused_with_its_reason(tmp_path: Path, given: dict[str, str], reason: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        make_settings("", tmp_path, result_store="s3", **given)
+    assert reason in str(refused.value)
+    assert "fleet-secret" not in str(refused.value)  # a secret never shows in the reason
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_a_bucket_takes_its_credentials_and_region_from_the_standard_aws_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The settings' own: path-style for an S3-compatible server, the prefix as a folder.
+    own = make_settings("", tmp_path, result_store="s3", result_s3_url="s3://fleet/a/b/", **MINIO, **KEYS).dispatch.result_s3
+    assert own is not None and (own.bucket, own.prefix, own.path_style, own.access_key_id) == ("fleet", "a/b/", True, "fleet")
+    # A shared credentials file (a mounted secret) for the server; AWS_REGION for AWS itself (virtual-host style).
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text("[default]\naws_access_key_id = from-file\naws_secret_access_key = file-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    mounted = make_settings("", tmp_path, result_store="s3", result_s3_url="s3://fleet", **MINIO).dispatch.result_s3
+    assert mounted is not None and mounted.access_key_id is None and mounted.prefix == ""
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    aws = make_settings("", tmp_path, result_store="s3", result_s3_url="s3://fleet").dispatch.result_s3
+    assert aws is not None and (aws.region, aws.endpoint_url, aws.path_style) == ("eu-west-3", None, False)
+    forced = make_settings("", tmp_path, result_store="s3", result_s3_url="s3://fleet", result_s3_path_style=True)
+    assert forced.dispatch.result_s3 is not None and forced.dispatch.result_s3.path_style
+    # Another store ignores the bucket's settings, however wrong.
+    assert make_settings("", tmp_path, result_s3_url="gs://x").dispatch.result_s3 is None
+
+
+def run_gateway(data_dir: Path, **variables: str) -> subprocess.CompletedProcess[bytes]:
+    """`python -m gateway` as an operator starts it, with only these GATEWAY_* variables; it should not stay up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_"))}
+    env.update(GATEWAY_RUNTIME="fake", GATEWAY_DATA_DIR=str(data_dir), GATEWAY_API_PORT="0", GATEWAY_ADMIN_PORT="0",
+               AWS_SHARED_CREDENTIALS_FILE=str(data_dir / "none"), AWS_CONFIG_FILE=str(data_dir / "none"), **variables)
+    return subprocess.run([sys.executable, "-m", "gateway"], cwd=REPO, env=env, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(("variables", "reason"), [
+    ({"GATEWAY_RESULT_STORE": "s3", "GATEWAY_RESULT_S3_URL": "s3:///fleet-results"}, "GATEWAY_RESULT_S3_URL names no bucket"),
+    ({"GATEWAY_RESULT_STORE": "s3", "GATEWAY_RESULT_S3_URL": "minio://fleet"}, "must start with s3://"),
+    ({"GATEWAY_RESULT_STORE": "s3", "GATEWAY_RESULT_S3_URL": "s3://fleet", "GATEWAY_RESULT_S3_ENDPOINT_URL": "http://minio:9000"},
+     "needs credentials"),
+    ({"GATEWAY_RESULT_STORE": "gcs"}, "GATEWAY_RESULT_STORE"),
+])
+def test_the_gateway_refuses_to_start_on_a_store_that_cannot_work(tmp_path: Path, variables: dict[str, str], reason: str) -> None:
+    result = run_gateway(tmp_path, **variables)
+    message = result.stderr.decode()
+    assert result.returncode == 2, message
+    assert "refusing to start" in message and reason in message and "Traceback" not in message
+
+
+def test_the_gateway_refuses_a_data_folder_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_gateway(blocker / "data")  # SQLite and files under it, by default
+    message = result.stderr.decode()
+    assert result.returncode == 2, message
+    assert "GATEWAY_DATA_DIR keeps the results (GATEWAY_RESULT_STORE=files) and the SQLite database" in message
+    assert f"{blocker} is not a folder" in message and "Traceback" not in message
 
 
 # ---- two gateways on one Postgres --------------------------------------------------------------------------

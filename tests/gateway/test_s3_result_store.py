@@ -204,3 +204,15 @@ async def test_two_gateways_share_the_bucket_and_its_expiry(
 
             await await_until(manifests, until=lambda keys: keys == [], timeout=15, what="retention to prune the bucket")
     assert not (tmp_path / "a" / "results").exists() and not (tmp_path / "b" / "results").exists()
+
+
+def test_the_gateway_refuses_to_start_on_a_missing_bucket(s3: S3Server, tmp_path: Path) -> None:
+    """Settings that parse, a server that answers, but no such bucket: the gateway stops at start, saying why."""
+    from tests.gateway.test_result_stores import run_gateway
+
+    variables = {f"GATEWAY_{name.upper()}": str(value) for name, value in s3.settings("fleet-missing").items()}
+    result = run_gateway(tmp_path, **variables)
+    message = result.stderr.decode()
+    assert result.returncode == 2, message
+    assert "refusing to start: GATEWAY_RESULT_STORE=s3: bucket 'fleet-missing' cannot be used: it does not exist" in message
+    assert "Traceback" not in message
