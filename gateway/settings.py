@@ -809,20 +809,22 @@ _LOCAL_CREDENTIALS = ("env", "shared-credentials-file", "config-file", "boto-con
 def _aws_credentials_found() -> bool:
     """Credentials from the standard chain short of an instance role (an S3-compatible server has none)."""
     import botocore.session  # only with GATEWAY_RESULT_STORE=s3
+    from botocore.exceptions import BotoCoreError
 
     resolver = botocore.session.Session().get_component("credential_provider")
     for name in [p.METHOD for p in resolver.providers if p.METHOD not in _LOCAL_CREDENTIALS]:
         resolver.remove(name)  # roles and sign-ins ask the network: not at start, and not what a MinIO server takes
     try:
         return resolver.load_credentials() is not None
-    except Exception:  # a damaged credentials file: as if none
+    except (BotoCoreError, OSError, ValueError):  # a damaged credentials file: as if none
         return False
 
 
 def _aws_config_has_region() -> bool:
     import botocore.session  # only with GATEWAY_RESULT_STORE=s3
+    from botocore.exceptions import BotoCoreError
 
     try:
         return bool(botocore.session.Session().get_config_variable("region"))
-    except Exception:
+    except (BotoCoreError, OSError, ValueError):  # a damaged config file: as if none
         return False

@@ -145,9 +145,11 @@ class S3ResultStore:
 
     async def check(self) -> None:
         """The bucket exists and answers us: otherwise the gateway does not start (StoreUnusable, with why)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             await self._thread(self._client.head_bucket, Bucket=self.bucket)
-        except Exception as exc:
+        except (BotoCoreError, ClientError, OSError) as exc:
             raise StoreUnusable(f"GATEWAY_RESULT_STORE=s3: bucket {self.bucket!r} cannot be used: {_reason(exc)}") from None
 
     # The bucket ------------------------------------------------------------------------------------

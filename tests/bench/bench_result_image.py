@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from a checkout
 
-from gateway.db.engine import create_db_engine  # noqa: E402
-from gateway.db.migrate import prepare_schema  # noqa: E402
-from gateway.dispatcher.results import DatabaseResultStore, ResultStore  # noqa: E402
+from gateway.db.engine import create_db_engine
+from gateway.db.migrate import prepare_schema
+from gateway.dispatcher.results import DatabaseResultStore, ResultStore
 
 IMAGES = 4
 INDEX = 2
