@@ -13,12 +13,15 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, get
+from litestar.response import Stream
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
+from gateway.dispatcher.results import ImageStream
 from gateway.errors import Forbidden, Gone, NotFound
 from gateway.settings import FaceSettings
 
@@ -86,7 +89,16 @@ class ImageFilesController(Controller):
             raise NotFound("image_not_found")
         index = int(stem)
         signer_of(request).check(task_id, index, expires, signature)
-        data = await dispatcher_of(request).image(task_id, index)  # this one alone, not the task's others
+        image = await dispatcher_of(request).image(task_id, index)  # this one alone, not the task's others
         # The URL names one immutable image until it expires.
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-        return Response(data, media_type=mime_of(data), headers=headers)
+        if len(image.first) >= image.size:
+            return Response(image.first, media_type=mime_of(image.first), headers=headers)
+        # Streamed as the store reads it (a bucket's object), with its length known up front.
+        return Stream(_chunks(image), media_type=mime_of(image.first), headers={**headers, "Content-Length": str(image.size)})
+
+
+async def _chunks(image: ImageStream) -> AsyncIterator[bytes]:
+    yield image.first
+    async for chunk in image.rest:
+        yield chunk

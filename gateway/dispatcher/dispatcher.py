@@ -47,7 +47,7 @@ from gateway.dispatcher.ledger import (
 )
 from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.queue import Waiter, WaitQueue
-from gateway.dispatcher.results import FileResultStore, ResultStore, build_result_store
+from gateway.dispatcher.results import FileResultStore, ImageStream, ResultStore, build_result_store
 from gateway.dispatcher.s3_results import S3ResultStore
 from gateway.dispatcher.run import (
     MAX_BOUNCES,
@@ -267,7 +267,7 @@ class Dispatcher:
             result.text = stored.text
         return result
 
-    async def image(self, task_id: str, index: int, *, within: float = 10.0) -> bytes:
+    async def image(self, task_id: str, index: int, *, within: float = 10.0) -> ImageStream:
         """One image of a task that succeeded (a signed URL's), read alone from the store, once the row has
         ended: the gateway that ran it writes its end just after the answer went out, and the URL may reach
         another gateway first. 404 no such image, 410 no longer kept."""
@@ -278,7 +278,7 @@ class Dispatcher:
             uid, row = await self._task_row(task_id)
         if row.status != TaskStatus.SUCCEEDED or not 0 <= index < (row.image_count or 0):
             raise NotFound("image_not_found")
-        image = None if self._result_expired(row) else await self.results.load_image(uid, row.result_path, index)
+        image = None if self._result_expired(row) else await self.results.open_image(uid, row.result_path, index)
         if image is None:
             raise self._gone(uid)
         return image

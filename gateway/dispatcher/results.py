@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,11 +49,30 @@ class StoredResult:
     text: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageStream:
+    """One image as it is read: its first chunk (its type is told from it), the rest as it comes, its size."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
+    size: int
+
+    @classmethod
+    def whole(cls, image: bytes) -> ImageStream:
+        return cls(image, _nothing(), len(image))
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
 class ResultStore(Protocol):
     """Where results are kept. `save` answers the reference the task row keeps; `load` is None once the result
     is gone (expired, pruned, or kept by another store); `prune` drops expired ones; `delete` those of tasks
-    that retention removed. `load_image` reads one image (decoded) without the others; `check` raises
-    StoreUnusable at start when the store cannot work."""
+    that retention removed. `load_image` reads one image (decoded) without the others, `open_image` the same
+    as a stream where the store can (a bucket's object); `check` raises StoreUnusable at start when the store
+    cannot work."""
 
     kind: StoreKind
     ttl: float
@@ -63,6 +82,8 @@ class ResultStore(Protocol):
     async def load(self, task_id: uuid.UUID, reference: str | None) -> StoredResult | None: ...
 
     async def load_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> bytes | None: ...
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None: ...
 
     async def prune(self) -> int: ...
 
@@ -112,6 +133,10 @@ class FileResultStore:
         """One JSON file holds them all: read whole (a gateway alone, on SQLite; the other stores read one)."""
         stored = await self.load(task_id, reference)
         return _image(stored.images_b64, index) if stored is not None else None
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None:
+        image = await self.load_image(task_id, reference, index)
+        return ImageStream.whole(image) if image is not None else None
 
     async def check(self) -> None:
         """The folder was checked with the settings (GATEWAY_DATA_DIR writable)."""
@@ -221,6 +246,11 @@ class DatabaseResultStore:
         async with self._engine.connect() as connection:
             encoded = await connection.scalar(query)
         return _b64decoded(encoded)
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None:
+        """The driver hands over the whole value: one piece (the bucket's store streams)."""
+        image = await self.load_image(task_id, reference, index)
+        return ImageStream.whole(image) if image is not None else None
 
     async def check(self) -> None:
         """The database was reached at start already (its schema was checked)."""

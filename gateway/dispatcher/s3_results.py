@@ -20,17 +20,18 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from gateway.dispatcher.results import FileResultStore, StoredResult, StoreKind, StoreUnusable
+from gateway.dispatcher.results import FileResultStore, ImageStream, StoredResult, StoreKind, StoreUnusable
 from gateway.settings import S3StoreSettings
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "result.json"
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
+CHUNK = 256 * 1024  # an image streamed from the bucket to the client this much at a time
 _FOLDER = re.compile(r"(?P<expires>\d{11})/(?P<task>[0-9a-f-]{36})/")
 _MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
 
@@ -123,6 +124,32 @@ class S3ResultStore:
             return await self._fallback.load_image(task_id, reference, index) if self._fallback is not None else None
         folder = self._folder_of(task_id, reference)
         return await self._get(folder + str(index)) if folder is not None and index >= 0 else None
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None:
+        """The object as it comes from the bucket, CHUNK bytes at a time: the gateway never holds all of it."""
+        if FileResultStore.owns(reference):
+            return await self._fallback.open_image(task_id, reference, index) if self._fallback is not None else None
+        folder = self._folder_of(task_id, reference)
+        if folder is None or index < 0:
+            return None
+        try:
+            answer = await self._thread(self._client.get_object, Bucket=self.bucket, Key=folder + str(index))
+        except self._client.exceptions.NoSuchKey:
+            return None
+        body = answer["Body"]
+        try:
+            first = await self._thread(body.read, CHUNK)
+        except BaseException:
+            body.close()
+            raise
+        return ImageStream(first, self._rest_of(body), int(answer.get("ContentLength") or len(first)))
+
+    async def _rest_of(self, body: Any) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await self._thread(body.read, CHUNK):
+                yield chunk
+        finally:
+            body.close()
 
     async def prune(self, now: float | None = None) -> int:
         """Deletes the folders whose expiry has passed; any gateway may run it at once. Returns results removed."""

@@ -100,15 +100,24 @@ async def test_database_store_prunes_in_batches_and_deletes_by_task(engine: Asyn
 
 async def test_database_store_reads_one_image_alone(engine: AsyncEngine) -> None:
     """The database picks the element (->> on Postgres, json_extract on SQLite): one image, never the others."""
-    store = DatabaseResultStore(engine, ttl=0.5)
+    store = DatabaseResultStore(engine, ttl=3600)
     task_id = uuid.uuid4()
     images = [base64.b64encode(f"image {n}".encode()).decode() for n in range(3)]
     reference = await store.save(task_id, images, "text")
     assert [await store.load_image(task_id, reference, n) for n in range(3)] == [b"image 0", b"image 1", b"image 2"]
     assert await store.load_image(task_id, reference, 3) is None and await store.load_image(task_id, reference, -1) is None
     assert await store.load_image(uuid.uuid4(), reference, 0) is None
-    await asyncio.sleep(0.6)
-    assert await store.load_image(task_id, reference, 0) is None  # expired, before any prune
+    opened = await store.open_image(task_id, reference, 1)
+    assert opened is not None and (opened.first, opened.size) == (b"image 1", 7)
+    # Past its expiry (before any prune): gone.
+    brief = DatabaseResultStore(engine, ttl=0.3)
+    short = uuid.uuid4()
+    await brief.save(short, images, None)
+
+    async def first_image() -> bytes | None:
+        return await brief.load_image(short, IN_DATABASE, 0)
+
+    await await_until(first_image, until=lambda image: image is None, timeout=10, what="the short result to expire")
 
 
 async def test_saving_one_task_twice_keeps_the_second(engine: AsyncEngine) -> None:
@@ -380,7 +389,7 @@ async def test_an_expired_result_in_the_data_folder_is_410_before_any_prune(
     database_url: str, tmp_path: Path, fake: FakeRuntime
 ) -> None:
     """The files store: past the TTL by the row's end, the file still there (no prune yet), 410 all the same."""
-    overrides = {"result_store": "files", "task_result_ttl": 1.0, "retention_interval": 3600.0}
+    overrides = {"result_store": "files", "task_result_ttl": 3.0, "retention_interval": 3600.0}
     async with replica(database_url, tmp_path, fake, **overrides) as (fleet, http):
         await start_instances(fleet, 1)
         # The loops that forget and prune expired results stop here: the 410 must come from the expiry itself.
@@ -392,9 +401,9 @@ async def test_an_expired_result_in_the_data_folder_is_410_before_any_prune(
         assert (await http.get(f"/tasks/{task_id}")).status_code == 200
         later = ImageSigner.from_settings(fleet.settings.faces, fleet.secret).path(uuid.UUID(task_id), 0, "image/png", now=time.time() + 60)
         assert (await http.get(later)).content == TINY_PNG
-        await asyncio.sleep(1.2)
+        gone = await await_until(lambda: http.get(f"/tasks/{task_id}"), until=lambda answer: answer.status_code != 200,
+                                 timeout=15, what="the result to expire")
         assert (tmp_path / "results" / f"{task_id}.json").is_file()  # still there: nothing pruned it
-        gone = await http.get(f"/tasks/{task_id}")
         assert gone.status_code == 410 and gone.json()["error"] == "task_result_gone"
         image = await http.get(later)
         assert image.status_code == 410 and image.json()["error"]["code"] == "task_result_gone"

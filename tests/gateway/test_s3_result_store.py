@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ import pytest
 from gateway.api.image_urls import ImageSigner
 from gateway.app import Fleet, create_api_app
 from gateway.dispatcher.results import FileResultStore, StoredResult, StoreUnusable
-from gateway.dispatcher.s3_results import MANIFEST, S3ResultStore
+from gateway.dispatcher.s3_results import CHUNK, MANIFEST, S3ResultStore
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
@@ -83,9 +84,14 @@ async def test_an_expired_result_is_refused_by_its_key_and_pruned(s3: S3Server, 
     long_ref = await kept.save(long_id, [TINY_B64], None)
     # Something else under the prefix (an operator's file) is never touched.
     s3.client().put_object(Bucket=bucket, Key="results/README", Body=b"not a result")
-    assert await store.prune() == 0  # nothing expired yet
-    await asyncio.sleep(2.1)
-    assert await store.load(short, reference) is None and await store.load_image(short, reference, 0) is None
+    expires = int(reference.removeprefix(f"s3://{bucket}/results/")[:11])
+    assert await store.prune(now=expires - 1) == 0  # nothing expired by then
+
+    async def loaded() -> StoredResult | None:
+        return await store.load(short, reference)
+
+    await await_until(loaded, until=lambda stored: stored is None, timeout=15, what="the short result to expire")
+    assert await store.load_image(short, reference, 0) is None and await store.open_image(short, reference, 0) is None
     assert len(s3.keys(bucket)) == 5  # refused before any prune: the objects are still there
     assert await store.prune() == 1
     assert sorted(s3.keys(bucket)) == sorted([*(long_ref.removeprefix(f"s3://{bucket}/") + k for k in ("0", MANIFEST)), "results/README"])
@@ -93,6 +99,20 @@ async def test_an_expired_result_is_refused_by_its_key_and_pruned(s3: S3Server, 
     # Retention's deletion of an old task removes its folder, expired or not.
     assert await kept.delete([(long_id, long_ref), (uuid.uuid4(), "/elsewhere/x.json")]) == 1
     assert s3.keys(bucket) == ["results/README"]
+
+
+async def test_one_image_is_streamed_from_the_bucket_a_chunk_at_a_time(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    store = s3_store(s3, bucket, tmp_path)
+    task_id = uuid.uuid4()
+    images = [os.urandom(2 * CHUNK + 10), os.urandom(100)]
+    reference = await store.save(task_id, [base64.b64encode(i).decode() for i in images], None)
+    opened = await store.open_image(task_id, reference, 0)
+    assert opened is not None and opened.size == len(images[0]) and len(opened.first) == CHUNK
+    rest = [chunk async for chunk in opened.rest]
+    assert max(len(c) for c in rest) <= CHUNK and opened.first + b"".join(rest) == images[0]
+    small = await store.open_image(task_id, reference, 1)
+    assert small is not None and small.first == images[1] and small.size == 100
+    assert await store.open_image(task_id, reference, 2) is None
 
 
 async def test_a_missing_bucket_stops_the_store_at_its_check(s3: S3Server, tmp_path: Path) -> None:
@@ -159,6 +179,16 @@ async def test_the_gateway_keeps_results_in_the_bucket(
             assert served.headers["content-type"] == "image/png"
             missing = await anonymous.get(url.path.replace("/0.png", "/1.png"), params=url.params)
             assert missing.status_code == 403  # the signature binds the index
+            # An image larger than a chunk goes out as the bucket hands it over, its length known up front.
+            big = b"\x89PNG\r\n\x1a\n" + os.urandom(3 * CHUNK + 1234)
+            task_id = url.path.split("/")[-2]
+            key = next(k for k in s3.keys(bucket) if k.endswith(f"/{task_id}/0"))
+            s3.client().put_object(Bucket=bucket, Key=key, Body=big)
+            async with anonymous.stream("GET", url.path, params=url.params) as streamed:
+                assert streamed.status_code == 200 and streamed.headers["content-type"] == "image/png"
+                assert streamed.headers["content-length"] == str(len(big))
+                chunks = [chunk async for chunk in streamed.aiter_raw()]
+            assert b"".join(chunks) == big
     assert len([k for k in s3.keys(bucket) if k.endswith(MANIFEST)]) == 2
     assert not (tmp_path / "results").exists()  # nothing fell back to the data folder
 
@@ -167,7 +197,7 @@ async def test_the_gateway_keeps_results_in_the_bucket(
 async def test_two_gateways_share_the_bucket_and_its_expiry(
     postgres_url: str, tmp_path: Path, fake: FakeRuntime, s3: S3Server, bucket: str
 ) -> None:
-    settings = {**s3.settings(bucket), "task_result_ttl": 2.0}
+    settings = {**s3.settings(bucket), "task_result_ttl": 4.0}
     async with gateway(postgres_url, tmp_path / "a", fake, **settings) as (fleet_a, http_a):
         await start_instances(fleet_a, 1)
         async with gateway(postgres_url, tmp_path / "b", fake, **settings) as (_fleet_b, http_b):
@@ -183,8 +213,9 @@ async def test_two_gateways_share_the_bucket_and_its_expiry(
                     httpx.AsyncClient(base_url=str(http_b.base_url)) as anonymous_b:
                 served = [await client.get(url.path, params=url.params) for client in (anonymous_a, anonymous_b)]
                 assert [(s.status_code, s.content) for s in served] == [(200, TINY_PNG)] * 2
-                # Past the TTL (2 s) both answer 410 with the reason, for the task and for its image URL.
-                await asyncio.sleep(2.3)
+                # Past the TTL both answer 410 with the reason, for the task and for its image URL.
+                await await_until(lambda: http_a.get(f"/tasks/{made_on_b}"), until=lambda answer: answer.status_code != 200,
+                                  timeout=20, what="the later result to expire")
                 gone = [await http.get(f"/tasks/{task_id}") for http in (http_a, http_b)]
                 assert [g.status_code for g in gone] == [410, 410] and gone[0].json() == gone[1].json()
                 assert gone[0].json()["error"] == "task_result_gone" and "no longer kept" in gone[0].json()["message"]
