@@ -1,6 +1,6 @@
 """Serving one image of a kept 4-image result (a signed URL's GET): the whole result loaded and one image picked
-(the path before, still `ResultStore.load`) against `load_image`, which reads that image alone; side by side in
-one run, per store: the database on SQLite, on Postgres (when AISTUDIO_TEST_POSTGRES_URL is set), and an S3
+(the path before, still `ResultStore.load`) against `load_image`, which reads that image alone, and against
+`open_image` as the signed URL's handler sends it (streamed from a bucket); side by side in one run, per store: the database on SQLite, on Postgres (when AISTUDIO_TEST_POSTGRES_URL is set), and an S3
 bucket on moto's server (when moto is installed). Prints peak Python memory (tracemalloc) and median time.
 
     python tests/bench/bench_result_image.py [--image-mb 2] [--repeat 15]
@@ -61,11 +61,21 @@ async def compare(name: str, store: ResultStore, image_bytes: int, repeat: int) 
     async def alone() -> bytes | None:
         return await store.load_image(task_id, reference, INDEX)
 
-    assert await whole() == await alone() == images[INDEX]
-    before, after = await measure(whole, repeat), await measure(alone, repeat)
-    print(f"{name:<18} whole result: peak {before[0]:7.1f} MiB, median {before[1] * 1000:7.1f} ms | "
-          f"one image: peak {after[0]:6.1f} MiB, median {after[1] * 1000:6.1f} ms | "
-          f"before/after: memory x{before[0] / max(after[0], 0.01):.1f}, time x{before[1] / after[1]:.2f}")
+    async def streamed() -> bytes | None:  # what the signed URL's handler sends: chunks, never joined
+        opened = await store.open_image(task_id, reference, INDEX)
+        if opened is None:
+            return None
+        size = len(opened.first)
+        async for chunk in opened.rest:
+            size += len(chunk)
+        return images[INDEX] if size == opened.size else None  # checked by size: the chunks are not kept
+
+    assert await whole() == await alone() == await streamed() == images[INDEX]
+    before, after, stream = await measure(whole, repeat), await measure(alone, repeat), await measure(streamed, repeat)
+    print(f"{name:<18} whole result: peak {before[0]:6.1f} MiB, median {before[1] * 1000:6.1f} ms | "
+          f"one image: peak {after[0]:5.1f} MiB, median {after[1] * 1000:6.1f} ms | "
+          f"streamed: peak {stream[0]:5.1f} MiB, median {stream[1] * 1000:6.1f} ms | "
+          f"whole/streamed: memory x{before[0] / max(stream[0], 0.01):.1f}, time x{before[1] / stream[1]:.2f}")
 
 
 @contextlib.asynccontextmanager
