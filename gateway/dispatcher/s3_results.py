@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from gateway.dispatcher.results import FileResultStore, ImageStream, StoredResult, StoreKind, StoreUnusable
+from gateway.errors import Unavailable
 from gateway.settings import S3StoreSettings
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,12 @@ class S3ResultStore:
         folder = self._folder_of(task_id, reference)
         if folder is None or index < 0:
             return None
-        try:
-            answer = await self._thread(self._client.get_object, Bucket=self.bucket, Key=folder + str(index))
-        except self._client.exceptions.NoSuchKey:
+        answer = await self._reading(self._get_object, folder + str(index))
+        if answer is None:
             return None
         body = answer["Body"]
         try:
-            first = await self._thread(body.read, CHUNK)
+            first = await self._reading(body.read, CHUNK)
         except BaseException:
             body.close()
             raise
@@ -190,12 +190,27 @@ class S3ResultStore:
 
     async def _get(self, key: str) -> bytes | None:
         """The object's bytes; None when it is not there (expired and pruned, or never written)."""
-        return await self._thread(self._get_sync, key)
+        return await self._reading(self._get_sync, key)
+
+    async def _reading(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read from the bucket; one it cannot answer is a 503 for the client, not a 500."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await self._thread(call, *args, **kwargs)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            log.warning("cannot read results from bucket %r: %s", self.bucket, _reason(exc))
+            raise Unavailable("result_store_unavailable", headers={"Retry-After": "5"}) from None
+
+    def _get_object(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return]
+        except self._client.exceptions.NoSuchKey:
+            return None
 
     def _get_sync(self, key: str) -> bytes | None:
-        try:
-            answer = self._client.get_object(Bucket=self.bucket, Key=key)
-        except self._client.exceptions.NoSuchKey:
+        answer = self._get_object(key)
+        if answer is None:
             return None
         with answer["Body"] as body:
             return bytes(body.read())

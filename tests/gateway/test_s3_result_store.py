@@ -21,6 +21,7 @@ from gateway.api.image_urls import ImageSigner
 from gateway.app import Fleet, create_api_app
 from gateway.dispatcher.results import FileResultStore, StoredResult, StoreUnusable
 from gateway.dispatcher.s3_results import CHUNK, MANIFEST, S3ResultStore
+from gateway.errors import Unavailable
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
@@ -133,6 +134,12 @@ async def test_an_unreachable_bucket_keeps_the_result_in_the_data_folder(tmp_pat
     assert reference == str(tmp_path / "results" / f"{task_id}.json")
     assert await store.load(task_id, reference) == StoredResult([TINY_B64], "text")
     assert await store.load_image(task_id, reference, 0) == TINY_PNG
+    # A result in the bucket, while it cannot be reached: a 503 with its reason, not a 500.
+    in_bucket = f"s3://fleet-down/r/{int(time.time()) + 60:011d}/{task_id}/"
+    for read in (store.load(task_id, in_bucket), store.load_image(task_id, in_bucket, 0), store.open_image(task_id, in_bucket, 0)):
+        with pytest.raises(Unavailable) as refused:
+            await read
+        assert refused.value.key == "result_store_unavailable" and refused.value.status_code == 503
 
 
 # ---- through the gateway -----------------------------------------------------------------------------------
