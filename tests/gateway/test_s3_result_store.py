@@ -4,7 +4,6 @@ expired, prune, and two gateways with separate data folders sharing the bucket."
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
