@@ -127,6 +127,7 @@ class Fleet:
                 db, client, settings.dispatch, suspect=reconciler.suspect, origin=origin, listener_url=settings.database_url,
                 clock=clock,
             )
+            await dispatcher.results.check()  # a bucket that is missing or refuses us: no start (StoreUnusable)
             await dispatcher.recover(GATEWAY_APPLICATION)  # what a killed gateway left unfinished
             retention = Retention(sessions, settings.retention, dispatcher.results)
             canary = Canary(sessions, db, client, settings.canary,

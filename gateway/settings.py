@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from gateway.accounts.policy import CapError, parse_daily_caps
 CANARY_RANGES = {"canary_interval": (1.0, 168.0, "hours"), "canary_check_interval": (1.0, 1440.0, "minutes")}
 
 RuntimeName = Literal["docker", "local", "kubernetes", "fake"]
-ResultStoreName = Literal["auto", "database", "files"]
+ResultStoreName = Literal["auto", "database", "files", "s3"]
+StoreKind = Literal["database", "files", "s3"]
 BrowserMode = Literal["headed", "headless", "headless-shell"]
 ADMIN_TOKEN_MIN_LENGTH = 16
 Language = Literal["zh", "en"]
@@ -232,6 +234,20 @@ class AccountSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class S3StoreSettings:
+    """GATEWAY_RESULT_STORE=s3: the bucket and key prefix (from GATEWAY_RESULT_S3_URL) and how to reach it.
+    Empty credentials and region: the standard AWS chain (AWS_* variables, the shared credentials file, a role)."""
+
+    bucket: str
+    prefix: str  # "" or ending in "/"
+    endpoint_url: str | None
+    region: str | None
+    access_key_id: str | None
+    secret_access_key: str | None
+    path_style: bool  # bucket in the path (MinIO and most S3-compatible servers), not in the host name
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchSettings:
     """The dispatcher: the queue, leases, attempts, accounts, results and webhooks."""
 
@@ -244,11 +260,12 @@ class DispatchSettings:
     max_attempts: int
     task_result_ttl: float
     store_sync_results: bool
-    result_store: Literal["database", "files"]  # GATEWAY_RESULT_STORE with `auto` resolved
+    result_store: StoreKind  # GATEWAY_RESULT_STORE with `auto` resolved
     reconcile_interval: float  # how soon the reconciler probes a suspect instance: bounds how long it is avoided
     data_dir: Path  # results and request files live below it
     webhooks: WebhookSettings
     accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
+    result_s3: S3StoreSettings | None = None  # with GATEWAY_RESULT_STORE=s3
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +441,14 @@ class Settings(BaseSettings):
     # Where they are kept: `database` (every gateway on it serves them), `files` (under data_dir, this gateway
     # alone), `auto`: the database when it is Postgres (several gateways may share it), else files.
     result_store: ResultStoreName = "auto"
+    # `s3`: a bucket every gateway reaches (large pools). s3://bucket/optional/prefix; the endpoint of an
+    # S3-compatible server (MinIO, Ceph...; unset: AWS); credentials unset: the standard AWS chain.
+    result_s3_url: str = ""
+    result_s3_endpoint_url: str = ""
+    result_s3_region: str = ""
+    result_s3_access_key_id: str = ""
+    result_s3_secret_access_key: SecretStr | None = None
+    result_s3_path_style: bool | None = None  # unset: path-style when an endpoint URL is set (MinIO), else virtual
     # Finished tasks, instance events and their result files are deleted this long after (seconds; 0: kept).
     task_retention: float = Field(30 * 86400.0, ge=0)
     retention_interval: float = Field(3600.0, gt=0)  # how often old rows are looked for
@@ -556,9 +581,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _usable_result_store(self) -> Settings:
-        if self.result_store_kind == "files" and (problem := _not_writable(self.data_dir / "results")):
-            raise ValueError(f"GATEWAY_RESULT_STORE=files keeps results under GATEWAY_DATA_DIR, but {problem}")
+        if self.result_store_kind == "s3":
+            self.result_s3  # noqa: B018 - parsed and checked now, so a setting that cannot work stops the start
+        uses = self._data_dir_uses()
+        folder = self.data_dir / "results" if self.result_store_kind == "files" else self.data_dir
+        if uses and (problem := _not_writable(folder)):
+            raise ValueError(f"GATEWAY_DATA_DIR keeps {' and '.join(uses)}, but {problem}")
         return self
+
+    def _data_dir_uses(self) -> list[str]:
+        """What this gateway writes under GATEWAY_DATA_DIR; none: the folder need not be writable."""
+        uses = []
+        if self.result_store_kind == "files":
+            uses.append("the results (GATEWAY_RESULT_STORE=files)")
+        if not self.database_url:
+            uses.append("the SQLite database (GATEWAY_DATABASE_URL unset)")
+        if not _secret(self.secret_key) and (not self.database_url or self.is_sqlite):
+            uses.append("the panel's signing key (GATEWAY_SECRET_KEY unset, on SQLite)")
+        return uses
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -619,10 +659,18 @@ class Settings(BaseSettings):
 
     @property
     def dispatch(self) -> DispatchSettings:
-        return self._part(DispatchSettings, webhooks=self.webhooks, accounts=self.accounts, result_store=self.result_store_kind)
+        return self._part(DispatchSettings, webhooks=self.webhooks, accounts=self.accounts, result_store=self.result_store_kind,
+                          result_s3=self.result_s3)
 
     @property
-    def result_store_kind(self) -> Literal["database", "files"]:
+    def result_s3(self) -> S3StoreSettings | None:
+        """GATEWAY_RESULT_S3_* read and checked (ValueError with the reason); None unless the store is s3."""
+        if self.result_store_kind != "s3":
+            return None
+        return _s3_store_settings(self)
+
+    @property
+    def result_store_kind(self) -> StoreKind:
         """GATEWAY_RESULT_STORE resolved: `auto` is the database on Postgres (replicas share it), files on SQLite."""
         if self.result_store != "auto":
             return self.result_store
@@ -717,3 +765,70 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name (or "", all interfaces): assume it is reachable from outside
+
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+def _s3_store_settings(settings: Settings) -> S3StoreSettings:
+    """GATEWAY_RESULT_S3_* checked: a bucket URL that names a bucket, an endpoint that is a URL, credentials
+    that come in pairs, and (for an S3-compatible server, which has no instance roles) credentials at all."""
+    url = settings.result_s3_url.strip()
+    if not url:
+        raise ValueError("GATEWAY_RESULT_STORE=s3 needs GATEWAY_RESULT_S3_URL, e.g. s3://my-bucket/fleet-results")
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        raise ValueError(f"GATEWAY_RESULT_S3_URL must start with s3:// (s3://bucket/prefix), not {parts.scheme or 'no'} scheme")
+    bucket = parts.netloc
+    if not bucket:
+        raise ValueError("GATEWAY_RESULT_S3_URL names no bucket: s3://bucket/prefix")
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(f"GATEWAY_RESULT_S3_URL: {bucket!r} is not a bucket name (3-63 of a-z 0-9 . -)")
+    if parts.query or parts.fragment:
+        raise ValueError("GATEWAY_RESULT_S3_URL takes no query or fragment: s3://bucket/prefix")
+    prefix = parts.path.strip("/")
+    endpoint = settings.result_s3_endpoint_url.strip() or None
+    if endpoint is not None:
+        scheme, host = urlsplit(endpoint).scheme, urlsplit(endpoint).hostname
+        if scheme not in ("http", "https") or not host:
+            raise ValueError(f"GATEWAY_RESULT_S3_ENDPOINT_URL must be an http(s) URL, e.g. http://minio:9000, not {endpoint!r}")
+    key_id, secret = settings.result_s3_access_key_id.strip(), _secret(settings.result_s3_secret_access_key).strip()
+    if bool(key_id) != bool(secret):
+        raise ValueError("GATEWAY_RESULT_S3_ACCESS_KEY_ID and GATEWAY_RESULT_S3_SECRET_ACCESS_KEY go together: set both or neither")
+    region = settings.result_s3_region.strip() or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    if endpoint is None and region is None and not _aws_config_has_region():
+        raise ValueError("GATEWAY_RESULT_STORE=s3 on AWS needs a region: GATEWAY_RESULT_S3_REGION or AWS_REGION "
+                         "(or GATEWAY_RESULT_S3_ENDPOINT_URL for an S3-compatible server)")
+    if endpoint is not None and not key_id and not _aws_credentials_found():
+        raise ValueError(f"GATEWAY_RESULT_S3_ENDPOINT_URL={endpoint} needs credentials: GATEWAY_RESULT_S3_ACCESS_KEY_ID and "
+                         "GATEWAY_RESULT_S3_SECRET_ACCESS_KEY, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a shared "
+                         "credentials file (AWS_SHARED_CREDENTIALS_FILE)")
+    path_style = settings.result_s3_path_style if settings.result_s3_path_style is not None else endpoint is not None
+    return S3StoreSettings(bucket, f"{prefix}/" if prefix else "", endpoint, region, key_id or None, secret or None, path_style)
+
+
+_LOCAL_CREDENTIALS = ("env", "shared-credentials-file", "config-file", "boto-config")
+
+
+def _aws_credentials_found() -> bool:
+    """Credentials from the standard chain short of an instance role (an S3-compatible server has none)."""
+    import botocore.session  # only with GATEWAY_RESULT_STORE=s3
+    from botocore.exceptions import BotoCoreError
+
+    resolver = botocore.session.Session().get_component("credential_provider")
+    for name in [p.METHOD for p in resolver.providers if p.METHOD not in _LOCAL_CREDENTIALS]:
+        resolver.remove(name)  # roles and sign-ins ask the network: not at start, and not what a MinIO server takes
+    try:
+        return resolver.load_credentials() is not None
+    except (BotoCoreError, OSError, ValueError):  # a damaged credentials file: as if none
+        return False
+
+
+def _aws_config_has_region() -> bool:
+    import botocore.session  # only with GATEWAY_RESULT_STORE=s3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return bool(botocore.session.Session().get_config_variable("region"))
+    except (BotoCoreError, OSError, ValueError):  # a damaged config file: as if none
+        return False

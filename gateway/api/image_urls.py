@@ -13,12 +13,15 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, get
+from litestar.response import Stream
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.faces import dispatcher_of, exception_handlers, mime_of, openai_error
+from gateway.dispatcher.results import ImageStream
 from gateway.errors import Forbidden, Gone, Invalid, NotFound
 from gateway.settings import FaceSettings
 
@@ -48,11 +51,11 @@ class ImageSigner:
         return f"{FILES_PATH}/{task_id}/{name}?expires={expires}&signature={self.signature(str(task_id), index, expires)}"
 
     def check(self, task_id: str, index: int, expires: str, signature: str, *, now: float | None = None) -> None:
-        """Forbidden unless the signature is ours and the URL has not expired."""
+        """Forbidden unless the signature is ours; Gone (410, like its expired result) once the URL has expired."""
         if not expires.isdigit() or not hmac.compare_digest(signature.encode(), self.signature(task_id, index, int(expires)).encode()):
             raise Forbidden("image_url_invalid")
         if int(expires) < (now if now is not None else time.time()):
-            raise Forbidden("image_url_expired")
+            raise Gone("image_url_expired")
 
 
 def signer_of(request: Request[Any, Any, Any]) -> ImageSigner:
@@ -84,19 +87,28 @@ class ImageFilesController(Controller):
         stem = name.split(".", 1)[0]
         if not stem.isdigit() or len(stem) > 3:
             raise NotFound("image_not_found")
-        data = await signed_image(request, task_id, int(stem), expires, signature)
+        index = int(stem)
+        signer_of(request).check(task_id, index, expires, signature)
+        image = await dispatcher_of(request).image(task_id, index)  # this one alone, not the task's others
         # The URL names one immutable image until it expires.
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-        return Response(data, media_type=mime_of(data), headers=headers)
+        if len(image.first) >= image.size:
+            return Response(image.first, media_type=mime_of(image.first), headers=headers)
+        # Streamed as the store reads it (a bucket's object), with its length known up front.
+        return Stream(_chunks(image), media_type=mime_of(image.first), headers={**headers, "Content-Length": str(image.size)})
+
+
+async def _chunks(image: ImageStream) -> AsyncIterator[bytes]:
+    yield image.first
+    async for chunk in image.rest:
+        yield chunk
 
 
 async def signed_image(request: Request[Any, Any, Any], task_id: str, index: int, expires: str, signature: str) -> bytes:
-    """The image a signed URL names: 403 for a signature that is not ours or has expired, 404/410 when gone."""
+    """The image a signed URL names, whole: 403 for a signature that is not ours, 410 expired or gone, 404 none."""
     signer_of(request).check(task_id, index, expires, signature)
-    result = await dispatcher_of(request).ended_task(task_id)
-    if index >= len(result.images_b64):
-        raise NotFound("image_not_found")
-    return base64.b64decode(result.images_b64[index])
+    image = await dispatcher_of(request).image(task_id, index)
+    return image.first + b"".join([chunk async for chunk in image.rest])
 
 
 async def own_image(request: Request[Any, Any, Any], link: tuple[str, int, str, str]) -> bytes | None:
@@ -104,10 +116,7 @@ async def own_image(request: Request[Any, Any, Any], link: tuple[str, int, str, 
     fetched; None when the signature is not ours (another server's link of the same shape: fetched)."""
     try:
         return await signed_image(request, *link)
-    except Forbidden as exc:
-        if exc.key == "image_url_invalid":
-            return None
-        raise Invalid("reference_link_expired") from None
+    except Forbidden:
+        return None
     except (NotFound, Gone):
         raise Invalid("reference_link_expired") from None
-

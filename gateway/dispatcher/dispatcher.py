@@ -47,7 +47,8 @@ from gateway.dispatcher.ledger import (
 )
 from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.queue import Waiter, WaitQueue
-from gateway.dispatcher.results import ResultStore, build_result_store
+from gateway.dispatcher.results import FileResultStore, ImageStream, ResultStore, build_result_store
+from gateway.dispatcher.s3_results import S3ResultStore
 from gateway.dispatcher.run import (
     MAX_BOUNCES,
     Avoidance,
@@ -126,8 +127,7 @@ class Dispatcher:
         lease_seconds = settings.generation_timeout + settings.lease_margin
         ledger = Ledger(engine, lease_seconds=lease_seconds, origin=origin or secrets.token_hex(6),
                         accounts=settings.accounts, clock=clock)
-        results = build_result_store(settings.result_store, engine, Path(settings.data_dir), settings.task_result_ttl)
-        return cls(ledger, client, settings, suspect=suspect, results=results, listener_url=listener_url)
+        return cls(ledger, client, settings, suspect=suspect, results=_result_store(settings, engine), listener_url=listener_url)
 
     def _run_limits(self) -> RunLimits:
         settings = self._settings
@@ -257,6 +257,33 @@ class Dispatcher:
 
     async def task(self, task_id: str) -> TaskResult:
         """A task's row and, once it succeeded, its kept images; 404 unknown, 410 images no longer kept."""
+        uid, row = await self._task_row(task_id)
+        result = self._row_result(row)
+        if row.status == TaskStatus.SUCCEEDED:
+            stored = None if self._result_expired(row) else await self.results.load(uid, row.result_path)
+            if stored is None:
+                raise self._gone(uid)
+            result.images_b64 = stored.images_b64
+            result.text = stored.text
+        return result
+
+    async def image(self, task_id: str, index: int, *, within: float = 10.0) -> ImageStream:
+        """One image of a task that succeeded (a signed URL's), read alone from the store, once the row has
+        ended: the gateway that ran it writes its end just after the answer went out, and the URL may reach
+        another gateway first. 404 no such image, 410 no longer kept."""
+        deadline = time.monotonic() + within
+        uid, row = await self._task_row(task_id)
+        while row.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, self._settings.queue_poll_interval))
+            uid, row = await self._task_row(task_id)
+        if row.status != TaskStatus.SUCCEEDED or not 0 <= index < (row.image_count or 0):
+            raise NotFound("image_not_found")
+        image = None if self._result_expired(row) else await self.results.open_image(uid, row.result_path, index)
+        if image is None:
+            raise self._gone(uid)
+        return image
+
+    async def _task_row(self, task_id: str) -> tuple[uuid.UUID, Any]:
         try:
             uid = uuid.UUID(str(task_id))
         except ValueError:
@@ -268,24 +295,14 @@ class Dispatcher:
         row = await self._ledger.get_task(uid)
         if row is None:
             raise NotFound("task_not_found", task_id=str(uid))
-        result = self._row_result(row)
-        if row.status == TaskStatus.SUCCEEDED:
-            stored = await self.results.load(uid, row.result_path)
-            if stored is None:
-                raise Gone("task_result_gone", task_id=str(uid), ttl=int(self._settings.task_result_ttl))
-            result.images_b64 = stored.images_b64
-            result.text = stored.text
-        return result
+        return uid, row
 
-    async def ended_task(self, task_id: str, *, within: float = 10.0) -> TaskResult:
-        """`task`, once the row has ended: a signed URL's task succeeded already, but the gateway that ran it
-        writes its end just after the answer went out, and the URL may reach another gateway first."""
-        deadline = time.monotonic() + within
-        while True:
-            result = await self.task(task_id)
-            if result.status not in (TaskStatus.QUEUED, TaskStatus.RUNNING) or time.monotonic() >= deadline:
-                return result
-            await asyncio.sleep(min(0.05, self._settings.queue_poll_interval))
+    def _result_expired(self, row: Any) -> bool:
+        """Past GATEWAY_TASK_RESULT_TTL by the row's end, which every gateway reads alike, before any store looks."""
+        return row.finished_at is not None and row.finished_at + timedelta(seconds=self._settings.task_result_ttl) <= utcnow()
+
+    def _gone(self, task_id: uuid.UUID) -> Gone:
+        return Gone("task_result_gone", task_id=str(task_id), ttl=int(self._settings.task_result_ttl))
 
     @staticmethod
     def _row_result(row: Any) -> TaskResult:
@@ -491,3 +508,11 @@ class Dispatcher:
             abandoned = await self._ledger.abandon_stale(now - timedelta(seconds=max_age), end)
             if abandoned:
                 log.warning("marked %d abandoned tasks failed", abandoned)
+
+
+def _result_store(settings: DispatchSettings, engine: AsyncEngine) -> ResultStore:
+    """GATEWAY_RESULT_STORE's store; the bucket's keeps what it cannot write in the data folder meanwhile."""
+    if settings.result_store == "s3" and settings.result_s3 is not None:
+        fallback = FileResultStore(Path(settings.data_dir) / "results", settings.task_result_ttl)
+        return S3ResultStore(settings.result_s3, settings.task_result_ttl, fallback=fallback)
+    return build_result_store(settings.result_store, engine, Path(settings.data_dir), settings.task_result_ttl)

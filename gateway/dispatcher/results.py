@@ -1,21 +1,24 @@
 """Kept results: a task's images for GATEWAY_TASK_RESULT_TTL after it ends, for GET /tasks/{id} and signed URLs.
 
-One small interface (`ResultStore`: save, load, prune, delete) and two places to keep them:
+One small interface (`ResultStore`: save, load, load_image, prune, delete, check) and three places to keep them:
 - `DatabaseResultStore`, a `kept_results` row with its expiry: every gateway sharing the database reads it
   (the default on Postgres, where several gateways may answer one client);
-- `FileResultStore`, a file under the data folder: one gateway alone (the default on SQLite).
-The task row's `result_path` says where its result went: a file's path, or `database`.
+- `FileResultStore`, a file under the data folder: one gateway alone (the default on SQLite);
+- `S3ResultStore` (gateway/dispatcher/s3_results.py), objects in an S3-compatible bucket: every gateway reaching it.
+The task row's `result_path` says where its result went: a file's path, `database`, or `s3://bucket/key/`.
+Every store refuses a result past its expiry itself (before any prune), so every replica answers 410 alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,8 +35,12 @@ from gateway.db.types import utcnow
 
 log = logging.getLogger(__name__)
 
-StoreKind = Literal["database", "files"]
+StoreKind = Literal["database", "files", "s3"]
 IN_DATABASE = "database"  # a task row's result_path when its result is a kept_results row
+
+
+class StoreUnusable(Exception):
+    """The configured store cannot be used (the bucket is missing or refuses us): the gateway does not start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +49,30 @@ class StoredResult:
     text: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageStream:
+    """One image as it is read: its first chunk (its type is told from it), the rest as it comes, its size."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
+    size: int
+
+    @classmethod
+    def whole(cls, image: bytes) -> ImageStream:
+        return cls(image, _nothing(), len(image))
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
 class ResultStore(Protocol):
     """Where results are kept. `save` answers the reference the task row keeps; `load` is None once the result
     is gone (expired, pruned, or kept by another store); `prune` drops expired ones; `delete` those of tasks
-    that retention removed. Another place (an S3 bucket) is one more class with these four methods."""
+    that retention removed. `load_image` reads one image (decoded) without the others, `open_image` the same
+    as a stream where the store can (a bucket's object); `check` raises StoreUnusable at start when the store
+    cannot work."""
 
     kind: StoreKind
     ttl: float
@@ -54,9 +81,15 @@ class ResultStore(Protocol):
 
     async def load(self, task_id: uuid.UUID, reference: str | None) -> StoredResult | None: ...
 
+    async def load_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> bytes | None: ...
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None: ...
+
     async def prune(self) -> int: ...
 
     async def delete(self, kept: Sequence[tuple[uuid.UUID, str]]) -> int: ...
+
+    async def check(self) -> None: ...
 
 
 def _decoded(body: object) -> StoredResult | None:
@@ -87,14 +120,36 @@ class FileResultStore:
         return str(path)
 
     async def load(self, task_id: uuid.UUID, reference: str | None) -> StoredResult | None:
-        """None when it is gone (pruned, in the database, or written by a gateway with another data folder)."""
-        if not reference or reference == IN_DATABASE:
+        """None when it is gone (expired, pruned, in the database, or written by a gateway with another data folder)."""
+        if not self.owns(reference):
             return None
         try:
-            raw = await asyncio.to_thread(Path(reference).read_bytes)
-            return _decoded(json.loads(raw))
+            raw = await asyncio.to_thread(self._read_unexpired, Path(str(reference)))
+            return _decoded(json.loads(raw)) if raw is not None else None
         except (OSError, ValueError):
             return None
+
+    async def load_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> bytes | None:
+        """One JSON file holds them all: read whole (a gateway alone, on SQLite; the other stores read one)."""
+        stored = await self.load(task_id, reference)
+        return _image(stored.images_b64, index) if stored is not None else None
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None:
+        image = await self.load_image(task_id, reference, index)
+        return ImageStream.whole(image) if image is not None else None
+
+    async def check(self) -> None:
+        """The folder was checked with the settings (GATEWAY_DATA_DIR writable)."""
+
+    @staticmethod
+    def owns(reference: str | None) -> bool:
+        return bool(reference) and reference != IN_DATABASE and not str(reference).startswith("s3://")
+
+    def _read_unexpired(self, path: Path) -> bytes | None:
+        # Past its time by its age, as `prune` judges it: gone before a prune runs, on every gateway alike.
+        if path.stat().st_mtime < time.time() - self.ttl:
+            return None
+        return path.read_bytes()
 
     async def prune(self) -> int:
         return await asyncio.to_thread(self._prune_sync, time.time() - self.ttl)
@@ -124,7 +179,7 @@ class FileResultStore:
         own = self.directory.resolve()
         for stored in references:
             path = Path(stored)
-            if stored == IN_DATABASE or path.resolve().parent != own:
+            if not self.owns(stored) or path.resolve().parent != own:
                 continue  # another gateway's folder, or not a result file at all: never deleted from here
             try:
                 os.unlink(path)
@@ -178,6 +233,28 @@ class DatabaseResultStore:
             row = (await connection.execute(query)).first()
         return None if row is None else _decoded({"images_b64": row[0], "text": row[1]})
 
+    async def load_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> bytes | None:
+        """One element of the JSON array, picked by the database (->> on Postgres, json_extract on SQLite):
+        the other images never reach the gateway."""
+        if reference != IN_DATABASE:
+            return await self._fallback.load_image(task_id, reference, index) if self._fallback is not None else None
+        if index < 0:
+            return None  # Postgres would count from the end
+        query = select(KeptResult.images_b64[index].as_string()).where(
+            KeptResult.task_id == task_id, KeptResult.expires_at > utcnow()
+        )
+        async with self._engine.connect() as connection:
+            encoded = await connection.scalar(query)
+        return _b64decoded(encoded)
+
+    async def open_image(self, task_id: uuid.UUID, reference: str | None, index: int) -> ImageStream | None:
+        """The driver hands over the whole value: one piece (the bucket's store streams)."""
+        image = await self.load_image(task_id, reference, index)
+        return ImageStream.whole(image) if image is not None else None
+
+    async def check(self) -> None:
+        """The database was reached at start already (its schema was checked)."""
+
     async def prune(self, now: datetime | None = None) -> int:
         """Deletes expired rows, a batch per transaction; any gateway may run it at once."""
         removed = await self._fallback.prune() if self._fallback is not None else 0
@@ -205,6 +282,19 @@ class DatabaseResultStore:
 def build_result_store(kind: StoreKind, engine: AsyncEngine, data_dir: Path, ttl: float) -> ResultStore:
     files = FileResultStore(Path(data_dir) / "results", ttl)
     return DatabaseResultStore(engine, ttl, fallback=files) if kind == "database" else files
+
+
+def _image(images_b64: list[str], index: int) -> bytes | None:
+    return _b64decoded(images_b64[index]) if 0 <= index < len(images_b64) else None
+
+
+def _b64decoded(encoded: object) -> bytes | None:
+    if not isinstance(encoded, str) or not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return None
 
 
 def _write_atomically(path: Path, body: bytes) -> None:

@@ -7,7 +7,6 @@ until the task ends, then shows the images, the timings and the account that mad
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 from typing import Any
 
@@ -77,10 +76,8 @@ class PlaygroundController(Controller):
 
     @get("/playground/tasks/{task_id:str}/images/{index:int}", name="panel:playground-image")
     async def image(self, request: HTMXRequest, task_id: FromPath[str], index: FromPath[int], download: FromQuery[bool] = False) -> Response[bytes]:
-        result = await request.app.state.fleet.dispatcher.task(task_id)
-        if not 0 <= index < len(result.images_b64):
-            raise NotFound("image_not_found")
-        data = base64.b64decode(result.images_b64[index])
+        image = await request.app.state.fleet.dispatcher.image(task_id, index)  # this one alone, from the store
+        data = image.first + b"".join([chunk async for chunk in image.rest])
         mime = mime_of(data)
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
         if download:

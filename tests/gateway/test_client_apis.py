@@ -150,7 +150,7 @@ async def test_an_expired_url_is_refused(pool: Pool) -> None:
     signer = ImageSigner.from_settings(pool.fleet.settings.faces, pool.fleet.secret)
     old = signer.path(task_id, 0, "image/png", now=time.time() - signer.ttl - 5)  # type: ignore[arg-type]
     refused = await pool.http.get(old)
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "image_url_expired"
+    assert refused.status_code == 410 and refused.json()["error"]["code"] == "image_url_expired"
 
 
 async def test_edits_take_several_references_and_refuse_a_mask(pool: Pool) -> None:

@@ -48,6 +48,8 @@ def test_parts_read_the_same_variables_and_cover_every_field(monkeypatch: pytest
     assert settings.model_copy(update={"task_retention": 5.0}).retention.task_retention == 5.0  # never stale
     covered = {"runtime", "database_url", "migrate_on_start", "language", "log_level"}  # read by the wiring itself
     covered.add("pace_daily_cap")  # parsed into accounts.daily_caps
+    covered |= {f"result_s3_{name}" for name in ("url", "endpoint_url", "region", "access_key_id", "secret_access_key",
+                                               "path_style")}  # parsed into dispatch.result_s3
     prefixes = {"instance": "instance_", "docker": "docker_", "local": "local_", "kubernetes": "kubernetes_", "webhooks": "webhook_",
                 "accounts": "pace_"}
     for name in ("listeners", "instance", "docker", "local", "kubernetes", "reconcile", "sessions", "webhooks",
