@@ -348,8 +348,8 @@ class Settings(BaseSettings):
     instance_cpus: float = Field(1.0, gt=0)
     instance_pids_limit: int = Field(512, gt=0)
     instance_shm_size: str = "512m"
-    # Seccomp profile of instance containers: `sandbox` (gateway/runtime/instance-seccomp.json: user namespaces
-    # allowed, so Chromium keeps its sandbox), `default` (the engine's: Chromium runs --no-sandbox), or a path.
+    # Seccomp profile of instance containers: `sandbox` (gateway/runtime/instance-seccomp.json: Docker's allowlist
+    # plus the user namespaces Chromium's sandbox needs), `default` (the engine's: Chromium runs --no-sandbox), or a path.
     instance_seccomp: str = "sandbox"
 
     # Docker engine.

@@ -66,8 +66,11 @@ PROXY_VARIABLE = instance_env.variable("proxy")
 INSTANCE_PORT = instance_env.PORT
 DATA_PATH = instance_env.DATA_DIR
 # Docker's default seccomp profile refuses user namespaces, so Chromium in the instance would run without its
-# sandbox; this one permits them and refuses a list of syscalls a browser never needs (see seccomp_profile).
+# sandbox. The bundled one is Docker's own allowlist (moby docker-v29.7.2, vendored moby/profiles/seccomp v0.2.3,
+# kept verbatim in docker-default-seccomp.json) plus the rules marked "chromium sandbox:" (clone and unshare of
+# user, PID and network namespaces, chroot): everything else, future syscalls included, is refused.
 BUNDLED_SECCOMP = Path(__file__).with_name("instance-seccomp.json")
+DOCKER_DEFAULT_SECCOMP = Path(__file__).with_name("docker-default-seccomp.json")
 # Docker's container name grammar; the instance id becomes part of the name.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
