@@ -1,11 +1,14 @@
 """The docker runtime fences its instances: a read-only root file system (tmpfs where Chromium writes) and the
 egress fence (gateway/runtime/egress.py: iptables rules on the engine's host). Real engine, real instance image,
 on a network of this file's own; the simulator container stands in for the internet (it is AI Studio's URL, so
-an opening), another container on the network for the LAN and for the gateway's container with its generation
-port, and a listener on the host's side of the bridge for the host itself."""
+an opening), a gateway container from the built gateway image (its generation port open, as without API keys)
+for the LAN and for the gateway's own container in deploy/compose.yaml, and a listener on the host's side of the
+bridge for the host itself."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 import uuid
@@ -15,6 +18,7 @@ import docker
 import docker.errors
 import pytest
 
+from gateway.runtime.base import RuntimeError_
 from gateway.runtime.docker import DockerRuntime, seccomp_profile
 from tests.e2e.harness import SIMULATOR_IMAGE
 from tests.gateway.http_wait import wait_http
@@ -32,6 +36,7 @@ from tests.gateway.test_docker_runtime import (  # noqa: F401 - `client` is a fi
 
 pytestmark = pytest.mark.docker
 
+GATEWAY_IMAGE = os.environ.get("AISTUDIO_GATEWAY_IMAGE", "aistudio-fleet-gateway:latest")
 GENERATION_PORT = 8812  # the gateway's public listener, as in deploy/compose.yaml
 
 # From inside an instance: connect to each host:port, print `host:port open` or `host:port refused <error>`.
@@ -54,8 +59,8 @@ class Fenced:
 
 @pytest.fixture(scope="module")
 def fenced_network(client: docker.DockerClient) -> Iterator[Fenced]:  # noqa: F811
-    """A network with the simulator, a container standing for the LAN and the gateway's container (a listener on
-    the generation port), and a listener on the host at the network's gateway address."""
+    """A network with the simulator, a gateway container (no engine: its listeners alone), and a listener on the
+    host at the network's gateway address."""
     network = client.networks.create(f"{TEST_PREFIX}net-{RUN}-{uuid.uuid4().hex[:4]}", driver="bridge")
     made = []
     host_listener = None
@@ -63,8 +68,8 @@ def fenced_network(client: docker.DockerClient) -> Iterator[Fenced]:  # noqa: F8
         sim = client.containers.run(SIMULATOR_IMAGE, detach=True, name=f"{NAME_PREFIX}sim", network=network.name)
         made.append(sim)
         lan = client.containers.run(
-            IMAGE, ["python", "-m", "http.server", str(GENERATION_PORT)], entrypoint=[], detach=True,
-            name=f"{NAME_PREFIX}lan", network=network.name)
+            GATEWAY_IMAGE, detach=True, name=f"{NAME_PREFIX}gateway", network=network.name,
+            environment={"GATEWAY_ADMIN_TOKEN": "fence-admin-token-0123456789"})
         made.append(lan)
         network.reload()
         gateway_ip = network.attrs["IPAM"]["Config"][0]["Gateway"]
@@ -100,6 +105,13 @@ async def runtime(client: docker.DockerClient, fenced_network: Fenced, request: 
         await rt.close()
 
 
+async def _until(check, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the gateway container did not listen"
+        await asyncio.sleep(0.5)
+
+
 async def _started(runtime: DockerRuntime, client: docker.DockerClient, fenced: Fenced):  # noqa: F811
     spec = _spec()
     spec.env["INSTANCE_AISTUDIO_URL"] = f"http://{fenced.simulator}:9000"
@@ -128,6 +140,9 @@ async def test_an_instance_reaches_the_internet_but_no_private_address(runtime: 
     fenced = fenced_network
     spec, container = await _started(runtime, client, fenced)
     try:
+        lan = client.containers.get(f"{NAME_PREFIX}gateway")
+        wait_for_listener = f"python -c 'import socket; socket.create_connection((\"127.0.0.1\", {GENERATION_PORT}), 5)'"
+        await _until(lambda: lan.exec_run(["sh", "-c", wait_for_listener]).exit_code == 0)
         targets = [f"{fenced.simulator}:9000", f"{fenced.lan}:{GENERATION_PORT}",
                    f"{fenced.host_ip}:{fenced.host_port}", "169.254.169.254:80"]
         answers = dict(line.split(" ", 1) for line in
@@ -141,3 +156,25 @@ async def test_an_instance_reaches_the_internet_but_no_private_address(runtime: 
             assert answers[targets[1]] == "open" and answers[targets[2]] == "open", answers
     finally:
         await runtime.remove(spec.instance_id, remove_volume=True)
+
+
+async def test_a_fence_that_cannot_be_written_is_reported_and_on_refuses_to_start_unfenced(client) -> None:  # noqa: F811
+    """On Docker's default bridge (shared with other containers) there is no fence: `auto` says so and starts,
+    `on` refuses, and neither writes a rule."""
+    for mode in ("on", "auto"):
+        runtime = DockerRuntime(None, IMAGE, name_prefix=NAME_PREFIX, volume_prefix=VOLUME_PREFIX, egress=mode)
+        await runtime.setup()
+        spec = _spec()
+        try:
+            state, why = runtime.egress_fence()
+            assert state == "unavailable" and "GATEWAY_DOCKER_NETWORK" in why
+            assert runtime.security_warnings() == [f"egress fence unavailable: {why}"]
+            if mode == "on":
+                with pytest.raises(RuntimeError_, match="not started unfenced"):
+                    await runtime.start(spec)
+                assert (await runtime.inspect(spec.instance_id)).phase == "missing"
+            else:
+                assert (await runtime.start(spec)).phase == "running"
+        finally:
+            await runtime.remove(spec.instance_id, remove_volume=True)
+            await runtime.close()
