@@ -402,7 +402,7 @@ class DockerRuntime:
         )
         if self.read_only_root:
             kwargs["read_only"] = True
-            kwargs["tmpfs"] = self._tmpfs()
+            kwargs["tmpfs"] = instance_tmpfs(self.user)
         if self.init:  # the image's own entrypoint is tini; Docker's init only for images without one
             kwargs["init"] = True
         if self.cap_drop_all:
@@ -552,14 +552,6 @@ class DockerRuntime:
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{host}:{binding['HostPort']}"
-
-    def _tmpfs(self) -> dict[str, str]:
-        uid, _, gid = self.user.partition(":")
-        owner = f",uid={uid},gid={gid or uid}" if uid.isdigit() and (gid or uid).isdigit() else ""
-        return {
-            "/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZES['/tmp']},mode=1777",
-            INSTANCE_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZES[INSTANCE_HOME]},mode=0700{owner}",
-        }
 
     # ---- the egress fence (gateway/runtime/egress.py) ------------------------------------------------
 
@@ -961,6 +953,16 @@ def engine_is_local(url: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def instance_tmpfs(user: str) -> dict[str, str]:
+    """The tmpfs mounts of a read-only instance container; its home belongs to its user (`uid:gid`)."""
+    uid, _, gid = user.partition(":")
+    owner = f",uid={uid},gid={gid or uid}" if uid.isdigit() and (gid or uid).isdigit() else ""
+    return {
+        "/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZES['/tmp']},mode=1777",
+        INSTANCE_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZES[INSTANCE_HOME]},mode=0700{owner}",
+    }
 
 
 def _env_of(container: Container) -> dict[str, str]:
