@@ -41,7 +41,8 @@ FENCE_OK = "FENCE APPLIED"
 
 @dataclass(frozen=True, order=True)
 class Opening:
-    """A destination instances may reach although it is private: an address or network, one TCP port or all."""
+    """A destination instances may reach although it is private: an address or network, one port (TCP and UDP:
+    a DNS server is one) or all."""
 
     network: str  # ipaddress network, e.g. 10.0.0.2/32
     port: int | None = None
@@ -50,9 +51,10 @@ class Opening:
     def version(self) -> int:
         return ipaddress.ip_network(self.network).version
 
-    def rule(self, chain: str) -> str:
-        port = f" -p tcp --dport {self.port}" if self.port else ""
-        return f"-A {chain} -d {self.network}{port} -j RETURN"
+    def rules(self, chain: str) -> list[str]:
+        if not self.port:
+            return [f"-A {chain} -d {self.network} -j RETURN"]
+        return [f"-A {chain} -d {self.network} -p {proto} --dport {self.port} -j RETURN" for proto in ("tcp", "udp")]
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def rules(target: FenceTarget, version: int, exempt: Iterable[str], openings: It
     for chain in (forward, to_host):
         lines.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
         lines += [f"-A {chain} -s {address} -j RETURN" for address in sorted(exempt) if _version(address) == version]
-        lines += [opening.rule(chain) for opening in sorted(set(openings)) if opening.version == version]
+        lines += [rule for opening in sorted(set(openings)) if opening.version == version for rule in opening.rules(chain)]
     lines += [f"-A {forward} -d {net} -j {reject}" for net in private]
     lines += [f"-A {to_host} -j {reject}", "COMMIT", ""]
     return "\n".join(lines)

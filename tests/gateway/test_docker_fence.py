@@ -92,10 +92,13 @@ def _accept_forever(server: socket.socket) -> None:
             return
 
 
-@pytest.fixture(params=["on", "off"])
+@pytest.fixture(params=["on", "off", "allowed"])
 async def runtime(client: docker.DockerClient, fenced_network: Fenced, request: pytest.FixtureRequest) -> AsyncIterator[DockerRuntime]:  # noqa: F811
+    """`allowed`: fenced, with the operator's opening for the gateway container's generation port, by name."""
+    allow = (f"{fenced_network.lan}:{GENERATION_PORT}",) if request.param == "allowed" else ()
     rt = DockerRuntime(fenced_network.network.name, IMAGE, name_prefix=NAME_PREFIX, volume_prefix=VOLUME_PREFIX,
-                       connect_mode="host", seccomp_profile=seccomp_profile("sandbox"), egress=request.param)
+                       connect_mode="host", seccomp_profile=seccomp_profile("sandbox"),
+                       egress="off" if request.param == "off" else "on", egress_allow=allow)
     await rt.setup()
     try:
         yield rt
@@ -150,7 +153,9 @@ async def test_an_instance_reaches_the_internet_but_no_private_address(runtime: 
         assert answers[targets[0]] == "open"  # the stand-in for the internet
         if runtime.egress == "on":
             assert runtime.egress_fence() == ("on", "")
-            assert all(answers[t].startswith("refused") for t in targets[1:]), answers
+            opened = targets[1:2] if runtime._allow else []  # the operator's opening, and nothing else
+            assert all(answers[t] == "open" for t in opened), answers
+            assert all(answers[t].startswith("refused") for t in targets[1:] if t not in opened), answers
         else:  # without the fence the LAN, the gateway's port and the host all answer
             assert runtime.egress_fence()[0] == "off"
             assert answers[targets[1]] == "open" and answers[targets[2]] == "open", answers

@@ -42,8 +42,9 @@ def test_openings_come_before_the_rejects_and_replies_before_all() -> None:
     forward = [line for line in text.splitlines() if line.startswith(f"-A {TARGET.forward_chain} ")]
     assert forward[0].endswith("--ctstate RELATED,ESTABLISHED -j RETURN")
     assert forward[1] == f"-A {TARGET.forward_chain} -s 172.30.0.5 -j RETURN"  # the gateway's own container
-    assert forward[2] == f"-A {TARGET.forward_chain} -d 172.30.0.2/32 -p tcp --dport 9000 -j RETURN"
-    assert all("REJECT" in line for line in forward[3:]) and len(forward[3:]) == 11
+    assert forward[2:4] == [f"-A {TARGET.forward_chain} -d 172.30.0.2/32 -p {proto} --dport 9000 -j RETURN"
+                            for proto in ("tcp", "udp")]
+    assert all("REJECT" in line for line in forward[4:]) and len(forward[4:]) == 11
     assert "fd00" not in text  # IPv6 openings go to ip6tables
     to_host = [line for line in text.splitlines() if line.startswith(f"-A {TARGET.input_chain} ")]
     assert to_host[-1].startswith(f"-A {TARGET.input_chain} -j REJECT")  # nothing of the host but the openings
