@@ -68,8 +68,10 @@ INSTANCE_PORT = instance_env.PORT
 DATA_PATH = instance_env.DATA_DIR
 # Docker's default seccomp profile refuses user namespaces, so Chromium in the instance would run without its
 # sandbox. The bundled one is Docker's own allowlist (moby docker-v29.7.2, vendored moby/profiles/seccomp v0.2.3,
-# kept verbatim in docker-default-seccomp.json) plus the rules marked "chromium sandbox:" (clone and unshare of
-# user, PID and network namespaces, chroot): everything else, future syscalls included, is refused.
+# kept verbatim in docker-default-seccomp.json) as Docker applies it to a container without capabilities on x86
+# and ARM, written flat (containerd's Localhost loader ignores includes/excludes), plus the rules marked
+# "chromium sandbox:" (clone and unshare of user, PID and network namespaces, chroot): everything else, future
+# syscalls included, is refused (tests/gateway/test_seccomp_profile.py derives it from Docker's file).
 BUNDLED_SECCOMP = Path(__file__).with_name("instance-seccomp.json")
 DOCKER_DEFAULT_SECCOMP = Path(__file__).with_name("docker-default-seccomp.json")
 # Docker's container name grammar; the instance id becomes part of the name.
