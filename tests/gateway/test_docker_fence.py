@@ -99,6 +99,10 @@ async def runtime(client: docker.DockerClient, fenced_network: Fenced, request: 
     rt = DockerRuntime(fenced_network.network.name, IMAGE, name_prefix=NAME_PREFIX, volume_prefix=VOLUME_PREFIX,
                        connect_mode="host", seccomp_profile=seccomp_profile("sandbox"),
                        egress="off" if request.param == "off" else "on", egress_allow=allow)
+    # As deploy/compose.yaml runs it, the gateway is a container on the instance network: here the gateway
+    # container of the fixture stands for this runtime's own (found by the runtime itself in Compose).
+    gateway = client.containers.get(fenced_network.lan)
+    rt._own_addresses = [gateway.attrs["NetworkSettings"]["Networks"][fenced_network.network.name]["IPAddress"]]
     await rt.setup()
     try:
         yield rt
@@ -159,6 +163,12 @@ async def test_an_instance_reaches_the_internet_but_no_private_address(runtime: 
         else:  # without the fence the LAN, the gateway's port and the host all answer
             assert runtime.egress_fence()[0] == "off"
             assert answers[targets[1]] == "open" and answers[targets[2]] == "open", answers
+        # The gateway's own container still calls the instance; another container on the network cannot.
+        instance = f"{container.attrs['NetworkSettings']['Networks'][fenced.network.name]['IPAddress']}:8000"
+        from_gateway = _exec(client.containers.get(fenced.lan), f"python -c '{CONNECT}' {instance}")
+        from_simulator = _exec(client.containers.get(fenced.simulator), f"python -c '{CONNECT}' {instance}")
+        assert from_gateway == f"{instance} open"
+        assert from_simulator.split()[1] == ("open" if runtime.egress == "off" else "refused"), from_simulator
     finally:
         await runtime.remove(spec.instance_id, remove_volume=True)
 
