@@ -25,6 +25,7 @@ from fleet_contract.catalogue import AliasError
 from fleet_contract.proxy import ProxyURLError, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.accounts.policy import CapError, parse_daily_caps
+from gateway.runtime.egress import parse_allow
 
 # GATEWAY_CANARY_INTERVAL in hours (up to a week), GATEWAY_CANARY_CHECK_INTERVAL in minutes (up to a day).
 CANARY_RANGES = {"canary_interval": (1.0, 168.0, "hours"), "canary_check_interval": (1.0, 1440.0, "minutes")}
@@ -138,6 +139,13 @@ class DockerSettings:
     connect_mode: Literal["auto", "network", "host"]
     volume_prefix: str
     name_prefix: str
+    egress: Literal["auto", "on", "off"]
+    egress_allow: str
+    read_only_root: bool
+
+    @property
+    def egress_allow_entries(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.egress_allow.split(",") if part.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,8 +374,8 @@ class Settings(BaseSettings):
     instance_cpus: float = Field(1.0, gt=0)
     instance_pids_limit: int = Field(512, gt=0)
     instance_shm_size: str = "512m"
-    # Seccomp profile of instance containers: `sandbox` (gateway/runtime/instance-seccomp.json: user namespaces
-    # allowed, so Chromium keeps its sandbox), `default` (the engine's: Chromium runs --no-sandbox), or a path.
+    # Seccomp profile of instance containers: `sandbox` (gateway/runtime/instance-seccomp.json: Docker's allowlist
+    # plus the user namespaces Chromium's sandbox needs), `default` (the engine's: Chromium runs --no-sandbox), or a path.
     instance_seccomp: str = "sandbox"
 
     # Docker engine.
@@ -379,6 +387,13 @@ class Settings(BaseSettings):
     # At most 27 characters: with the 36-character instance id, a container name must fit one DNS label
     # (63), or the gateway cannot resolve it on the network.
     docker_name_prefix: str = Field("aistudio-fleet-", min_length=1, max_length=27)
+    # The egress fence (gateway/runtime/egress.py): instances reach the internet but no private, link-local or
+    # metadata address. auto: written where the engine allows it, reported where not; on: no instance starts
+    # unfenced; off: none. Openings besides AI Studio's URL and the proxies (comma-separated): address, network,
+    # host:port, or the name of a container on the instance network.
+    docker_egress: Literal["auto", "on", "off"] = "auto"
+    docker_egress_allow: str = ""
+    docker_read_only_root: bool = True  # the instance's root file system read-only (tmpfs at /tmp and its home)
 
     # Local engine (instance processes on this host).
     local_base_dir: Path | None = None  # default: data_dir / "local"
@@ -559,6 +574,16 @@ class Settings(BaseSettings):
         except RegionalError as exc:
             raise ValueError(f"GATEWAY_{info.field_name.upper()}: {exc}") from None
         return normal or ("UTC" if info.field_name == "default_timezone" else "en-US")
+
+    @field_validator("docker_egress_allow")
+    @classmethod
+    def _egress_allow_entries(cls, value: str) -> str:
+        for entry in (part for part in value.split(",") if part.strip()):
+            try:
+                parse_allow(entry)
+            except ValueError as exc:  # the gateway does not start, with the entry named
+                raise ValueError(f"GATEWAY_DOCKER_EGRESS_ALLOW: {exc}") from None
+        return value
 
     @field_validator("default_proxy")
     @classmethod

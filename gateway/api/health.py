@@ -46,7 +46,8 @@ class HealthController(Controller):
             "needs_login": stats.needs_login_instances,
             "database": "ok",
             "unwritten": state.fleet.dispatcher.unwritten,  # bookkeeping still waiting after an outage
-            "engine": {"name": stats.engine.name, "ok": stats.engine.ok, "reason": _public_reason(stats.engine.reason)},
+            "engine": {"name": stats.engine.name, "ok": stats.engine.ok, "reason": _public_reason(stats.engine.reason),
+                       "egress_fence": stats.engine.egress_fence},
         }
         return Response(body)
 

@@ -52,6 +52,9 @@ def build_runtime(settings: EngineSettings) -> Runtime:
             connect_mode=docker.connect_mode,
             name_prefix=docker.name_prefix,
             seccomp_profile=seccomp_profile(instance.seccomp),
+            read_only_root=docker.read_only_root,
+            egress=docker.egress,
+            egress_allow=docker.egress_allow_entries,
         )
     if settings.name == "local":
         from gateway.runtime.local import LocalRuntime

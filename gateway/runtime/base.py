@@ -106,6 +106,19 @@ def loopback_proxy_problem(runtime: object) -> str | None:
     return check() if callable(check) else None
 
 
+def egress_fence(runtime: object) -> tuple[str, str]:
+    """Whether the runtime fences its instances from private addresses: (`on` | `off` | `unavailable`, why);
+    engines without a fence of their own (local, kubernetes: NetworkPolicy) say `off` with no reason."""
+    check = getattr(runtime, "egress_fence", None)
+    return check() if callable(check) else ("off", "")
+
+
+def security_warnings(runtime: object) -> list[str]:
+    """What the operator should know about the instances' isolation (shown in the panel and the stats)."""
+    check = getattr(runtime, "security_warnings", None)
+    return check() if callable(check) else []
+
+
 async def route_proxy(runtime: object, url: str) -> str:
     """The proxy URL as the runtime's instances reach it (a loopback one through a relay); engines that need
     nothing return it as it is."""

@@ -32,6 +32,7 @@ from docker.models.containers import Container
 
 from fleet_contract import environment as instance_env
 from fleet_contract.proxy import ProxyURLError, parse_proxy, with_address
+from gateway.runtime import egress as fence
 from gateway.runtime.base import (
     LABEL_INSTANCE_ID,
     LABEL_INSTANCE_NAME,
@@ -66,12 +67,25 @@ PROXY_VARIABLE = instance_env.variable("proxy")
 INSTANCE_PORT = instance_env.PORT
 DATA_PATH = instance_env.DATA_DIR
 # Docker's default seccomp profile refuses user namespaces, so Chromium in the instance would run without its
-# sandbox; this one permits them and refuses a list of syscalls a browser never needs (see seccomp_profile).
+# sandbox. The bundled one is Docker's own allowlist (moby docker-v29.7.2, vendored moby/profiles/seccomp v0.2.3,
+# kept verbatim in docker-default-seccomp.json) as Docker applies it to a container without capabilities on x86
+# and ARM, written flat (containerd's Localhost loader ignores includes/excludes), plus the rules marked
+# "chromium sandbox:" (clone and unshare of user, PID and network namespaces, chroot): everything else, future
+# syscalls included, is refused (tests/gateway/test_seccomp_profile.py derives it from Docker's file).
 BUNDLED_SECCOMP = Path(__file__).with_name("instance-seccomp.json")
+DOCKER_DEFAULT_SECCOMP = Path(__file__).with_name("docker-default-seccomp.json")
 # Docker's container name grammar; the instance id becomes part of the name.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
 _END = object()  # end of a followed log stream
+# Read-only root file system: where the instance, Xvfb and Chromium write (Playwright's profile, the X socket, the
+# fonts cache, Chromium's crash settings), in memory, counted in the container's memory limit.
+INSTANCE_HOME = "/home/app"  # the image's HOME (Dockerfile.instance)
+TMPFS_SIZES = {"/tmp": "256m", INSTANCE_HOME: "64m"}
+ROLE_FENCE = "egress-fence"
+EGRESS_MODES = ("auto", "on", "off")
+FENCE_RECHECK_S = 300.0  # the rules are written again this often, in case the host's firewall was reloaded
+URL_VARIABLES = (instance_env.variable("aistudio_url"), instance_env.variable("signin_url"))
 
 
 class DockerRuntime:
@@ -97,6 +111,9 @@ class DockerRuntime:
         cap_drop_all: bool = True,
         init: bool = False,
         seccomp_profile: str | None = None,
+        read_only_root: bool = True,
+        egress: str = "off",
+        egress_allow: tuple[str, ...] = (),
         api_timeout: float = 60.0,
         max_workers: int = 16,
     ) -> None:
@@ -106,6 +123,9 @@ class DockerRuntime:
             raise ValueError(f"connect_mode must be auto, network or host, not {connect_mode!r}")
         if connect_mode == "network" and not network:
             raise ValueError("connect_mode 'network' needs a network")
+        if egress not in EGRESS_MODES:
+            raise ValueError(f"egress must be auto, on or off, not {egress!r}")
+        self._allow = [fence.parse_allow(entry) for entry in egress_allow]  # ValueError on a bad entry
         self.network = network or None
         self.image = image
         self.publish_host = publish_host
@@ -121,6 +141,17 @@ class DockerRuntime:
         self.cap_drop_all = cap_drop_all
         self.init = init
         self.seccomp_profile = seccomp_profile  # JSON text; None: the engine's default profile
+        self.read_only_root = read_only_root
+        self.egress = egress
+        # The fence's state (see gateway/runtime/egress.py): what instances may reach although it is private,
+        # what was last written and when, and why it could not be (None: written, or not wanted).
+        self._fence_lock = threading.Lock()
+        self._openings: set[fence.Opening] = set()
+        self._fence_written: str | None = None
+        self._fence_at = 0.0
+        self._fence_problem: str | None = None if egress == "off" else "not written yet"
+        self._fence_warning: str | None = None
+        self._own_addresses: list[str] | None = None
         self.api_timeout = api_timeout
         self.max_workers = max_workers
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -143,6 +174,7 @@ class DockerRuntime:
         the runtime stays usable and connects again on the next call."""
         await self._run(self._connected)
         await self._run(self._prune_relays)
+        await self._run(self._fence_running)
 
     async def close(self) -> None:
         """Close the client; containers keep running."""
@@ -264,6 +296,8 @@ class DockerRuntime:
             "cap_drop_all": self.cap_drop_all,
             "init": self.init,
         }
+        if self.read_only_root:
+            material["read_only"] = TMPFS_SIZES
         if self.seccomp_profile:  # only when set, so containers made without one keep their hash
             material["seccomp"] = hashlib.sha256(self.seccomp_profile.encode()).hexdigest()
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
@@ -304,6 +338,7 @@ class DockerRuntime:
 
     def _start_with(self, spec: InstanceSpec, env: dict[str, str], relay_port: int | None) -> RuntimeState:
         client = self._connected()
+        self._fence_for(env)
         name = self.container_name(spec.instance_id)
         wanted_hash = self._spec_hash(spec, env)
         container = self._find(spec.instance_id)
@@ -367,6 +402,9 @@ class DockerRuntime:
             restart_policy={"Name": "no"},
             detach=True,
         )
+        if self.read_only_root:
+            kwargs["read_only"] = True
+            kwargs["tmpfs"] = instance_tmpfs(self.user)
         if self.init:  # the image's own entrypoint is tini; Docker's init only for images without one
             kwargs["init"] = True
         if self.cap_drop_all:
@@ -462,6 +500,8 @@ class DockerRuntime:
 
     def _list_sync(self) -> dict[str, RuntimeState]:
         client = self._connected()
+        if self.egress != "off" and time.monotonic() - self._fence_at > FENCE_RECHECK_S:
+            self._fence_running()  # each reconciler pass calls this; the rules are checked every few minutes
         filters = {"label": self._base_filters()}
         containers = _mapped(lambda: client.containers.list(all=True, filters=filters, ignore_removed=True))
         states: dict[str, RuntimeState] = {}
@@ -514,6 +554,175 @@ class DockerRuntime:
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{host}:{binding['HostPort']}"
+
+    # ---- the egress fence (gateway/runtime/egress.py) ------------------------------------------------
+
+    def egress_fence(self) -> tuple[str, str]:
+        """(`on`, ""), (`off`, why) or (`unavailable`, why): whether instances are fenced from private addresses."""
+        if self.egress == "off":
+            return "off", "GATEWAY_DOCKER_EGRESS=off"
+        if self._fence_problem:
+            return "unavailable", self._fence_problem
+        return "on", ""
+
+    def security_warnings(self) -> list[str]:
+        """What the operator should know about the instances' isolation (the panel and the admin API show it)."""
+        state, why = self.egress_fence()
+        warnings = [f"egress fence unavailable: {why}"] if state == "unavailable" else []
+        return warnings + ([self._fence_warning] if self._fence_warning else [])
+
+    async def remove_fence(self) -> None:
+        """Delete the fence's rules for this runtime's network (tests; an operator leaving the fleet)."""
+        await self._run(self._remove_fence_sync)
+
+    def _fence_running(self) -> None:
+        """Write the fence with the openings of the instance containers already there (setup, periodic check)."""
+        if self.egress == "off":
+            return
+        client = self._connected()
+        filters = {"label": [*self._base_filters(), LABEL_INSTANCE_ID]}
+        containers = _mapped(lambda: client.containers.list(filters=filters, ignore_removed=True))
+        self._fence_with(lambda: set().union(*(self._env_openings(_env_of(c)) for c in containers)), force=True)
+
+    def _fence_for(self, env: dict[str, str]) -> None:
+        """Make sure the fence is written with the openings an instance of this environment needs.
+        With egress `on`, an instance is never started unfenced: RuntimeError_ says why."""
+        if self.egress == "off":
+            return
+        self._fence_with(lambda: self._env_openings(env))
+        if self.egress == "on" and self._fence_problem:
+            raise RuntimeError_(f"instances are not started unfenced (GATEWAY_DOCKER_EGRESS=on): {self._fence_problem}")
+
+    def _fence_with(self, needed: Callable[[], set[fence.Opening]], *, force: bool = False) -> None:
+        """Write the fence if an opening is missing (or `force`); after a failure, try again only every few minutes."""
+        with self._fence_lock:
+            if self._fence_written is None and not force and time.monotonic() - self._fence_at < FENCE_RECHECK_S \
+                    and self._fence_problem != "not written yet":
+                return
+            try:
+                wanted = self._openings | needed() | self._allowed_openings()
+                if force or wanted != self._openings or self._fence_written is None:
+                    self._write_fence(wanted)
+            except RuntimeError_ as e:
+                if self._fence_problem != str(e):
+                    log.error("egress fence of the instances cannot be written: %s", e)
+                self._fence_problem, self._fence_written, self._fence_at = str(e), None, time.monotonic()
+
+    def _write_fence(self, openings: set[fence.Opening]) -> None:
+        target = self._fence_target()
+        script = fence.apply_script(target, self._own_fence_addresses(), openings)
+        output = self._run_fence_helper(script)
+        if fence.FENCE_OK not in output:
+            raise RuntimeError_(f"the fence helper did not finish: {output[-300:].strip()}")
+        warning = next((line.removeprefix("WARNING ") for line in output.splitlines() if line.startswith("WARNING ")), None)
+        if warning and warning != self._fence_warning:
+            log.warning("egress fence: %s", warning)
+        if self._fence_problem:
+            log.info("egress fence of the instances written on %s (%d openings)", target.bridge, len(openings))
+        self._fence_warning, self._fence_problem = warning, None
+        self._openings, self._fence_written, self._fence_at = openings, fence.fingerprint(script), time.monotonic()
+
+    def _fence_target(self) -> fence.FenceTarget:
+        if not self.network:
+            raise RuntimeError_("instances are on Docker's default bridge, which other containers share: "
+                                "set GATEWAY_DOCKER_NETWORK to a network of the fleet's own")
+        client = self._connected()
+        try:
+            attrs = _mapped(lambda: client.networks.get(self.network)).attrs
+        except docker.errors.NotFound as e:
+            raise RuntimeError_(f"docker network {self.network!r} does not exist") from e
+        if attrs.get("Driver") != "bridge" or attrs.get("Name") == "bridge":
+            raise RuntimeError_(f"docker network {self.network!r} is not a bridge network of its own "
+                                f"(driver {attrs.get('Driver')}): the fence filters a bridge's traffic")
+        bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{attrs['Id'][:12]}"
+        return fence.FenceTarget(network_id=attrs["Id"], bridge=bridge, ipv6=bool(attrs.get("EnableIPv6")))
+
+    def _own_fence_addresses(self) -> list[str]:
+        """The gateway's own container's addresses on the instance network: its traffic is not an instance's."""
+        if self._own_addresses is None:
+            client, found = self._connected(), []
+            for candidate in _own_container_id_candidates():
+                try:
+                    networks = client.api.inspect_container(candidate)["NetworkSettings"]["Networks"] or {}
+                except (docker.errors.APIError, KeyError, TypeError):
+                    continue
+                attached = networks.get(self.network) or {}
+                found = [a for a in (attached.get("IPAddress"), attached.get("GlobalIPv6Address")) if a]
+                break
+            self._own_addresses = found
+        return self._own_addresses
+
+    def _allowed_openings(self) -> set[fence.Opening]:
+        return {opening for host, port in self._allow for opening in self._openings_of(host, port, private_only=False)}
+
+    def _env_openings(self, env: dict[str, str]) -> set[fence.Opening]:
+        """The private destinations an instance's environment names: AI Studio's URL, its proxy (or relay)."""
+        found: set[fence.Opening] = set()
+        for variable in (*URL_VARIABLES, PROXY_VARIABLE):
+            url = env.get(variable)
+            if not url:
+                continue
+            try:
+                parts = urlsplit(url)
+                host, port = parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme, 1080)
+            except ValueError:
+                continue
+            if host:
+                found |= self._openings_of(host, port, private_only=True)
+        return found
+
+    def _openings_of(self, host: str, port: int | None, *, private_only: bool) -> set[fence.Opening]:
+        if "/" in host:
+            return {fence.opening_for(host, port)}
+        addresses = self._addresses_of(host)
+        return {fence.opening_for(a, port) for a in addresses if not private_only or fence.is_private(a)}
+
+    def _addresses_of(self, host: str) -> list[str]:
+        """A literal address, a container on the instance network (by name), or what this host's resolver says."""
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        if self.network:
+            client = self._connected()
+            try:
+                containers = _mapped(lambda: client.networks.get(self.network)).attrs.get("Containers") or {}
+            except docker.errors.NotFound:
+                containers = {}
+            for attached in containers.values():
+                if attached.get("Name") == host:
+                    return [a.split("/")[0] for a in (attached.get("IPv4Address"), attached.get("IPv6Address")) if a]
+        try:
+            return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+        except OSError:
+            log.warning("egress fence: %s does not resolve here; instances may not reach it if it is private", host)
+            return []
+
+    def _run_fence_helper(self, script: str) -> str:
+        """Run the script in a throwaway container on the host's network with NET_ADMIN (the instance image
+        carries iptables); its output, or RuntimeError_ with its error."""
+        client = self._connected()
+        labels = {LABEL_MANAGED_BY: MANAGED_BY_VALUE, LABEL_NAMESPACE: self.name_prefix, LABEL_ROLE: ROLE_FENCE}
+        try:
+            output = _mapped(lambda: client.containers.run(
+                self.image, entrypoint=["sh", "-c", script], user="0:0", network_mode="host", labels=labels,
+                cap_drop=["ALL"], cap_add=["NET_ADMIN", "NET_RAW"], security_opt=["no-new-privileges"],
+                read_only=True, tmpfs={"/run": "size=1m"}, mem_limit="64m", pids_limit=64,
+                healthcheck={"test": ["NONE"]}, remove=True, stdout=True, stderr=True,
+            ))
+        except docker.errors.ContainerError as e:
+            error = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+            raise RuntimeError_(error[-1] if error else f"the fence helper exited with {e.exit_status}") from e
+        except docker.errors.ImageNotFound as e:
+            raise RuntimeError_(f"image {self.image!r} is not on this engine") from e
+        except docker.errors.APIError as e:
+            raise RuntimeError_(f"the engine refused the fence helper: {_reason(e)}") from e
+        return output.decode("utf-8", "replace")
+
+    def _remove_fence_sync(self) -> None:
+        with self._fence_lock:
+            self._run_fence_helper(fence.remove_script(self._fence_target()))
+            self._fence_written, self._openings = None, set()
 
     # ---- proxies on the host's loopback ------------------------------------------------------------
 
@@ -746,6 +955,21 @@ def engine_is_local(url: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def instance_tmpfs(user: str) -> dict[str, str]:
+    """The tmpfs mounts of a read-only instance container; its home belongs to its user (`uid:gid`)."""
+    uid, _, gid = user.partition(":")
+    owner = f",uid={uid},gid={gid or uid}" if uid.isdigit() and (gid or uid).isdigit() else ""
+    return {
+        "/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZES['/tmp']},mode=1777",
+        INSTANCE_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZES[INSTANCE_HOME]},mode=0700{owner}",
+    }
+
+
+def _env_of(container: Container) -> dict[str, str]:
+    pairs = (item.partition("=") for item in (container.attrs.get("Config") or {}).get("Env") or [])
+    return {name: value for name, _, value in pairs}
 
 
 def _loopback_proxy(url: str | None) -> bool:

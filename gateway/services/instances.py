@@ -50,7 +50,7 @@ from gateway.errors import Conflict, EngineDown, InstanceUnavailable, Invalid, N
 from fleet_contract.messages import SNAPSHOT_ID_PATTERN, SNAPSHOT_REASON_PATTERN
 from fleet_contract.proxy import ProxyURLError, mask_proxy, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
-from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable
+from gateway.runtime.base import Runtime, RuntimeError_, RuntimeUnavailable, egress_fence, security_warnings
 from gateway.runtime.health import EngineHealth
 from gateway.instance_client import (
     ClientConnection,
@@ -191,7 +191,8 @@ class InstanceService:
             cooling_down_instances=cooling,
             active_tasks=active,
             queued_tasks=queued,
-            engine=EngineView(name=health.engine, ok=health.ok, reason=health.reason, since=health.since),
+            engine=EngineView(name=health.engine, ok=health.ok, reason=health.reason, since=health.since,
+                              egress_fence=egress_fence(self._runtime)[0], warnings=security_warnings(self._runtime)),
         )
 
     async def events(self, instance_id: str, *, limit: int = 100) -> list[EventView]:

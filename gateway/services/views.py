@@ -73,6 +73,8 @@ class EngineView(msgspec.Struct, kw_only=True):
     ok: bool | None
     reason: str
     since: datetime
+    egress_fence: str = "off"  # on, off, unavailable: instances fenced from private addresses (docker)
+    warnings: list[str] = msgspec.field(default_factory=list)  # about the instances' isolation, for the operator
 
 
 class StatsView(msgspec.Struct, kw_only=True):

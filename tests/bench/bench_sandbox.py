@@ -5,7 +5,8 @@ without it, under the gateway's container settings (every capability dropped, no
 
 `off` is Docker's default seccomp profile (no user namespaces: the instance runs Chromium --no-sandbox
 --no-zygote); `on` is gateway/runtime/instance-seccomp.json, where the instance's `auto` turns the sandbox on
-(a zygote, renderers in their own user, PID and network namespaces).
+(a zygote, renderers in their own user, PID and network namespaces); `on-ro` is `on` with the read-only root
+and tmpfs mounts the docker runtime gives instance containers (Chromium's profile and cache then count as memory).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from gateway.runtime.docker import instance_tmpfs  # noqa: E402
 from tests.bench.bench_instance import (  # noqa: E402
     INSTANCE_IMAGE, TOKEN, Bench, cgroup_memory_mib, published_port, wait_http,
 )
@@ -29,14 +31,17 @@ PROFILE = REPO / "gateway" / "runtime" / "instance-seccomp.json"
 class SandboxBench(Bench):
     def run_instance(self, extra_env: dict[str, str] | None = None):
         security = ["no-new-privileges"]
-        if extra_env and extra_env.pop("SECCOMP", None) == "sandbox":
+        mode = (extra_env or {}).pop("SECCOMP", None)
+        if mode in ("sandbox", "sandbox-ro"):
             security.append(f"seccomp={PROFILE.read_text()}")
+        # as the docker runtime makes them by default: read-only root, tmpfs where Chromium writes
+        read_only = {"read_only": True, "tmpfs": instance_tmpfs("10001:10001")} if mode == "sandbox-ro" else {}
         container = self.client.containers.run(
             INSTANCE_IMAGE, detach=True, network=self.network.name, labels={"io.aistudio-fleet.bench": "1"},
             environment={"INSTANCE_AISTUDIO_URL": f"http://bench-sim-{self.tag}:9000", "INSTANCE_API_TOKEN": TOKEN,
                          **(extra_env or {})},
             ports={"8000/tcp": ("127.0.0.1", None)}, shm_size="512m", mem_limit="1g", cap_drop=["ALL"],
-            security_opt=security, user="10001:10001",
+            security_opt=security, user="10001:10001", **read_only,
         )
         self.containers.append(container)
         return container
@@ -59,10 +64,10 @@ def main() -> None:
     rows = {}
     try:
         bench.start_simulator()
-        for mode in ("off", "on"):
+        for mode in ("off", "on", "on-ro"):
             starts, memory, procs, isolated, browser_up = [], [], [], [], []
             for _ in range(args.starts):
-                seconds, container = bench.cold_start({"SECCOMP": "sandbox" if mode == "on" else "default"})
+                seconds, container = bench.cold_start({"SECCOMP": {"on": "sandbox", "on-ro": "sandbox-ro"}.get(mode, "default")})
                 starts.append(seconds)
                 time.sleep(5)  # idle: page loaded, nothing running
                 memory.append(cgroup_memory_mib(container)["usage"])

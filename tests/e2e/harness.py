@@ -27,6 +27,7 @@ import httpx
 
 from gateway.runtime.base import LABEL_INSTANCE_ID, LABEL_MANAGED_BY, MANAGED_BY_VALUE
 from gateway.runtime.docker import LABEL_NAMESPACE
+from gateway.runtime.egress import FenceTarget, remove_script
 from tests.polling import wait_until
 from tests.simulator.fixtures import control, free_port
 
@@ -171,8 +172,16 @@ def simulator_network(client: docker.DockerClient, *, signin_required: bool = Fa
         if sim is not None:
             with contextlib.suppress(docker.errors.NotFound):
                 sim.remove(force=True)
+        remove_fence(client, network)
         with contextlib.suppress(docker.errors.APIError):
             network.remove()
+
+
+def remove_fence(client: docker.DockerClient, network: Any) -> None:
+    """Delete the egress fence's host rules the gateways wrote for this network (gateway/runtime/egress.py)."""
+    target = FenceTarget(network_id=network.id, bridge=f"br-{network.id[:12]}", ipv6=False)
+    client.containers.run(INSTANCE_IMAGE, entrypoint=["sh", "-c", remove_script(target)], user="0:0",
+                          network_mode="host", cap_drop=["ALL"], cap_add=["NET_ADMIN", "NET_RAW"], remove=True)
 
 
 def _published(container: Any, port: str) -> str:

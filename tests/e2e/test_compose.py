@@ -183,7 +183,7 @@ def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFle
             wait_until(running, timeout=120, what="the instance running and logged in")
             health = httpx.get(f"{fleet.api_url}/health", trust_env=False).json()
             assert health["browser_instances"]["available"] == 1
-            assert health["engine"] == {"name": "docker", "ok": True, "reason": ""}
+            assert health["engine"] == {"name": "docker", "ok": True, "reason": "", "egress_fence": "on"}
 
         instance = container_of(engine, fleet.namespace, instance_id)
         assert instance is not None and instance.status == "running"
@@ -211,6 +211,14 @@ def test_compose_runs_the_fleet_on_postgres_with_the_simulator(fleet: ComposeFle
         postgres = engine.containers.list(filters={"label": [f"{PROJECT_LABEL}={fleet.project}",
                                                              "com.docker.compose.service=postgres"]})[0]
         assert fleet.network not in postgres.attrs["NetworkSettings"]["Networks"]  # instances cannot reach it
+        # The egress fence: from the instance, the simulator (AI Studio's URL) answers, the gateway's ports do not.
+        assert instance.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        connect = ("import socket, sys\n"
+                   "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close(); print('open')\n"
+                   "except OSError: print('refused')")
+        for host, port, answer in (("simulator", "9000", b"open"), ("gateway", "8812", b"refused"), ("gateway", "8813", b"refused")):
+            reached = instance.exec_run(["python", "-c", connect, host, port])
+            assert reached.output.strip() == answer, (host, port, reached.output)
     finally:
         engine.close()
 

@@ -149,6 +149,10 @@ def test_concurrent_requests_spread_over_all_instances_and_never_overlap(pool: P
     assert per_account == {account: 2 for account in pool.accounts.values()}
     assert record["max_concurrent_by_account"] == {account: 1 for account in pool.accounts.values()}
     assert {b["instance_id"] for b in bodies} == set(pool.accounts)
+    # ... from fenced instances with a read-only root (the simulator, AI Studio's URL, is their one opening)
+    assert requests.get(f"{pool.api}/health", timeout=10).json()["engine"]["egress_fence"] == "on"
+    assert all(pool.engine.containers.get(container_of(pool.engine, pool.gateway.namespace, instance_id).id)
+               .attrs["HostConfig"]["ReadonlyRootfs"] for instance_id in pool.accounts)
 
 
 def test_the_old_clients_calls_work_unchanged(pool: Pool) -> None:

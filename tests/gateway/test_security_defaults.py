@@ -113,13 +113,13 @@ async def test_public_health_hides_the_engine_error_the_admin_api_shows_it(
     fake.engine_down("connection refused on /var/run/docker.sock")
     await open_fleet.reconciler.reconcile_once()
     health = (await api.get("/health")).json()
-    assert health["engine"] == {"name": "fake", "ok": False, "reason": "unavailable"}
+    assert health["engine"] == {"name": "fake", "ok": False, "reason": "unavailable", "egress_fence": "off"}
     assert "docker.sock" not in str(health)
     stats = (await admin.get("/api/stats")).json()["stats"]
     assert stats["engine"]["ok"] is False and "docker.sock" in stats["engine"]["reason"]
     fake.engine_up()
     await open_fleet.reconciler.reconcile_once()
-    assert (await api.get("/health")).json()["engine"] == {"name": "fake", "ok": True, "reason": ""}
+    assert (await api.get("/health")).json()["engine"] == {"name": "fake", "ok": True, "reason": "", "egress_fence": "off"}
 
 
 @pytest.mark.parametrize(
@@ -133,3 +133,20 @@ def test_a_short_admin_token_is_refused(token: str | None, refused: bool, tmp_pa
     assert (problem is not None) == refused
     if problem:
         assert "GATEWAY_ADMIN_TOKEN" in problem and str(ADMIN_TOKEN_MIN_LENGTH) in problem
+
+
+async def test_an_egress_fence_that_cannot_be_written_is_reported(
+    listeners: tuple[Client, Client], fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docker runtime's fence (here the fake's, told it failed): the public /health says `unavailable`
+    without the engine's words, the admin API and the panel's overview say why."""
+    api, admin = listeners
+    why = "no DOCKER-USER chain in the host's iptables"
+    monkeypatch.setattr(fake, "egress_fence", lambda: ("unavailable", why), raising=False)
+    monkeypatch.setattr(fake, "security_warnings", lambda: [f"egress fence unavailable: {why}"], raising=False)
+    assert (await api.get("/health")).json()["engine"]["egress_fence"] == "unavailable"
+    assert "DOCKER-USER" not in (await api.get("/health")).text
+    stats = (await admin.get("/api/stats")).json()["stats"]["engine"]
+    assert stats["egress_fence"] == "unavailable" and stats["warnings"] == [f"egress fence unavailable: {why}"]
+    overview = (await admin.get("/", headers=EN)).text
+    assert "Instances are less isolated than configured: egress fence unavailable: no DOCKER-USER chain" in overview
