@@ -163,6 +163,7 @@ class KubernetesSettings:
     read_only_root: bool
     api_qps: float
     api_burst: int
+    pull_timeout: float  # the reconciler's prepare_timeout (ReconcileSettings)
     node_selector: str  # key=value,... (kube_objects.parse_node_selector)
     tolerations: str  # a JSON list (kube_objects.parse_tolerations)
     priority_class: str | None
@@ -629,7 +630,7 @@ class Settings(BaseSettings):
 
     @property
     def reconcile(self) -> ReconcileSettings:
-        return self._part(ReconcileSettings, prepare_timeout=self.kubernetes_pull_timeout)
+        return self._part(ReconcileSettings, prepare_timeout=self.kubernetes.pull_timeout)
 
     @property
     def sessions(self) -> SessionSettings:
