@@ -166,7 +166,7 @@ def parse_tolerations(text: str) -> tuple[dict[str, Any], ...]:
     except ValueError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(entries, list):
-        raise ValueError('a JSON list, e.g. [{"key": "browsers", "operator": "Exists", "effect": "NoSchedule"}]')
+        raise ValueError('a JSON list, e.g. [{"key": "browsers", "operator": "Exists", "effect": "NoSchedule"}]')  # noqa: TRY004 - a setting's value
     return tuple(_toleration(index, entry) for index, entry in enumerate(entries))
 
 

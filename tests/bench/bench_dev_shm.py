@@ -29,8 +29,8 @@ from playwright.async_api import async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from instance.browser import launch_options  # noqa: E402
-from instance.settings import InstanceSettings  # noqa: E402
+from instance.browser import launch_options
+from instance.settings import InstanceSettings
 
 MIB = 1024 * 1024
 PAGE = """<!doctype html><canvas id=c width=2560 height=1600></canvas><script>
@@ -79,7 +79,7 @@ def measure(pids: list[int], tmpdir: str) -> dict[str, float]:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        pss += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.M).group(1)) * 1024
+        pss += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE).group(1)) * 1024
         for line in maps:
             m = _MAPPING.match(line)
             if not m:
@@ -117,8 +117,8 @@ async def main() -> None:
     args = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {"use": [], "avoid": []}
     for _ in range(args.rounds):
-        for mode in results:  # in turns: the machine's load falls on both alike
-            results[mode].append(await one_round(mode, args.paint_s))
+        for mode, rounds in results.items():  # in turns: the machine's load falls on both alike
+            rounds.append(await one_round(mode, args.paint_s))
     print(f"{'INSTANCE_DEV_SHM':<18}{'/dev/shm MiB':>14}{'TMPDIR MiB':>12}{'memfd MiB':>11}{'Pss MiB':>10}")
     for mode, rounds in results.items():
         mean = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}

@@ -114,9 +114,8 @@ async def admin_replica(database_url: str, data_dir: Path, fake: FakeRuntime) ->
     settings = make_settings(database_url, data_dir, secret_key="shared-secret-key-of-the-replicas-0123456789")
     fleet = await Fleet.open(settings, runtime=fake)
     try:
-        async with serve(create_admin_app(settings, fleet=fleet)) as base:
-            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                yield http
+        async with serve(create_admin_app(settings, fleet=fleet)) as base, httpx.AsyncClient(base_url=base, timeout=60) as http:
+            yield http
     finally:
         await fleet.close()
 
