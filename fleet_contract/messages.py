@@ -167,6 +167,10 @@ class SelectorsInstalled(_Message, kw_only=True):
     version: str | None = None
     source: str | None = None
     roles: list[str] = []
+    # The override revision in force after this call (fleet_contract.selectors.REVISION_PARAM); `stale`: the call
+    # carried a revision not newer than it, and nothing changed (an older delivery that crossed a newer one).
+    revision: int | None = None
+    stale: bool = False
 
 
 class SelectorsRemoved(_Message, kw_only=True):
@@ -174,6 +178,8 @@ class SelectorsRemoved(_Message, kw_only=True):
     removed: bool = False
     version: str
     source: str
+    revision: int | None = None
+    stale: bool = False
 
 
 class CandidateCheck(_Message, kw_only=True):

@@ -14,6 +14,9 @@ from typing import Any
 SELECTORS_FILE = "selectors.json"
 OVERRIDE_KEYS = ("version", "roles", "texts")
 MAX_BYTES = 256 * 1024  # an override's body, on both sides
+# The query parameter of PUT/DELETE /selectors that carries the change's revision: a counter the gateways keep in
+# their database, so an instance applies a change only when it is newer than the one it applied last.
+REVISION_PARAM = "revision"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,21 @@ def check_override(document: Any, packaged: dict[str, Any]) -> OverrideProblem |
     if not document.get("roles") and not document.get("texts"):
         return OverrideProblem("selectors_nothing")
     return None
+
+
+def read_revision(value: str | None) -> int | None:
+    """The revision parameter as sent (None: an unrevisioned change, always applied); ValueError when malformed."""
+    if value is None or value == "":
+        return None
+    revision = int(value)
+    if revision < 1:
+        raise ValueError("the revision must be a positive integer")
+    return revision
+
+
+def is_stale(revision: int | None, applied: int | None) -> bool:
+    """Whether a change with `revision` is not newer than the one applied (an unrevisioned change never is)."""
+    return revision is not None and applied is not None and revision <= applied
 
 
 def _check_section(section: str, entries: Any, known: dict[str, Any]) -> OverrideProblem | None:

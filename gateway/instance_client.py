@@ -17,6 +17,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from fleet_contract import messages as m
 from gateway.image_types import sniff_image_type
+from fleet_contract import selectors as selectors_contract
 
 # The status as the gateway reads it; one definition, the contract's.
 InstanceStatus = m.Status
@@ -115,15 +116,20 @@ class InstanceClient:
         return _decode(await self._request("GET", address, "/diagnose"), m.PageCheck)
 
     async def put_selectors(
-        self, address: InstanceAddress, body: bytes, *, dry_run: bool = False, timeout: float | None = None
+        self, address: InstanceAddress, body: bytes, *, dry_run: bool = False, revision: int | None = None,
+        timeout: float | None = None,
     ) -> m.SelectorsInstalled:
+        """An override change; with `revision`, the instance applies it only when newer than the one it has."""
         headers = {"Content-Type": "application/json"}
-        params = {"dry_run": "true"} if dry_run else None
+        params = {"dry_run": "true"} if dry_run else _revision_params(revision)
         response = await self._request("PUT", address, "/selectors", content=body, headers=headers, params=params, timeout=timeout)
         return _decode(response, m.SelectorsInstalled)
 
-    async def delete_selectors(self, address: InstanceAddress, *, timeout: float | None = None) -> m.SelectorsRemoved:
-        return _decode(await self._request("DELETE", address, "/selectors", timeout=timeout), m.SelectorsRemoved)
+    async def delete_selectors(
+        self, address: InstanceAddress, *, revision: int | None = None, timeout: float | None = None
+    ) -> m.SelectorsRemoved:
+        response = await self._request("DELETE", address, "/selectors", params=_revision_params(revision), timeout=timeout)
+        return _decode(response, m.SelectorsRemoved)
 
     async def list_snapshots(self, address: InstanceAddress) -> m.SnapshotList:
         return _decode(await self._request("GET", address, "/snapshots"), m.SnapshotList)
@@ -229,3 +235,7 @@ def _detail(response: httpx.Response) -> str:
             if isinstance(value, dict) and isinstance(value.get("message"), str):
                 return value["message"]
     return str(body)[:300]
+
+
+def _revision_params(revision: int | None) -> dict[str, str] | None:
+    return None if revision is None else {selectors_contract.REVISION_PARAM: str(revision)}

@@ -26,6 +26,7 @@ from fleet_contract.proxy import ProxyURLError, normalize_proxy
 from fleet_contract.regional import RegionalError, normalize_locale, normalize_timezone
 from gateway.accounts.policy import CapError, parse_daily_caps
 from gateway.runtime.egress import parse_allow
+from gateway.runtime.kube_objects import check_priority_class, parse_node_selector, parse_tolerations
 
 # GATEWAY_CANARY_INTERVAL in hours (up to a week), GATEWAY_CANARY_CHECK_INTERVAL in minutes (up to a day).
 CANARY_RANGES = {"canary_interval": (1.0, 168.0, "hours"), "canary_check_interval": (1.0, 1440.0, "minutes")}
@@ -172,6 +173,10 @@ class KubernetesSettings:
     read_only_root: bool
     api_qps: float
     api_burst: int
+    pull_timeout: float  # the reconciler's prepare_timeout (ReconcileSettings)
+    node_selector: str  # key=value,... (kube_objects.parse_node_selector)
+    tolerations: str  # a JSON list (kube_objects.parse_tolerations)
+    priority_class: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +197,7 @@ class ReconcileSettings:
     reconcile_interval: float
     start_timeout: float
     stop_timeout: float
+    prepare_timeout: float  # how long a container may take to start (image pull, scheduling); 0: no limit
     start_concurrency: int
     probe_timeout: float
     probe_concurrency: int
@@ -414,6 +420,13 @@ class Settings(BaseSettings):
     kubernetes_read_only_root: bool = True
     kubernetes_api_qps: float = Field(20.0, gt=0)  # client-side pacing of API calls
     kubernetes_api_burst: int = Field(40, ge=1)
+    # The start timeout counts from when the pod's container runs; before that (scheduling, the image's first pull
+    # on a node) this allowance applies, in seconds; 0: no limit.
+    kubernetes_pull_timeout: float = Field(1800.0, ge=0)
+    # Where instance pods may run: node labels (key=value,...), tolerations (a JSON list), a PriorityClass name.
+    kubernetes_node_selector: str = ""
+    kubernetes_tolerations: str = ""
+    kubernetes_priority_class: str | None = None
 
     # Reconciler.
     reconcile_interval: float = Field(5.0, gt=0)
@@ -604,6 +617,20 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_PROXY_TEST_TARGET must be host:port, e.g. aistudio.google.com:443")
         return value.strip()
 
+    @field_validator("kubernetes_node_selector", "kubernetes_tolerations", "kubernetes_priority_class")
+    @classmethod
+    def _valid_pod_placement(cls, value: str | None, info: Any) -> str | None:
+        # Checked at start: a typo stops the gateway with the reason, not every pod's creation later.
+        check = {"kubernetes_node_selector": parse_node_selector, "kubernetes_tolerations": parse_tolerations,
+                 "kubernetes_priority_class": check_priority_class}[info.field_name]
+        if value is None or not value.strip():
+            return None if info.field_name == "kubernetes_priority_class" else ""
+        try:
+            check(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"GATEWAY_{info.field_name.upper()}: {exc}") from None
+        return value.strip()
+
     @model_validator(mode="after")
     def _usable_result_store(self) -> Settings:
         if self.result_store_kind == "s3":
@@ -672,7 +699,7 @@ class Settings(BaseSettings):
 
     @property
     def reconcile(self) -> ReconcileSettings:
-        return self._part(ReconcileSettings)
+        return self._part(ReconcileSettings, prepare_timeout=self.kubernetes.pull_timeout)
 
     @property
     def sessions(self) -> SessionSettings:

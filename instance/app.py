@@ -30,6 +30,7 @@ from fleet_contract.catalogue import ModelSpec
 from fleet_contract.catalogue import load as load_catalogue
 from fleet_contract.codes import OUT_OF_REACH
 from fleet_contract.selectors import MAX_BYTES as SELECTORS_MAX_BYTES
+from fleet_contract.selectors import REVISION_PARAM, is_stale, read_revision
 from instance import __version__
 from instance.browser import BrowserHost, SessionRejected, SessionUntested
 from instance.driver import Driver, GenerationRequest, GenerationResult
@@ -37,7 +38,16 @@ from instance.errors import BadInput, ErrorCode, GenerationError
 from instance.images import decode_reference
 from instance.liveview import serve_liveview
 from instance.offered import options_spec, read_page_catalogue
-from instance.pagecheck import OverrideInvalid, check_syntax, diagnose, parse_override, with_version, write_atomically
+from instance.pagecheck import (
+    OverrideInvalid,
+    applied_revision,
+    check_syntax,
+    diagnose,
+    parse_override,
+    record_revision,
+    with_version,
+    write_atomically,
+)
 from instance.session_store import SessionFormatError, SessionStore, normalize_session
 from instance.settings import InstanceSettings
 from instance.snapshots import REASON_PATTERN, Occasion, SnapshotKeeper, SnapshotNotFound, is_snapshot_id
@@ -531,10 +541,20 @@ async def page_check(request: Request) -> m.PageCheck:
     return msgspec.convert({**report, **st.page_catalogue}, m.PageCheck)
 
 
+def _change_revision(request: Request) -> int | None:
+    """The change's revision (?revision=N); a malformed one is refused before anything is read or written."""
+    try:
+        return read_revision(request.query_params.get(REVISION_PARAM))
+    except ValueError:
+        raise BadInput(f"'{REVISION_PARAM}' must be a positive integer", 400) from None
+
+
 @put("/selectors")
 async def install_selectors(request: Request, dry_run: bool = False) -> Response:
-    """Validate an override (shape, known roles, selector syntax in the browser), write it, reload it."""
+    """Validate an override (shape, known roles, selector syntax in the browser), write it, reload it; a change
+    whose revision is not newer than the applied one is answered `stale` and changes nothing."""
     st = _state(request)
+    revision = _change_revision(request)
     raw = await request.body()
     if len(raw) > SELECTORS_MAX_BYTES:
         raise BadInput(f"the override is larger than {SELECTORS_MAX_BYTES} bytes", 413)
@@ -547,22 +567,36 @@ async def install_selectors(request: Request, dry_run: bool = False) -> Response
         return Response(m.SelectorsInstalled(dry_run=True, roles=sorted(document.get("roles", {}))))
     async with st.selectors_lock:
         path = st.settings.selectors_override_path
+        applied = await asyncio.to_thread(applied_revision, path)
+        if is_stale(revision, applied):
+            book = st.host.selectors
+            log.info("selectors override revision %s ignored: revision %s is in force", revision, applied)
+            return Response(m.SelectorsInstalled(version=book.version, source=book.source, revision=applied, stale=True))
         await asyncio.to_thread(write_atomically, path, with_version(document))
+        await asyncio.to_thread(record_revision, path, revision)
         book = st.host.reload_selectors()
     log.info("selectors override installed: version %s, roles %s", book.version, ", ".join(document.get("roles", {})))
-    return Response(m.SelectorsInstalled(version=book.version, source=book.source, roles=sorted(document.get("roles", {}))))
+    return Response(m.SelectorsInstalled(version=book.version, source=book.source, roles=sorted(document.get("roles", {})),
+                                         revision=revision))
 
 
 @delete("/selectors", status_code=200)
 async def remove_selectors(request: Request) -> m.SelectorsRemoved:
-    """Back to the packaged selectors; idempotent (`removed` says whether there was an override)."""
+    """Back to the packaged selectors; idempotent (`removed` says whether there was an override); a removal whose
+    revision is not newer than the applied change is answered `stale` and changes nothing."""
     st = _state(request)
+    revision = _change_revision(request)
     async with st.selectors_lock:
         path = st.settings.selectors_override_path
+        applied = await asyncio.to_thread(applied_revision, path)
+        if is_stale(revision, applied):
+            book = st.host.selectors
+            return m.SelectorsRemoved(version=book.version, source=book.source, revision=applied, stale=True)
         removed = path.is_file()
         path.unlink(missing_ok=True)
+        await asyncio.to_thread(record_revision, path, revision)
         book = st.host.reload_selectors()
-    return m.SelectorsRemoved(removed=removed, version=book.version, source=book.source)
+    return m.SelectorsRemoved(removed=removed, version=book.version, source=book.source, revision=revision)
 
 
 @get("/snapshots")

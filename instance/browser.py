@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +51,6 @@ WEBRTC_ARGS = (f"--webrtc-ip-handling-policy={WEBRTC_POLICY}", f"--force-webrtc-
 # Automation hygiene (AISTUDIO.md) plus flags that keep a headless browser quiet on a closed network.
 CHROMIUM_ARGS = (
     "--disable-gpu",
-    "--disable-dev-shm-usage",
     "--disable-blink-features=AutomationControlled",
     "--disable-background-networking",
     "--disable-component-update",
@@ -68,6 +68,9 @@ CHROMIUM_ARGS = (
     f"--disk-cache-size={32 * 1024 * 1024}",
     *WEBRTC_ARGS,
 )
+DEV_SHM = Path("/dev/shm")
+DEV_SHM_MIN_BYTES = 256 * 1024 * 1024  # below it (Docker's default 64 MiB), renderers run out of shared memory
+AVOID_DEV_SHM_ARG = "--disable-dev-shm-usage"  # shared memory in /tmp instead (on disk, or the tmp volume)
 # Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
 NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
 
@@ -112,7 +115,8 @@ def is_refusal_text(text: str) -> bool:
 
 def launch_options(settings: InstanceSettings, display: str | None, sandbox: bool = False) -> dict[str, Any]:
     """Keyword arguments for Playwright's chromium.launch in the configured browser mode."""
-    args = [*CHROMIUM_ARGS, *(() if sandbox else NO_SANDBOX_ARGS), f"--lang={settings.accept_languages.split(',')[0]}",
+    args = [*CHROMIUM_ARGS, *(() if uses_dev_shm(settings.dev_shm) else (AVOID_DEV_SHM_ARG,)),
+            *(() if sandbox else NO_SANDBOX_ARGS), f"--lang={settings.accept_languages.split(',')[0]}",
             f"--accept-lang={settings.accept_languages}"]
     options: dict[str, Any] = {
         "executable_path": settings.chromium_executable,
@@ -120,11 +124,24 @@ def launch_options(settings: InstanceSettings, display: str | None, sandbox: boo
         "args": args,
         "chromium_sandbox": sandbox,  # False makes Playwright add --no-sandbox itself
     }
+    if uses_dev_shm(settings.dev_shm):
+        options["ignore_default_args"] = [AVOID_DEV_SHM_ARG]  # Playwright adds it to every launch by default
     if display is not None or settings.timezone:
         # TZ: the browser process's own clock zone agrees with the pages' (Date, Intl, logs, file times).
         options["env"] = {**os.environ, **({"DISPLAY": display} if display else {}),
                           **({"TZ": settings.timezone} if settings.timezone else {})}
     return options
+
+
+def uses_dev_shm(mode: str, path: Path = DEV_SHM) -> bool:
+    """Whether Chromium keeps its shared memory in /dev/shm (INSTANCE_DEV_SHM; auto: when it is large enough)."""
+    if mode != "auto":
+        return mode == "use"
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_blocks * stat.f_frsize >= DEV_SHM_MIN_BYTES
 
 
 def user_namespaces_work() -> bool:

@@ -221,3 +221,25 @@ def write_atomically(path: Path, document: dict[str, Any]) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def revision_path(override: Path) -> Path:
+    """Where the revision of the last applied change is kept: beside the override, so it outlives a removal."""
+    return override.with_name(f"{override.name}.revision")
+
+
+def applied_revision(override: Path) -> int | None:
+    """The revision of the last change applied here; None when none carried one (or the file is unreadable)."""
+    try:
+        value = json.loads(revision_path(override).read_text(encoding="utf-8")).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def record_revision(override: Path, revision: int | None) -> None:
+    """Keep a change's revision; an unrevisioned change forgets it (an older gateway took over)."""
+    if revision is None:
+        revision_path(override).unlink(missing_ok=True)
+    else:
+        write_atomically(revision_path(override), {"revision": revision})

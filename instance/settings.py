@@ -36,6 +36,10 @@ class InstanceSettings(BaseSettings):
     # Chromium's sandbox: auto uses it where user namespaces work (not as root, not under Docker's default
     # seccomp profile: the gateway passes gateway/runtime/instance-seccomp.json); on: required; off: --no-sandbox.
     sandbox: Literal["auto", "on", "off"] = "auto"
+    # Chromium's shared memory: auto uses /dev/shm when it holds at least DEV_SHM_MIN_BYTES (Docker's --shm-size, a
+    # Kubernetes memory emptyDir), else --disable-dev-shm-usage sends it to /tmp (Docker's 64 MiB default is too
+    # small); use: always /dev/shm; avoid: always /tmp.
+    dev_shm: Literal["auto", "use", "avoid"] = "auto"
     viewport_width: int = 1440
     viewport_height: int = 900
     # The screen the page sees (and the virtual display's size); a desktop screen is larger than the window.

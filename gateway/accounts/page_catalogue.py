@@ -166,6 +166,7 @@ EDIT_SIZES = ("512", "1K", "2K", "4K")
 _ID_SHAPE = __import__("re").compile(r"^[a-z0-9][a-z0-9.\-]{0,63}$")
 _RATIO_SHAPE = __import__("re").compile(r"^\d{1,2}:\d{1,2}$")
 _operator: dict[str, ModelSpec] = {}
+_operator_revision: list[int | None] = [None]  # the revision of the installed edit (gateway.db.revisions)
 
 
 class EditProblem(ValueError):
@@ -225,8 +226,9 @@ def check_edit(document: Any) -> dict[str, Any]:
     return document
 
 
-def install_edit(document: dict[str, Any] | None) -> None:
-    """The stored edit as this process uses it (None: none)."""
+def install_edit(document: dict[str, Any] | None, revision: int | None = None, *, force: bool = False) -> bool:
+    """The stored edit as this process uses it (None: none); False when `revision` is not newer than the installed
+    one (a read that crossed a newer change), and nothing changes. `force`: at start, whatever was installed."""
     specs = {}
     for entry in (document or {}).get("models") or ():
         specs[entry["id"]] = ModelSpec(
@@ -235,8 +237,18 @@ def install_edit(document: dict[str, Any] | None) -> None:
             references=bool(entry.get("references", True)), driven=True,
         )
     with _lock:
+        installed = _operator_revision[0]
+        if not force and revision is not None and installed is not None and revision <= installed:
+            return False
         _operator.clear()
         _operator.update(specs)
+        _operator_revision[0] = revision
+    return True
+
+
+def installed_revision() -> int | None:
+    with _lock:
+        return _operator_revision[0]
 
 
 def operator_spec(name: str) -> ModelSpec | None:

@@ -26,6 +26,7 @@ class SelectorsOut(msgspec.Struct, kw_only=True):
     success: bool = True
     override: dict[str, Any] | None
     updated_at: datetime | None
+    revision: int | None
     packaged_version: str
     known_roles: list[str]
     known_texts: list[str]

@@ -137,6 +137,8 @@ class Instance(Base):
     lease_expires_at: Mapped[datetime | None]
     cooldown_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What a start waits for before the container runs (scheduling, an image pull, the pod's Events); None otherwise.
+    start_progress: Mapped[str | None] = mapped_column(Text)
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
     tasks_failed: Mapped[int] = mapped_column(Integer, default=0)
     # Consecutive crashes or failed starts; the reconciler gives up above settings.max_restarts.

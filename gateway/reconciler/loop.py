@@ -416,6 +416,9 @@ class Reconciler:
         pause = 0.05
         last_problem = "no answer yet"
         next_engine_check = 0.0
+        prepare_limit = self._settings.prepare_timeout
+        prepared_by = time.monotonic() + prepare_limit if prepare_limit else None
+        progress: str | None = None
         while True:
             answered = False
             if endpoint:
@@ -441,6 +444,13 @@ class Reconciler:
                 state = await self._runtime.inspect(str(instance_id))
                 if state.phase != "running":
                     raise StartFailed(f"{describe_exit(state)} before it was ready")
+                if state.preparing:  # scheduling or pulling: the start timeout counts from when the container runs
+                    deadline = max(deadline, time.monotonic() + self._settings.start_timeout)
+                    if prepared_by is not None and time.monotonic() >= prepared_by:
+                        raise StartFailed(f"its container did not start within {prepare_limit:g}s ({state.detail})")
+                if (state.detail if state.preparing else None) != progress:
+                    progress = state.detail if state.preparing else None
+                    await self._write(instance_id, None, {"start_progress": progress})
                 if state.endpoint and state.endpoint != endpoint:
                     endpoint = state.endpoint
                     await self._write(instance_id, None, {"endpoint": endpoint})
@@ -458,6 +468,7 @@ class Reconciler:
     async def _became_ready(self, row: InstanceRow, status: InstanceStatus, how: str) -> None:
         values = {
             "status": Status.RUNNING,
+            "start_progress": None,
             "login_state": _login_state(status.login_state),
             "busy": status.busy,
             "started_at": utcnow(),
@@ -538,7 +549,8 @@ class Reconciler:
             return
         failures = count + 1
         settings = self._settings
-        values: dict[str, Any] = {"status": Status.ERROR, "restart_count": failures, "busy": False, "endpoint": None}
+        values: dict[str, Any] = {"status": Status.ERROR, "restart_count": failures, "busy": False, "endpoint": None,
+                                  "start_progress": None}
         log.warning("instance %s: %s", name, reason)
         if failures > settings.max_restarts:
             message = f"{reason}; gave up after {settings.max_restarts} restarts"

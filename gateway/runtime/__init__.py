@@ -62,7 +62,7 @@ def build_runtime(settings: EngineSettings) -> Runtime:
         local = settings.local
         return LocalRuntime(base_dir=local.base_dir, python=local.python, port_range_start=local.port_range_start)
     if settings.name == "kubernetes":
-        from gateway.runtime.kube_objects import PodTemplate
+        from gateway.runtime.kube_objects import PodTemplate, parse_node_selector, parse_tolerations
         from gateway.runtime.kubernetes import KubernetesRuntime
 
         kube = settings.kubernetes
@@ -76,6 +76,9 @@ def build_runtime(settings: EngineSettings) -> Runtime:
             read_only_root=kube.read_only_root,
             storage_size=kube.storage_size,
             storage_class=kube.storage_class,
+            node_selector=parse_node_selector(kube.node_selector),
+            tolerations=parse_tolerations(kube.tolerations),
+            priority_class=kube.priority_class,
         )
         return KubernetesRuntime(
             template,

@@ -53,6 +53,9 @@ class RuntimeState:
     endpoint: str | None = None  # base URL the gateway uses, e.g. http://127.0.0.1:49153
     exit_code: int | None = None
     detail: str = ""
+    # Running as far as the engine goes, but its container has not started yet (being scheduled, pulling its image,
+    # being created): the start timeout waits for it, within the engine's own allowance.
+    preparing: bool = False
 
 
 class RuntimeError_(Exception):

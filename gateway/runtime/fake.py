@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from fleet_contract import messages as m
+from fleet_contract import selectors as selectors_contract
 from fleet_contract.catalogue import load as load_catalogue
 from fleet_contract.codes import BrowserState, LoginState, Reach
 from gateway.runtime.base import InstanceSpec, RuntimeError_, RuntimeState, RuntimeUnavailable
@@ -159,6 +160,8 @@ class FakeRuntime:
         self.numbered_images = False  # True: the n-th generation answers numbered_png(n), not TINY_PNG
         # While set and not yet fired, every generation holds after its delay: a test decides when the pool frees.
         self.generation_gate: asyncio.Event | None = None
+        self.selectors_puts = 0  # PUT /selectors begun (not dry runs)
+        self.held_selectors_puts: set[int] = set()  # which PUTs (1 = the first) wait while listed: pushes in flight
         self.selectors_removal_delay = 0.0  # how long DELETE /selectors takes (a delivery at start in flight)
         self.selectors_removals = {"begun": 0, "done": 0}
         self.generations: list[FakeGeneration] = []
@@ -519,18 +522,36 @@ class FakeRuntime:
         except ValueError as exc:
             return httpx.Response(400, json={"detail": f"not JSON: {exc}"})
         version = document.get("version") or "override-fake"
-        if request.url.params.get("dry_run") != "true":
-            self.volumes.setdefault(container.instance_id, {})["selectors"] = document
-        return _answer(m.SelectorsInstalled(version=version, roles=sorted(document.get("roles", {}))))
+        if request.url.params.get("dry_run") == "true":
+            return _answer(m.SelectorsInstalled(dry_run=True, roles=sorted(document.get("roles", {}))))
+        self.selectors_puts += 1
+        ordinal = self.selectors_puts
+        while ordinal in self.held_selectors_puts:  # a push in flight until the test lets it land
+            await asyncio.sleep(0.01)
+        volume = self.volumes.setdefault(container.instance_id, {})
+        revision = selectors_contract.read_revision(request.url.params.get(selectors_contract.REVISION_PARAM))
+        if selectors_contract.is_stale(revision, volume.get("selectors_revision")):
+            current = (volume.get("selectors") or {}).get("version", "packaged")
+            return _answer(m.SelectorsInstalled(version=current, revision=volume["selectors_revision"], stale=True))
+        volume["selectors"], volume["selectors_revision"] = document, revision
+        return _answer(m.SelectorsInstalled(version=version, roles=sorted(document.get("roles", {})), revision=revision))
 
-    async def _delete_selectors(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
+    async def _delete_selectors(self, container: FakeContainer, request: httpx.Request) -> httpx.Response:
+        """Like the real instance: a removal not newer than the applied change is answered stale."""
         if container.refuses_selectors:
             return httpx.Response(500, json={"detail": "injected selectors failure"})
         self.selectors_removals["begun"] += 1
         await asyncio.sleep(self.selectors_removal_delay)
-        removed = self.volumes.setdefault(container.instance_id, {}).pop("selectors", None) is not None
+        volume = self.volumes.setdefault(container.instance_id, {})
+        revision = selectors_contract.read_revision(request.url.params.get(selectors_contract.REVISION_PARAM))
         self.selectors_removals["done"] += 1
-        return _answer(m.SelectorsRemoved(removed=removed, version="packaged", source="package"))
+        if selectors_contract.is_stale(revision, volume.get("selectors_revision")):
+            current = (volume.get("selectors") or {}).get("version", "packaged")
+            return _answer(m.SelectorsRemoved(version=current, source="override", revision=volume["selectors_revision"],
+                                              stale=True))
+        removed = volume.pop("selectors", None) is not None
+        volume["selectors_revision"] = revision
+        return _answer(m.SelectorsRemoved(removed=removed, version="packaged", source="package", revision=revision))
 
     async def _diagnose(self, container: FakeContainer, _request: httpx.Request) -> httpx.Response:
         """A page check of a page that has every role (no browser here)."""

@@ -6,6 +6,7 @@ API server, and so that the runtime module holds only the flow (create, delete, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -41,6 +42,10 @@ TOKEN_ENV = instance_env.variable("api_token")
 RUN_AS = 10001  # the image's `app` user
 HOME = "/home/app"  # Chromium's profile, caches and fontconfig: writable while the root filesystem is not
 
+# /healthz is answered by the instance's HTTP server alone, never by the browser: a pod busy generating or signing in
+# (minutes on one page) still answers it, and only a server that stopped answering for ~2 minutes is restarted.
+LIVENESS_PROBE = {"httpGet": {"path": "/healthz", "port": INSTANCE_PORT}, "initialDelaySeconds": 30,
+                  "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 6}
 # Waiting reasons that do not mend by waiting longer: the instance is in error, with the reason.
 FATAL_WAITING = {
     "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CrashLoopBackOff",
@@ -128,6 +133,78 @@ def cpu_quantity(cpus: float) -> str:
     return f"{max(1, int(round(cpus * 1000)))}m"
 
 
+# ---- scheduling settings ------------------------------------------------------------------------------------
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def parse_node_selector(text: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key=value` (label keys and values as Kubernetes spells them); ValueError says which part is wrong."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not _LABEL_KEY.match(key):
+            raise ValueError(f"{part!r}: write label=value, e.g. node-role.example.com/browsers=true")
+        if not _LABEL_VALUE.match(value) or len(value) > 63:
+            raise ValueError(f"{part!r}: {value!r} is not a label value (63 characters of A-Z a-z 0-9 - _ .)")
+        if key in pairs:
+            raise ValueError(f"{key!r} is given twice")
+        pairs[key] = value
+    return tuple(pairs.items())
+
+
+def parse_tolerations(text: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of tolerations as the pod spec takes them; ValueError says which entry is wrong and why."""
+    if not text.strip():
+        return ()
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError('a JSON list, e.g. [{"key": "browsers", "operator": "Exists", "effect": "NoSchedule"}]')  # noqa: TRY004 - a setting's value
+    return tuple(_toleration(index, entry) for index, entry in enumerate(entries))
+
+
+def _toleration(index: int, entry: Any) -> dict[str, Any]:
+    where = f"toleration {index + 1}"
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError(f"{where} is not an object")
+    unknown = sorted(set(entry) - set(TOLERATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(TOLERATION_KEYS)}")
+    operator = entry.get("operator", "Equal")
+    if operator not in ("Equal", "Exists"):
+        raise ValueError(f"{where}: operator must be Equal or Exists, not {operator!r}")
+    key = entry.get("key")
+    if key is not None and not (isinstance(key, str) and _LABEL_KEY.match(key)):
+        raise ValueError(f"{where}: {key!r} is not a taint key")
+    if key is None and operator != "Exists":
+        raise ValueError(f"{where}: without a key the operator must be Exists")
+    if operator == "Exists" and entry.get("value"):
+        raise ValueError(f"{where}: the Exists operator takes no value")
+    if "value" in entry and not isinstance(entry["value"], str):
+        raise ValueError(f"{where}: the value must be a string")
+    effect = entry.get("effect")
+    if effect is not None and effect not in TAINT_EFFECTS:
+        raise ValueError(f"{where}: effect must be one of {', '.join(TAINT_EFFECTS)}, not {effect!r}")
+    seconds = entry.get("tolerationSeconds")
+    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or effect != "NoExecute"):
+        raise ValueError(f"{where}: tolerationSeconds is a whole number of seconds, with the NoExecute effect only")
+    return dict(entry)
+
+
+def check_priority_class(name: str) -> str:
+    """A PriorityClass name (a DNS subdomain); the class itself must exist in the cluster (the API server checks)."""
+    if len(name) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name):
+        raise ValueError(f"{name!r} is not a PriorityClass name (lower-case letters, digits, '-' and '.')")
+    return name
+
+
 # ---- what is sent ---------------------------------------------------------------------------------------
 
 
@@ -145,6 +222,9 @@ class PodTemplate:
     termination_grace: int = 30
     storage_size: str = "1Gi"
     storage_class: str | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()  # GATEWAY_KUBERNETES_NODE_SELECTOR, checked by the settings
+    tolerations: tuple[dict[str, Any], ...] = ()  # GATEWAY_KUBERNETES_TOLERATIONS
+    priority_class: str | None = None  # GATEWAY_KUBERNETES_PRIORITY_CLASS
 
     def seccomp_profile(self) -> dict[str, str]:
         kind, _, profile = self.seccomp.partition(":")
@@ -209,6 +289,7 @@ def pod_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTemp
             "capabilities": {"drop": ["ALL"]},
         },
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": INSTANCE_PORT}, "periodSeconds": 10},
+        "livenessProbe": LIVENESS_PROBE,
         "volumeMounts": mounts,
     }
     pod = {
@@ -228,6 +309,12 @@ def pod_body(names: Names, spec: InstanceSpec, namespace: str, template: PodTemp
             "volumes": volumes,
         },
     }
+    if template.node_selector:
+        pod["spec"]["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        pod["spec"]["tolerations"] = [dict(t) for t in template.tolerations]
+    if template.priority_class:
+        pod["spec"]["priorityClassName"] = template.priority_class
     pod["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = _hash(pod["spec"])
     return pod
 
@@ -256,8 +343,10 @@ def pod_state(pod: dict[str, Any]) -> RuntimeState:
     instance_id = instance_id_of(pod) or ""
     handle = meta.get("name")
 
-    def state(phase: RuntimePhase, detail: str, *, exit_code: int | None = None, endpoint: str | None = None) -> RuntimeState:
-        return RuntimeState(instance_id, phase, handle=handle, endpoint=endpoint, exit_code=exit_code, detail=detail)
+    def state(phase: RuntimePhase, detail: str, *, exit_code: int | None = None, endpoint: str | None = None,
+              preparing: bool = False) -> RuntimeState:
+        return RuntimeState(instance_id, phase, handle=handle, endpoint=endpoint, exit_code=exit_code, detail=detail,
+                            preparing=preparing)
 
     phase = status.get("phase") or "Pending"
     container = _container_status(status)
@@ -286,12 +375,47 @@ def pod_state(pod: dict[str, Any]) -> RuntimeState:
         scheduled = _condition(status, "PodScheduled")
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return state("exited", _say("unschedulable", None, scheduled.get("message")))
-        return state("running", f"pending: {waiting.get('reason') or ('scheduling' if not scheduled else 'starting')}")
+        return state("running", _pending_detail(waiting, scheduled), preparing=True)
     ip = status.get("podIP")
     if not ip or waiting:  # a Running pod whose container still waits (e.g. its first start)
-        return state("running", "pending: waiting for the pod's address")
+        return state("running", "pending: waiting for the pod's address", preparing=True)
     host = f"[{ip}]" if ":" in ip else ip
     return state("running", "running", endpoint=f"http://{host}:{INSTANCE_PORT}")
+
+
+def _pending_detail(waiting: dict[str, Any], scheduled: dict[str, Any] | None) -> str:
+    """What a pending pod is doing: being scheduled, or its container's waiting reason (ContainerCreating while the
+    image is pulled), with the message the kubelet gave."""
+    if not waiting.get("reason") and (scheduled is None or scheduled.get("status") != "True"):
+        message = (scheduled or {}).get("message")
+        return f"pending: scheduling: {message}" if message else "pending: scheduling"
+    reason = waiting.get("reason") or "starting"
+    return f"pending: {reason}: {waiting['message']}" if waiting.get("message") else f"pending: {reason}"
+
+
+EVENTS_SHOWN = 3  # the newest of a pod's Events, in a preparing or failed pod's detail
+
+
+def with_events(state: RuntimeState, events: list[dict[str, Any]]) -> RuntimeState:
+    """The state with the pod's newest Events (Scheduled, Pulling, Pulled, Failed, FailedScheduling, BackOff)."""
+    said = [_event_text(e) for e in sorted(events, key=_event_time)[-EVENTS_SHOWN:]]
+    said = [text for text in said if text]
+    if not said:
+        return state
+    return dataclasses.replace(state, detail=f"{state.detail} · events: " + " | ".join(said))
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    series = (event.get("series") or {}).get("lastObservedTime")
+    meta = event.get("metadata") or {}
+    return series or event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp") or ""
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    reason, message = event.get("reason") or "", (event.get("message") or "").strip()
+    count = event.get("count") or (event.get("series") or {}).get("count")
+    text = f"{reason}: {message}" if reason and message else reason or message
+    return f"{text} (x{count})" if text and count and count > 1 else text
 
 
 def _terminated(state: Any, container: dict[str, Any] | None, phase: str) -> RuntimeState:

@@ -9,6 +9,7 @@ the core kinds. It reads the ServiceAccount when the gateway runs in a cluster, 
   is `exited` with the reason (see `kube_objects.pod_state`).
 - `stop` deletes the pod and its Secret (a pod cannot be paused); the claim stays. `remove` also deletes the
   claim when asked. 404 and 409 count as done, as everywhere in the protocol.
+- `inspect` of a pending pod also reads its Events (pulls, scheduling), for the instance's start progress.
 - `list_managed` is one list call with the fleet's label selector, whatever the pool's size.
 - Every call waits its turn at a client-side rate limit (`ApiPacer`).
 - An API server that cannot be reached, refuses the gateway's credentials or forbids a call (RBAC) raises
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig
-from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Secret
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Secret
 
 from gateway.runtime.base import InstanceSpec, RuntimeError_, RuntimeState, RuntimeUnavailable
 from gateway.runtime.kube_objects import (
@@ -40,6 +41,7 @@ from gateway.runtime.kube_objects import (
     pod_body,
     pod_state,
     secret_body,
+    with_events,
 )
 
 log = logging.getLogger(__name__)
@@ -184,10 +186,28 @@ class KubernetesRuntime:
                 await self._delete(PersistentVolumeClaim, self.names.claim(instance_id))
 
     async def inspect(self, instance_id: str) -> RuntimeState:
+        """The pod's state; a pending pod's (scheduling, pulling, failing to pull) with its newest Events."""
         pod = await self._get(Pod, self.names.pod(instance_id))
         if pod is None:
             return RuntimeState(instance_id=instance_id, phase="missing")
-        return pod_state(pod)
+        state = pod_state(pod)
+        if (pod.get("status") or {}).get("phase", "Pending") == "Pending":
+            state = with_events(state, await self._events_of(pod["metadata"]["name"]))
+        return state
+
+    async def _events_of(self, pod_name: str) -> list[dict[str, Any]]:
+        """The pod's Events; none when they cannot be read (a Role without `events`): they only add detail."""
+        client = self._connected()
+
+        async def listed() -> list[dict[str, Any]]:
+            fields = {"involvedObject.kind": "Pod", "involvedObject.name": pod_name}
+            return [e.to_dict() async for e in client.list(Event, namespace=client.namespace, fields=fields)]
+
+        try:
+            return await self._call(listed)
+        except (ApiError, RuntimeUnavailable) as e:
+            log.debug("events of %s not read: %s", pod_name, e)
+            return []
 
     async def list_managed(self) -> dict[str, RuntimeState]:
         client = self._connected()

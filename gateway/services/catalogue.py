@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleet_contract import catalogue
 from gateway.accounts import page_catalogue
 from gateway.db.models import FleetSetting
+from gateway.db.revisions import current_revision, next_revision
 from gateway.db.types import utcnow
 from gateway.errors import BadRequest, Invalid, TooLarge
 
@@ -46,6 +47,7 @@ class RetiredEntry(msgspec.Struct, kw_only=True):
 class CatalogueView(msgspec.Struct, kw_only=True):
     override: dict[str, Any] | None
     updated_at: datetime | None
+    revision: int | None  # of the last change (set or removed); a process installs only a newer one
     packaged_version: str
     models: list[CatalogueEntry]
     retired: list[RetiredEntry]
@@ -57,17 +59,16 @@ class CatalogueService:
 
     async def load(self) -> None:
         """The stored edit into this process's model check (at start)."""
-        async with self._sessions() as session:
-            row = await session.get(FleetSetting, SETTING_KEY)
-        page_catalogue.install_edit(row.value if row else None)
+        revision, row = await self._stored()
+        page_catalogue.install_edit(row.value if row else None, revision, force=True)
 
     async def current(self) -> CatalogueView:
-        async with self._sessions() as session:
-            row = await session.get(FleetSetting, SETTING_KEY)
-        page_catalogue.install_edit(row.value if row else None)  # another replica may have changed it
+        revision, row = await self._stored()
+        page_catalogue.install_edit(row.value if row else None, revision)  # another replica may have changed it
         return CatalogueView(
             override=row.value if row else None,
             updated_at=row.updated_at if row else None,
+            revision=revision,
             packaged_version=catalogue.load().version,
             models=listing(),
             retired=[RetiredEntry(id=r.id, name=r.name, retired_on=r.retired_on, successor=r.successor)
@@ -87,19 +88,27 @@ class CatalogueService:
         except page_catalogue.EditProblem as problem:
             raise Invalid(problem.code, **problem.params) from None
         async with self._sessions.begin() as session:
+            revision = await next_revision(session, SETTING_KEY)
             row = await session.get(FleetSetting, SETTING_KEY)
             if row is None:
                 session.add(FleetSetting(key=SETTING_KEY, value=document, updated_at=utcnow()))
             else:
                 row.value, row.updated_at = document, utcnow()
-        page_catalogue.install_edit(document)
+        page_catalogue.install_edit(document, revision)
         return document
 
     async def remove(self) -> bool:
         async with self._sessions.begin() as session:
+            revision = await next_revision(session, SETTING_KEY)
             removed = (await session.execute(delete(FleetSetting).where(FleetSetting.key == SETTING_KEY))).rowcount == 1
-        page_catalogue.install_edit(None)
+        page_catalogue.install_edit(None, revision)
         return removed
+
+    async def _stored(self) -> tuple[int | None, FleetSetting | None]:
+        async with self._sessions() as session:
+            revision = await current_revision(session, SETTING_KEY)  # before the edit: see current_revision
+            row = await session.get(FleetSetting, SETTING_KEY)
+        return revision, row
 
 
 def listing() -> list[CatalogueEntry]:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleet_contract import selectors as selectors_contract
 from gateway.db.models import EventKind, FleetSetting, Instance, Status, new_event
+from gateway.db.revisions import current_revision, next_revision
 from gateway.db.types import utcnow
 from gateway.errors import BadRequest, FleetError, Invalid, TooLarge
 from gateway.instance_client import InstanceAddress, InstanceClient, InstanceRejected, InstanceNoAnswer
@@ -50,12 +51,15 @@ class PushResult(msgspec.Struct, kw_only=True):
     name: str
     ok: bool
     version: str | None = None
+    revision: int | None = None  # the revision in force on the instance after the call
+    stale: bool = False  # the instance already had this change or a newer one: nothing changed there
     error: str | None = None
 
 
 class OverrideView(msgspec.Struct, kw_only=True):
     override: dict[str, Any] | None
     updated_at: datetime | None
+    revision: int | None  # of the last change (set or removed); instances apply only a newer one
     packaged_version: str
     known_roles: list[str]
     known_texts: list[str]
@@ -87,10 +91,12 @@ class SelectorsService:
     async def current(self) -> OverrideView:
         packaged = await asyncio.to_thread(self._packaged)
         async with self._sessions() as session:
+            revision = await current_revision(session, SETTING_KEY)
             row = await session.get(FleetSetting, SETTING_KEY)
         return OverrideView(
             override=row.value if row else None,
             updated_at=row.updated_at if row else None,
+            revision=revision,
             packaged_version=str(packaged.get("version", "unknown")),
             known_roles=list(packaged.get("roles", {})),
             known_texts=list(packaged.get("texts", {})),
@@ -112,8 +118,10 @@ class SelectorsService:
         async with self._change_lock:
             targets = await self._running()
             await self._dry_run(targets, body)
-            await self._store(document)
-            results = await self._push(targets, lambda address: self._client.put_selectors(address, body))
+            revision = await self._store(document)
+            results = await self._push(
+                targets, lambda address: self._client.put_selectors(address, body, revision=revision, timeout=PUSH_TIMEOUT)
+            )
             version = document.get("version")
             await self._record(results, f"selectors override set (version {version})" if version else "selectors override set")
         return document, results
@@ -122,9 +130,12 @@ class SelectorsService:
         """Back to the packaged selectors everywhere; True when there was an override."""
         async with self._change_lock:
             async with self._sessions.begin() as session:
+                revision = await next_revision(session, SETTING_KEY)
                 removed = (await session.execute(delete(FleetSetting).where(FleetSetting.key == SETTING_KEY))).rowcount == 1
             targets = await self._running()
-            results = await self._push(targets, self._client.delete_selectors)
+            results = await self._push(
+                targets, lambda address: self._client.delete_selectors(address, revision=revision, timeout=PUSH_TIMEOUT)
+            )
             await self._record(results, "selectors override removed")
         return removed, results
 
@@ -141,17 +152,19 @@ class SelectorsService:
                     select(Instance.name, Instance.endpoint, Instance.token).where(Instance.id == instance_id)
                 )
             ).first()
+            revision = await current_revision(session, SETTING_KEY)  # before the override: see current_revision
             setting = await session.get(FleetSetting, SETTING_KEY)
         if row is None or not row.endpoint:
             return
         address = InstanceAddress(row.endpoint, row.token)
         try:
             if setting is None:
-                answer = await self._client.delete_selectors(address, timeout=PUSH_TIMEOUT)
+                answer = await self._client.delete_selectors(address, revision=revision, timeout=PUSH_TIMEOUT)
                 message = "selectors override removed at start" if answer.removed else None
             else:
-                answer = await self._client.put_selectors(address, json.dumps(setting.value).encode(), timeout=PUSH_TIMEOUT)
-                message = f"selectors override delivered at start (version {answer.version})"
+                body = json.dumps(setting.value).encode()
+                answer = await self._client.put_selectors(address, body, revision=revision, timeout=PUSH_TIMEOUT)
+                message = None if answer.stale else f"selectors override delivered at start (version {answer.version})"
         except (InstanceNoAnswer, InstanceRejected) as exc:
             log.warning("selectors override not delivered to %s: %s", row.name, exc)
             message = f"selectors override not delivered at start: {exc}" if setting is not None else None
@@ -188,13 +201,16 @@ class SelectorsService:
             except InstanceNoAnswer:
                 pass
 
-    async def _store(self, document: dict[str, Any]) -> None:
+    async def _store(self, document: dict[str, Any]) -> int:
+        """Kept with its revision, in one transaction: the revision the instances compare."""
         async with self._sessions.begin() as session:
+            revision = await next_revision(session, SETTING_KEY)
             row = await session.get(FleetSetting, SETTING_KEY)
             if row is None:
                 session.add(FleetSetting(key=SETTING_KEY, value=document, updated_at=utcnow()))
             else:
                 row.value, row.updated_at = document, utcnow()
+        return revision
 
     async def _push(self, targets: list[_Target], call: Any) -> list[PushResult]:
         """Every running instance at once (bounded); each answers for itself."""
@@ -206,7 +222,8 @@ class SelectorsService:
                     answer = await call(target.address)
                 except (InstanceNoAnswer, InstanceRejected) as exc:
                     return PushResult(instance_id=str(target.instance_id), name=target.name, ok=False, error=str(exc))
-            return PushResult(instance_id=str(target.instance_id), name=target.name, ok=True, version=answer.version)
+            return PushResult(instance_id=str(target.instance_id), name=target.name, ok=True, version=answer.version,
+                              revision=answer.revision, stale=answer.stale)
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
 
@@ -218,6 +235,8 @@ class SelectorsService:
                 result = pushed.get(str(instance_id))
                 if result is None:
                     message = f"{change}; delivered at its next start"
+                elif result.stale:
+                    message = f"{change}; not applied: the instance has a newer change (revision {result.revision})"
                 elif result.ok:
                     message = f"{change}; pushed (version {result.version})"
                 else:

@@ -43,6 +43,8 @@ class InstanceView(msgspec.Struct, kw_only=True):
     aistudio_reach: str = "unknown"
     # Why the page cannot reach AI Studio (aistudio_reach `unreachable`), in the browser's words.
     page_error: str | None = None
+    # While a start waits for its container (being scheduled, pulling the image, the pod's Events): what it waits for.
+    start_progress: str | None = None
     # Session health: the last check of the login on the page, since when it is signed in, the last save of
     # the login to the volume, when its Google auth cookies expire (and whether that is soon), the last success.
     login_checked_at: datetime | None = None

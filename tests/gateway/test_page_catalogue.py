@@ -4,8 +4,10 @@ to that account with those options, and kept in the instance's row; a packaged m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from typing import Any
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from gateway.accounts import page_catalogue
 from gateway.db.models import Instance, Status
 from gateway.runtime.fake import FakeRuntime
+from gateway.services.catalogue import CatalogueService
 from gateway.app import create_admin_app
 from tests.gateway.pool import Pool, open_pool, serve
 from tests.polling import await_until
@@ -138,6 +141,34 @@ async def test_an_operator_edit_is_used_by_the_model_check_and_sent_to_the_insta
     assert (await admin_http.delete("/api/catalogue/")).json()["removed"] is True
     gone = await pair.http.post("/generate", json={"prompt": "p", "model": "gemini-nano-banana-2.3"}, headers=EN)
     assert gone.status_code == 422
+
+
+async def test_a_read_of_an_older_edit_that_lands_after_a_newer_one_leaves_the_newer(
+    pair: Pool, admin_http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    older = {"models": [{"id": "older-model", "aspect_ratios": ["1:1"]}]}
+    assert (await admin_http.put("/api/catalogue/", json=older)).json() is not None
+    read = CatalogueService._stored
+    has_read, held = asyncio.Event(), asyncio.Event()
+
+    async def held_read(service: CatalogueService) -> Any:  # a listing that read the edit, then waited while a newer one was saved
+        stored = await read(service)
+        has_read.set()
+        await held.wait()
+        return stored
+
+    monkeypatch.setattr(CatalogueService, "_stored", held_read)
+    listing = asyncio.ensure_future(admin_http.get("/api/catalogue/"))
+    await asyncio.wait_for(has_read.wait(), timeout=10)
+    monkeypatch.setattr(CatalogueService, "_stored", read)
+    assert (await admin_http.put("/api/catalogue/", json=EDIT)).status_code == 200
+    held.set()
+    late = (await listing).json()
+    assert (late["override"], late["revision"]) == (older, 1)  # what it read, shown as such
+    assert page_catalogue.installed_revision() == 2 and "older-model" not in page_catalogue.operator_ids()
+    answer = await pair.generate(model="gemini-nano-banana-2.3", aspect_ratio="3:2", image_size="2K")
+    assert answer.status_code == 200 and answer.json()["success"] is True, answer.text
+    assert (await admin_http.get("/api/catalogue/")).json()["revision"] == 2
 
 
 async def test_a_replica_that_does_not_lead_learns_the_offers_from_the_rows(pair: Pool) -> None:

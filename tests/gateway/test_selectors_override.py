@@ -4,13 +4,21 @@ stored once, pushed to every running instance, delivered to one that starts late
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from gateway.app import Fleet, create_admin_app
 from gateway.runtime.fake import FakeRuntime
+from tests.gateway.conftest import make_settings
+from tests.gateway.pool import serve
 from tests.gateway.test_management_api import create, started
 from tests.polling import await_until
 
@@ -100,6 +108,43 @@ async def test_a_delivery_at_start_never_undoes_a_change_made_meanwhile(admin: C
     assert fake.volumes[instance_id].get("selectors") == OVERRIDE
 
 
+@contextlib.asynccontextmanager
+async def admin_replica(database_url: str, data_dir: Path, fake: FakeRuntime) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway of its own (a replica) on the shared database and the shared (fake) instances, served over HTTP."""
+    settings = make_settings(database_url, data_dir, secret_key="shared-secret-key-of-the-replicas-0123456789")
+    fleet = await Fleet.open(settings, runtime=fake)
+    try:
+        async with serve(create_admin_app(settings, fleet=fleet)) as base, httpx.AsyncClient(base_url=base, timeout=60) as http:
+            yield http
+    finally:
+        await fleet.close()
+
+
+async def test_an_older_push_crossing_a_newer_one_from_another_replica_leaves_the_newer(
+    database_url: str, tmp_path: Path, fake: FakeRuntime
+) -> None:
+    newer = {"version": "newer", "roles": {"run_button": ["button.newer"]}}
+    async with admin_replica(database_url, tmp_path / "a", fake) as first, admin_replica(database_url, tmp_path / "b", fake) as other:
+        instance_id = await started(first, "shared")  # type: ignore[arg-type]
+        fake.held_selectors_puts = {1}  # the first replica's push is on its way while the other replica changes it
+        older_push = asyncio.ensure_future(put(first, {"version": "older", "roles": {"run_button": ["button.older"]}}))
+        await await_until(lambda: fake.selectors_puts == 1, timeout=10, what="the first replica's push under way")
+        answer = await put(other, newer)
+        assert answer.status_code == 200 and answer.json()["results"][0]["revision"] == 2
+        fake.held_selectors_puts.clear()
+        late = await older_push
+        assert late.status_code == 200, late.text
+        result = late.json()["results"][0]
+        assert (result["ok"], result["stale"], result["revision"], result["version"]) == (True, True, 2, "newer")
+        assert fake.volumes[instance_id]["selectors"] == newer
+        stored = (await first.get("/api/selectors")).json()
+        assert (stored["override"], stored["revision"]) == (newer, 2)
+        assert "not applied: the instance has a newer change (revision 2)" in " ".join(await selectors_events(first, instance_id))
+        # A removal is a change too, with the next revision.
+        assert (await first.delete("/api/selectors")).json()["results"][0]["revision"] == 3
+        assert "selectors" not in fake.volumes[instance_id] and fake.volumes[instance_id]["selectors_revision"] == 3
+
+
 BAD = [
     pytest.param(b"{roles:", 400, "The selectors override is not valid JSON", id="not-json"),
     pytest.param(b"[]", 422, "must be a JSON object", id="not-an-object"),
@@ -133,9 +178,6 @@ async def test_the_refusal_reads_in_chinese_by_default(admin: Client) -> None:
 
 
 async def test_the_api_needs_the_admin_token(database_url: str, tmp_path, fake: FakeRuntime) -> None:
-    from gateway.app import create_admin_app
-    from tests.gateway.conftest import make_settings
-
     app = create_admin_app(make_settings(database_url, tmp_path, admin_token="s3cret-token-0123456789"), runtime=fake)
     async with AsyncTestClient(app) as client:
         assert (await client.get("/api/selectors")).status_code == 401

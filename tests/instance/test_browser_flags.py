@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from instance.browser import OWN_DISABLED_FEATURES
+from instance.browser import AVOID_DEV_SHM_ARG, OWN_DISABLED_FEATURES, launch_options, uses_dev_shm
+from instance.settings import InstanceSettings
 from tests.instance.harness import chromium_browser_pid
 
 
@@ -23,3 +24,24 @@ def test_the_last_disable_features_flag_keeps_playwrights_list_and_adds_ours(ins
     missing = playwright - effective
     assert not missing, f"Playwright disables {sorted(missing)}, which our flag drops: add them to PLAYWRIGHT_DISABLED_FEATURES"
     assert set(OWN_DISABLED_FEATURES) <= effective
+
+
+def test_a_large_dev_shm_is_used_and_a_small_one_avoided(inst, tmp_path):
+    # The shared instance runs with INSTANCE_DEV_SHM=auto on this machine's /dev/shm (a large tmpfs).
+    assert uses_dev_shm("auto") is True
+    parts = Path(f"/proc/{chromium_browser_pid(inst.process.pid)}/cmdline").read_bytes().decode().split("\0")
+    assert AVOID_DEV_SHM_ARG not in parts
+    small = tmp_path / "small-shm"  # an ordinary folder on the test's disk stands for a 64 MiB one only by statvfs
+    assert uses_dev_shm("avoid") is False and uses_dev_shm("use", small) is True
+    assert uses_dev_shm("auto", tmp_path / "missing") is False
+
+
+def test_a_small_dev_shm_sends_chromium_to_tmp(monkeypatch):
+    class Small:
+        f_blocks, f_frsize = 64, 1024 * 1024  # Docker's default 64 MiB
+
+    monkeypatch.setattr("instance.browser.os.statvfs", lambda _path: Small())
+    options = launch_options(InstanceSettings(_env_file=None), None)
+    assert AVOID_DEV_SHM_ARG in options["args"] and "ignore_default_args" not in options
+    used = launch_options(InstanceSettings(_env_file=None, dev_shm="use"), None)
+    assert AVOID_DEV_SHM_ARG not in used["args"] and used["ignore_default_args"] == [AVOID_DEV_SHM_ARG]

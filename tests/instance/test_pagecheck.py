@@ -110,6 +110,29 @@ def test_a_missing_role_shows_and_an_override_changes_it_without_a_restart(page:
     assert page.client.delete("/selectors").json()["removed"] is False  # idempotent
 
 
+def test_an_older_revision_arriving_after_a_newer_one_changes_nothing(page: RunningInstance) -> None:
+    newer = {"version": "newer", **RUN_MOUNT}
+    older = {"version": "older", "roles": {"run_button": ["button.older"]}}
+    applied = page.client.put("/selectors", params={"revision": "7"}, json=newer)
+    assert applied.status_code == 200 and (applied.json()["revision"], applied.json()["stale"]) == (7, False)
+
+    for revision in ("6", "7"):  # an older delivery that crossed it, and the same one delivered twice
+        late = page.client.put("/selectors", params={"revision": revision}, json=older)
+        assert late.status_code == 200, late.text
+        assert (late.json()["stale"], late.json()["revision"], late.json()["version"]) == (True, 7, "newer")
+    late_removal = page.client.delete("/selectors", params={"revision": "5"})
+    assert late_removal.status_code == 200 and late_removal.json()["stale"] is True
+    assert json.loads(override_path(page).read_text())["version"] == "newer"
+    assert page.status()["selectors_version"] == "newer"
+    assert role(diagnose(page), "run_button")["candidates"][0]["selector"] == "#run-button-mount"
+
+    removal = page.client.delete("/selectors", params={"revision": "8"})
+    assert removal.json() | {"source": None} == removal.json() | {"removed": True, "revision": 8, "stale": False, "source": None}
+    assert page.client.put("/selectors", params={"revision": "8"}, json=older).json()["stale"] is True  # still 8
+    assert not override_path(page).exists()
+    assert page.client.put("/selectors", params={"revision": "x"}, json=older).status_code == 400
+
+
 def test_the_driver_uses_the_reloaded_selectors(page: RunningInstance) -> None:
     broken = page.client.put("/selectors", json={"roles": {"run_button": ["ms-run-button button.renamed-by-google"]}})
     assert broken.status_code == 200, broken.text

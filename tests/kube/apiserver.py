@@ -1,7 +1,8 @@
 """A stand-in for the Kubernetes API server, over real HTTP, for the `kubernetes` runtime's tests.
 
 It serves what the runtime uses, the way the API server answers it: Pods, PersistentVolumeClaims and
-Secrets in namespaces (create, get, replace, delete, list with an equality label selector), a pod's log
+Secrets in namespaces (create, get, replace, delete, list with an equality label selector), Events (listed with a
+field selector on involvedObject, as the runtime reads a pending pod's), a pod's log
 (tail and follow), `Status` bodies for errors (404 NotFound, 409 AlreadyExists, 422 Invalid), bearer-token
 authentication, and DELETE with a grace period. It records every request (method, path, query, body) for
 assertions, and injects faults: a status for the next matching calls, every call forbidden (RBAC).
@@ -28,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-KINDS = {"pods": "Pod", "persistentvolumeclaims": "PersistentVolumeClaim", "secrets": "Secret"}
+KINDS = {"pods": "Pod", "persistentvolumeclaims": "PersistentVolumeClaim", "secrets": "Secret", "events": "Event"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -154,9 +155,11 @@ class FakeApiServer:
         if plural not in KINDS:
             return _status(404, "NotFound", f"the server could not find the requested resource ({plural})")
         wanted = _selector(request.query.get("labelSelector", ""))
+        fields = _selector(request.query.get("fieldSelector", ""))
         items = [
             obj for (p, n, _), obj in sorted(self.objects.items())
             if p == plural and n == ns and _matches((obj["metadata"].get("labels") or {}), wanted)
+            and _matches(_field_values(obj), fields)
         ]
         return _json({"apiVersion": "v1", "kind": f"{KINDS[plural]}List",
                                   "metadata": {"resourceVersion": str(self._version)}, "items": items})
@@ -283,6 +286,20 @@ class FakeApiServer:
             "containerStatuses": [container_status({"running": {"startedAt": _now()}}, ready=True)],
         })
 
+    def add_event(self, namespace: str, pod_name: str, reason: str, message: str, *, kind: str = "Normal",
+                  count: int = 1, at: str | None = None) -> None:
+        """An Event about a pod, as the scheduler or the kubelet records it (Scheduled, Pulling, Failed, ...)."""
+        name = f"{pod_name}.{uuid.uuid4().hex[:16]}"
+        stamp = at or _now()
+        self.objects[("events", namespace, name)] = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "resourceVersion": self._bump(),
+                         "creationTimestamp": stamp},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "namespace": namespace},
+            "reason": reason, "message": message, "type": kind, "count": count,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": "kubelet"},
+        }
+
     def finish_deletion(self, namespace: str, name: str) -> None:
         self.objects.pop(("pods", namespace, name), None)
         if (log := self.logs.get((namespace, name))) is not None:
@@ -348,6 +365,13 @@ def _selector(text: str) -> list[tuple[str, str | None, bool]]:
         else:
             terms.append((part, None, True))
     return terms
+
+
+def _field_values(obj: dict[str, Any]) -> dict[str, str]:
+    """The fields a fieldSelector may name, as the API server offers them for the kinds here."""
+    involved = obj.get("involvedObject") or {}
+    return {"metadata.name": obj["metadata"].get("name", ""), "metadata.namespace": obj["metadata"].get("namespace", ""),
+            **{f"involvedObject.{k}": str(v) for k, v in involved.items()}}
 
 
 def _matches(labels: dict[str, str], terms: list[tuple[str, str | None, bool]]) -> bool:

@@ -137,8 +137,8 @@ def test_rbac_is_what_the_runtime_calls_in_one_namespace(overlay: str) -> None:
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     for resource in ("pods", "persistentvolumeclaims", "secrets"):
         assert {(resource, v) for v in ("get", "list", "create", "delete")} <= granted
-    assert ("pods/log", "get") in granted
-    assert {r for r, _ in granted} == {"pods", "pods/log", "persistentvolumeclaims", "secrets", "services"}
+    assert ("pods/log", "get") in granted and ("events", "list") in granted  # a pending pod's Events
+    assert {r for r, _ in granted} == {"pods", "pods/log", "persistentvolumeclaims", "secrets", "services", "events"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] or rule["apiGroups"] != [""] for rule in role["rules"])
     binding = _one(objects, "RoleBinding", "aistudio-fleet-gateway")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "aistudio-fleet-gateway"}
