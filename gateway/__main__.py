@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_admin_app, create_api_app, open_fleet
 from gateway.db.migrate import SchemaMismatch
+from gateway.db.sealing import SecretKeyProblem
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -101,7 +102,7 @@ def main() -> None:
     restrict_data_dir(settings)
     try:
         asyncio.run(serve(settings))
-    except SchemaMismatch as exc:
+    except (SchemaMismatch, SecretKeyProblem) as exc:
         log.error("refusing to start: %s", exc)
         sys.exit(2)
     except KeyboardInterrupt:
