@@ -66,7 +66,6 @@ class SecretBox:
         self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
         # Proxy exits are compared in SQL (tasks per exit): a keyed hash, since a sealed value differs every time.
         self._exit_key = hmac.new(base64.urlsafe_b64decode(keys[0]), b"aistudio-fleet proxy exit", hashlib.sha256).digest()
-        self.key_count = len(keys)
 
     def seal(self, plain: str) -> str:
         return PREFIX + self._fernet.encrypt(plain.encode()).decode()
