@@ -233,8 +233,9 @@ class Task(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # A queued task's inputs, kept as a file (never in the database) so another gateway can pick it up.
     request_path: Mapped[str | None] = mapped_column(String(512))
-    # Webhook: where the result goes, and every delivery attempt (time, status, error).
-    callback_url: Mapped[str | None] = mapped_column(Text)
+    # Webhook: where the result goes (sealed: such URLs often carry the receiver's credential), and every delivery
+    # attempt (time, status, error).
+    callback_url: Mapped[str | None] = mapped_column(SealedText)
     callback_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import Text, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.models import FleetMarker, Instance
+from gateway.db.models import FleetMarker, Instance, Task
 from gateway.db.sealing import CHECK_MARKER, CHECK_TEXT, SIGNING_MARKER, SecretBox, SecretKeyProblem, is_sealed
 
 _INSTANCES = Instance.__table__.c
@@ -68,6 +68,10 @@ async def reseal_all(engine: AsyncEngine, box: SecretBox) -> int:
             # SealedText passes a sealed value through as it is.
             await connection.execute(update(Instance).where(Instance.id == row.id).values(**values))
             written += len(values) - 1
+        callback = type_coerce(Task.callback_url, Text)
+        for task_id, url in (await connection.execute(select(Task.id, callback).where(callback.is_not(None)))).all():
+            await connection.execute(update(Task).where(Task.id == task_id).values(callback_url=box.reseal(url)))
+            written += 1
         for key in (CHECK_MARKER, SIGNING_MARKER):
             value = await connection.scalar(select(FleetMarker.value).where(FleetMarker.key == key))
             if value:

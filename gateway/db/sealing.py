@@ -1,5 +1,5 @@
-"""Secrets at rest: instance tokens, proxy URLs (their passwords), pending sessions and the fleet's signing key are
-sealed with Fernet (AES-128-CBC + HMAC-SHA256) before they reach the database, and opened when read.
+"""Secrets at rest: instance tokens, proxy URLs (their passwords), pending sessions, tasks' callback URLs and the
+fleet's signing key are sealed with Fernet (AES-128-CBC + HMAC-SHA256) before they reach the database, and opened when read.
 
 A sealed value is `fernet:<token>`; anything else is a plain value from before sealing (read as it is, sealed by
 migration 0011 or `aistudio-fleet db reseal`). The keys come from GATEWAY_ENCRYPTION_KEY or

@@ -1,4 +1,5 @@
-"""Secrets sealed at rest: instance tokens, proxy URLs, pending sessions and the fleet's signing key are stored
+"""Secrets sealed at rest: instance tokens, proxy URLs, pending sessions, tasks' callback URLs and the fleet's
+signing key are stored
 sealed with the fleet's encryption key (gateway/db/sealing.py); the token column grows to hold a sealed value, and
 a keyed fingerprint of the proxy URL lets the dispatcher count tasks per proxy exit in SQL.
 
@@ -26,6 +27,7 @@ _instances = sa.table(
     'instances', sa.column('id', sa.Uuid()), sa.column('token', sa.Text()), sa.column('proxy_url', sa.Text()),
     sa.column('pending_session', sa.Text()), sa.column('proxy_exit', sa.String(32)),
 )
+_tasks = sa.table('tasks', sa.column('id', sa.Uuid()), sa.column('callback_url', sa.Text()))
 _markers = sa.table('fleet_markers', sa.column('key', sa.String(128)), sa.column('value', sa.Text()))
 _SECRETS = ('token', 'proxy_url', 'pending_session')
 _MARKERS = ('signing_key',)
@@ -51,11 +53,13 @@ def downgrade() -> None:
 
 
 def _rewrite(change: Any, *, with_exit: bool) -> None:
-    """Every secret (and the signing key's marker) through `change`; the key is asked for only when one exists."""
+    """Every secret (and the signing key's marker, and tasks' callback URLs) through `change`; the key is asked for
+    only when there is one."""
     bind = op.get_bind()
     rows = bind.execute(sa.select(_instances.c.id, *(_instances.c[name] for name in _SECRETS))).all()
     markers = bind.execute(sa.select(_markers.c.key, _markers.c.value).where(_markers.c.key.in_(_MARKERS))).all()
-    if not any(value for row in rows for value in row[1:]) and not markers:
+    callbacks = bind.execute(sa.select(_tasks.c.id, _tasks.c.callback_url).where(_tasks.c.callback_url.is_not(None))).all()
+    if not any(value for row in rows for value in row[1:]) and not markers and not callbacks:
         return
     box = _box()
     for row in rows:
@@ -64,5 +68,7 @@ def _rewrite(change: Any, *, with_exit: bool) -> None:
             values['proxy_exit'] = box.exit_of(box.open(values['proxy_url']))
         if values:
             bind.execute(sa.update(_instances).where(_instances.c.id == row.id).values(**values))
+    for task in callbacks:
+        bind.execute(sa.update(_tasks).where(_tasks.c.id == task.id).values(callback_url=change(box, task.callback_url)))
     for marker in markers:
         bind.execute(sa.update(_markers).where(_markers.c.key == marker.key).values(value=change(box, marker.value)))

@@ -23,13 +23,16 @@ from gateway.db.sealing import KEY_FILE, SecretKeyProblem, new_key
 from gateway.runtime.fake import FakeRuntime
 from gateway.settings import Settings
 from tests.gateway.conftest import TEST_CLIENT_HOST, make_settings, passes_until, status_is
-from tests.gateway.pool import serve
+from tests.gateway.pool import open_pool, serve
+from tests.gateway.test_durable_tasks import receiver
+from tests.polling import await_until
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "pr0xy-passw0rd-in-clear"
 PROXY = f"http://fleet:{PASSWORD}@proxy.example:3128"
 COOKIE = "google-sid-cookie-in-clear"
 SESSION = json.dumps({"cookies": [{"name": "SID", "value": COOKIE, "domain": ".google.com", "path": "/"}], "origins": []})
+HOOK = "https://hooks.example.com/services/T0/hook-credential-in-clear"
 SIGNING = "ab" * 32  # a signing key an older gateway kept in fleet_markers on Postgres
 
 
@@ -131,6 +134,20 @@ async def test_one_proxy_exit_has_one_fingerprint_and_another_exit_another(datab
     assert exits["a"] == exits["b"] and exits["c"] is None and exits["d"] not in (None, exits["a"])
 
 
+async def test_a_callback_url_is_sealed_and_still_called(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:
+    # Private addresses allowed only so that a loopback receiver can stand in for the client's server.
+    settings = {"webhook_secret": "hook-signing-secret", "fetch_private_addresses": True}
+    async with open_pool(database_url, tmp_path, fake, instances=1, **settings) as pool:
+        with receiver([]) as (url, received):
+            hook = f"{url}?token=hook-credential-in-clear"
+            accepted = await pool.http.post("/tasks", json={"prompt": "a sealed fox", "callback_url": hook})
+            assert accepted.status_code == 202, accepted.text
+            await await_until(lambda: len(received) >= 1, timeout=10, what="the callback")
+            await pool.fleet.dispatcher.webhooks.settled()
+    [(stored,)] = await raw(database_url, "SELECT callback_url FROM tasks")
+    assert_sealed(stored, "hook-credential-in-clear", "127.0.0.1")
+
+
 # ---- migration 0011 -----------------------------------------------------------------------------------------
 
 
@@ -148,7 +165,11 @@ async def plant_plain_rows(database_url: str, data_dir: Path) -> str:
         {"id": instance_id.hex if sqlite else instance_id, "now": now,
          "token": "plain-instance-token", "proxy": PROXY, "session": SESSION},
     ), ("INSERT INTO fleet_markers (key, value, created_at) VALUES ('signing_key', :value, :now)",
-        {"value": SIGNING, "now": now}))
+        {"value": SIGNING, "now": now}), (
+        "INSERT INTO tasks (id, status, mode, prompt, aspect_ratio, reference_count, attempts, image_count, created_at, "
+        "callback_url) VALUES (:id, 'succeeded', 'async', 'p', 'Auto', 0, 1, 1, :now, :url)",
+        {"id": uuid.uuid4().hex if sqlite else uuid.uuid4(), "now": now, "url": HOOK},
+    ))
     return str(instance_id)
 
 
@@ -163,6 +184,8 @@ async def test_migration_seals_the_plain_rows_of_an_older_gateway(database_url: 
     assert_sealed(row.pending_session, COOKIE)
     [(signing,)] = await raw(database_url, "SELECT value FROM fleet_markers WHERE key = 'signing_key'")
     assert_sealed(signing, SIGNING)
+    [(callback,)] = await raw(database_url, "SELECT callback_url FROM tasks")
+    assert_sealed(callback, "hook-credential-in-clear")
     assert not (tmp_path / KEY_FILE).exists()  # the configured key sealed them; none was made
 
     fleet = await Fleet.open(fernet_settings(database_url, tmp_path, key), runtime=FakeRuntime(), reconcile=False)
@@ -176,6 +199,7 @@ async def test_migration_seals_the_plain_rows_of_an_older_gateway(database_url: 
     assert down.returncode == 0, down.stderr
     [(token, proxy_url)] = await raw(database_url, "SELECT token, proxy_url FROM instances")
     assert (token, proxy_url) == ("plain-instance-token", PROXY)
+    assert await raw(database_url, "SELECT callback_url FROM tasks") == [(HOOK,)]
 
 
 async def test_a_gateway_started_on_plain_rows_seals_them_with_the_key_it_makes(database_url: str, tmp_path: Path) -> None:
