@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from gateway.app import create_admin_app, create_api_app, open_fleet
 from gateway.db.migrate import SchemaMismatch
 from gateway.dispatcher.results import StoreUnusable
+from gateway.db.sealing import SecretKeyProblem
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -125,7 +126,7 @@ def main() -> None:
     restrict_data_dir(settings)
     try:
         asyncio.run(serve(settings))
-    except (SchemaMismatch, StoreUnusable) as exc:
+    except (SchemaMismatch, StoreUnusable, SecretKeyProblem) as exc:
         log.error("refusing to start: %s", exc)
         sys.exit(2)
     except KeyboardInterrupt:

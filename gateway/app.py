@@ -40,6 +40,8 @@ from gateway.canary import Canary
 from gateway.api.snapshots import SNAPSHOT_CONTROLLERS
 from gateway.db.engine import create_db_engine, create_sessionmaker
 from gateway.db.migrate import prepare_schema
+from gateway.db.sealed_rows import check_key
+from gateway.db.sealing import attach, box_for
 from gateway.db.types import utcnow
 from gateway.dispatcher import Dispatcher
 from gateway.dispatcher.ledger import Clock
@@ -100,9 +102,12 @@ class Fleet:
     ) -> Fleet:
         """`clock`: the accounts' Pacific days and blocks follow it (tests move it past midnight)."""
         origin = secrets.token_hex(6)  # this process, among gateways sharing one database
+        box = await asyncio.to_thread(box_for, settings.sealing)  # SecretKeyProblem: the reason, before anything runs
         db = create_db_engine(settings.database_url, application_name=f"{GATEWAY_APPLICATION}{origin}")
+        attach(db, box)
         try:
-            revision = await prepare_schema(db, upgrade=settings.migrate_on_start)
+            revision = await prepare_schema(db, upgrade=settings.migrate_on_start, secret_box=box)
+            await check_key(db, box)
             log.info("database %s at schema revision %s", db.url.render_as_string(hide_password=True), revision)
             runtime = runtime if runtime is not None else build_runtime(settings.engine)
             health = EngineHealth(runtime.name)
@@ -120,7 +125,8 @@ class Fleet:
                 instance=settings.instance, session=settings.sessions,
             )
             instances = InstanceService(
-                sessions, runtime, client, settings.instance, health, on_target_changed=reconciler.wake, session=settings.sessions
+                sessions, runtime, client, settings.instance, health, on_target_changed=reconciler.wake, session=settings.sessions,
+                proxy_exit=box.exit_of,
             )
             # A dispatcher that cannot reach an instance asks the reconciler (the only status writer) to probe it.
             dispatcher = Dispatcher.build(
@@ -136,7 +142,7 @@ class Fleet:
             proxies = ProxyTester(
                 sessions, runtime, instance.default_proxy_url, instance.proxy_test_target, instance.proxy_test_timeout
             )
-            secret = await shared_secret(settings.listeners, db)
+            secret = await shared_secret(settings.listeners, db, box)
             if (problem := proxies.default_problem("en")) is not None:
                 # The setting is read at start: the operator learns it here and in the panel, not from instances.
                 log.warning("GATEWAY_DEFAULT_PROXY: %s", problem)

@@ -7,6 +7,7 @@ of that concern, named without the part's prefix (`GATEWAY_DOCKER_NETWORK` is `s
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -43,6 +44,14 @@ def _default_start_concurrency() -> int:
     # Chromium's start is CPU-bound: many more at once than cores only slows each of them (ten on 2 cores:
     # the last ready after 15.4 s at 10 at once, 12.1 s at 4), but a few slots stay free beside a hung start.
     return max(4, 2 * (os.cpu_count() or 1))
+
+
+def fernet_key(key: str) -> bool:
+    """A Fernet key: 32 bytes in URL-safe base64 (44 characters), as `Fernet.generate_key()` makes them."""
+    try:
+        return len(key) == 44 and len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -100,6 +109,19 @@ class ListenerSettings:
             f"the admin panel and management API would listen on {self.admin_host}:{self.admin_port}, beyond "
             "loopback, with no credential: set GATEWAY_ADMIN_TOKEN, or bind GATEWAY_ADMIN_HOST=127.0.0.1"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SealingSettings:
+    """The key that seals secrets in the database (gateway/db/sealing.py): configured, a file, or made once."""
+
+    encryption_key: SecretStr | None
+    encryption_key_file: Path | None
+    data_dir: Path  # where a made key is kept when none is configured
+
+    @property
+    def configured_keys(self) -> str:
+        return _secret(self.encryption_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +543,11 @@ class Settings(BaseSettings):
     admin_session_hours: float = Field(12.0, gt=0)  # how long a panel sign-in lasts
     # Signs the panel's cookies (session, CSRF); unset: generated once and kept in data_dir/secret_key.
     secret_key: SecretStr | None = None
+    # Seals instance tokens, proxy URLs and pending sessions in the database (Fernet keys, comma-separated: the
+    # first seals, all open, for a rotation); or a file of them, one a line; unset: made once in
+    # data_dir/encryption_key. Never kept in the database it protects.
+    encryption_key: SecretStr | None = None
+    encryption_key_file: Path | None = None
     language: Language = "zh"
     log_level: str = "INFO"
 
@@ -528,6 +555,24 @@ class Settings(BaseSettings):
     @classmethod
     def _unset_browser_mode(cls, value: str | None) -> str | None:
         return value or None  # compose passes an unset variable as ""
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _valid_encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # compose passes an unset variable as ""
+        for position, key in enumerate(value.get_secret_value().split(","), 1):
+            if not fernet_key(key.strip()):
+                raise ValueError(
+                    f"GATEWAY_ENCRYPTION_KEY: key {position} is not a Fernet key (32 bytes in URL-safe base64, 44 "
+                    "characters; `aistudio-fleet db new-key` prints one)"
+                )
+        return value
+
+    @field_validator("encryption_key_file", mode="before")
+    @classmethod
+    def _unset_key_file(cls, value: Any) -> Any:
+        return value or None
 
     @field_validator("pace_daily_cap")
     @classmethod
@@ -676,6 +721,10 @@ class Settings(BaseSettings):
     @property
     def listeners(self) -> ListenerSettings:
         return self._part(ListenerSettings)
+
+    @property
+    def sealing(self) -> SealingSettings:
+        return self._part(SealingSettings)
 
     @property
     def instance(self) -> InstanceSettings:

@@ -15,17 +15,18 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.models import FleetMarker
+from gateway.db.sealing import SIGNING_MARKER, SecretBox
 from gateway.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 
 SECRET_FILE = "secret_key"
-SECRET_MARKER = "signing_key"  # its fleet_markers row on Postgres
+SECRET_MARKER = SIGNING_MARKER  # its fleet_markers row on Postgres, sealed like the other secrets
 
 
-async def shared_secret(settings: ListenerSettings, engine: AsyncEngine) -> str:
+async def shared_secret(settings: ListenerSettings, engine: AsyncEngine, box: SecretBox) -> str:
     """The key every gateway on this database signs with: GATEWAY_SECRET_KEY when set, else on Postgres one
-    kept in the database (the first gateway's), else the data folder's (SQLite: one gateway)."""
+    kept in the database (the first gateway's, sealed with `box`), else the data folder's (SQLite: one gateway)."""
     if settings.secret_key is not None and settings.secret_key.get_secret_value():
         return settings.secret_key.get_secret_value()
     if engine.dialect.name != "postgresql":
@@ -35,9 +36,10 @@ async def shared_secret(settings: ListenerSettings, engine: AsyncEngine) -> str:
     candidate = await asyncio.to_thread(_existing_secret, Path(settings.data_dir) / SECRET_FILE)
     async with engine.begin() as connection:
         await connection.execute(
-            insert(FleetMarker).values(key=SECRET_MARKER, value=candidate or secrets.token_hex(32)).on_conflict_do_nothing()
+            insert(FleetMarker).values(key=SECRET_MARKER, value=box.seal(candidate or secrets.token_hex(32)))
+            .on_conflict_do_nothing()
         )
-        return str(await connection.scalar(select(FleetMarker.value).where(FleetMarker.key == SECRET_MARKER)))
+        return box.open(str(await connection.scalar(select(FleetMarker.value).where(FleetMarker.key == SECRET_MARKER))))
 
 
 def _existing_secret(path: Path) -> str | None:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.db.engine import create_db_engine
 from gateway.db.models import Base
+from gateway.db.sealing import SealedText
 from gateway.db.types import UTCDateTime
 
 config = context.config
@@ -32,10 +33,27 @@ def database_url() -> str:
     return Settings().database_url
 
 
+def secret_box() -> object:
+    """The key that seals secrets (revision 0011): the migrating gateway's, else one from the settings (made in
+    the data folder when none is configured, as the gateway would at start)."""
+    box = config.attributes.get("secret_box")
+    if box is None:
+        from gateway.db.sealing import box_for
+        from gateway.settings import Settings
+
+        box = config.attributes["secret_box"] = box_for(Settings().sealing)
+    return box
+
+
+config.attributes["secret_box_provider"] = secret_box
+
+
 def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     # Revisions use plain SQLAlchemy types, so they never import the gateway's code.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, SealedText):
+        return "sa.Text()"
     return False
 
 

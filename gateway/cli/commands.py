@@ -407,6 +407,30 @@ def db_upgrade(as_json: bool) -> None:
         click.echo(f"{url}: schema at revision {revision}")
 
 
+@db.command("reseal")
+@json_option
+@handled
+def db_reseal(as_json: bool) -> None:
+    """Seal every secret in the database again with the first key of GATEWAY_ENCRYPTION_KEY (or of
+    GATEWAY_ENCRYPTION_KEY_FILE): the second step of a key rotation, after every gateway has the new key first
+    and the old one after it. Values from before sealing are sealed too. Afterwards the old key can go."""
+    from gateway.cli.database import reseal
+
+    written, url = reseal()
+    if as_json:
+        click.echo(dumps({"success": True, "resealed": written, "database": url}))
+    else:
+        click.echo(f"{url}: {written} secret(s) sealed with the first key")
+
+
+@db.command("new-key")
+def db_new_key() -> None:
+    """Print a new encryption key (for GATEWAY_ENCRYPTION_KEY or a line of GATEWAY_ENCRYPTION_KEY_FILE)."""
+    from gateway.db.sealing import new_key
+
+    click.echo(new_key())
+
+
 # Migration ---------------------------------------------------------------------------------------------
 
 

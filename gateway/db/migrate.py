@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -33,9 +34,15 @@ def alembic_config(migrations_dir: Path = MIGRATIONS_DIR) -> Config:
     return config
 
 
-async def prepare_schema(engine: AsyncEngine, *, upgrade: bool, migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """Upgrade to head (when asked) after checking the database is not ahead of us; returns the revision."""
+async def prepare_schema(
+    engine: AsyncEngine, *, upgrade: bool, migrations_dir: Path = MIGRATIONS_DIR, secret_box: Any = None
+) -> str:
+    """Upgrade to head (when asked) after checking the database is not ahead of us; returns the revision.
+    `secret_box` (gateway.db.sealing.SecretBox) seals the secrets of earlier rows (revision 0011); without one,
+    Alembic's environment makes it from the settings when there is something to seal."""
     config = alembic_config(migrations_dir)
+    if secret_box is not None:
+        config.attributes["secret_box"] = secret_box
     async with engine.connect() as connection:
         exclusive = connection.dialect.name == "postgresql"
         if exclusive:

@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from fleet_contract.codes import OUT_OF_REACH, LoginState, Reach
+from gateway.db.sealing import SealedText
 from gateway.db.types import UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -149,15 +150,18 @@ class Instance(Base):
     last_used_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     # Runtime handle: what the engine calls it, where it listens, and the bearer token it was started with.
+    # The secrets (token, pending session, proxy URL) are sealed in the database (gateway/db/sealing.py).
     handle: Mapped[str | None] = mapped_column(String(255))
     endpoint: Mapped[str | None] = mapped_column(String(255))
-    token: Mapped[str | None] = mapped_column(String(128))
+    token: Mapped[str | None] = mapped_column(SealedText)
     # A session waiting to be delivered once the instance is ready (the legacy migration).
-    pending_session: Mapped[str | None] = mapped_column(Text, deferred=True)
+    pending_session: Mapped[str | None] = mapped_column(SealedText, deferred=True)
     # The instance id it had in the old system (`aistudio-fleet migrate`): a second migration skips it.
     legacy_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     # The browser's own egress proxy (scheme://user:pass@host:port); None means the fleet default.
-    proxy_url: Mapped[str | None] = mapped_column(Text, deferred=True)
+    proxy_url: Mapped[str | None] = mapped_column(SealedText, deferred=True)
+    # Its keyed fingerprint (SecretBox.exit_of), set with it: tasks per proxy exit are counted in SQL.
+    proxy_exit: Mapped[str | None] = mapped_column(String(32))
     # The browser's time zone (IANA) and locale (BCP 47), set with its proxy; None means the fleet default.
     timezone: Mapped[str | None] = mapped_column(String(64))
     locale: Mapped[str | None] = mapped_column(String(64))
@@ -231,8 +235,9 @@ class Task(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # A queued task's inputs, kept as a file (never in the database) so another gateway can pick it up.
     request_path: Mapped[str | None] = mapped_column(String(512))
-    # Webhook: where the result goes, and every delivery attempt (time, status, error).
-    callback_url: Mapped[str | None] = mapped_column(Text)
+    # Webhook: where the result goes (sealed: such URLs often carry the receiver's credential), and every delivery
+    # attempt (time, status, error).
+    callback_url: Mapped[str | None] = mapped_column(SealedText)
     callback_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 

@@ -134,7 +134,7 @@ def exit_has_room(now: Any = _NOW) -> ColumnElement[bool]:
         select(func.count())
         .select_from(_PEER)
         .where(peer.lease_task_id.is_not(None), peer.lease_expires_at > now,
-               func.coalesce(peer.proxy_url, "") == func.coalesce(I.proxy_url, ""))
+               func.coalesce(peer.proxy_exit, "") == func.coalesce(I.proxy_exit, ""))
         .scalar_subquery()
     )
     return or_(_PER_EXIT <= 0, busy < _PER_EXIT)

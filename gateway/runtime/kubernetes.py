@@ -289,6 +289,21 @@ class KubernetesRuntime:
                     return existing
             raise RuntimeError_(f"cannot create {kind.__name__} {name}: {_api_reason(e)}") from e
 
+    async def _create_new(self, kind: type, body: dict[str, Any]) -> bool:
+        """Create without reading anything back; False when one of that name exists already."""
+        client = self._connected()
+
+        async def create() -> None:
+            await client.create(kind.from_dict(body), namespace=client.namespace)
+
+        try:
+            await self._call(create)
+            return True
+        except ApiError as e:
+            if e.status.code == 409:
+                return False
+            raise RuntimeError_(f"cannot create {kind.__name__} {body['metadata']['name']}: {_api_reason(e)}") from e
+
     async def _delete(self, kind: type, name: str, grace: int | None = None) -> bool:
         """Delete; False when there was nothing to delete."""
         client = self._connected()
@@ -321,9 +336,14 @@ class KubernetesRuntime:
             await self._create(PersistentVolumeClaim, claim_body(self.names, spec, namespace, self.template))
 
     async def _put_secret(self, spec: InstanceSpec, namespace: str) -> None:
-        """A fresh token for every start: a Secret left by an earlier pod is replaced."""
-        await self._delete(Secret, self.names.secret(spec.instance_id))
-        await self._create(Secret, secret_body(self.names, spec, namespace))
+        """A fresh token for every start: a Secret left by an earlier pod is replaced. Never read back: the Role
+        grants no `get` on Secrets (the gateway's own Secret is in the same namespace)."""
+        name = self.names.secret(spec.instance_id)
+        for _ in range(2):
+            await self._delete(Secret, name)
+            if await self._create_new(Secret, secret_body(self.names, spec, namespace)):
+                return
+        raise RuntimeError_(f"cannot create Secret {name}: another start made it again meanwhile")
 
 
 def _api_reason(e: ApiError) -> str:

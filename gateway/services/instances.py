@@ -122,8 +122,11 @@ class InstanceService:
         on_target_changed: Callable[[], None] = lambda: None,
         *,
         session: SessionSettings,
+        proxy_exit: Callable[[str | None], str | None],
     ) -> None:
+        """`proxy_exit`: a proxy URL's keyed fingerprint (SecretBox.exit_of), stored beside the sealed URL."""
         self._sessions = sessions
+        self._proxy_exit = proxy_exit
         self._runtime = runtime
         self._client = client
         self._settings = settings
@@ -284,7 +287,8 @@ class InstanceService:
             if row.proxy_url == proxy_url:
                 changed = False
             else:
-                await session.execute(update(Instance).where(Instance.id == uid).values(proxy_url=proxy_url))
+                await session.execute(update(Instance).where(Instance.id == uid).values(
+                    proxy_url=proxy_url, proxy_exit=self._proxy_exit(proxy_url)))
                 session.add(new_event(uid, row.name, EventKind.PROXY_CHANGED, _proxy_event(proxy_url)))
                 changed = True
         if changed:
@@ -503,7 +507,7 @@ class InstanceService:
         instance_id = uuid.uuid4()
         async with self._sessions.begin() as session:
             session.add(Instance(
-                id=instance_id, name=name, proxy_url=proxy_url, legacy_id=legacy_id,
+                id=instance_id, name=name, proxy_url=proxy_url, proxy_exit=self._proxy_exit(proxy_url), legacy_id=legacy_id,
                 pending_session=pending[0] if pending else None, timezone=regional[0], locale=regional[1],
             ))
             # Flush first, so a taken name fails before the legacy marker is written.

@@ -226,9 +226,13 @@ def instances(count: int) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
+BENCH_KEY = "bWFueS1iZW5jaC1nYXRld2F5cy1vbmUta2V5LTMyYnk="  # a Fernet key (32 bytes) for the benchmark's gateways
+
+
 def gateway(database_url: str, data_dir: Path, **overrides: Any) -> Iterator[str]:
     (port,) = free_ports(1)
-    process = child("gateway", database_url, str(port), str(data_dir), json.dumps(overrides))
+    # Replicas of one database share the encryption key (the seeded rows are sealed with it too).
+    process = child("gateway", database_url, str(port), str(data_dir), json.dumps({"encryption_key": BENCH_KEY, **overrides}))
     try:
         wait_port(port, process)
         yield f"http://127.0.0.1:{port}"
@@ -243,9 +247,11 @@ async def seed(database_url: str, endpoints: list[str]) -> None:
     from gateway.db.engine import create_db_engine
     from gateway.db.migrate import prepare_schema
     from gateway.db.models import Instance, Task
+    from gateway.db.sealing import SecretBox, attach
     from gateway.db.types import utcnow
 
     engine = create_db_engine(database_url)
+    attach(engine, SecretBox([BENCH_KEY]))
     try:
         await prepare_schema(engine, upgrade=True)
         async with engine.begin() as connection:

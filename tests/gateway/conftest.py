@@ -36,6 +36,11 @@ FAST = {
 }
 
 
+# Gateways sharing one database share its encryption key (as the Kubernetes deployment's Secret gives it to each
+# replica); each data folder would otherwise make its own, and the second gateway would refuse to start.
+REPLICA_ENCRYPTION_KEY = "cmVwbGljYXMtb2Ytb25lLWRhdGFiYXNlLXNoYXJlLWs="
+
+
 # Litestar's AsyncTestClient sends `Host: testserver.local`, which the gateway answers only when allowed.
 TEST_CLIENT_HOST = "testserver.local"
 

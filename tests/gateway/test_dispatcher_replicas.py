@@ -14,7 +14,7 @@ import pytest
 
 from gateway.app import Fleet, create_api_app
 from gateway.runtime.fake import FakeRuntime
-from tests.gateway.conftest import make_settings
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY, make_settings
 from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
 from tests.gateway.test_dispatcher import assert_no_overlap
 from tests.polling import await_until
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.postgres
 
 @contextlib.asynccontextmanager
 async def replica(url: str, data_dir: Path, fake: FakeRuntime, **overrides: Any) -> AsyncIterator[tuple[Fleet, httpx.AsyncClient]]:
-    settings = make_settings(url, data_dir, **{**DISPATCH_FAST, **overrides})
+    settings = make_settings(url, data_dir, encryption_key=REPLICA_ENCRYPTION_KEY, **{**DISPATCH_FAST, **overrides})
     fleet = await Fleet.open(settings, runtime=fake)
     try:
         async with serve(create_api_app(settings, fleet=fleet)) as base:

@@ -147,10 +147,16 @@ async def test_bad_callbacks_are_refused_before_anything_is_stored(database_url:
                           ("ftp://example.com/x", "callback_url_invalid"), (42, "field_type")):
             refused = await pool.http.post("/tasks", json={"prompt": "x", "callback_url": url})
             assert refused.status_code == 422 and refused.json()["error"] == code, refused.text
-    async with open_pool(database_url, tmp_path / "unsigned", fake, instances=0) as pool:
+    # A second gateway on the same database: with its key (each data folder would make its own).
+    async with open_pool(database_url, tmp_path / "unsigned", fake, instances=0, encryption_key=key_of(tmp_path)) as pool:
         refused = await pool.http.post("/tasks", json={"prompt": "x", "callback_url": "https://example.com/hook"})
         assert refused.status_code == 422 and refused.json()["error"] == "callback_url_not_configured"
         assert await pool.task_count() == 0 and pool.fake.generations == []
+
+
+def key_of(data_dir: Path) -> str:
+    """The encryption key a gateway made in its data folder."""
+    return (data_dir / "encryption_key").read_text().strip()
 
 
 # ---- a queued task outlives its gateway -----------------------------------------------------------------

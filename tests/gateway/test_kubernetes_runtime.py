@@ -46,10 +46,18 @@ from gateway.runtime.kubernetes import ApiPacer, KubernetesRuntime
 from tests.gateway import runtime_contract
 from tests.gateway.conftest import make_settings, passes_until
 from tests.kube.apiserver import FakeApiServer, container_status
+from tests.kube.kustomize import render
 from tests.polling import await_until
 
 NAMESPACE = "fleet"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 IMAGE = "aistudio-fleet-instance:latest"
+
+
+def granted_by_the_role() -> set[tuple[str, str]]:
+    """(verb, resource) the gateway's Role grants (deploy/kubernetes, as an overlay renders it)."""
+    role = next(o for o in render(DEPLOY / "overlays" / "production") if o["kind"] == "Role")
+    return {(verb, resource) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
 
 
 @pytest.fixture
@@ -58,6 +66,9 @@ async def server() -> AsyncIterator[FakeApiServer]:
     await api.start()
     yield api
     await api.stop()
+    # Whatever a test made the runtime do, the Role grants it (a call it lacks would be a 403 in a cluster).
+    beyond = api.rbac_calls() - granted_by_the_role()
+    assert not beyond, f"the runtime called {sorted(beyond)}, which deploy/kubernetes/base/rbac.yaml does not grant"
 
 
 @pytest.fixture
@@ -80,6 +91,37 @@ def _spec(instance_id: str | None = None, name: str = "实例-1", token: str = "
 
 def _pod_name(rt: KubernetesRuntime, spec: InstanceSpec) -> str:
     return rt.names.pod(spec.instance_id)
+
+
+# ---- the Role: exactly what the runtime calls ------------------------------------------------------------
+
+
+async def test_the_role_grants_exactly_what_the_runtime_calls_in_a_whole_lifecycle(
+    runtime: KubernetesRuntime, server: FakeApiServer
+) -> None:
+    spec = _spec(INSTANCE_PROXY="socks5://user:secret@10.0.0.2:1080")
+    await runtime.start(spec)
+    server.run_pod(NAMESPACE, _pod_name(runtime, spec))
+    assert (await runtime.inspect(spec.instance_id)).phase == "running"
+    assert spec.instance_id in await runtime.list_managed()
+    server.log(NAMESPACE, _pod_name(runtime, spec)).append("instance ready")
+    assert [line async for line in runtime.logs(spec.instance_id, tail=10)] == ["instance ready"]
+    await runtime.start(spec)  # already running: read, not made again
+    await runtime.stop(spec.instance_id, timeout=0)
+    await runtime.start(spec)  # again after a stop: the claim is kept, a new Secret and pod
+    await runtime.remove(spec.instance_id, remove_volume=True)
+    # No more (the fixture checks that for every test) and no less: a grant nothing uses is a grant too many.
+    assert server.rbac_calls() == granted_by_the_role()
+
+
+async def test_a_secret_made_meanwhile_is_replaced_without_being_read(runtime: KubernetesRuntime, server: FakeApiServer) -> None:
+    spec = _spec()
+    server.fail_next("POST", "/secrets$", 409, "AlreadyExists", "made by another start")
+    await runtime.start(spec)
+    assert ("get", "secrets") not in server.rbac_calls()
+    assert [r.method for r in server.calls(path="/secrets")] == ["DELETE", "POST", "DELETE", "POST"]
+    (secret,) = server.items("secrets", NAMESPACE).values()
+    assert base64.b64decode(secret["data"]["token"]).decode() == "tok-123"
 
 
 # ---- what is sent -------------------------------------------------------------------------------------

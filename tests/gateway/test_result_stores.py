@@ -37,7 +37,7 @@ from gateway.dispatcher.results import (
 )
 from gateway.retention import Purged
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
-from tests.gateway.conftest import make_settings
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY, make_settings
 from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
 from tests.polling import await_until
 
@@ -285,7 +285,7 @@ def test_the_gateway_refuses_a_data_folder_it_cannot_write(tmp_path: Path) -> No
 
 @contextlib.asynccontextmanager
 async def replica(url: str, data_dir: Path, fake: FakeRuntime, **overrides: Any) -> AsyncIterator[tuple[Fleet, httpx.AsyncClient]]:
-    settings = make_settings(url, data_dir, **{**DISPATCH_FAST, "api_keys": KEY, **overrides})
+    settings = make_settings(url, data_dir, encryption_key=REPLICA_ENCRYPTION_KEY, **{**DISPATCH_FAST, "api_keys": KEY, **overrides})
     fleet = await Fleet.open(settings, runtime=fake)
     try:
         async with serve(create_api_app(settings, fleet=fleet)) as base:

@@ -53,7 +53,7 @@ def test_parts_read_the_same_variables_and_cover_every_field(monkeypatch: pytest
     prefixes = {"instance": "instance_", "docker": "docker_", "local": "local_", "kubernetes": "kubernetes_", "webhooks": "webhook_",
                 "accounts": "pace_"}
     for name in ("listeners", "instance", "docker", "local", "kubernetes", "reconcile", "sessions", "webhooks",
-                 "dispatch", "inputs", "faces", "retention", "accounts", "canary"):
+                 "dispatch", "inputs", "faces", "retention", "accounts", "canary", "sealing"):
         part = getattr(settings, name)
         for field in dataclasses.fields(part):
             flat_name = prefixes.get(name, "") + field.name

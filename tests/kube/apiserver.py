@@ -44,6 +44,23 @@ class Recorded:
     query: dict[str, str]
     body: Any = None
 
+    @property
+    def rbac(self) -> tuple[str, str] | None:
+        """(verb, resource) as RBAC names this request (None for a non-resource path such as /version)."""
+        match = _RESOURCE_PATH.match(self.path)
+        if match is None:
+            return None
+        resource = match["plural"] + (f"/{match['sub']}" if match["sub"] else "")
+        if self.method == "GET":
+            verb = "watch" if self.query.get("watch") in ("true", "1") else "get" if match["name"] else "list"
+        else:
+            verb = _VERBS.get(self.method, self.method.lower())
+        return verb, resource
+
+
+_RESOURCE_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
 
 @dataclass
 class Fault:
@@ -310,6 +327,10 @@ class FakeApiServer:
 
     def fail_next(self, method: str, path: str, status: int, reason: str, message: str = "injected", count: int = 1) -> None:
         self.faults.append(Fault(method, re.compile(path), status, reason, message, count))
+
+    def rbac_calls(self) -> set[tuple[str, str]]:
+        """Every (verb, resource) this server was asked for, as a Role grants them."""
+        return {r.rbac for r in self.requests if r.rbac is not None}
 
     def calls(self, method: str | None = None, path: str = "") -> list[Recorded]:
         return [r for r in self.requests if (method is None or r.method == method) and path in r.path]
