@@ -101,6 +101,7 @@ async def test_the_role_grants_exactly_what_the_runtime_calls_in_a_whole_lifecyc
 ) -> None:
     spec = _spec(INSTANCE_PROXY="socks5://user:secret@10.0.0.2:1080")
     await runtime.start(spec)
+    await runtime.inspect(spec.instance_id)  # still pending: its Events are read for the start's progress
     server.run_pod(NAMESPACE, _pod_name(runtime, spec))
     assert (await runtime.inspect(spec.instance_id)).phase == "running"
     assert spec.instance_id in await runtime.list_managed()
