@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,25 +137,33 @@ def _checked(candidates: Sequence[str], where: str) -> tuple[str, ...]:
 
 
 def _made_once(path: Path) -> str:
+    """The key in `path`, made there by the first process that needs it. It appears whole or not at all (written
+    aside, then linked in place), so a gateway starting at the same moment never reads half a key."""
     try:
         return path.read_text()
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise SecretKeyProblem(f"cannot read the encryption key {path} ({exc.strerror or exc})") from None
+    key = new_key()
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(key + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(aside, path)  # fails if another process linked its key first
     except FileExistsError:
-        return path.read_text()  # another process made it first
+        return path.read_text()  # another process made it first: use theirs
     except OSError as exc:
         raise SecretKeyProblem(
             f"cannot keep an encryption key in {path} ({exc.strerror or exc}); set GATEWAY_ENCRYPTION_KEY or "
             "GATEWAY_ENCRYPTION_KEY_FILE"
         ) from None
-    key = new_key()
-    with os.fdopen(descriptor, "w") as file:
-        file.write(key + "\n")
+    finally:
+        aside.unlink(missing_ok=True)
     log.warning("made an encryption key for the database's secrets in %s: back it up apart from the database", path)
     return key
 
