@@ -64,7 +64,7 @@ from gateway.dispatcher.takeover import Owners
 from gateway.dispatcher.task_result import TaskResult, webhook_payload
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Exhausted, Gone, NotFound, QueueFull, Unavailable
-from gateway.instance_client import InstanceClient
+from gateway.instance_client import InstanceAddress, InstanceClient
 from gateway.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Dispatcher:
         listener_url: str | None = None,
     ) -> None:
         self._ledger = ledger
+        self._client = client
         self._settings = settings
         self._suspect_locally = suspect
         self.metrics = metrics or DispatchMetrics()
@@ -166,6 +167,7 @@ class Dispatcher:
         webhooks; their running tasks end abandoned. Returns how many tasks ended so."""
         dead = await self.owners.dead(everyone_else=everyone_else)
         if not dead:
+            await self.free_orphan_leases()
             return 0
         end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
         claimed = await self.owners.claim(dead, ended_values(end))
@@ -175,7 +177,27 @@ class Dispatcher:
             log.info("took over %d pending webhooks of a stopped gateway", claimed.webhooks)
             self.webhooks.wake()
         await self._resume(claimed.queued, end)
+        await self.free_orphan_leases()
         return claimed.abandoned
+
+    async def free_orphan_leases(self) -> int:
+        """Instances leased to tasks a dead gateway left: freed once they are idle (or gone, or unreachable)."""
+        freed = 0
+        for row in await self.owners.orphan_leases():
+            if row.endpoint and await self._instance_busy(InstanceAddress(row.endpoint, row.token)):
+                continue  # still generating the dead gateway's task: looked at again at the next beat
+            freed += await self.owners.free(row.id, row.lease_task_id)
+        if freed:
+            log.info("%d instances of abandoned tasks are idle and free again", freed)
+            self._queue.wake()
+        return freed
+
+    async def _instance_busy(self, address: InstanceAddress) -> bool:
+        try:
+            return (await self._client.status(address, timeout=5.0)).busy
+        except Exception as exc:  # noqa: BLE001 - unreachable: nothing runs there that a new task would meet
+            log.info("instance %s did not answer its status (%s): its lease is freed", address.endpoint, type(exc).__name__)
+            return False
 
     async def _resume(self, rows: list[Any], end: TaskEnd) -> None:
         """Queued asynchronous tasks taken over: in this queue among its own by admission time (FIFO kept)."""

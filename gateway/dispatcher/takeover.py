@@ -5,7 +5,9 @@ cleanly. A gateway is dead when its row is older than GATEWAY_HEARTBEAT_TIMEOUT 
 one transaction: ends the dead one's running tasks (and its queued tasks whose inputs were not kept) as
 `abandoned` and frees their leases, takes its queued asynchronous tasks (they become its own) and its pending
 webhooks. Every claim is `UPDATE ... WHERE owner IN (the dead) RETURNING`: two gateways claiming at once
-cannot both get a row (the second finds the owner changed), so no task runs twice.
+cannot both get a row (the second finds the owner changed), so no task runs twice. The instances of the
+abandoned tasks are freed as soon as they say they are idle (their generation may still be under way: leased
+at once, the next task would meet a busy instance), or unreachable, or their lease has expired.
 """
 
 from __future__ import annotations
@@ -100,9 +102,7 @@ class Owners:
             ended = (await connection.execute(
                 update(TASKS).where(of_dead, T.status.in_(UNFINISHED), ~resumable).values(**end_values).returning(T.id)
             )).scalars().all()
-            if ended:
-                await connection.execute(update(INSTANCES).where(I.lease_task_id.in_(ended))
-                                         .values(lease_task_id=None, lease_expires_at=None))
+            if ended:  # their instances are freed once idle (`orphan_leases`): they may still be generating
                 await connection.execute(delete(INPUTS).where(INPUTS.c.task_id.in_(ended)))
             taken = await connection.execute(
                 update(TASKS).where(of_dead, resumable).values(owner=self.origin).returning(*TASKS.c)
@@ -115,6 +115,22 @@ class Owners:
                 await connection.execute(delete(BEATS).where(G.id.in_(names)))
         claimed.abandoned = len(ended)
         return claimed
+
+    async def orphan_leases(self) -> list[Row[Any]]:
+        """Instances still leased to a task that has ended (a dead gateway's, ended as abandoned): free once idle."""
+        ended = select(T.id).where(T.status.not_in(UNFINISHED))
+        query = select(I.id, I.name, I.endpoint, I.token, I.lease_task_id).where(I.lease_task_id.in_(ended))
+        async with self._transaction() as connection:
+            return list((await connection.execute(query)).all())
+
+    async def free(self, instance_id: Any, task_id: Any) -> bool:
+        """Frees an orphan lease, unless it changed meanwhile."""
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                update(INSTANCES).where(I.id == instance_id, I.lease_task_id == task_id)
+                .values(lease_task_id=None, lease_expires_at=None)
+            )
+        return bool(result.rowcount)
 
     async def prune_inputs(self) -> int:
         """Kept inputs of tasks that ended some other way (abandoned, expired) or were deleted."""
