@@ -216,15 +216,20 @@ class Dispatcher:
             log.info("resumed %d queued tasks a stopped gateway left", resumed)
 
     async def _beat_forever(self) -> None:
-        """The heartbeat, and a look for dead gateways at each beat."""
+        """The heartbeat, and a look for dead gateways at each beat. Only a gateway whose last beat went through
+        judges others: after a database outage every heartbeat is old, and none of them is dead."""
+        last_beat = time.monotonic()
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval)
             try:
+                beating = time.monotonic() - last_beat < 1.5 * self._settings.heartbeat_interval  # the last one went through
                 if not await self.owners.beat():
                     log.error("this gateway was thought dead (no heartbeat for %g s): its queued tasks went to another",
                               self._settings.heartbeat_timeout)
                     await self._drop_disowned()
-                await self.take_over()
+                if beating:
+                    await self.take_over()
+                last_beat = time.monotonic()
             except Exception as exc:
                 if database_unreachable(exc):
                     log.warning("the heartbeat waits for the database: %s", str(exc).splitlines()[0][:200])
