@@ -1,6 +1,6 @@
 """Replicas benchmark (a script, not a test): two gateways against one on the same instances, and takeover time.
 
-    AISTUDIO_TEST_POSTGRES_URL=postgresql+asyncpg://... python tests/bench/bench_replicas.py [--instances 4] [--tasks 48]
+    AISTUDIO_TEST_POSTGRES_URL=postgresql+asyncpg://... python tests/bench/bench_replicas.py [--instances 4] [--tasks 32] [--delay 2]
 
 Every figure comes from this one run, printed side by side at the end:
   1. throughput: the same burst of asynchronous tasks (POST /tasks) over the same fake instances, sent to one
@@ -106,8 +106,8 @@ def takeover(a: Replica, b: Replica, fake: SharedFake, database_url: str, instan
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=4)
-    parser.add_argument("--tasks", type=int, default=48)
-    parser.add_argument("--delay", type=float, default=0.5, help="seconds a fake generation takes")
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--delay", type=float, default=2.0, help="seconds a fake generation takes (the instances, not the gateways, are the bottleneck)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--heartbeat-interval", default="2")
     parser.add_argument("--heartbeat-timeout", default="10")
