@@ -38,7 +38,6 @@ from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
 from gateway.dispatcher.statements import (
     EVENTS,
-    INSTANCES,
     MODEL_BLOCKS,
     NOTIFY_CHANNEL,
     TASKS,

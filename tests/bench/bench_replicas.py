@@ -28,20 +28,18 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 
-from sqlalchemy import select  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
-from gateway.db.engine import create_db_engine  # noqa: E402
-from gateway.db.models import Task  # noqa: E402
-from tests.bench.bench_control_plane import postgres_database  # noqa: E402
-from tests.gateway.replicas import Replica, SharedFake  # noqa: E402
-from tests.gateway.test_replica_takeover import start_instances  # noqa: E402
-from tests.polling import wait_until  # noqa: E402
+from gateway.db.engine import create_db_engine
+from gateway.db.models import Task
+from tests.bench.bench_control_plane import postgres_database
+from tests.gateway.replicas import Replica, SharedFake
+from tests.gateway.test_replica_takeover import start_instances
+from tests.polling import wait_until
 
 RATIO_TARGET = 0.98
 TAKEOVER_TARGET_S = 10.0

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -64,7 +64,7 @@ class SharedFake:
         fake.generate_delay = delay
         return fake
 
-    def __enter__(self) -> SharedFake:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._started.wait(10)
         return self

@@ -19,7 +19,6 @@ from sqlalchemy import select
 
 from gateway.db.engine import create_db_engine
 from gateway.db.models import Task, WebhookDelivery
-
 from tests.gateway.replicas import Replica, SharedFake
 from tests.gateway.test_durable_tasks import SECRET, receiver
 from tests.polling import wait_until
@@ -164,6 +163,7 @@ def test_a_webhook_pending_on_a_sigkilled_replica_is_delivered_by_the_other(post
         assert len(received) == 2
         first, second = (json.loads(r["body"]) for r in received)
         assert first == second and second["task_id"] == task_id and second["status"] == "succeeded"
+        assert task(b, task_id)["status"] == "succeeded"  # the survivor serves the task too
         wait_until(lambda: callback_attempts(postgres_url, task_id), until=lambda found: len(found) == 2, timeout=10,
                    what="both attempts recorded")
         attempts = callback_attempts(postgres_url, task_id)
