@@ -300,6 +300,8 @@ class DispatchSettings:
     reconcile_interval: float  # how soon the reconciler probes a suspect instance: bounds how long it is avoided
     data_dir: Path  # results and request files live below it
     webhooks: WebhookSettings
+    heartbeat_interval: float  # how often this gateway marks itself alive (and looks for dead ones)
+    heartbeat_timeout: float  # a gateway silent this long is dead: a live one takes its queued tasks and webhooks
     accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
     result_s3: S3StoreSettings | None = None  # with GATEWAY_RESULT_STORE=s3
 
@@ -499,6 +501,10 @@ class Settings(BaseSettings):
     result_s3_access_key_id: str = ""
     result_s3_secret_access_key: SecretStr | None = None
     result_s3_path_style: bool | None = None  # unset: path-style when an endpoint URL is set (MinIO), else virtual
+    # Gateways sharing one database: each marks itself alive this often (seconds); one silent for the timeout
+    # is dead, and a live one takes over its queued tasks and pending webhooks (its running tasks end abandoned).
+    heartbeat_interval: float = Field(2.0, gt=0, le=300)
+    heartbeat_timeout: float = Field(10.0, gt=0, le=3600)
     # Finished tasks, instance events and their result files are deleted this long after (seconds; 0: kept).
     task_retention: float = Field(30 * 86400.0, ge=0)
     retention_interval: float = Field(3600.0, gt=0)  # how often old rows are looked for
@@ -675,6 +681,15 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"GATEWAY_{info.field_name.upper()}: {exc}") from None
         return value.strip()
+
+    @model_validator(mode="after")
+    def _heartbeat_outlasts_beats(self) -> Settings:
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"GATEWAY_HEARTBEAT_TIMEOUT ({self.heartbeat_timeout:g} s) must be at least twice "
+                f"GATEWAY_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s): one late beat would make a live gateway look dead"
+            )
+        return self
 
     @model_validator(mode="after")
     def _usable_result_store(self) -> Settings:

@@ -233,8 +233,11 @@ class Task(Base):
     # Idempotency-Key and a hash of the request body: the same key with another body is a conflict.
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
-    # A queued task's inputs, kept as a file (never in the database) so another gateway can pick it up.
+    # A queued asynchronous task's inputs, kept so another gateway can pick it up: a file's path, or `database`
+    # (a `task_inputs` row, the default on Postgres).
     request_path: Mapped[str | None] = mapped_column(String(512))
+    # The gateway (its origin) whose queue holds it; a live one takes it over when that one stops beating.
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
     # Webhook: where the result goes (sealed: such URLs often carry the receiver's credential), and every delivery
     # attempt (time, status, error).
     callback_url: Mapped[str | None] = mapped_column(SealedText)
@@ -252,6 +255,44 @@ class KeptResult(Base):
     text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class TaskInput(Base):
+    """A queued asynchronous task's inputs (its request and meta as JSON) while it waits, in the database so that
+    any gateway sharing it resumes the task; removed when the task ends."""
+
+    __tablename__ = "task_inputs"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)  # no foreign key: retention deletes both
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GatewayBeat(Base):
+    """A gateway's heartbeat: a row per running gateway (its origin), removed when it stops cleanly. One that has
+    not beaten for GATEWAY_HEARTBEAT_TIMEOUT is dead: a live one takes its queued tasks and webhooks."""
+
+    __tablename__ = "gateway_beats"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """A webhook not yet delivered (the outbox): written when its task ends, delivered by its owner gateway with
+    retries; gone once delivered or out of attempts. A live gateway takes a dead one's rows."""
+
+    __tablename__ = "webhook_outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    task_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    url: Mapped[str] = mapped_column(SealedText)  # sealed like the task's callback_url: it may carry a credential
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # each attempt so far
+    next_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class FleetMarker(Base):

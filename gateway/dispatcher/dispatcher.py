@@ -35,7 +35,7 @@ from gateway.db.models import TaskStatus
 from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 from gateway.dispatcher import outcomes
-from gateway.dispatcher.durable import RequestFiles, TaskMeta, fingerprint
+from gateway.dispatcher.durable import TaskMeta, build_input_store, fingerprint
 from gateway.dispatcher.inputs import GenerationRequest
 from gateway.dispatcher.ledger import (
     Clock,
@@ -44,6 +44,7 @@ from gateway.dispatcher.ledger import (
     NewTask,
     PoolSnapshot,
     TaskEnd,
+    ended_values,
 )
 from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.queue import Waiter, WaitQueue
@@ -60,10 +61,11 @@ from gateway.dispatcher.run import (
     exhausted,
 )
 from gateway.dispatcher.signals import PoolListener
+from gateway.dispatcher.takeover import Owners
 from gateway.dispatcher.task_result import TaskResult, webhook_payload
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Exhausted, Gone, NotFound, QueueFull, Unavailable
-from gateway.instance_client import InstanceClient
+from gateway.instance_client import InstanceAddress, InstanceClient
 from gateway.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class Dispatcher:
         listener_url: str | None = None,
     ) -> None:
         self._ledger = ledger
+        self._client = client
         self._settings = settings
         self._suspect_locally = suspect
         self.metrics = metrics or DispatchMetrics()
@@ -97,9 +100,12 @@ class Dispatcher:
         self._capacity_hint = 1
         self._background: set[asyncio.Task[Any]] = set()
         self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self.requests = RequestFiles(Path(settings.data_dir) / "requests")
-        self.webhooks = Webhooks(settings.webhooks, ledger.record_callback)
+        self.requests = build_input_store(settings.result_store, ledger.engine, Path(settings.data_dir))
+        self.webhooks = Webhooks(settings.webhooks, ledger.record_callback, ledger.transaction, ledger.origin)
+        self.owners = Owners(ledger.transaction, ledger.origin, timeout=settings.heartbeat_timeout, clock=utcnow)
+        self._runs: dict[uuid.UUID, tuple[TaskRun, asyncio.Task[None]]] = {}  # asynchronous tasks under way here
         self._pruner: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
         self._closing = False
         self._listener = (
             PoolListener(listener_url, ledger.origin, on_free=self._queue.wake, on_suspect=self._suspect_locally)
@@ -138,39 +144,104 @@ class Dispatcher:
 
     def start(self) -> None:
         self._queue.start()
+        self.webhooks.start()
         if self._listener is not None:
             self._listener.start()
         if self._pruner is None:
             self._pruner = asyncio.create_task(self._prune_forever(), name="dispatch-prune")
+        if self._beater is None:
+            self._beater = asyncio.create_task(self._beat_forever(), name="dispatch-heartbeat")
 
     async def recover(self, application_prefix: str) -> int:
-        """At start: tasks a gateway left unfinished when it died (SIGKILL, a crash) end as abandoned and free
-        their instances at once, when no other gateway (connections named `application_prefix`...) is alive
-        on this database to own them; otherwise the pruner ends them once no live gateway could still."""
-        end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
-        abandoned = await self._ledger.abandon_orphans(end, application_prefix)
-        if abandoned is None:
-            return 0  # another gateway is alive: they are its to finish
-        if abandoned:
-            log.warning("marked %d tasks abandoned by a gateway that died; their instances are free", abandoned)
-        await self._resume_kept(end)
-        return abandoned
+        """At start: this gateway's first heartbeat, then what dead gateways left (takeover.py). When it is alone
+        on the database (SQLite, or no other gateway's connection on Postgres), every other gateway is dead at
+        once: a SIGKILLed predecessor's running tasks end abandoned and free their instances, its queued
+        asynchronous tasks are resumed here. Otherwise a gateway is dead once silent for GATEWAY_HEARTBEAT_TIMEOUT,
+        or at once when it stopped cleanly (its heartbeat row is gone)."""
+        await self.owners.beat()
+        alone = not self._ledger.postgres or not await self.owners.anyone_else_connected(application_prefix)
+        return await self.take_over(everyone_else=alone)
 
-    async def _resume_kept(self, end: TaskEnd) -> None:
-        """Queued asynchronous tasks whose inputs were kept: back in the queue, in their order."""
+    async def take_over(self, *, everyone_else: bool = False) -> int:
+        """Claims what dead gateways left: their queued tasks (back in this queue by admission time) and
+        webhooks; their running tasks end abandoned. Returns how many tasks ended so."""
+        dead = await self.owners.dead(everyone_else=everyone_else)
+        if not dead:
+            await self.free_orphan_leases()
+            return 0
+        end = TaskEnd(TaskStatus.FAILED, outcomes.ABANDONED, "left unfinished by a gateway that stopped", 0, None, {})
+        claimed = await self.owners.claim(dead, ended_values(end))
+        if claimed.abandoned:
+            log.warning("marked %d tasks abandoned by a gateway that died; their instances are free", claimed.abandoned)
+        if claimed.webhooks:
+            log.info("took over %d pending webhooks of a stopped gateway", claimed.webhooks)
+            self.webhooks.wake()
+        await self._resume(claimed.queued, end)
+        await self.free_orphan_leases()
+        return claimed.abandoned
+
+    async def free_orphan_leases(self) -> int:
+        """Instances leased to tasks a dead gateway left: freed once they are idle (or gone, or unreachable)."""
+        freed = 0
+        for row in await self.owners.orphan_leases():
+            if row.endpoint and await self._instance_busy(InstanceAddress(row.endpoint, row.token)):
+                continue  # still generating the dead gateway's task: looked at again at the next beat
+            freed += await self.owners.free(row.id, row.lease_task_id)
+        if freed:
+            log.info("%d instances of abandoned tasks are idle and free again", freed)
+            self._queue.wake()
+        return freed
+
+    async def _instance_busy(self, address: InstanceAddress) -> bool:
+        try:
+            return (await self._client.status(address, timeout=5.0)).busy
+        except Exception as exc:  # noqa: BLE001 - unreachable: nothing runs there that a new task would meet
+            log.info("instance %s did not answer its status (%s): its lease is freed", address.endpoint, type(exc).__name__)
+            return False
+
+    async def _resume(self, rows: list[Any], end: TaskEnd) -> None:
+        """Queued asynchronous tasks taken over: in this queue among its own by admission time (FIFO kept)."""
         resumed = 0
-        for row in await self._ledger.resumable_tasks():
-            kept = await self.requests.load(row.request_path)
+        for row in rows:
+            kept = await self.requests.load(row.id, row.request_path)
             if kept is None:
                 await self._ledger.end_task(row.id, end)
                 continue
             request, meta = kept
             run = TaskRun(self._run_context, row.id, row.mode, request, meta, request_path=row.request_path,
                           created_at=row.created_at)
-            self._run_in_background(run, None, run.enqueue())
+            self._run_in_background(run, None, run.enqueue(by_age=True))
             resumed += 1
         if resumed:
             log.info("resumed %d queued tasks a stopped gateway left", resumed)
+
+    async def _beat_forever(self) -> None:
+        """The heartbeat, and a look for dead gateways at each beat. Only a gateway whose last beat went through
+        judges others: after a database outage every heartbeat is old, and none of them is dead."""
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval)
+            try:
+                beating = time.monotonic() - last_beat < 1.5 * self._settings.heartbeat_interval  # the last one went through
+                if not await self.owners.beat():
+                    log.error("this gateway was thought dead (no heartbeat for %g s): its queued tasks went to another",
+                              self._settings.heartbeat_timeout)
+                    await self._drop_disowned()
+                if beating:
+                    await self.take_over()
+                last_beat = time.monotonic()
+            except Exception as exc:
+                if database_unreachable(exc):
+                    log.warning("the heartbeat waits for the database: %s", str(exc).splitlines()[0][:200])
+                else:
+                    log.exception("the heartbeat failed")
+
+    async def _drop_disowned(self) -> None:
+        """Waiting tasks another gateway took over while this one was silent: they are that one's to run now."""
+        for task_id, (run, runner) in list(self._runs.items()):
+            if run.waiting and not await self.owners.still_mine(task_id):
+                run.disowned = True
+                runner.cancel()
 
     async def close(self) -> None:
         """Ends this process's queued and running asynchronous tasks (their rows say so) and stops the loops."""
@@ -181,6 +252,14 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.settled()  # what finished is recorded
         await self.webhooks.close()
+        if self._beater is not None:
+            self._beater.cancel()
+            await asyncio.gather(self._beater, return_exceptions=True)
+            self._beater = None
+        try:
+            await self.owners.leave()  # what it left queued is taken over at once
+        except Exception as exc:  # noqa: BLE001 - then it is taken once the heartbeat times out
+            log.warning("cannot remove this gateway's heartbeat: %s", str(exc).splitlines()[0][:200])
         await self._ledger.backlog.close()
         if self._pruner is not None:
             self._pruner.cancel()
@@ -371,7 +450,7 @@ class Dispatcher:
             raise self._queue_full()
         run = TaskRun(self._run_context, uuid.uuid4(), mode, request, meta)
         if mode == "async":  # the file is written once admitted; a row without it is ended at the next start
-            run.request_path = str(self.requests.path_for(run.task_id))
+            run.request_path = self.requests.reference_for(run.task_id)
         task = NewTask(
             run.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
             request.model, request.image_size, api=meta.api, output_format=request.output_format,
@@ -444,22 +523,30 @@ class Dispatcher:
     def _run_in_background(self, run: TaskRun, lease: Lease | None, waiter: Waiter | None) -> None:
         runner = asyncio.create_task(self._drive_in_background(run, lease, waiter), name=f"task-{run.task_id}")
         self._background.add(runner)
+        self._runs[run.task_id] = (run, runner)
         runner.add_done_callback(self._background.discard)
+        runner.add_done_callback(lambda _t: self._runs.pop(run.task_id, None))
 
     async def _drive_in_background(self, run: TaskRun, lease: Lease | None, waiter: Waiter | None) -> None:
         """An asynchronous task: once it ends, its kept inputs go and its webhook is called."""
         try:
             result = await run.drive(lease, waiter)
         except asyncio.CancelledError:
-            if not run.waiting:
-                await asyncio.shield(self.requests.remove(run.request_path))
+            if not run.waiting and not run.disowned:
+                await asyncio.shield(self.requests.remove(run.task_id, run.request_path))
             raise
         except Exception:  # nobody awaits this task: its failure must at least be logged
             log.exception("task %s failed in the gateway", run.task_id)
             return
-        await self.requests.remove(run.request_path)
+        try:
+            await self.requests.remove(run.task_id, run.request_path)
+        except Exception as exc:  # noqa: BLE001 - an input row left behind is pruned; the webhook must still go
+            log.warning("cannot remove the kept inputs of task %s: %s", run.task_id, str(exc).splitlines()[0][:200])
         if run.meta.callback_url:
-            self.webhooks.send(run.task_id, run.meta.callback_url, webhook_payload(result))
+            try:
+                await self.webhooks.send(run.task_id, run.meta.callback_url, webhook_payload(result))
+            except Exception:
+                log.exception("cannot queue the webhook of task %s", run.task_id)
 
     async def _lease_for(self, waiter: Waiter) -> Lease | None:
         return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoid.current(), waiter.model)
@@ -508,6 +595,7 @@ class Dispatcher:
             abandoned = await self._ledger.abandon_stale(now - timedelta(seconds=max_age), end)
             if abandoned:
                 log.warning("marked %d abandoned tasks failed", abandoned)
+        await self.owners.prune_inputs()
 
 
 def _result_store(settings: DispatchSettings, engine: AsyncEngine) -> ResultStore:

@@ -38,7 +38,6 @@ from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
 from gateway.dispatcher.statements import (
     EVENTS,
-    INSTANCES,
     MODEL_BLOCKS,
     NOTIFY_CHANNEL,
     TASKS,
@@ -167,6 +166,14 @@ class Ledger:
     def origin(self) -> str:
         return self._origin
 
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction (on SQLite, in turn with the ledger's own writers)."""
+        return self._transaction()
+
     # Leases --------------------------------------------------------------------------------------
 
     async def admit(
@@ -177,7 +184,7 @@ class Ledger:
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
         await self.backlog.ready()  # releases still waiting for the database come first
         now = self.clock()
-        params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task)
+        params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task) | {"p_owner": self._origin}
         if try_lease and self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
                 lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params), now)
@@ -446,32 +453,6 @@ class Ledger:
             )
         return int(result.rowcount or 0)
 
-    async def abandon_orphans(self, end: TaskEnd, application_prefix: str) -> int | None:
-        """Ends every unfinished task and frees its lease, unless another gateway is connected to this
-        database (Postgres: its connections' application_name; SQLite: one process only): then None.
-        Queued tasks whose inputs were kept (`request_path`) are spared: the caller resumes them."""
-        resumable = and_(T.status == TaskStatus.QUEUED, T.request_path.is_not(None))
-        unfinished = and_(T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING)), ~resumable)
-        async with self._transaction() as connection:
-            if self._postgres:
-                others = await connection.scalar(
-                    sql.OTHER_GATEWAYS, {"p_prefix": application_prefix + "%", "p_me": application_prefix + self._origin}
-                )
-                if others:
-                    return None
-            orphans = select(T.id).where(unfinished).scalar_subquery()
-            await connection.execute(
-                update(INSTANCES).where(I.lease_task_id.in_(orphans)).values(lease_task_id=None, lease_expires_at=None)
-            )
-            result = await connection.execute(update(TASKS).where(unfinished).values(**_ended(end, utcnow())))
-        return int(result.rowcount or 0)
-
-    async def resumable_tasks(self) -> list[Row[Any]]:
-        """Queued tasks whose inputs were kept as files, oldest first: a gateway that stopped left them."""
-        query = select(TASKS).where(T.status == TaskStatus.QUEUED, T.request_path.is_not(None)).order_by(T.created_at)
-        async with self._engine.connect() as connection:
-            return list((await connection.execute(query)).all())
-
     async def task_by_key(self, idempotency_key: str) -> Row[Any] | None:
         async with self._engine.connect() as connection:
             return (await connection.execute(select(TASKS).where(T.idempotency_key == idempotency_key))).first()
@@ -551,6 +532,11 @@ def _end_params(end: TaskEnd) -> dict[str, Any]:
 def _ended(end: TaskEnd, now: datetime) -> dict[str, Any]:
     """Column values, for the less frequent statements built in place."""
     return {**_end_columns(end), "finished_at": now}
+
+
+def ended_values(end: TaskEnd) -> dict[str, Any]:
+    """A task row's columns when it ends now as `end` says."""
+    return _ended(end, utcnow())
 
 
 def _event_row(event: InstanceEvent) -> dict[str, Any]:

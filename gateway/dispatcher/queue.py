@@ -16,6 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.db.outage import database_unreachable
 from gateway.dispatcher.ledger import Lease, PoolSnapshot
@@ -39,6 +40,7 @@ class Waiter:
     model: str
     future: asyncio.Future[Lease] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     since: float = field(default_factory=time.monotonic)
+    created_at: datetime | None = None  # the task's admission: tasks taken over from another gateway queue by it
 
 
 class WaitQueue:
@@ -74,13 +76,25 @@ class WaitQueue:
     def wake(self) -> None:
         self._signal.set()
 
-    def enqueue(self, waiter: Waiter, *, front: bool = False) -> None:
-        """A retry goes first: it was admitted before everyone now waiting."""
+    def enqueue(self, waiter: Waiter, *, front: bool = False, by_age: bool = False) -> None:
+        """A retry goes first: it was admitted before everyone now waiting. `by_age`: behind those admitted before
+        it and ahead of those admitted after (a task taken over from a gateway that died, or resumed at start)."""
         if front:
             self._waiters.appendleft(waiter)
+        elif by_age and waiter.created_at is not None:
+            self._waiters.insert(self._place_by_age(waiter.created_at), waiter)
         else:
             self._waiters.append(waiter)
         self.wake()
+
+    def _place_by_age(self, created_at: datetime) -> int:
+        place = len(self._waiters)
+        while place > 0:
+            ahead = self._waiters[place - 1].created_at
+            if ahead is None or ahead <= created_at:
+                break
+            place -= 1
+        return place
 
     def remove(self, waiter: Waiter) -> None:
         try:

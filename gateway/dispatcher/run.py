@@ -185,6 +185,7 @@ class TaskRun:
         self.progress = Progress()
         self.created_at = created_at or utcnow()
         self.waiting = False
+        self.disowned = False  # another gateway took it over (this one was thought dead): leave its row alone
         self.retry_at: datetime | None = None  # set when it ends for a model spent everywhere
 
     # The run ----------------------------------------------------------------------------------------
@@ -206,16 +207,17 @@ class TaskRun:
         except _WaitEnded as ended:
             return await self._end_waiting(ended.code, ended.spent)
         except asyncio.CancelledError:
-            if context.closing() and self.waiting and self.request_path is not None:
-                raise  # still queued, its inputs kept: the next gateway resumes it
+            if self.disowned or (context.closing() and self.waiting and self.request_path is not None):
+                raise  # still queued, its inputs kept: another gateway resumes it (or already has)
             end = self.progress.end(TaskStatus.FAILED, outcomes.SHUTDOWN, "the gateway stopped while the task was under way")
             await asyncio.shield(context.ledger.end_task(self.task_id, end, attempts=self.progress.attempts))
             raise
 
-    def enqueue(self) -> Waiter:
-        """In the wait queue; a retry goes first, as it has waited already."""
-        waiter = Waiter(self.task_id, frozenset(self.progress.tried), self.request.model)
-        self._context.queue.enqueue(waiter, front=bool(self.progress.tried))
+    def enqueue(self, *, by_age: bool = False) -> Waiter:
+        """In the wait queue; a retry goes first, as it has waited already. `by_age`: a task admitted earlier
+        (resumed or taken over) goes among the waiting tasks by its admission time."""
+        waiter = Waiter(self.task_id, frozenset(self.progress.tried), self.request.model, created_at=self.created_at)
+        self._context.queue.enqueue(waiter, front=bool(self.progress.tried), by_age=by_age)
         return waiter
 
     def result(self, end: TaskEnd) -> TaskResult:

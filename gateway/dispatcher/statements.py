@@ -162,8 +162,9 @@ LEASE = (
 )
 
 # A new task's row.
-# What a client asked of a task beyond the generation (its face, output, idempotency, kept inputs, webhook).
-_REQUEST_COLUMNS = ("api", "output_format", "idempotency_key", "request_hash", "request_path", "callback_url")
+# What a client asked of a task beyond the generation (its face, output, idempotency, kept inputs, webhook), and
+# the gateway whose queue holds it.
+_REQUEST_COLUMNS = ("api", "output_format", "idempotency_key", "request_hash", "request_path", "callback_url", "owner")
 _NEW_TASK_COLUMNS = (
     "id", "mode", "prompt", "aspect_ratio", "model", "image_size", "reference_count", "status", "instance_id",
     "instance_name", "started_at", "created_at", "attempts", "image_count", *_REQUEST_COLUMNS,

@@ -7,6 +7,11 @@ GATEWAY_WEBHOOK_ATTEMPTS times. Each attempt (time, status or error) is written 
 address is checked at every attempt like any URL a client gives (public addresses only). A receiver cannot
 hold or fill the gateway: an attempt runs under one deadline (GATEWAY_WEBHOOK_TIMEOUT, for the whole exchange),
 asks for no compression, and reads only the reply's status, never its body (`gateway.bounded_http`).
+
+A delivery is a `webhook_outbox` row (its task, URL, payload, attempts so far, next attempt time and owner
+gateway) from the task's end until it is delivered or out of attempts: the owner delivers its own rows, a
+restarted gateway or another replica those a dead one left (gateway/dispatcher/takeover.py). A delivery cut
+by a stop is sent again: a receiver may see one twice (X-Fleet-Task-Id tells).
 """
 
 from __future__ import annotations
@@ -19,13 +24,19 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.addresses import AddressRefused, checked_address, netloc
 from gateway.bounded_http import IDENTITY
+from gateway.db.models import WebhookDelivery
+from gateway.db.outage import database_unreachable
 from gateway.db.types import utcnow
 from gateway.settings import WebhookSettings
 
@@ -35,6 +46,11 @@ SIGNATURE_HEADER = "X-Fleet-Signature"
 TIMESTAMP_HEADER = "X-Fleet-Timestamp"
 _PORTS = {"http": 80, "https": 443}
 DEFAULT_DEADLINE = 10.0  # seconds, when neither the caller nor the client names one
+OUTBOX = WebhookDelivery.__table__
+W = OUTBOX.c
+IDLE_LOOK = 5.0  # with nothing due, the outbox is looked at this often (rows taken over from a dead gateway)
+
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -42,50 +58,121 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class Webhooks:
-    def __init__(self, settings: WebhookSettings, record: Callable[[uuid.UUID, list[dict[str, Any]]], Awaitable[None]]) -> None:
+    """This gateway's deliveries: rows of the outbox it owns, each attempt when it is due."""
+
+    def __init__(
+        self, settings: WebhookSettings, record: Callable[[uuid.UUID, list[dict[str, Any]]], Awaitable[None]],
+        transaction: Transaction, origin: str,
+    ) -> None:
         self._settings = settings
         self._record = record
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._transaction = transaction
+        self._origin = origin
+        self._deliveries: dict[uuid.UUID, asyncio.Task[None]] = {}  # attempts under way, by outbox row
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
 
-    def send(self, task_id: uuid.UUID, url: str, payload: dict[str, Any]) -> None:
-        """Delivers in the background; the task's answer does not wait for the receiver."""
-        delivery = asyncio.create_task(self._deliver(task_id, url, payload), name=f"webhook-{task_id}")
-        self._deliveries.add(delivery)
-        delivery.add_done_callback(self._deliveries.discard)
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._run(), name="webhooks")
+
+    def wake(self) -> None:
+        """Look at the outbox now (a delivery was added, or rows were taken over)."""
+        self._wake.set()
+
+    async def send(self, task_id: uuid.UUID, url: str, payload: dict[str, Any]) -> None:
+        """Writes the delivery to the outbox; it is sent in the background (the task's answer does not wait)."""
+        row = {"id": uuid.uuid4(), "task_id": task_id, "url": url, "payload": payload, "attempts": [],
+               "next_at": utcnow(), "owner": self._origin, "created_at": utcnow()}
+        async with self._transaction() as connection:
+            await connection.execute(insert(OUTBOX).values(**row))
+        self.wake()
 
     async def settled(self) -> None:
-        """Returns once every delivery under way has ended (tests, shutdown)."""
+        """Returns once every attempt under way has ended (tests, shutdown)."""
         if self._deliveries:
-            await asyncio.gather(*list(self._deliveries), return_exceptions=True)
+            await asyncio.gather(*list(self._deliveries.values()), return_exceptions=True)
 
     async def close(self) -> None:
-        for delivery in list(self._deliveries):
+        """Stops delivering; rows not yet delivered stay in the outbox for the next owner."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        for delivery in list(self._deliveries.values()):
             delivery.cancel()
         await self.settled()
 
-    async def _deliver(self, task_id: uuid.UUID, url: str, payload: dict[str, Any]) -> None:
-        secret = self._settings.secret_value
-        body = json.dumps(payload, ensure_ascii=False).encode()
-        attempts: list[dict[str, Any]] = []
-        pause = self._settings.backoff
+    async def _run(self) -> None:
+        while True:
+            pause = IDLE_LOOK
+            try:
+                pause = await self._deliver_due()
+            except Exception as exc:
+                if database_unreachable(exc):
+                    log.warning("webhook deliveries wait for the database: %s", str(exc).splitlines()[0][:200])
+                else:
+                    log.exception("reading the webhook outbox failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), pause)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _deliver_due(self) -> float:
+        """Starts an attempt for each own row that is due; returns how long until the next one is."""
+        now = utcnow()
+        mine = W.owner == self._origin
+        async with self._transaction() as connection:
+            due = (await connection.execute(select(OUTBOX).where(mine, W.next_at <= now).order_by(W.next_at))).all()
+            later = await connection.scalar(select(func.min(W.next_at)).where(mine, W.next_at > now))
+        for row in due:
+            if row.id not in self._deliveries:
+                attempt = asyncio.create_task(self._attempt(row.id), name=f"webhook-{row.task_id}")
+                self._deliveries[row.id] = attempt
+                attempt.add_done_callback(lambda _t, key=row.id: self._deliveries.pop(key, None))
+        return _seconds_until(later, now)
+
+    async def _attempt(self, delivery_id: uuid.UUID) -> None:
+        """One attempt at a delivery; then the row goes (delivered, or out of attempts) or waits its next turn."""
+        # Read again: what the outbox was read for may be an attempt that has just ended.
+        current = select(OUTBOX).where(W.id == delivery_id, W.owner == self._origin, W.next_at <= utcnow())
+        async with self._transaction() as connection:
+            row = (await connection.execute(current)).first()
+        if row is None:
+            return
+        number = len(row.attempts or []) + 1
+        body = json.dumps(row.payload, ensure_ascii=False).encode()
         async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self._settings.timeout) as client:
-            for number in range(1, self._settings.attempts + 1):
-                outcome = await self._post(client, url, body, secret, str(task_id))
-                attempts.append({"attempt": number, "at": utcnow().isoformat(timespec="seconds"), **outcome})
-                try:
-                    await self._record(task_id, list(attempts))
-                except Exception as exc:  # noqa: BLE001 - the delivery goes on; the record is for people
-                    log.warning("cannot record webhook attempt %d of task %s: %s", number, task_id, exc)
-                if outcome.get("ok"):
-                    return
-                if number < self._settings.attempts:
-                    await asyncio.sleep(pause)
-                    pause *= 2
-        log.warning("webhook of task %s not delivered after %d attempts", task_id, len(attempts))
+            outcome = await self._post(client, row.url, body, self._settings.secret_value, str(row.task_id))
+        attempts = [*(row.attempts or []), {"attempt": number, "at": utcnow().isoformat(timespec="seconds"), **outcome}]
+        try:
+            await self._record(row.task_id, list(attempts))
+        except Exception as exc:  # noqa: BLE001 - the delivery goes on; the record is for people
+            log.warning("cannot record webhook attempt %d of task %s: %s", number, row.task_id, exc)
+        finished = bool(outcome.get("ok")) or number >= self._settings.attempts
+        if finished and not outcome.get("ok"):
+            log.warning("webhook of task %s not delivered after %d attempts", row.task_id, number)
+        async with self._transaction() as connection:
+            if finished:
+                await connection.execute(delete(OUTBOX).where(W.id == row.id))
+            else:
+                pause = self._settings.backoff * 2 ** (number - 1)
+                next_at = utcnow() + timedelta(seconds=pause)
+                await connection.execute(update(OUTBOX).where(W.id == row.id).values(attempts=attempts, next_at=next_at))
+        self.wake()
 
     async def _post(self, client: httpx.AsyncClient, url: str, body: bytes, secret: str, task_id: str) -> dict[str, Any]:
         return await post_signed(client, url, body, secret, allow_private=self._settings.fetch_private_addresses,
                                  headers={"X-Fleet-Task-Id": task_id})
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> float:
+    if moment is None:
+        return IDLE_LOOK
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=now.tzinfo)
+    return min(IDLE_LOOK, max(0.01, (moment - now).total_seconds()))
 
 
 async def post_signed(

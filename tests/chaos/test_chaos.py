@@ -17,7 +17,7 @@ import requests
 from gateway.runtime.base import LABEL_MANAGED_BY, MANAGED_BY_VALUE
 from gateway.runtime.docker import LABEL_NAMESPACE
 from tests.chaos.fleet import INSTANCES, QUEUE_MAX, ChaosFleet
-from tests.e2e.harness import started_at
+from tests.e2e.harness import GatewayProcess, started_at
 from tests.instance.harness import signed_in_state
 from tests.polling import wait_until
 
@@ -148,3 +148,45 @@ def test_a_gateway_sigkilled_under_load_fails_its_clients_fast_and_its_successor
     back = fleet.capacity_back(timeout=60)  # the instances finish the dead gateway's generations first
     print(f"gateway restarted in {took:.1f} s; all instances free {back:.1f} s later")
     assert fleet.generate("after the restart").json()["success"] is True
+
+
+def test_a_replica_sigkilled_with_queued_tasks_leaves_them_to_the_other_in_order_each_run_once(
+    fleet: ChaosFleet, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two gateway processes on the suite's Postgres, a data folder each: the second queues tasks while every
+    instance is busy and is SIGKILLed; the first takes them over after the heartbeat timeout and runs each once,
+    in the order they were admitted (the simulator records every generation)."""
+    gateway = fleet.gateway
+    replica = GatewayProcess(gateway.database_url, tmp_path_factory.mktemp("replica"), fleet.sim, gateway.namespace,
+                             settings=dict(gateway.settings))
+    fleet.simulator(latency_ms=4000)
+    replica.start()
+    try:
+        for n in range(INSTANCES):  # every instance busy on the first gateway
+            assert requests.post(f"{gateway.api_url}/tasks", json={"prompt": f"hold {n}"}, timeout=30).status_code == 202
+        fleet.wait_load(active=INSTANCES, queued=0)
+        left = []
+        for n in range(4):
+            answer = requests.post(f"{replica.api_url}/tasks", json={"prompt": f"left {n}"}, timeout=30)
+            assert answer.status_code == 202 and answer.json()["status"] == "queued", answer.text
+            left.append(answer.json()["task_id"])
+        replica.kill()
+        killed = time.monotonic()
+
+        def ended(task_id: str) -> bool:
+            return requests.get(f"{gateway.api_url}/tasks/{task_id}", timeout=30).json()["status"] in ("succeeded", "failed")
+
+        for task_id in left:
+            wait_until(lambda task_id=task_id: ended(task_id), timeout=180, what=f"task {task_id} to end on the other gateway")
+        print(f"\nthe killed replica's 4 queued tasks ended on the other gateway {time.monotonic() - killed:.1f} s after the SIGKILL")
+        rows = [requests.get(f"{gateway.api_url}/tasks/{t}", timeout=30).json() for t in left]
+        assert [r["status"] for r in rows] == ["succeeded"] * 4, rows
+        prompts = [g["prompt"] for g in fleet.record()["generations"] if g["prompt"].startswith("left")]
+        assert sorted(prompts) == [f"left {n}" for n in range(4)], prompts  # each generated once
+        # Leased in admission order (the pages of three instances may start them in another order).
+        history = {t["task_id"]: t for t in gateway.call("GET", "/api/tasks?limit=200")["tasks"]}
+        started = [history[t]["started_at"] for t in left]
+        assert started == sorted(started), started
+    finally:
+        replica.stop()
+    fleet.capacity_back(timeout=60)

@@ -67,6 +67,15 @@ def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
+def test_a_heartbeat_timeout_shorter_than_two_beats_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_HEARTBEAT_INTERVAL", "5")
+    monkeypatch.setenv("GATEWAY_HEARTBEAT_TIMEOUT", "6")
+    with pytest.raises(ValueError, match="GATEWAY_HEARTBEAT_TIMEOUT .* at least twice GATEWAY_HEARTBEAT_INTERVAL"):
+        Settings()
+    monkeypatch.setenv("GATEWAY_HEARTBEAT_TIMEOUT", "10")
+    assert Settings().dispatch.heartbeat_timeout == 10.0
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [(None, "zh"), ("", "zh"), ("en-US,en;q=0.9", "en"), ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
