@@ -16,6 +16,7 @@ import docker
 import pytest
 import requests
 
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY
 from tests.e2e.conftest import FAST_SETTINGS
 from tests.e2e.harness import (
     GatewayProcess,
@@ -32,7 +33,9 @@ from tests.simulator.fixtures import control
 
 INSTANCES = 3
 QUEUE_MAX = 100
-SETTINGS = {**FAST_SETTINGS, "QUEUE_MAX": str(QUEUE_MAX), "QUEUE_WAIT_TIMEOUT": "120", "QUEUE_POLL_INTERVAL": "0.2"}
+# One encryption key for the suite's gateways: a replica with a data folder of its own opens the same database.
+SETTINGS = {**FAST_SETTINGS, "QUEUE_MAX": str(QUEUE_MAX), "QUEUE_WAIT_TIMEOUT": "120", "QUEUE_POLL_INTERVAL": "0.2",
+            "ENCRYPTION_KEY": REPLICA_ENCRYPTION_KEY}
 
 
 @dataclass

@@ -28,6 +28,7 @@ import httpx
 
 from gateway.runtime.base import InstanceSpec, RuntimeState
 from gateway.runtime.fake import FakeRuntime
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "replica-admin-token-0123456789"
@@ -254,7 +255,9 @@ class Replica:
             "RUNTIME": "fake", "DATABASE_URL": self.database_url, "DATA_DIR": str(self.data_dir),
             "API_PORT": str(self.api_port), "ADMIN_PORT": str(self.admin_port), "ADMIN_TOKEN": ADMIN_TOKEN,
             "API_HOST": "127.0.0.1", "ADMIN_HOST": "127.0.0.1", "RECONCILE_INTERVAL": "0.2", "START_TIMEOUT": "10",
-            "QUEUE_POLL_INTERVAL": "0.05", "FETCH_PRIVATE_ADDRESSES": "true", **self.settings,
+            "QUEUE_POLL_INTERVAL": "0.05", "FETCH_PRIVATE_ADDRESSES": "true",
+            "ENCRYPTION_KEY": REPLICA_ENCRYPTION_KEY,  # replicas of one database share its key (separate data folders)
+            **self.settings,
         }
         env.update({f"GATEWAY_{key}": value for key, value in gateway.items()})
         env[SHARED_FAKE_URL] = self.fake_url
