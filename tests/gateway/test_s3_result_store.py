@@ -22,7 +22,7 @@ from gateway.dispatcher.results import FileResultStore, StoredResult, StoreUnusa
 from gateway.dispatcher.s3_results import CHUNK, MANIFEST, S3ResultStore
 from gateway.errors import Unavailable
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
-from tests.gateway.conftest import make_settings
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY, make_settings
 from tests.gateway.pool import DISPATCH_FAST, serve, start_instances
 from tests.polling import await_until
 from tests.s3server import S3Server, running_s3_server
@@ -146,7 +146,7 @@ async def test_an_unreachable_bucket_keeps_the_result_in_the_data_folder(tmp_pat
 
 @contextlib.asynccontextmanager
 async def gateway(url: str, data_dir: Path, fake: FakeRuntime, **overrides: Any) -> AsyncIterator[tuple[Fleet, httpx.AsyncClient]]:
-    settings = make_settings(url, data_dir, **{**DISPATCH_FAST, "api_keys": KEY, **overrides})
+    settings = make_settings(url, data_dir, encryption_key=REPLICA_ENCRYPTION_KEY, **{**DISPATCH_FAST, "api_keys": KEY, **overrides})
     fleet = await Fleet.open(settings, runtime=fake)
     try:
         async with serve(create_api_app(settings, fleet=fleet)) as base:
