@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.app import Fleet, create_admin_app
 from gateway.runtime.fake import FakeRuntime
-from tests.gateway.conftest import make_settings
+from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY, make_settings
 from tests.gateway.pool import serve
 from tests.gateway.test_management_api import create, started
 from tests.polling import await_until
@@ -111,7 +111,8 @@ async def test_a_delivery_at_start_never_undoes_a_change_made_meanwhile(admin: C
 @contextlib.asynccontextmanager
 async def admin_replica(database_url: str, data_dir: Path, fake: FakeRuntime) -> AsyncIterator[httpx.AsyncClient]:
     """A gateway of its own (a replica) on the shared database and the shared (fake) instances, served over HTTP."""
-    settings = make_settings(database_url, data_dir, secret_key="shared-secret-key-of-the-replicas-0123456789")
+    settings = make_settings(database_url, data_dir, secret_key="shared-secret-key-of-the-replicas-0123456789",
+                             encryption_key=REPLICA_ENCRYPTION_KEY)
     fleet = await Fleet.open(settings, runtime=fake)
     try:
         async with serve(create_admin_app(settings, fleet=fleet)) as base, httpx.AsyncClient(base_url=base, timeout=60) as http:
