@@ -207,3 +207,43 @@ def test_anthropic_messages_stream_and_an_edit_carrying_the_image(fleet: Fleet) 
     reencoded = reencode(image.content, 0, 40_000_000).data  # the instance re-encodes every reference it takes
     assert [u["sha256"] for u in edited["uploads"]] == [hashlib.sha256(reencoded).hexdigest()]  # the image made
     assert edited["prompt"].startswith("加上一只鹰\n\n") and edited["prompt"].endswith("- 一座雪山，日出")
+
+
+def uploaded_as(image: bytes) -> str:
+    """The sha256 the page records for a reference: the instance re-encodes every reference it takes."""
+    return hashlib.sha256(reencode(image, 0, 40_000_000).data).hexdigest()
+
+
+def test_an_openai_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fleet: Fleet) -> None:
+    """As a chat app sends it (each turn resends the history with the answers' Markdown): on the real page, the
+    second turn uploads the first image, the third the second and the first (newest first)."""
+    fleet.fresh(latency_ms=200)
+    client = fleet.openai()
+    messages: list[dict[str, Any]] = []
+    made: list[bytes] = []
+    for request in ("a cat on a sofa", "now make it red", "add a hat"):
+        messages.append({"role": "user", "content": request})
+        answer = client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)  # type: ignore[arg-type]
+        content = answer.choices[0].message.content or ""
+        made.append(base64.b64decode(content[content.index("base64,") + 7:content.rindex(")")]))
+        messages.append({"role": "assistant", "content": content})
+    first, second, third = fleet.generations()
+    assert first["uploads"] == [] and first["prompt"] == "a cat on a sofa"
+    assert [u["sha256"] for u in second["uploads"]] == [uploaded_as(made[0])]
+    assert [u["sha256"] for u in third["uploads"]] == [uploaded_as(made[1]), uploaded_as(made[0])]
+    assert third["prompt"].startswith("add a hat\n\n") and third["prompt"].endswith("- a cat on a sofa\n- now make it red")
+
+
+def test_a_gemini_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fleet: Fleet) -> None:
+    """google-genai's own chat session keeps the history (the model's inline images included)."""
+    fleet.fresh(latency_ms=200)
+    chat = fleet.gemini().chats.create(model="gemini-2.5-flash-image")
+    made = []
+    for request in ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"):
+        answer = chat.send_message(request)
+        made.append(next(p.inline_data.data for p in answer.candidates[0].content.parts if p.inline_data))
+    first, second, third = fleet.generations()
+    assert first["uploads"] == []
+    assert [u["sha256"] for u in second["uploads"]] == [uploaded_as(made[0])]
+    assert [u["sha256"] for u in third["uploads"]] == [uploaded_as(made[1]), uploaded_as(made[0])]
+    assert third["prompt"].startswith("再加一顶帽子\n\n")
