@@ -253,7 +253,7 @@ def _checked_base64(text: str, index: int, limits: InputLimits) -> str:
         header, sep, payload = payload.partition(",")
         if not sep or ";base64" not in header:
             raise Invalid("reference_not_base64", index=index + 1)
-    payload = "".join(payload.split())
+    payload = _standard_alphabet("".join(payload.split()))
     if not payload:
         raise Invalid("reference_empty", index=index + 1)
     # Bounded before decoding, so a huge string is refused without allocating its bytes.
@@ -264,6 +264,19 @@ def _checked_base64(text: str, index: int, limits: InputLimits) -> str:
     except (binascii.Error, ValueError):
         raise Invalid("reference_not_base64", index=index + 1) from None
     _checked_image(data, index, limits)
+    return payload
+
+
+# The URL-safe alphabet's two letters: what pydantic's clients (google-genai) send back in a chat's history.
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def _standard_alphabet(payload: str) -> str:
+    """Base64 in the standard alphabet: URL-safe base64 (RFC 4648 §5, padding optional) is read as Google's API
+    reads it; a mix of both alphabets stays invalid."""
+    if ("-" in payload or "_" in payload) and not ("+" in payload or "/" in payload):
+        payload = payload.translate(_URL_SAFE)
+        payload += "=" * (-len(payload) % 4)
     return payload
 
 

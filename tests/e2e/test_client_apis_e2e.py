@@ -237,7 +237,8 @@ def test_an_openai_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fl
 def test_a_gemini_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fleet: Fleet) -> None:
     """google-genai's own chat session keeps the history (the model's inline images included)."""
     fleet.fresh(latency_ms=200)
-    chat = fleet.gemini().chats.create(model="gemini-2.5-flash-image")
+    client = fleet.gemini()  # held: a collected client closes its connections under a running call
+    chat = client.chats.create(model="gemini-2.5-flash-image")
     made = []
     for request in ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"):
         answer = chat.send_message(request)

@@ -498,6 +498,25 @@ async def test_generate_content_with_image_config_and_inline_data(pool: Pool) ->
     assert "models/gemini-3-pro-image" in [m["name"] for m in listed.json()["models"]]
 
 
+async def test_inline_data_in_the_url_safe_alphabet_is_read_as_google_reads_it(pool: Pool) -> None:
+    """google-genai's chat sends the model's images back in pydantic's URL-safe base64 (`-` and `_`)."""
+    image = next(png for n in range(1, 500) if "/" in b64(png := numbered_png(n)) or "+" in b64(png))
+    url_safe = base64.urlsafe_b64encode(image).decode().rstrip("=")
+    assert "-" in url_safe or "_" in url_safe
+    answer = await pool.http.post(
+        f"/v1beta/models/gemini-2.5-flash-image:generateContent?key={KEY}",
+        json={"contents": [{"parts": [{"text": "x"}, {"inline_data": {"mime_type": "image/png", "data": url_safe}}]}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert pool.fake.generations[0].references == [b64(image)]
+    mixed = url_safe.replace("-", "+", 1) + "_" if "-" in url_safe else url_safe + "+"
+    refused = await pool.http.post(
+        f"/v1beta/models/gemini-2.5-flash-image:generateContent?key={KEY}",
+        json={"contents": [{"parts": [{"text": "x"}, {"inline_data": {"mime_type": "image/png", "data": mixed}}]}]},
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["details"][0]["reason"] == "reference_not_base64"
+
+
 async def test_gemini_errors_in_gemini_shape(pool: Pool) -> None:
     client = gemini_client(pool)
     with pytest.raises(genai_errors.ClientError) as refused:
