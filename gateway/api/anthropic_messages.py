@@ -40,16 +40,14 @@ from gateway.api.faces import (
     exception_handlers,
     face_error,
     failure,
-    limits_of,
     run_all,
 )
 from gateway.api.image_urls import image_url
 from gateway.api.keys import require_api_key
-from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
 from gateway.errors import Invalid
-from gateway.settings import FaceSettings, InputSettings
+from gateway.settings import InputSettings
 
 TEXT_ANSWER = "blocked"  # the model answered with text and no image: that text is the answer
 IMAGE_SOURCES = ("base64", "url")
@@ -135,18 +133,10 @@ def anthropic_error(error: FaceError) -> dict[str, Any]:
 async def messages_request(request: Request[Any, Any, Any], body: MessagesIn) -> GenerationRequest:
     """The conversation as one generation, as on the chat face: the last user message's text and images, the
     earlier messages' images as references and their requests as context."""
-    limits = limits_of(request)
-    faces: FaceSettings = request.app.state.settings.faces
     last_user = max((i for i, m in enumerate(body.messages) if m.role == "user"), default=-1)
     turns = [turn for index, message in enumerate(body.messages)
              if (turn := _turn(message, strict=index == last_user)) is not None]
-    spec = model_spec(request, body.model)
-    talk = conversation.read(
-        turns, max_references=limits.max_reference_images, takes_references=spec.references,
-        context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
-    )
-    images = await conversation.references(request, talk.images)
-    return openai_request(request, prompt=talk.prompt, model=body.model, size=body.size, images=images)
+    return await conversation.openai_style_generation(request, turns, body.model, body.size)
 
 
 def _turn(message: MessageIn, *, strict: bool) -> conversation.Turn | None:

@@ -25,7 +25,9 @@ from litestar import Request
 
 from gateway.api.faces import limits_of
 from gateway.api.image_urls import FILES_PATH, own_image
+from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.remote_images import fetch_image
+from gateway.dispatcher import GenerationRequest
 from gateway.dispatcher.inputs import decoded_reference
 from gateway.errors import Invalid, TooLarge
 from gateway.settings import FaceSettings
@@ -124,6 +126,20 @@ async def resolve(images: Sequence[str], *, decode: Callable[[str, int], bytes],
         else:
             found.append(decode(image, index))
     return found
+
+
+async def openai_style_generation(request: Request[Any, Any, Any], turns: Sequence[Turn], model: Any,
+                                  size: Any) -> GenerationRequest:
+    """The chat and Anthropic faces' one generation: `turns` read as a conversation, its references resolved,
+    `model` and OpenAI's `size` as for images."""
+    limits = limits_of(request)
+    faces: FaceSettings = request.app.state.settings.faces
+    talk = read(
+        turns, max_references=limits.max_reference_images, takes_references=model_spec(request, model).references,
+        context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
+    )
+    images = await references(request, talk.images)
+    return openai_request(request, prompt=talk.prompt, model=model, size=size, images=images)
 
 
 async def references(request: Request[Any, Any, Any], images: Sequence[str]) -> list[bytes]:

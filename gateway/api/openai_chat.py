@@ -29,12 +29,10 @@ from gateway.api.faces import (
     dispatcher_of,
     face_error,
     failure,
-    limits_of,
     openai_error,
     run_all,
 )
 from gateway.api import conversation
-from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.task_options import task_meta
 from gateway.dispatcher import GenerationRequest, TaskResult
 from gateway.errors import Invalid
@@ -122,17 +120,9 @@ class OpenAIChatController(Controller):
 async def chat_request(request: Request[Any, Any, Any], body: ChatCompletionIn) -> GenerationRequest:
     """The conversation as one generation: the last user message's text and images, the earlier messages'
     images as references and their requests as context (gateway/api/conversation.py)."""
-    limits = limits_of(request)
-    faces: FaceSettings = request.app.state.settings.faces
-    turns = [turn for index, message in enumerate(body.messages)
-             if (turn := _turn(message, strict=index == _last_user_index(body.messages))) is not None]
-    spec = model_spec(request, body.model)
-    talk = conversation.read(
-        turns, max_references=limits.max_reference_images, takes_references=spec.references,
-        context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
-    )
-    images = await conversation.references(request, talk.images)
-    return openai_request(request, prompt=talk.prompt, model=body.model, size=body.size, images=images)
+    last = _last_user_index(body.messages)
+    turns = [turn for index, message in enumerate(body.messages) if (turn := _turn(message, strict=index == last)) is not None]
+    return await conversation.openai_style_generation(request, turns, body.model, body.size)
 
 
 def _last_user_index(messages: list[ChatMessage]) -> int:
