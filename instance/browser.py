@@ -71,6 +71,9 @@ CHROMIUM_ARGS = (
 DEV_SHM = Path("/dev/shm")
 DEV_SHM_MIN_BYTES = 256 * 1024 * 1024  # below it (Docker's default 64 MiB), renderers run out of shared memory
 AVOID_DEV_SHM_ARG = "--disable-dev-shm-usage"  # shared memory in /tmp instead (on disk, or the tmp volume)
+# Playwright fits a headed window to the viewport plus these (its Linux insets: frame, tab strip, toolbar); a window
+# born at that size is never seen mid-resize by a page's first script (outer height below the viewport's otherwise).
+HEADED_WINDOW_INSETS = (8, 85)
 # Without Chromium's sandbox (no user namespaces here): no zygote either, which Chromium allows only then.
 NO_SANDBOX_ARGS = ("--no-sandbox", "--no-zygote")
 
@@ -118,6 +121,8 @@ def launch_options(settings: InstanceSettings, display: str | None, sandbox: boo
     args = [*CHROMIUM_ARGS, *(() if uses_dev_shm(settings.dev_shm) else (AVOID_DEV_SHM_ARG,)),
             *(() if sandbox else NO_SANDBOX_ARGS), f"--lang={settings.accept_languages.split(',')[0]}",
             f"--accept-lang={settings.accept_languages}"]
+    if settings.browser_mode == "headed":
+        args.append(headed_window_size_arg(settings))
     options: dict[str, Any] = {
         "executable_path": settings.chromium_executable,
         "headless": settings.browser_mode != "headed",
@@ -131,6 +136,12 @@ def launch_options(settings: InstanceSettings, display: str | None, sandbox: boo
         options["env"] = {**os.environ, **({"DISPLAY": display} if display else {}),
                           **({"TZ": settings.timezone} if settings.timezone else {})}
     return options
+
+
+def headed_window_size_arg(settings: InstanceSettings) -> str:
+    """The window's size at birth: the viewport plus the browser's UI, as Playwright will set it anyway."""
+    width, height = settings.viewport_width + HEADED_WINDOW_INSETS[0], settings.viewport_height + HEADED_WINDOW_INSETS[1]
+    return f"--window-size={width},{height}"
 
 
 def uses_dev_shm(mode: str, path: Path = DEV_SHM) -> bool:

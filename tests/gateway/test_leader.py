@@ -1,4 +1,5 @@
-"""Two gateways on one Postgres: one reconciles, the other takes over when the first goes away."""
+"""Two gateways on one database (Postgres, or one SQLite file): one reconciles, the other takes over when the first
+goes away."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ async def a_pass_of_each(*fleets: Fleet) -> None:
         await asyncio.wait_for(fleet.reconciler.next_pass(), 10)
 
 
-async def test_one_reconciler_per_database_and_failover(postgres_url: str, tmp_path: Path) -> None:
+async def test_one_reconciler_per_database_and_failover(database_url: str, tmp_path: Path) -> None:
     fake = FakeRuntime()  # one engine both gateways manage
-    settings = make_settings(postgres_url, tmp_path)
+    settings = make_settings(database_url, tmp_path)
     first = await Fleet.open(settings, runtime=fake)
     second = await Fleet.open(settings, runtime=fake)
     try:

@@ -45,3 +45,11 @@ def test_a_small_dev_shm_sends_chromium_to_tmp(monkeypatch):
     assert AVOID_DEV_SHM_ARG in options["args"] and "ignore_default_args" not in options
     used = launch_options(InstanceSettings(_env_file=None, dev_shm="use"), None)
     assert AVOID_DEV_SHM_ARG not in used["args"] and used["ignore_default_args"] == [AVOID_DEV_SHM_ARG]
+
+
+def test_a_headed_window_is_born_at_the_size_playwright_gives_it():
+    # viewport plus Playwright's Linux insets: no page's first script sees a window mid-resize
+    headed = launch_options(InstanceSettings(_env_file=None, viewport_width=1280, viewport_height=800), ":9")
+    assert "--window-size=1288,885" in headed["args"]
+    headless = launch_options(InstanceSettings(_env_file=None, browser_mode="headless"), None)
+    assert not [arg for arg in headless["args"] if arg.startswith("--window-size")]
