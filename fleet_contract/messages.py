@@ -74,6 +74,7 @@ class Status(SessionHealth, kw_only=True):
     busy: bool = False
     current_task: str | None = None
     page_url: str | None = None
+    kept_chat: str | None = None  # the task whose chat the page holds for its conversation's next turn
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str | None = None
     selectors_version: str | None = None
@@ -106,6 +107,13 @@ class GenerateRequest(_Message, kw_only=True, omit_defaults=True):
     task_id: str | None = None
     # A model the packaged catalogue lacks, that the account's page offers: the options the page showed for it.
     model_options: ModelOptions | None = None
+    # A conversation in one chat: keep this task's chat open afterwards (instead of a new chat), and continue the chat
+    # an earlier task kept, sending `turn_prompt` alone (its images are in the chat); a page that no longer holds that
+    # chat makes a new one with `prompt` and the references, so the request is complete either way.
+    keep_chat: bool = False
+    continue_chat: str | None = None
+    turn_prompt: str | None = None
+    turn_references: int = 0  # the first references are the turn's own (uploaded into a continued chat too)
 
 
 class TaskError(_Message, kw_only=True):
@@ -124,6 +132,7 @@ class GenerateAnswer(_Message, kw_only=True):
     text: str | None = None
     error: TaskError | None = None
     timings: dict[str, Any] = {}
+    continued: bool = False  # the turn went into the chat `continue_chat` named
 
 
 # ---- sessions, navigation ------------------------------------------------------------------------------

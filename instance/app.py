@@ -250,8 +250,29 @@ def parse_generation(body: Any, settings: InstanceSettings, page_options: dict[s
     task_id = body.get("task_id")
     task_id = task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else uuid.uuid4().hex
     return GenerationRequest(
-        prompt=prompt, aspect_ratio=ratio, references=references, task_id=task_id, model=model.id, image_size=image_size
+        prompt=prompt, aspect_ratio=ratio, references=references, task_id=task_id, model=model.id, image_size=image_size,
+        **_chat_fields(body, settings),
     )
+
+
+def _chat_fields(body: dict[str, Any], settings: InstanceSettings) -> dict[str, Any]:
+    """keep_chat, continue_chat, turn_prompt and turn_references: a conversation's turns in one chat (GenerateRequest)."""
+    keep = body.get("keep_chat", False)
+    if not isinstance(keep, bool):
+        raise BadInput("'keep_chat' must be true or false")
+    continue_chat = body.get("continue_chat")
+    if continue_chat is not None and not (isinstance(continue_chat, str) and 0 < len(continue_chat) <= 64):
+        raise BadInput("'continue_chat' must be the task id (at most 64 characters) whose kept chat to continue")
+    turn_prompt = body.get("turn_prompt")
+    if turn_prompt is not None and not (isinstance(turn_prompt, str) and turn_prompt.strip()):
+        raise BadInput("'turn_prompt' must be a non-empty string")
+    if turn_prompt is not None and len(turn_prompt) > settings.max_prompt_chars:
+        raise BadInput(f"'turn_prompt' is longer than {settings.max_prompt_chars} characters")
+    own = body.get("turn_references", 0)
+    given = len(body.get("reference_images_b64") or [])
+    if isinstance(own, bool) or not isinstance(own, int) or not 0 <= own <= given:
+        raise BadInput(f"'turn_references' must be a whole number from 0 to the {given} reference image(s) given")
+    return {"keep_chat": keep, "continue_chat": continue_chat, "turn_prompt": turn_prompt, "turn_references": own}
 
 
 def _model(value: Any, settings: InstanceSettings, model_options: Any = None,
@@ -312,6 +333,7 @@ def _result_body(task_id: str, result: GenerationResult) -> m.GenerateAnswer:
         text=result.text,
         error=result.error.to_message() if result.error else None,
         timings=result.timings,
+        continued=result.continued,
     )
 
 
@@ -341,6 +363,7 @@ async def status(request: Request) -> m.Status:
         busy=st.busy,
         current_task=st.current_task,
         page_url=host.page_url,
+        kept_chat=host.kept_chat[0] if host.kept_chat else None,
         counters=m.Counters(**st.counters, browser_restarts=host.restarts),
         version=__version__,
         selectors_version=host.selectors.version,

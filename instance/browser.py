@@ -241,6 +241,9 @@ class BrowserHost:
         self._save_lock = asyncio.Lock()
         self._user_agent: str | None = None
         self._tasks_on_page = 0
+        # The chat a task asked to keep open for its conversation's next turn: (task id, model); any new document
+        # in the page drops it (a reset, a login check, a navigation, a replaced page).
+        self.kept_chat: tuple[str, str] | None = None
         self._display = (VirtualDisplay(settings.screen_width, settings.screen_height, timezone=settings.timezone)
                          if settings.browser_mode == "headed" else None)
         self._refusal_task: asyncio.Task | None = None
@@ -371,10 +374,12 @@ class BrowserHost:
 
     def _wire_page(self, page: Page) -> None:
         page.on("framenavigated", self._on_navigated)
+        page.on("domcontentloaded", lambda _page: self.drop_kept_chat())
         page.on("crash", lambda _page: asyncio.get_running_loop().create_task(self._replace_crashed_page()))
         self._set_page(page)
 
     def _set_page(self, page: Page) -> None:
+        self.kept_chat = None
         self._page = page
         self.page_generation += 1
         self.page_changed.set()
@@ -573,6 +578,13 @@ class BrowserHost:
             elif self.login_state == SIGNIN_REFUSED:
                 self.login_state = NEEDS_LOGIN  # back on an ordinary sign-in step: a person may try again
             await asyncio.sleep(REFUSAL_POLL_S)
+
+    def keep_chat(self, task_id: str, model: str) -> None:
+        """Leave the page on this task's chat (no reset) for a follow-up turn that continues it."""
+        self.kept_chat = (task_id, model)
+
+    def drop_kept_chat(self) -> None:
+        self.kept_chat = None
 
     def schedule_reset(self) -> None:
         """Go back to a fresh new chat after a task, off the request's critical path."""

@@ -56,6 +56,10 @@ class GenerationRequest:
     task_id: str
     model: str = "gemini-nano-banana-2.1"
     image_size: str | None = None  # "1K", "2K", "4K" where the model offers it; None keeps the page's default
+    keep_chat: bool = False  # leave the chat open afterwards for a turn that continues it
+    continue_chat: str | None = None  # the task whose kept chat to continue, when the page still holds it
+    turn_prompt: str | None = None  # what a continued chat is sent instead of `prompt` (which repeats the context)
+    turn_references: int = 0  # the first references are the turn's own; the rest are in a continued chat already
 
 
 @dataclass
@@ -65,6 +69,7 @@ class GenerationResult:
     text: str | None = None
     error: GenerationError | None = None
     timings: dict[str, int] = field(default_factory=dict)
+    continued: bool = False  # the turn went into the kept chat (no new chat, no uploads)
 
 
 class _AnswerWatch:
@@ -148,6 +153,7 @@ class Driver:
         self._warned_no_temporary = False
         # Called with a ui_changed failure before the page is reset, so it can copy the page as it was.
         self.on_ui_changed: Callable[[GenerationRequest, GenerationError], Awaitable[object]] | None = None
+        self._kept_expiry: asyncio.TimerHandle | None = None
 
     @property
     def book(self) -> SelectorBook:
@@ -156,10 +162,17 @@ class Driver:
     async def run(self, request: GenerationRequest) -> GenerationResult:
         clock = _Clock()
         self._submitted = False
+        self._cancel_kept_expiry()
+        held = self._take_kept_chat()
+        continued = request.continue_chat is not None and held == (request.continue_chat, request.model)
+        kept = False
         try:
-            with reference_files(request.references) as files:
-                images, text = await self._generate(request, files, clock)
-            return GenerationResult(success=True, images_png=images, text=text or None, timings=clock.done())
+            with reference_files(request.references[:request.turn_references] if continued else request.references) as files:
+                # another conversation's kept chat is left by a new load, whatever its URL looks like
+                images, text = await self._generate(request, files, clock, continued, reload=held is not None)
+            kept = request.keep_chat
+            return GenerationResult(success=True, images_png=images, text=text or None, timings=clock.done(),
+                                    continued=continued)
         except GenerationError as exc:
             result = GenerationResult(success=False, error=exc, text=exc.text, timings=clock.done())
             if exc.code == ErrorCode.UI_CHANGED and self.on_ui_changed is not None:
@@ -173,10 +186,36 @@ class Driver:
             )
             return GenerationResult(success=False, error=err, timings=clock.done())
         finally:
+            self._keep_or_reset(request, kept)
+
+    def _take_kept_chat(self) -> tuple[str, str] | None:
+        """The chat the page holds for a conversation, (task id, model): continued by this task or left by it."""
+        held = self.host.kept_chat
+        self.host.drop_kept_chat()
+        return held
+
+    def _keep_or_reset(self, request: GenerationRequest, kept: bool) -> None:
+        if not kept:
+            self.host.schedule_reset()
+            return
+        self.host.keep_chat(request.task_id, request.model)
+        # unused for a while, the kept chat is reset off the next task's critical path
+        self._kept_expiry = asyncio.get_running_loop().call_later(self.settings.keep_chat_s, self._expire_kept, request.task_id)
+
+    def _expire_kept(self, task_id: str) -> None:
+        self._kept_expiry = None
+        if self.host.kept_chat is not None and self.host.kept_chat[0] == task_id:
+            self.host.drop_kept_chat()
             self.host.schedule_reset()
 
-    async def _generate(self, request: GenerationRequest, files: list[Path], clock: _Clock) -> tuple[list[bytes], str]:
-        page = await self._open_chat(request.model)
+    def _cancel_kept_expiry(self) -> None:
+        if self._kept_expiry is not None:
+            self._kept_expiry.cancel()
+            self._kept_expiry = None
+
+    async def _generate(self, request: GenerationRequest, files: list[Path], clock: _Clock,
+                        continued: bool = False, reload: bool = False) -> tuple[list[bytes], str]:
+        page = self.host.page if continued else await self._open_chat(request.model, fresh=reload)
         prompt_box = await self._find(page, "prompt_textarea", self.settings.page_load_timeout_s)
         clock.lap("page_ms")
         state = await self._step(page, temporary=True)
@@ -192,7 +231,7 @@ class Driver:
         for file in files:
             await self._upload(page, file)
         clock.lap("upload_ms")
-        await self._fill_prompt(prompt_box, request.prompt)
+        await self._fill_prompt(prompt_box, request.turn_prompt if continued and request.turn_prompt else request.prompt)
         state = await self._step(page, mark_seen=True)
         self._check_before_run(request, state)
         answer = _AnswerWatch(page, self.settings.generate_content_url_part)
@@ -233,12 +272,13 @@ class Driver:
         # A page that dropped ?model= is checked on the page itself.
         return have_path.group(1) == want_path.group(1) and model in (None, parse_qs(want.query)["model"][0])
 
-    async def _open_chat(self, model: str) -> Page:
-        """The new-chat page of `model`, loaded and signed in; otherwise a retry-safe error."""
+    async def _open_chat(self, model: str, fresh: bool = False) -> Page:
+        """The new-chat page of `model`, loaded and signed in; otherwise a retry-safe error. `fresh`: a chat another
+        conversation kept was open, so the page is loaded again even if its URL looks like a new chat."""
         await self.host.wait_reset()
         page = self.host.page
         url = self._chat_url(model)
-        if not self._is_new_chat(page.url, url):
+        if fresh or not self._is_new_chat(page.url, url):
             if url == self.settings.new_chat_url:
                 await self.host.load_home()
             else:

@@ -82,6 +82,8 @@ class InstanceSettings(BaseSettings):
     session_save_every_s: float = 1800.0
     browser_restart_delay_s: float = 1.0
     recycle_tab_every_tasks: int = 5
+    # A chat kept open for a conversation's next turn (GenerateRequest.keep_chat) is reset after this long unused.
+    keep_chat_s: float = 120.0
     # Page snapshots (instance/snapshots.py): after a ui_changed failure at most one per this many seconds;
     # the newest `snapshots_kept` stay under <data_dir>/snapshots.
     snapshot_interval: float = 300.0

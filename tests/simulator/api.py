@@ -63,10 +63,28 @@ def _parse_request(body: Any, account: str) -> Generation:
     if image_size is not None and image_size not in SIZE_LONG_SIDES:
         raise BadRequest(f"unknown image_size {image_size!r}")
     chat_id = body.get("chat_id") if isinstance(body.get("chat_id"), str) else None
+    history = body.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(turn, dict) for turn in history):
+        raise BadRequest("'history' must be a list of turns")
     return Generation(
         account, body["prompt"], aspect_ratio, model, [_decode_upload(u) for u in uploads],
         image_size=image_size, chat_id=chat_id, temporary=body.get("temporary") is True,
+        history_turns=len(history), history_images=[_history_hash(image) for turn in history for image in _images(turn)],
     )
+
+
+def _images(turn: dict[str, Any]) -> list[Any]:
+    images = turn.get("images") or []
+    if not isinstance(images, list):
+        raise BadRequest("a history turn's 'images' must be a list")
+    return images
+
+
+def _history_hash(image: Any) -> str:
+    try:
+        return hashlib.sha256(base64.b64decode(image, validate=True)).hexdigest()
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadRequest("a history image is not valid base64") from exc
 
 
 async def _client_gone(request: Request) -> None:

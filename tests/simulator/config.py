@@ -18,6 +18,8 @@ MISSABLE_ROLES = ("prompt_textarea", "run_button", "add_media_button", "aspect_r
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "latency_ms": 300,  # server-side wait before each GenerateContent answer
+    "page_delay_ms": 0,  # server-side wait before each app page (the real app takes seconds to come up)
+    "upload_delay_ms": 0,  # an attached file's chip shows this long after it was chosen (the real page uploads it)
     "mode": "ok",  # outcome of the next generations, one of MODES
     "mode_times": None,  # apply `mode` to the next N generations only, then back to "ok"; None = always
     "dialogs": [],  # dialogs covering the page on load, shown one after the other (DIALOGS)
@@ -122,6 +124,8 @@ def _extra_models(value: Any) -> bool:
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "latency_ms": _non_negative_int,
+    "page_delay_ms": _non_negative_int,
+    "upload_delay_ms": _non_negative_int,
     "mode": _one_of(MODES),
     "mode_times": _optional_int,
     "dialogs": _list_of(DIALOGS),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ NO_STORE = {"cache-control": "no-store"}
 REGIONS_PATH = "/gemini-api/docs/available-regions"
 # Knobs the page's JavaScript reads as they are.
 PAGE_KNOBS = (
-    "markup", "missing_roles", "dialogs", "dialog_delay_ms", "copyright_dialog", "image_stagger_ms", "event_dialogs",
+    "upload_delay_ms", "markup", "missing_roles", "dialogs", "dialog_delay_ms", "copyright_dialog", "image_stagger_ms", "event_dialogs",
     "copyright_delay_ms", "select_apply", "select_apply_delay_ms", "upload_signal", "run_button", "harmless_toast",
     "stale_callout", "failure_display", "model_picker", "unavailable_models", "temporary_chat",
 )
@@ -68,7 +70,7 @@ def _page_config(sim: SimState, account: str, model: str | None) -> dict[str, An
     }
 
 
-def _render_app(request: Request, sim: SimState) -> ASGIResponse:
+async def _render_app(request: Request, sim: SimState) -> ASGIResponse:
     account = current_account(request, sim)
     if account is None:
         if sim.effective_config(None)["signed_out_page"] == "link":
@@ -81,6 +83,8 @@ def _render_app(request: Request, sim: SimState) -> ASGIResponse:
         query = f"?{request.url.query}" if request.url.query else ""
         return redirect(f"/app{request.url.path}{query}")
     sim.count_page_load(account)
+    if config["page_delay_ms"]:
+        await asyncio.sleep(config["page_delay_ms"] / 1000)
     page_config = _page_config(sim, account, request.query_params.get("model"))
     return _html("new_chat.html", {CONFIG_PLACEHOLDER: _script_json(page_config)}, _renewed(request, sim, account, config))
 
@@ -95,14 +99,14 @@ def _renewed(request: Request, sim: SimState, account: str, config: dict[str, An
 @get(["/", "/prompts/new_chat", "/prompts/new_image", "/app/prompts/new_chat", "/app/prompts/new_image"],
      include_in_schema=False)
 async def app_page(request: Request, state: State) -> ASGIResponse:
-    return _render_app(request, state.sim)
+    return await _render_app(request, state.sim)
 
 
 @get("/u/{user_index:int}/prompts/{page:str}", include_in_schema=False)
 async def account_scoped_app_page(request: Request, state: State, page: FromPath[str]) -> ASGIResponse:
     if page not in ("new_chat", "new_image"):
         raise NotFoundException()
-    return _render_app(request, state.sim)
+    return await _render_app(request, state.sim)
 
 
 @get(REGIONS_PATH, include_in_schema=False)

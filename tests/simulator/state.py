@@ -33,6 +33,8 @@ class Generation:
     image_size: str | None = None
     chat_id: str | None = None
     temporary: bool = False  # a Temporary chat is not saved to the account's Drive
+    history_turns: int = 0  # the chat's earlier turns the page sent along (user and model)
+    history_images: list[str] = field(default_factory=list)  # sha256 of the images in them: what the model reads again
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     outcome: str | None = None  # None while in flight
@@ -45,6 +47,9 @@ class Generation:
             "model": self.model,
             "image_size": self.image_size,
             "temporary": self.temporary,
+            "chat_id": self.chat_id,
+            "history_turns": self.history_turns,
+            "history_images": self.history_images,
             "uploads": [vars(upload) for upload in self.uploads],
             "started_at": self.started_at,
             "ended_at": self.ended_at,

@@ -25,6 +25,7 @@ const page = {
   size: null, // output size; null when the model offers no size choice
   temporary: false, // Temporary chat: the run is not autosaved to Drive
   chatId: "chat-" + Math.random().toString(36).slice(2),
+  history: [], // the chat's earlier turns, {role, text, images (base64)}: the real page sends them with every Run
   eventsFired: new Set(), // event_dialogs fire once per page
   tokens: 0,
 };
@@ -244,6 +245,7 @@ async function onFileChosen() {
   if (!file) return;
   try {
     const dataUrl = await readAsDataUrl(file);
+    if (config.upload_delay_ms > 0) await new Promise((resolve) => setTimeout(resolve, config.upload_delay_ms));
     const upload = { name: file.name, mime: file.type || "application/octet-stream", dataUrl, data_b64: dataUrl.slice(dataUrl.indexOf(",") + 1) };
     page.uploads.push(upload);
     showUpload(upload);
@@ -325,7 +327,7 @@ function requestBody(prompt, uploads) {
   const files = uploads.map(({ name, mime, data_b64 }) => ({ name, mime, data_b64 }));
   return JSON.stringify({
     prompt, aspect_ratio: page.ratio, model: page.model, image_size: page.size, uploads: files,
-    chat_id: page.chatId, temporary: page.temporary,
+    chat_id: page.chatId, temporary: page.temporary, history: page.history,
   });
 }
 
@@ -353,7 +355,11 @@ async function startRun() {
     finishRun();
     // an error can come inside a 200 answer (a streamed answer that failed part-way)
     if (response.ok && body.error) showFailure(body.error.code, body);
-    else if (response.ok) appendModelTurn(body);
+    else if (response.ok) {
+      page.history.push({ role: "user", text: prompt, images: uploads.map((upload) => upload.data_b64) });
+      page.history.push({ role: "model", text: body.text || "", images: (body.images || []).map((image) => image.data) });
+      appendModelTurn(body);
+    }
     else showFailure(response.status, body);
   } catch (error) {
     finishRun();
