@@ -15,15 +15,16 @@ Markdown images; sent back as history, those are the model's images of that turn
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from litestar import Request
 
-from gateway.api.faces import limits_of
+from gateway.api.faces import dispatcher_of, limits_of
 from gateway.api.image_urls import FILES_PATH, own_image
 from gateway.api.openai_requests import model_spec, openai_request
 from gateway.api.remote_images import fetch_image
@@ -53,6 +54,11 @@ class Conversation:
     prompt: str
     images: list[str]
     from_history: int  # how many of `images` came from earlier turns
+    words: str = ""  # the new turn's own text, without the earlier requests
+
+    @property
+    def own_images(self) -> int:
+        return len(self.images) - self.from_history
 
 
 def read(turns: Sequence[Turn], *, max_references: int, takes_references: bool, context_chars: int,
@@ -70,7 +76,7 @@ def read(turns: Sequence[Turn], *, max_references: int, takes_references: bool, 
     text = "\n".join(t for t in current.texts if t.strip())
     prompt = with_context(text, [t for turn in earlier if turn.role == "user" for t in turn.texts if t.strip()],
                           context_chars, max_prompt_chars)
-    return Conversation(prompt, [*current.images, *history[:room]], min(room, len(history)))
+    return Conversation(prompt, [*current.images, *history[:room]], min(room, len(history)), text)
 
 
 def _history_images(earlier: Sequence[Turn], exclude: Sequence[str]) -> list[str]:
@@ -139,7 +145,22 @@ async def openai_style_generation(request: Request[Any, Any, Any], turns: Sequen
         context_chars=faces.chat_context_chars, max_prompt_chars=limits.max_prompt_chars,
     )
     images = await references(request, talk.images)
-    return openai_request(request, prompt=talk.prompt, model=model, size=size, images=images)
+    generation = openai_request(request, prompt=talk.prompt, model=model, size=size, images=images)
+    return await as_chat_turn(request, generation, talk, images)
+
+
+async def as_chat_turn(request: Request[Any, Any, Any], generation: GenerationRequest, talk: Conversation,
+                       images: Sequence[bytes]) -> GenerationRequest:
+    """The generation as a conversation's turn: the instance keeps its chat for the next turn, and continues the
+    chat of the task that made the conversation's newest earlier image when its page still holds it."""
+    if not talk.words.strip():
+        return generation  # a turn of pictures alone: a new chat with the context as its prompt
+    after = None
+    if talk.from_history:
+        newest = images[talk.own_images]
+        after = await dispatcher_of(request).task_that_made(hashlib.sha256(newest).hexdigest())
+    return replace(generation, chat_turn=talk.words, turn_references=talk.own_images,
+                   continue_chat=str(after) if after is not None else None)
 
 
 async def references(request: Request[Any, Any, Any], images: Sequence[str]) -> list[bytes]:

@@ -125,7 +125,7 @@ class GeminiModelListOut(msgspec.Struct, kw_only=True):
     models: list[GeminiModelOut]
 
 
-def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateContentIn) -> GenerationRequest:
+async def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateContentIn) -> GenerationRequest:
     """The one checked request behind a generateContent call: the last user turn, with the conversation's earlier
     images as references and its earlier requests as context (gateway/api/conversation.py)."""
     contents = body.contents if isinstance(body.contents, list) else [body.contents]
@@ -141,10 +141,11 @@ def gemini_request(request: Request[Any, Any, Any], model: str, body: GenerateCo
     images = [decoded_reference(data, index, limits) for index, data in enumerate(talk.images)]
     refuse_control_characters({"prompt": talk.prompt, "model": model, "aspectRatio": image_config.aspectRatio,
                                "imageSize": image_config.imageSize})
-    return form_request(
+    generation = form_request(
         talk.prompt, image_config.aspectRatio, images, limits, model=spec.id, image_size=image_config.imageSize,
         output_format=_format_of(image_config.outputMimeType), output_quality=image_config.outputCompressionQuality,
     )
+    return await conversation.as_chat_turn(request, generation, talk, images)
 
 
 def _turn(content: Content) -> conversation.Turn:
@@ -270,7 +271,7 @@ async def _generate_content(request: Request[Any, Any, Any], model_action: str, 
     model, action = _split(model_action)
     if action not in ACTIONS:
         raise NotFound("route_not_found", path=f"models/{model_action[:80]}")
-    generation = gemini_request(request, model, data)
+    generation = await gemini_request(request, model, data)
     (result,) = await run_all(request, [generation], await task_meta(request, "gemini"))
     answer = gemini_answer(result, generation.model, request_language(request))
     if action == STREAM_ACTION:

@@ -69,6 +69,9 @@ from gateway.instance_client import InstanceAddress, InstanceClient
 from gateway.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
+# How far back a conversation's last image is looked for: longer than an instance keeps a chat (INSTANCE_KEEP_CHAT_S).
+CONVERSATION_LOOKBACK = timedelta(minutes=15)
+CONVERSATION_SETTLE_WAIT = 2.0  # seconds a next turn waits for its account's release in this gateway, at most
 
 RETRY_AFTER_MAX = 600
 
@@ -380,6 +383,10 @@ class Dispatcher:
         """Past GATEWAY_TASK_RESULT_TTL by the row's end, which every gateway reads alike, before any store looks."""
         return row.finished_at is not None and row.finished_at + timedelta(seconds=self._settings.task_result_ttl) <= utcnow()
 
+    async def task_that_made(self, image_sha256: str) -> uuid.UUID | None:
+        """The recent task that answered with this image: a conversation's last turn, whose chat may be kept."""
+        return await self._ledger.task_that_made(image_sha256, utcnow() - CONVERSATION_LOOKBACK)
+
     def _gone(self, task_id: uuid.UUID) -> Gone:
         return Gone("task_result_gone", task_id=str(task_id), ttl=int(self._settings.task_result_ttl))
 
@@ -455,8 +462,12 @@ class Dispatcher:
             run.task_id, mode, request.prompt, request.aspect_ratio, len(request.references_b64),
             request.model, request.image_size, api=meta.api, output_format=request.output_format,
             idempotency_key=meta.idempotency_key, request_hash=digest, request_path=run.request_path,
-            callback_url=meta.callback_url,
+            callback_url=meta.callback_url, after_task=request.after_task,
         )
+        previous = self._settling.get(request.after_task) if request.after_task is not None else None
+        if previous is not None and not behind_others:
+            # a conversation's next turn sent at once: its account is still being released; it is free in a moment
+            await asyncio.wait([previous], timeout=CONVERSATION_SETTLE_WAIT)
         # Instances that answered here a moment ago may not be released yet: before queueing, wait for that.
         settling = list(self._settling.values()) if not behind_others else []
         lease, snapshot, claimed = await self._try_admit(task, try_lease=not behind_others, may_queue=not settling)
@@ -549,7 +560,8 @@ class Dispatcher:
                 log.exception("cannot queue the webhook of task %s", run.task_id)
 
     async def _lease_for(self, waiter: Waiter) -> Lease | None:
-        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoid.current(), waiter.model)
+        return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoid.current(), waiter.model,
+                                               after=waiter.after_task)
 
     # Estimates and bookkeeping -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -61,6 +62,19 @@ class GenerationRequest:
     image_size: str | None = None  # None: the page's default size
     output_format: str = "png"  # what the gateway answers with: png (the page's own), jpeg or webp
     output_quality: int | None = None  # jpeg and webp, 1-100; None: the converter's default
+    # A conversation's turn (the chat faces): its own words and how many of the references are its own; the task
+    # that made the conversation's last image, whose chat the instance may still hold (continued when it does).
+    chat_turn: str | None = None
+    turn_references: int = 0
+    continue_chat: str | None = None
+
+    @property
+    def after_task(self) -> uuid.UUID | None:
+        """The task whose instance this turn would rather have (it may hold the conversation's chat)."""
+        try:
+            return uuid.UUID(self.continue_chat) if self.continue_chat else None
+        except ValueError:
+            return None
 
     def instance_payload(self, task_id: str) -> GenerateRequest:
         # the operator's entry, or a model the packaged data lacks: the instance is told the options checked here
@@ -75,6 +89,10 @@ class GenerationRequest:
             reference_images_b64=list(self.references_b64),
             task_id=task_id,
             image_size=self.image_size,
+            keep_chat=self.chat_turn is not None,
+            continue_chat=self.continue_chat if self.chat_turn is not None else None,
+            turn_prompt=self.chat_turn,
+            turn_references=self.turn_references if self.chat_turn is not None else 0,
         )
 
 

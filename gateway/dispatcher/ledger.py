@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, delete, func, insert, literal, select, update
+from sqlalchemy import Row, Text, and_, case, cast, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleet_contract.codes import OUT_OF_REACH
@@ -53,6 +55,9 @@ from gateway.settings import AccountSettings
 Clock = Callable[[], datetime]
 
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
+
+
+RECENT_IMAGES = 1024  # answers remembered for conversations' next turns (their rows may not be written yet)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class NewTask:
     request_hash: str | None = None
     request_path: str | None = None
     callback_url: str | None = None
+    after_task: uuid.UUID | None = None  # a conversation's last task: its instance is preferred (see GenerationRequest)
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class Ledger:
         self._engine = engine
         self._lease_seconds = lease_seconds
         self._origin = origin  # this process, so it can tell its own notifications from other replicas'
+        self._recent_images: OrderedDict[str, uuid.UUID] = OrderedDict()  # sha256 -> the task that answered with it
         self.accounts = accounts or AccountSettings()
         self.clock = clock  # injected by tests and the day benchmark: midnight Pacific comes when they say
         self._postgres = engine.dialect.name == "postgresql"
@@ -184,7 +191,8 @@ class Ledger:
         a task neither leased nor queued (nothing can serve it, or no room to wait) leaves no row."""
         await self.backlog.ready()  # releases still waiting for the database come first
         now = self.clock()
-        params = self._lease_params(task.task_id, avoid, now, task.model) | _task_params(task) | {"p_owner": self._origin}
+        params = (self._lease_params(task.task_id, avoid, now, task.model, after=task.after_task) | _task_params(task)
+                  | {"p_owner": self._origin})
         if try_lease and self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
                 lease = self._lease_from(task.task_id, await connection.execute(sql.LEASE_AND_REGISTER, params), now)
@@ -204,11 +212,12 @@ class Ledger:
             await connection.execute(sql.INSERT_TASK, params | queued)
         return None, snapshot
 
-    async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], model: str) -> Lease | None:
+    async def lease_queued(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], model: str,
+                           after: uuid.UUID | None = None) -> Lease | None:
         """A lease for a task that waited; its row turns running."""
         await self.backlog.ready()  # its own return to the queue, if that is still waiting, comes first
         now = self.clock()
-        params = self._lease_params(task_id, exclude, now, model)
+        params = self._lease_params(task_id, exclude, now, model, after=after)
         if self._postgres and not self._leases_take_turns:
             async with self._single.connect() as connection:
                 return self._lease_from(task_id, await connection.execute(sql.LEASE_AND_START, params), now)
@@ -386,14 +395,15 @@ class Ledger:
                 await stack.enter_async_context(self._writer)
             yield await stack.enter_async_context(self._engine.begin())
 
-    def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime, model: str) -> dict[str, Any]:
+    def _lease_params(self, task_id: uuid.UUID, exclude: frozenset[uuid.UUID], now: datetime, model: str,
+                      after: uuid.UUID | None = None) -> dict[str, Any]:
         expires = now + timedelta(seconds=self._lease_seconds)
         today = pacific_day(now)
         return {
             # a model the packaged catalogue lacks goes only to accounts whose page lists it
             "p_task_id": task_id, "p_exclude": list(exclude | page_catalogue.not_offering(model)), "p_now": now, "p_expires": expires, "p_model": model,
             "p_day": today, "p_since": today - timedelta(days=self.accounts.usage_days),
-            "p_per_exit": self.accounts.per_exit,
+            "p_per_exit": self.accounts.per_exit, "p_after": after,
         }
 
     @staticmethod
@@ -445,6 +455,27 @@ class Ledger:
     async def get_task(self, task_id: uuid.UUID) -> Row[Any] | None:
         async with self._engine.connect() as connection:
             return (await connection.execute(select(TASKS).where(T.id == task_id))).first()
+
+    def note_images(self, hashes: Sequence[str], task_id: uuid.UUID) -> None:
+        """The images a task answered with, remembered here before its row is written (bounded, newest kept)."""
+        for image in hashes:
+            self._recent_images[image] = task_id
+            self._recent_images.move_to_end(image)
+        while len(self._recent_images) > RECENT_IMAGES:
+            self._recent_images.popitem(last=False)
+
+    async def task_that_made(self, image_sha256: str, since: datetime) -> uuid.UUID | None:
+        """The newest task ended since `since` that answered with this image (sha256, hex), if any: this
+        gateway's own recent answers first, then every gateway's rows."""
+        if not re.fullmatch(r"[0-9a-f]{64}", image_sha256):
+            return None
+        if image_sha256 in self._recent_images:
+            return self._recent_images[image_sha256]
+        query = (select(T.id).where(T.status == TaskStatus.SUCCEEDED, T.finished_at >= since,
+                                    cast(T.image_hashes, Text).contains(image_sha256))
+                 .order_by(T.finished_at.desc()).limit(1))
+        async with self._engine.connect() as connection:
+            return await connection.scalar(query)
 
     async def expire_results(self, older_than: datetime) -> int:
         async with self._transaction() as connection:

@@ -41,6 +41,7 @@ class Waiter:
     future: asyncio.Future[Lease] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     since: float = field(default_factory=time.monotonic)
     created_at: datetime | None = None  # the task's admission: tasks taken over from another gateway queue by it
+    after_task: uuid.UUID | None = None  # a conversation's last task: its instance is preferred
 
 
 class WaitQueue:

@@ -216,7 +216,8 @@ class TaskRun:
     def enqueue(self, *, by_age: bool = False) -> Waiter:
         """In the wait queue; a retry goes first, as it has waited already. `by_age`: a task admitted earlier
         (resumed or taken over) goes among the waiting tasks by its admission time."""
-        waiter = Waiter(self.task_id, frozenset(self.progress.tried), self.request.model, created_at=self.created_at)
+        waiter = Waiter(self.task_id, frozenset(self.progress.tried), self.request.model, created_at=self.created_at,
+                        after_task=self.request.after_task)
         self._context.queue.enqueue(waiter, front=bool(self.progress.tried), by_age=by_age)
         return waiter
 
@@ -395,7 +396,9 @@ class TaskRun:
         if not attempt.success:
             return self.progress.end(TaskStatus.FAILED, attempt.error_code, attempt.error_message)
         end = self.progress.end(TaskStatus.SUCCEEDED, None, None, len(attempt.images_b64))
-        return replace(end, image_hashes=content_hashes(attempt.images_b64))
+        hashes = content_hashes(attempt.images_b64)
+        self._context.ledger.note_images(hashes, self.task_id)  # a conversation's next turn may come before the row
+        return replace(end, image_hashes=hashes)
 
     # Recording an attempt ---------------------------------------------------------------------------
 

@@ -140,12 +140,18 @@ def exit_has_room(now: Any = _NOW) -> ColumnElement[bool]:
     return or_(_PER_EXIT <= 0, busy < _PER_EXIT)
 
 
+def holds_conversation() -> Any:
+    """0 for the instance that ran `p_after` (a conversation's last turn: its page may still hold that chat), else 1."""
+    after = select(T.instance_id).where(T.id == bindparam("p_after", type_=Uuid())).scalar_subquery()
+    return case((I.id == after, 0), else_=1)
+
+
 # The lease.
 _CANDIDATE = (
     select(I.id)
     .where(serving(), not_cooling(), lease_free(), ~model_blocked(), exit_has_room(),
            I.id.not_in(bindparam("p_exclude", expanding=True)))
-    .order_by(remaining_today().desc().nulls_first(), I.last_used_at.asc().nulls_first(), I.id)
+    .order_by(holds_conversation(), remaining_today().desc().nulls_first(), I.last_used_at.asc().nulls_first(), I.id)
     .limit(1)
     .with_for_update(skip_locked=True)
 )

@@ -94,6 +94,12 @@ class FakeGeneration:
     model: str | None = None
     image_size: str | None = None
     model_options: dict[str, Any] | None = None  # what the gateway sent for a model the packaged catalogue lacks
+    # A conversation's turn as the gateway asked it (GenerateRequest), and whether it went into the kept chat.
+    keep_chat: bool = False
+    continue_chat: str | None = None
+    turn_prompt: str | None = None
+    turn_references: int = 0
+    continued: bool = False
 
 
 @dataclass
@@ -128,6 +134,7 @@ class FakeContainer:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     current_task: str | None = None
     last_success_at: str | None = None
+    kept_chat: tuple[str, str | None] | None = None  # (task id, model) of the chat its page holds, as a real one
     fake_snapshots: list[m.Snapshot] = field(default_factory=list)  # newest first, as the real instance lists them
     # What its page's model picker offers beyond the packaged models (offer_fake_model): id -> {label, ratios, sizes}.
     fake_offered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -436,6 +443,7 @@ class FakeRuntime:
             session_expires_at=container.session_expires_at,
             busy=container.busy,
             current_task=container.current_task,
+            kept_chat=container.kept_chat[0] if container.kept_chat else None,
             version="fake",
             browser_mode="fake",
             page_url=f"https://{FAKE_DOMAIN}/prompts/new_chat" if ready else None,
@@ -618,7 +626,11 @@ class FakeRuntime:
             prompt=body.get("prompt", ""), aspect_ratio=body.get("aspect_ratio", ""),
             references=list(body.get("reference_images_b64") or []),
             model=body.get("model"), image_size=body.get("image_size"), model_options=body.get("model_options"),
+            keep_chat=body.get("keep_chat", False), continue_chat=body.get("continue_chat"),
+            turn_prompt=body.get("turn_prompt"), turn_references=body.get("turn_references", 0),
         )
+        kept, container.kept_chat = container.kept_chat, None  # any task leaves or continues the kept chat
+        record.continued = body.get("continue_chat") is not None and kept == (body.get("continue_chat"), body.get("model"))
         self.generations.append(record)
         container.busy, container.current_task = True, task_id
         try:
@@ -639,7 +651,10 @@ class FakeRuntime:
         container.last_success_at = datetime.now(UTC).isoformat()
         png = numbered_png(len(self.generations)) if self.numbered_images else TINY_PNG
         image = base64.b64encode(outcome.image if outcome.image is not None else png).decode()
-        return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings))
+        if record.keep_chat and task_id:
+            container.kept_chat = (task_id, body.get("model"))
+        return _answer(m.GenerateAnswer(success=True, task_id=task_id, images_b64=[image], text="fake text", timings=timings,
+                                        continued=record.continued))
 
     async def _generating(self, container: FakeContainer, delay: float, request: httpx.Request) -> None:
         """Sleeps through the generation; a container killed or removed meanwhile drops the connection."""

@@ -435,6 +435,42 @@ async def test_a_chat_edits_in_conversation_with_the_earlier_images_as_reference
     assert second.references == [made[0]]
     assert third.references == [made[1], made[0]]  # newest first
     assert third.prompt.startswith("add a hat\n\n") and third.prompt.endswith("- a cat on a sofa\n- now make it red")
+    assert_one_chat(first, second, third, ("a cat on a sofa", "now make it red", "add a hat"))
+
+
+def assert_one_chat(first: Any, second: Any, third: Any, words: tuple[str, ...]) -> None:
+    """Each turn asked to keep its chat; the later ones went to the account that holds it (the pool's other,
+    idle instance notwithstanding) and continued it with their own words."""
+    assert {first.instance_id, second.instance_id, third.instance_id} == {first.instance_id}
+    assert [g.keep_chat for g in (first, second, third)] == [True, True, True]
+    assert [g.continue_chat for g in (first, second, third)] == [None, first.task_id, second.task_id]
+    assert [g.continued for g in (first, second, third)] == [False, True, True]
+    assert [g.turn_prompt for g in (first, second, third)] == list(words)
+    assert [g.turn_references for g in (first, second, third)] == [0, 0, 0]
+
+
+async def test_a_conversation_whose_account_is_busy_goes_on_elsewhere_in_a_new_chat(pool: Pool) -> None:
+    pool.fake.numbered_images = True
+    client = openai_client(pool)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "a cat on a sofa"}]
+    answer = await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+    messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                 {"role": "user", "content": "now make it red"}]
+    first = pool.fake.generations[0]
+    pool.fake.containers[first.instance_id].generate_delay = 3.0  # what lands on that account now keeps it busy
+    others = [asyncio.ensure_future(client.images.generate(prompt=f"a dog {n}", model="gemini-2.5-flash-image"))
+              for n in (1, 2)]  # one on each account
+
+    def other_account_free() -> bool:
+        return any(g.instance_id != first.instance_id and g.ended for g in pool.fake.generations[1:])
+
+    await await_until(other_account_free, timeout=10, what="the other account free again, the kept chat's still busy")
+    await pool.fleet.dispatcher.settled()
+    await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+    await asyncio.gather(*others)
+    second = pool.fake.generations[3]
+    assert second.instance_id != first.instance_id and second.continue_chat == first.task_id
+    assert second.continued is False and second.references == [b64(numbered_png(1))]  # a new chat, complete
 
 
 async def test_a_chat_reference_may_be_a_signed_link_of_this_gateway(pool: Pool) -> None:
@@ -471,6 +507,7 @@ async def test_a_gemini_chat_edits_in_conversation_through_the_official_client(p
     made = [b64(numbered_png(n)) for n in (1, 2, 3)]
     assert (first.references, second.references, third.references) == ([], [made[0]], [made[1], made[0]])
     assert third.prompt.startswith("再加一顶帽子\n\n") and third.prompt.endswith("- 一只猫坐在沙发上\n- 把它变成红色")
+    assert_one_chat(first, second, third, ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"))
 
 
 # ---- Gemini ---------------------------------------------------------------------------------------------
@@ -645,6 +682,7 @@ async def test_an_anthropic_conversation_edits_with_the_earlier_images_as_refere
     assert second.references == [made[0]]
     assert third.references == [made[1], made[0]]  # newest first, read from the kept results
     assert third.prompt.startswith("add a hat\n\n") and third.prompt.endswith("- a cat on a sofa\n- now make it red")
+    assert_one_chat(first, second, third, ("a cat on a sofa", "now make it red", "add a hat"))
 
 
 async def test_without_kept_results_the_images_are_data_urls_and_still_carried(
