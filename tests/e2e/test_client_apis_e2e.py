@@ -204,9 +204,10 @@ def test_anthropic_messages_stream_and_an_edit_carrying_the_image(fleet: Fleet) 
     assert second.content[0].text == SIM_TEXT
     made, edited = fleet.generations()
     assert made["prompt"] == "一座雪山，日出" and made["aspect_ratio"] == "16:9" and made["uploads"] == []
-    reencoded = reencode(image.content, 0, 40_000_000).data  # the instance re-encodes every reference it takes
-    assert [u["sha256"] for u in edited["uploads"]] == [hashlib.sha256(reencoded).hexdigest()]  # the image made
-    assert edited["prompt"].startswith("加上一只鹰\n\n") and edited["prompt"].endswith("- 一座雪山，日出")
+    # the same account's kept chat, continued with the new words: the page sends the image made along
+    assert (edited["account"], edited["chat_id"]) == (made["account"], made["chat_id"])
+    assert edited["uploads"] == [] and edited["prompt"] == "加上一只鹰"
+    assert edited["history_images"] == [hashlib.sha256(image.content).hexdigest()]
 
 
 def uploaded_as(image: bytes) -> str:
@@ -214,9 +215,9 @@ def uploaded_as(image: bytes) -> str:
     return hashlib.sha256(reencode(image, 0, 40_000_000).data).hexdigest()
 
 
-def test_an_openai_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fleet: Fleet) -> None:
+def test_an_openai_chat_edits_in_three_turns_in_one_chat(fleet: Fleet) -> None:
     """As a chat app sends it (each turn resends the history with the answers' Markdown): on the real page, the
-    second turn uploads the first image, the third the second and the first (newest first)."""
+    later turns continue the first turn's chat on its account, which sends the model the images made so far."""
     fleet.fresh(latency_ms=200)
     client = fleet.openai()
     messages: list[dict[str, Any]] = []
@@ -229,22 +230,33 @@ def test_an_openai_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fl
         messages.append({"role": "assistant", "content": content})
     first, second, third = fleet.generations()
     assert first["uploads"] == [] and first["prompt"] == "a cat on a sofa"
-    assert [u["sha256"] for u in second["uploads"]] == [uploaded_as(made[0])]
-    assert [u["sha256"] for u in third["uploads"]] == [uploaded_as(made[1]), uploaded_as(made[0])]
-    assert third["prompt"].startswith("add a hat\n\n") and third["prompt"].endswith("- a cat on a sofa\n- now make it red")
+    assert {g["chat_id"] for g in (first, second, third)} == {first["chat_id"]}
+    assert [(g["prompt"], g["uploads"]) for g in (second, third)] == [("now make it red", []), ("add a hat", [])]
+    assert second["history_images"] == [sha(made[0])] and third["history_images"] == [sha(made[0]), sha(made[1])]
 
 
-def test_a_gemini_chat_edits_in_three_turns_with_the_earlier_images_uploaded(fleet: Fleet) -> None:
-    """google-genai's own chat session keeps the history (the model's inline images included)."""
+def sha(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
+
+
+def test_a_gemini_chat_edits_in_three_turns_and_a_lost_chat_uploads_the_earlier_images(fleet: Fleet) -> None:
+    """google-genai's own chat session keeps the history (the model's inline images included). The second turn
+    continues the kept chat; an operator's navigation then leaves it, so the third is a new chat on the real page
+    that uploads the second image and the first (newest first), with the earlier requests as context."""
     fleet.fresh(latency_ms=200)
     client = fleet.gemini()  # held: a collected client closes its connections under a running call
     chat = client.chats.create(model="gemini-2.5-flash-image")
     made = []
     for request in ("一只猫坐在沙发上", "把它变成红色", "再加一顶帽子"):
+        if len(made) == 2:
+            account = fleet.generations()[-1]["account"]
+            holder = next(i for i, a in fleet.accounts.items() if a == account)
+            fleet.gateway.call("POST", f"/api/instances/{holder}/navigate", json={"target": "home"})
         answer = chat.send_message(request)
         made.append(next(p.inline_data.data for p in answer.candidates[0].content.parts if p.inline_data))
     first, second, third = fleet.generations()
-    assert first["uploads"] == []
-    assert [u["sha256"] for u in second["uploads"]] == [uploaded_as(made[0])]
+    assert first["uploads"] == [] and second["uploads"] == [] and second["chat_id"] == first["chat_id"]
+    assert second["prompt"] == "把它变成红色" and second["history_images"] == [sha(made[0])]
+    assert third["chat_id"] != first["chat_id"] and third["history_images"] == []
     assert [u["sha256"] for u in third["uploads"]] == [uploaded_as(made[1]), uploaded_as(made[0])]
-    assert third["prompt"].startswith("再加一顶帽子\n\n")
+    assert third["prompt"].startswith("再加一顶帽子\n\n") and third["prompt"].endswith("- 一只猫坐在沙发上\n- 把它变成红色")
