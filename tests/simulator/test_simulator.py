@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import time
 from urllib.parse import quote
 
 import httpx
@@ -413,3 +414,22 @@ def test_extra_model_in_the_picker_opens_by_url_and_generates(client):
     assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]["data"]))).size == (2048, 256)
     for bad in ([{"id": "x", "colour": "red"}], [{"id": ""}], [{"id": "x", "sizes": ["3K"]}], [{"id": "x", "ratios": ["7:3"]}], {}):
         assert client.post("/_sim/config", json={"extra_models": bad}).status_code == 400
+
+
+def test_a_chats_history_is_recorded_and_the_page_and_uploads_take_their_time(client):
+    sign_in(client)
+    made = png_bytes((4, 4))
+    history = [{"role": "user", "text": "a cat", "images": []},
+               {"role": "model", "text": "here", "images": [base64.b64encode(made).decode()]}]
+    body = {"prompt": "now red", "chat_id": "c1", "temporary": True, "history": history}
+    assert client.post(GENERATE_PATH, json=body).status_code == 200
+    (generation,) = client.get("/_sim/record").json()["generations"]
+    assert (generation["chat_id"], generation["history_turns"]) == ("c1", 2)
+    assert generation["history_images"] == [hashlib.sha256(made).hexdigest()]
+    bad = client.post(GENERATE_PATH, json={**body, "history": [{"role": "model", "images": ["%%"]}]})
+    assert bad.status_code == 400 and "history image" in bad.text
+    assert client.post("/_sim/config", json={"page_delay_ms": -1}).status_code == 400
+    client.post("/_sim/config", json={"page_delay_ms": 300, "upload_delay_ms": 700})
+    started = time.monotonic()
+    page = client.get("/prompts/new_chat")
+    assert time.monotonic() - started >= 0.3 and page_config(page.text)["upload_delay_ms"] == 700
