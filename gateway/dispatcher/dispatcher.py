@@ -385,7 +385,12 @@ class Dispatcher:
 
     async def task_that_made(self, image_sha256: str) -> uuid.UUID | None:
         """The recent task that answered with this image: a conversation's last turn, whose chat may be kept."""
-        return await self._ledger.task_that_made(image_sha256, utcnow() - CONVERSATION_LOOKBACK)
+        try:
+            return await self._ledger.task_that_made(image_sha256, utcnow() - CONVERSATION_LOOKBACK)
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            return None  # only a preference: the turn is admitted (or refused) as any other task
 
     def _gone(self, task_id: uuid.UUID) -> Gone:
         return Gone("task_result_gone", task_id=str(task_id), ttl=int(self._settings.task_result_ttl))

@@ -438,6 +438,23 @@ async def test_a_chat_edits_in_conversation_with_the_earlier_images_as_reference
     assert_one_chat(first, second, third, ("a cat on a sofa", "now make it red", "add a hat"))
 
 
+async def test_a_turn_whose_last_image_cannot_be_looked_up_goes_on_as_a_new_chat(pool: Pool, monkeypatch) -> None:
+    async def unreachable(*_args: Any) -> None:
+        raise ConnectionRefusedError("the database is restarting")  # a fake outage of the lookup alone
+
+    pool.fake.numbered_images = True
+    monkeypatch.setattr(pool.fleet.dispatcher._ledger, "task_that_made", unreachable)
+    client = openai_client(pool)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "a cat"}]
+    answer = await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+    messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                 {"role": "user", "content": "now red"}]
+    await client.chat.completions.create(model="gemini-2.5-flash-image", messages=messages)
+    second = pool.fake.generations[1]
+    assert second.continue_chat is None and second.keep_chat is True
+    assert second.references == [b64(numbered_png(1))]
+
+
 def assert_one_chat(first: Any, second: Any, third: Any, words: tuple[str, ...]) -> None:
     """Each turn asked to keep its chat; the later ones went to the account that holds it (the pool's other,
     idle instance notwithstanding) and continued it with their own words."""
