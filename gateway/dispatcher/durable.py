@@ -40,9 +40,14 @@ class TaskMeta:
         return dataclasses.replace(self, idempotency_key=f"{self.idempotency_key}:{index}")
 
 
+CHAT_FIELDS = frozenset({"chat_turn", "turn_references", "continue_chat"})
+
+
 def fingerprint(request: GenerationRequest, meta: TaskMeta) -> str:
     """A hash of everything the task was asked: the same key with another body is a conflict."""
-    body = {**dataclasses.asdict(request), "api": meta.api, "callback_url": meta.callback_url}
+    # a conversation's chat fields are the gateway's own findings (which task made the last image), not the client's
+    asked = {k: v for k, v in dataclasses.asdict(request).items() if k not in CHAT_FIELDS}
+    body = {**asked, "api": meta.api, "callback_url": meta.callback_url}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -271,3 +271,17 @@ async def test_output_formats_and_content_hashes(database_url: str, tmp_path: Pa
         bad = await pool.http.post("/v1/images/generations", json={"prompt": "x", "output_format": "bmp"})
         assert bad.status_code == 422 and bad.json()["error"]["param"] == "output_format"
         assert len(pool.fake.generations) == 3
+
+
+def test_an_idempotency_fingerprint_ignores_what_the_gateway_found_about_a_conversation() -> None:
+    from dataclasses import replace  # noqa: PLC0415
+
+    from gateway.dispatcher import GenerationRequest  # noqa: PLC0415
+    from gateway.dispatcher.durable import TaskMeta, fingerprint  # noqa: PLC0415
+
+    meta = TaskMeta(api="openai")
+    asked = GenerationRequest(prompt="now red", aspect_ratio="1:1", chat_turn="now red")
+    # the task that made the last image, found then and not on a retry a while later: the same request
+    found = replace(asked, continue_chat=str(uuid.uuid4()), turn_references=0)
+    assert fingerprint(asked, meta) == fingerprint(found, meta)
+    assert fingerprint(asked, meta) != fingerprint(replace(asked, prompt="now blue"), meta)
