@@ -13,6 +13,8 @@ same instances:
 - affinity: every turn asks to keep its chat; a next turn goes to the instance that holds its chat when that one is
   idle (continue_chat: the new words alone, nothing uploaded), and otherwise falls back to any idle instance as a
   new chat like `fresh`. A kept chat that another conversation's turn lands on costs that turn a new page load.
+  The script's fallback prefers an idle page that holds no chat; the gateway's lease takes the least recently used
+  account, which is rarely the one that just kept a chat.
 
 Prints, per policy and load: turn latency (mean, p50, p90, from request to answer, queueing included), the later
 turns' latency alone, the whole run's makespan, how many later turns continued their chat, the files uploaded and the
