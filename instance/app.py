@@ -230,11 +230,7 @@ async def _json_body(request: Request, limit: int) -> Any:
 def parse_generation(body: Any, settings: InstanceSettings, page_options: dict[str, Any] | None = None) -> GenerationRequest:
     if not isinstance(body, dict):
         raise BadInput("request body must be a JSON object")
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadInput("'prompt' must be a non-empty string")
-    if len(prompt) > settings.max_prompt_chars:
-        raise BadInput(f"'prompt' is longer than {settings.max_prompt_chars} characters")
+    prompt = _prompt_text(body.get("prompt"), "prompt", settings)
     model = _model(body.get("model"), settings, body.get("model_options"), page_options or {})
     ratio = _aspect_ratio(body.get("aspect_ratio"), model)
     image_size = _image_size(body.get("image_size"), model)
@@ -255,6 +251,15 @@ def parse_generation(body: Any, settings: InstanceSettings, page_options: dict[s
     )
 
 
+def _prompt_text(value: Any, name: str, settings: InstanceSettings) -> str:
+    """A prompt field: non-empty text within the prompt limit, else a 422 naming it."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"'{name}' must be a non-empty string")
+    if len(value) > settings.max_prompt_chars:
+        raise BadInput(f"'{name}' is longer than {settings.max_prompt_chars} characters")
+    return value
+
+
 def _chat_fields(body: dict[str, Any], settings: InstanceSettings) -> dict[str, Any]:
     """keep_chat, continue_chat, turn_prompt and turn_references: a conversation's turns in one chat (GenerateRequest)."""
     keep = body.get("keep_chat", False)
@@ -264,10 +269,8 @@ def _chat_fields(body: dict[str, Any], settings: InstanceSettings) -> dict[str, 
     if continue_chat is not None and not (isinstance(continue_chat, str) and 0 < len(continue_chat) <= 64):
         raise BadInput("'continue_chat' must be the task id (at most 64 characters) whose kept chat to continue")
     turn_prompt = body.get("turn_prompt")
-    if turn_prompt is not None and not (isinstance(turn_prompt, str) and turn_prompt.strip()):
-        raise BadInput("'turn_prompt' must be a non-empty string")
-    if turn_prompt is not None and len(turn_prompt) > settings.max_prompt_chars:
-        raise BadInput(f"'turn_prompt' is longer than {settings.max_prompt_chars} characters")
+    if turn_prompt is not None:
+        turn_prompt = _prompt_text(turn_prompt, "turn_prompt", settings)
     own = body.get("turn_references", 0)
     given = len(body.get("reference_images_b64") or [])
     if isinstance(own, bool) or not isinstance(own, int) or not 0 <= own <= given:
