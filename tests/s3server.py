@@ -4,7 +4,6 @@ speaking the S3 REST API over HTTP as MinIO would; the gateway reaches it throug
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.polling import wait_until
+from tests.ports import free_port as _free_port
 
 ACCESS_KEY, SECRET_KEY, REGION = "fleet-test-key", "fleet-test-secret", "us-east-1"
 
@@ -42,12 +42,6 @@ class S3Server:
         """The gateway's settings for this bucket (make_settings overrides)."""
         return {"result_store": "s3", "result_s3_url": f"s3://{bucket}/{prefix}", "result_s3_endpoint_url": self.endpoint_url,
                 "result_s3_region": REGION, "result_s3_access_key_id": ACCESS_KEY, "result_s3_secret_access_key": SECRET_KEY}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from gateway.app import Fleet, create_admin_app  # noqa: E402
 from gateway.runtime.fake import FakeRuntime  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from tests.polling import await_until  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 TARGET_HTTP_P50_MS = 30.0
 TARGET_PASS_MS = 250.0
@@ -42,12 +42,6 @@ class BenchSettings(Settings):
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def fill(fleet: Fleet, count: int) -> None:

@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 
 from tests.polling import wait_until  # noqa: E402
+from tests.ports import free_ports  # noqa: E402
 
 PNG_B64 = base64.b64encode(
     base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
@@ -61,16 +62,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 # ---- the fake instances (a child process) ------------------------------------------------------------
@@ -225,10 +216,10 @@ def instances(count: int) -> Iterator[list[str]]:
         stop(process)
 
 
-@contextlib.contextmanager
 BENCH_KEY = "bWFueS1iZW5jaC1nYXRld2F5cy1vbmUta2V5LTMyYnk="  # a Fernet key (32 bytes) for the benchmark's gateways
 
 
+@contextlib.contextmanager
 def gateway(database_url: str, data_dir: Path, **overrides: Any) -> Iterator[str]:
     (port,) = free_ports(1)
     # Replicas of one database share the encryption key (the seeded rows are sealed with it too).

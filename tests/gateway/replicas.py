@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ import httpx
 from gateway.runtime.base import InstanceSpec, RuntimeState
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import REPLICA_ENCRYPTION_KEY
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "replica-admin-token-0123456789"
 SHARED_FAKE_URL = "AISTUDIO_SHARED_FAKE_URL"
 URL_HEADER = "x-fake-url"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ---- in the test process: the fake instances behind a loopback server ---------------------------------------

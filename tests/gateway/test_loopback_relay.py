@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,6 +20,7 @@ from gateway.runtime.docker import LABEL_NAMESPACE, LABEL_RELAY_PORT, LABEL_ROLE
 from gateway.runtime.loopback_relay import _own_address, handler, serve
 from tests.gateway.test_docker_runtime import IMAGE, _engine_problem
 from tests.conftest import skip_or_fail
+from tests.ports import free_port
 from tests.proxies import ProxyThread
 
 SECRET = "relay-s3cret"
@@ -39,9 +39,7 @@ async def test_the_relay_serves_only_the_allowed_subnets() -> None:
     port = upstream.sockets[0].getsockname()[1]
 
     async def through(allow: str) -> bytes:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            listen_port = probe.getsockname()[1]
+        listen_port = free_port()
         task = asyncio.create_task(serve("127.0.0.1", port, [allow], port=listen_port))
         try:
             for _ in range(100):
