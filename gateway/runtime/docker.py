@@ -88,6 +88,25 @@ FENCE_RECHECK_S = 300.0  # the rules are written again this often, in case the h
 URL_VARIABLES = (instance_env.variable("aistudio_url"), instance_env.variable("signin_url"))
 
 
+class _DirectAPIClient(docker.APIClient):
+    """The engine's API without proxy environment variables: requests would send a tcp:// engine's calls (container
+    specs with instance tokens and proxy passwords) through HTTP_PROXY. A property, because requests.Session sets
+    trust_env in its __init__, before docker-py's first call (the version query)."""
+
+    @property
+    def trust_env(self) -> bool:
+        return False
+
+    @trust_env.setter
+    def trust_env(self, _value: bool) -> None:
+        pass
+
+
+class _DirectDockerClient(docker.DockerClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _DirectAPIClient(*args, **kwargs)
+
+
 class DockerRuntime:
     """Runs each instance as a Docker container; see the module docstring."""
 
@@ -250,9 +269,9 @@ class DockerRuntime:
                     # As many pooled connections as threads that may call at once.
                     options = {"timeout": int(self.api_timeout), "max_pool_size": self.max_workers}
                     if self.docker_host:
-                        client = docker.DockerClient(base_url=self.docker_host, **options)
+                        client = _DirectDockerClient(base_url=self.docker_host, **options)
                     else:
-                        client = docker.DockerClient.from_env(**options)
+                        client = _DirectDockerClient.from_env(**options)
                     client.ping()
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                     raise RuntimeUnavailable("docker", _reason(e)) from e

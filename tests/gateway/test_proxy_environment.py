@@ -1,6 +1,6 @@
 """The gateway's HTTP clients ignore proxy environment variables (issue 21, point 8): with HTTP_PROXY, HTTPS_PROXY
-and ALL_PROXY naming a recording proxy, the calls to instances, webhooks, image fetches, the command line and the
-Kubernetes API all go direct, and nothing reaches the proxy. A guard reads the code: every httpx client built in
+and ALL_PROXY naming a recording proxy, the calls to instances, webhooks, image fetches, the command line, a tcp://
+Docker engine and the Kubernetes API all go direct, and nothing reaches the proxy. A guard reads the code: every httpx client built in
 the gateway, the instance or the contract says `trust_env=False`, so a new one cannot slip in.
 
 (The instance's browser reaches the internet through INSTANCE_PROXY, a Playwright launch option: no HTTP client
@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import http.server
+import json
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from click.testing import CliRunner
 from gateway.app import create_admin_app
 from gateway.cli.commands import main as cli_main
 from gateway.instance_client import InstanceAddress, InstanceClient
+from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from gateway.runtime.kube_objects import PodTemplate
 from gateway.runtime.kubernetes import KubernetesRuntime
@@ -115,6 +118,48 @@ async def test_the_kubernetes_api_is_not_reached_through_an_environment_proxy(pr
     finally:
         await runtime.close()
         await api.stop()
+    assert proxied == []
+
+
+@contextlib.contextmanager
+def engine_stand_in() -> Iterator[tuple[str, list[str]]]:
+    """A loopback stand-in for a tcp:// Docker engine with no containers: its address and the paths it was asked."""
+    asked: list[str] = []
+
+    class Engine(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the handler's name is http.server's)
+            asked.append(self.path)
+            path = self.path.split("?")[0]
+            body = b"OK" if path.endswith("/_ping") else json.dumps(
+                {"ApiVersion": "1.45", "Version": "27.0.0"} if path.endswith("/version") else []).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain" if path.endswith("/_ping") else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_tcp_docker_engine_is_not_reached_through_an_environment_proxy(proxied: list[bytes]) -> None:
+    with engine_stand_in() as (docker_host, asked):
+        runtime = DockerRuntime(None, "aistudio-fleet-instance:test", docker_host=docker_host)
+        try:
+            await runtime.setup()
+            assert await runtime.list_managed() == {}
+        finally:
+            await runtime.close()
+    assert asked[0] == "/version"  # docker-py's version query, made while its client is being built
+    assert {path.split("?")[0] for path in asked} == {"/version", "/v1.45/_ping", "/v1.45/containers/json"}
     assert proxied == []
 
 
