@@ -116,13 +116,20 @@ def _relays(client: docker.DockerClient, runtime: DockerRuntime) -> list[docker.
     return client.containers.list(all=True, filters=filters)
 
 
+def bridge_gateway(client: docker.DockerClient) -> str:
+    """The default bridge's address on the host. An engine that found docker0 already up may list only the subnet
+    (no "Gateway"): the bridge then has the subnet's first address. The container below checks it either way."""
+    (config, *_) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    return config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
+
+
 async def test_a_loopback_proxy_is_relayed_shared_per_port_and_pruned(
     runtime: DockerRuntime, client: docker.DockerClient, proxy: ProxyThread
 ) -> None:
     assert runtime.loopback_proxy_problem() is None
     url = proxy.url()
     routed = await runtime.route_proxy(url)
-    gateway_ip = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway_ip = bridge_gateway(client)
     assert routed == f"socks5://u:{SECRET}@{gateway_ip}:{proxy.port}"  # credentials kept, as written
     assert await runtime.route_proxy(url.replace("127.0.0.1", "localhost")) == routed  # one relay per port
     assert await runtime.route_proxy("socks5://10.0.0.2:1080") == "socks5://10.0.0.2:1080"  # others untouched
