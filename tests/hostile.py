@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import socketserver
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.ports import serving
 
 
 def gzip_bomb(unpacked: int) -> bytes:
@@ -111,10 +112,6 @@ def hostile_server(mode: str, **options: Any) -> Iterator[tuple[str, Hostile]]:
         allow_reuse_address = True
 
     server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hostile
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield f"http://127.0.0.1:{port}", hostile
 

@@ -7,9 +7,12 @@ fails with "address already in use". So ports come from below that range, where 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
+import socketserver
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 _LOW = 15000
@@ -47,3 +50,14 @@ def free_port() -> int:
 
 def free_ports(count: int) -> list[int]:
     return [free_port() for _ in range(count)]
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
+    """Serves a loopback test server on a thread while in the block; yields its port."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])  # type: ignore[index]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -62,7 +62,7 @@ from gateway.dispatcher.run import (
 )
 from gateway.dispatcher.signals import PoolListener
 from gateway.dispatcher.takeover import Owners
-from gateway.dispatcher.task_result import TaskResult, webhook_payload
+from gateway.dispatcher.task_result import TaskResult, ended_unattended
 from gateway.dispatcher.webhooks import Webhooks
 from gateway.errors import Conflict, Exhausted, Gone, NotFound, QueueFull, Unavailable
 from gateway.instance_client import InstanceAddress, InstanceClient
@@ -208,7 +208,7 @@ class Dispatcher:
         for row in rows:
             kept = await self.requests.load(row.id, row.request_path)
             if kept is None:
-                await self._ledger.end_task(row.id, end)
+                await self._ledger.end_task(row.id, end, webhook=ended_unattended(row, ended_values(end)))
                 continue
             request, meta = kept
             run = TaskRun(self._run_context, row.id, row.mode, request, meta, request_path=row.request_path,
@@ -544,9 +544,9 @@ class Dispatcher:
         runner.add_done_callback(lambda _t: self._runs.pop(run.task_id, None))
 
     async def _drive_in_background(self, run: TaskRun, lease: Lease | None, waiter: Waiter | None) -> None:
-        """An asynchronous task: once it ends, its kept inputs go and its webhook is called."""
+        """An asynchronous task: once it ends, its kept inputs go and its webhook (written with its end) is sent."""
         try:
-            result = await run.drive(lease, waiter)
+            await run.drive(lease, waiter)
         except asyncio.CancelledError:
             if not run.waiting and not run.disowned:
                 await asyncio.shield(self.requests.remove(run.task_id, run.request_path))
@@ -559,10 +559,10 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - an input row left behind is pruned; the webhook must still go
             log.warning("cannot remove the kept inputs of task %s: %s", run.task_id, str(exc).splitlines()[0][:200])
         if run.meta.callback_url:
-            try:
-                await self.webhooks.send(run.task_id, run.meta.callback_url, webhook_payload(result))
-            except Exception:
-                log.exception("cannot queue the webhook of task %s", run.task_id)
+            settling = self._settling.get(run.task_id)
+            if settling is not None:
+                await asyncio.wait([settling])  # the end's write, with the webhook's outbox row
+            self.webhooks.wake()
 
     async def _lease_for(self, waiter: Waiter) -> Lease | None:
         return await self._ledger.lease_queued(waiter.task_id, waiter.exclude | self._avoid.current(), waiter.model,

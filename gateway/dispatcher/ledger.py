@@ -33,6 +33,7 @@ from gateway.db.models import (
     Status,
     Target,
     TaskStatus,
+    WebhookDelivery,
     new_event,
 )
 from gateway.db.outage import Backlog
@@ -49,6 +50,7 @@ from gateway.dispatcher.statements import (
     T,
     U,
 )
+from gateway.dispatcher.task_result import Delivery
 from gateway.instance_client import InstanceAddress
 from gateway.settings import AccountSettings
 
@@ -57,6 +59,7 @@ Clock = Callable[[], datetime]
 __all__ = ["NOTIFY_CHANNEL", "Lease", "Ledger", "NewTask", "PoolSnapshot", "Release", "TaskEnd"]
 
 
+OUTBOX = WebhookDelivery.__table__
 RECENT_IMAGES = 1024  # answers remembered for conversations' next turns (their rows may not be written yet)
 
 
@@ -229,16 +232,19 @@ class Ledger:
         return lease
 
     async def finish_attempt(
-        self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent] = ()
+        self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent] = (),
+        webhook: Delivery | None = None,
     ) -> None:
-        """Frees the instance (with its cooldown and counters) and moves the task on: to its end, or back to
-        queued for another instance. Other gateways hear that an instance is free. Kept and written again
-        when the database cannot be reached, so the lease never waits for its expiry."""
-        write = functools.partial(self._finish_attempt, lease, release, end, attempts=attempts, events=events)
+        """Frees the instance (with its cooldown and counters) and moves the task on: to its end (with its webhook
+        in the outbox, in the same transaction), or back to queued for another instance. Other gateways hear that
+        an instance is free. Kept and written again when the database cannot be reached, so the lease never waits
+        for its expiry."""
+        write = functools.partial(self._finish_attempt, lease, release, end, attempts=attempts, events=events, webhook=webhook)
         await self.backlog.write(f"the release of {lease.name} by task {lease.task_id}", write)
 
     async def _finish_attempt(
-        self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent]
+        self, lease: Lease, release: Release, end: TaskEnd | None, *, attempts: int, events: Sequence[InstanceEvent],
+        webhook: Delivery | None,
     ) -> None:
         now = self.clock()
         counted = release.counts
@@ -256,7 +262,8 @@ class Ledger:
         if end is not None:
             params.update(_end_params(end))
         cap = policy.cap_for(self.accounts.daily_caps, release.model, lease.daily_cap) if params["p_made"] else None
-        if self._postgres and not events and release.block is None and cap is None:
+        webhook = webhook if end is not None else None
+        if self._postgres and not events and release.block is None and cap is None and webhook is None:
             async with self._single.connect() as connection:
                 await connection.execute(sql.RELEASE_AND_END if end is not None else sql.RELEASE_AND_REQUEUE, params)
             return
@@ -273,6 +280,8 @@ class Ledger:
                 events = [*events, await self._block_model(connection, lease, release.model, block, reason, now)]
             if events:
                 await connection.execute(insert(EVENTS), [_event_row(e) for e in events])
+            if webhook is not None:
+                await connection.execute(insert(OUTBOX).values(**webhook.row(self._origin, utcnow())))
             await self._notify(connection, params)
 
     def _rest_until(self, lease: Lease, now: datetime) -> datetime | None:
@@ -356,17 +365,24 @@ class Ledger:
             await connection.execute(sql.RELEASE_UNUSED, params)
             await self._notify(connection, params)
 
-    async def end_task(self, task_id: uuid.UUID, end: TaskEnd, *, attempts: int | None = None) -> None:
-        """A task that ends without holding a lease (it waited too long, its client left, ...)."""
-        await self.backlog.write(f"the end of task {task_id}", functools.partial(self._end_task, task_id, end, attempts))
+    async def end_task(
+        self, task_id: uuid.UUID, end: TaskEnd, *, attempts: int | None = None, webhook: Delivery | None = None
+    ) -> None:
+        """A task that ends without holding a lease (it waited too long, its client left, ...); its webhook goes to
+        the outbox with the end, unless the task had ended already."""
+        write = functools.partial(self._end_task, task_id, end, attempts, webhook)
+        await self.backlog.write(f"the end of task {task_id}", write)
 
-    async def _end_task(self, task_id: uuid.UUID, end: TaskEnd, attempts: int | None) -> None:
-        values = _ended(end, self.clock())
+    async def _end_task(self, task_id: uuid.UUID, end: TaskEnd, attempts: int | None, webhook: Delivery | None) -> None:
+        now = self.clock()
+        values = _ended(end, now)
         if attempts is not None:
             values["attempts"] = attempts
         unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))
         async with self._transaction() as connection:
-            await connection.execute(update(TASKS).where(T.id == task_id, unfinished).values(**values))
+            ended = await connection.execute(update(TASKS).where(T.id == task_id, unfinished).values(**values))
+            if webhook is not None and ended.rowcount:
+                await connection.execute(insert(OUTBOX).values(**webhook.row(self._origin, utcnow())))
 
     async def snapshot(self, exclude: frozenset[uuid.UUID] = frozenset(), model: str | None = None) -> PoolSnapshot:
         async with self._engine.connect() as connection:

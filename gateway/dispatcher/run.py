@@ -33,7 +33,7 @@ from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.outcomes import Attempt
 from gateway.dispatcher.queue import ModelSpent, Waiter, WaitQueue
 from gateway.dispatcher.results import ResultStore
-from gateway.dispatcher.task_result import TaskResult
+from gateway.dispatcher.task_result import Delivery, TaskResult, delivery_for
 from gateway.errors import Exhausted, Unavailable
 from gateway.instance_client import InstanceCallError, InstanceClient
 
@@ -210,7 +210,7 @@ class TaskRun:
             if self.disowned or (context.closing() and self.waiting and self.request_path is not None):
                 raise  # still queued, its inputs kept: another gateway resumes it (or already has)
             end = self.progress.end(TaskStatus.FAILED, outcomes.SHUTDOWN, "the gateway stopped while the task was under way")
-            await asyncio.shield(context.ledger.end_task(self.task_id, end, attempts=self.progress.attempts))
+            await asyncio.shield(context.ledger.end_task(self.task_id, end, attempts=self.progress.attempts, webhook=self.webhook(end)))
             raise
 
     def enqueue(self, *, by_age: bool = False) -> Waiter:
@@ -220,6 +220,10 @@ class TaskRun:
                         after_task=self.request.after_task)
         self._context.queue.enqueue(waiter, front=bool(self.progress.tried), by_age=by_age)
         return waiter
+
+    def webhook(self, end: TaskEnd) -> Delivery | None:
+        """An asynchronous task's webhook, written with its end (None without a callback URL)."""
+        return delivery_for(self.result(end), self.meta.callback_url)
 
     def result(self, end: TaskEnd) -> TaskResult:
         attempt = self.progress.last
@@ -301,7 +305,7 @@ class TaskRun:
             end = progress.end(TaskStatus.FAILED, code, "the client disconnected while the task waited for an instance")
         else:
             end = progress.end(TaskStatus.FAILED, code, f"no instance was free within {context.limits.wait_limit(self.mode):g} s")
-        await context.ledger.end_task(self.task_id, end, attempts=progress.attempts)
+        await context.ledger.end_task(self.task_id, end, attempts=progress.attempts, webhook=self.webhook(end))
         context.metrics.tasks.labels(end.error_code or "failed").inc()
         if spent is not None and last is None and self.mode == "sync":
             raise exhausted(spent, self.request.model, context.metrics)
@@ -329,7 +333,7 @@ class TaskRun:
             progress.record(lease, Attempt(False, error_code=code), time.monotonic() - began)
             end = progress.end(TaskStatus.FAILED, code, why)
             release = Release(False, self.request.model, counts=False)
-            await asyncio.shield(context.ledger.finish_attempt(lease, release, end, attempts=progress.attempts))
+            await asyncio.shield(context.ledger.finish_attempt(lease, release, end, attempts=progress.attempts, webhook=self.webhook(end)))
             raise
         finally:
             context.metrics.running.dec()
@@ -416,7 +420,8 @@ class TaskRun:
             release = Release(attempt.success, self.request.model, counts=not attempt.bounced and not attempt.model_unavailable,
                               block=attempt.block, block_reason=attempt.error_message or "")
             events = _events_for(lease, attempt)
-            await context.ledger.finish_attempt(lease, release, end, attempts=self.progress.attempts, events=events)
+            webhook = self.webhook(end) if end is not None else None
+            await context.ledger.finish_attempt(lease, release, end, attempts=self.progress.attempts, events=events, webhook=webhook)
         except Exception:
             if end is None:
                 raise  # a retry must not go on without its release

@@ -3,8 +3,8 @@
 Each gateway keeps a `gateway_beats` row fresh every GATEWAY_HEARTBEAT_INTERVAL and removes it when it stops
 cleanly. A gateway is dead when its row is older than GATEWAY_HEARTBEAT_TIMEOUT or gone. A live gateway then, in
 one transaction: ends the dead one's running tasks (and its queued tasks whose inputs were not kept) as
-`abandoned` and frees their leases, takes its queued asynchronous tasks (they become its own) and its pending
-webhooks. Every claim is `UPDATE ... WHERE owner IN (the dead) RETURNING`: two gateways claiming at once
+`abandoned` and frees their leases (writing the webhooks of those that have a callback URL), takes its queued
+asynchronous tasks (they become its own) and its pending webhooks. Every claim is `UPDATE ... WHERE owner IN (the dead) RETURNING`: two gateways claiming at once
 cannot both get a row (the second finds the owner changed), so no task runs twice. The instances of the
 abandoned tasks are freed as soon as they say they are idle (their generation may still be under way: leased
 at once, the next task would meet a busy instance), or unreachable, or their lease has expired.
@@ -13,7 +13,7 @@ at once, the next task would meet a busy instance), or unreachable, or their lea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,8 +23,10 @@ from sqlalchemy import Row, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.models import GatewayBeat, TaskInput, TaskStatus, WebhookDelivery
+from gateway.db.types import utcnow
 from gateway.dispatcher import statements as sql
 from gateway.dispatcher.statements import INSTANCES, TASKS, I, T
+from gateway.dispatcher.task_result import ended_unattended
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +102,36 @@ class Owners:
         resumable = and_(T.status == TaskStatus.QUEUED, T.request_path.is_not(None))
         async with self._transaction() as connection:
             ended = (await connection.execute(
-                update(TASKS).where(of_dead, T.status.in_(UNFINISHED), ~resumable).values(**end_values).returning(T.id)
-            )).scalars().all()
+                update(TASKS).where(of_dead, T.status.in_(UNFINISHED), ~resumable).values(**end_values)
+                .returning(T.id, T.mode, T.attempts, T.created_at, T.model, T.image_size, T.output_format, T.callback_url)
+            )).all()
             if ended:  # their instances are freed once idle (`orphan_leases`): they may still be generating
-                await connection.execute(delete(INPUTS).where(INPUTS.c.task_id.in_(ended)))
+                await connection.execute(delete(INPUTS).where(INPUTS.c.task_id.in_([row.id for row in ended])))
+                claimed.webhooks += await self._tell_ended(connection, ended, end_values)
             taken = await connection.execute(
                 update(TASKS).where(of_dead, resumable).values(owner=self.origin).returning(*TASKS.c)
             )
             claimed.queued = sorted(taken.all(), key=lambda row: row.created_at)
             hooks = await connection.execute(update(OUTBOX).where(_owned_by(W.owner, dead)).values(owner=self.origin))
-            claimed.webhooks = int(hooks.rowcount or 0)
+            claimed.webhooks += int(hooks.rowcount or 0)
             names = [name for name in dead if name is not None]
             if names:
                 await connection.execute(delete(BEATS).where(G.id.in_(names)))
         claimed.abandoned = len(ended)
         return claimed
+
+    async def _tell_ended(self, connection: AsyncConnection, ended: Sequence[Row[Any]], end_values: dict[str, Any]) -> int:
+        """Webhooks for the ended tasks that have a callback URL and no delivery yet (one the dead gateway wrote
+        with an end it reached first is its own, and goes instead). Returns how many were written."""
+        deliveries = [d for d in (ended_unattended(row, end_values) for row in ended) if d is not None]
+        if not deliveries:
+            return 0
+        told = select(W.task_id).where(W.task_id.in_([d.task_id for d in deliveries]))
+        already = set((await connection.execute(told)).scalars())
+        rows = [d.row(self.origin, utcnow()) for d in deliveries if d.task_id not in already]
+        if rows:
+            await connection.execute(insert(OUTBOX), rows)
+        return len(rows)
 
     async def orphan_leases(self) -> list[Row[Any]]:
         """Instances still leased to a task that has ended (a dead gateway's, ended as abandoned): free once idle."""

@@ -56,3 +56,33 @@ def webhook_payload(result: TaskResult) -> dict[str, Any]:
         "attempts": result.attempts,
         "finished_at": result.finished_at.isoformat() if result.finished_at else None,
     }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A task's webhook, written to the outbox in the same transaction as the task's end: a gateway that dies
+    between the two can leave neither a finished task without its webhook nor a webhook for a task still open."""
+
+    task_id: uuid.UUID
+    url: str
+    payload: dict[str, Any]
+
+    def row(self, owner: str, now: datetime) -> dict[str, Any]:
+        """A `webhook_outbox` row, due now, owned by the gateway that writes it."""
+        return {"id": uuid.uuid4(), "task_id": self.task_id, "url": self.url, "payload": self.payload, "attempts": [],
+                "next_at": now, "owner": owner, "created_at": now}
+
+
+def delivery_for(result: TaskResult, callback_url: str | None) -> Delivery | None:
+    return Delivery(result.task_id, callback_url, webhook_payload(result)) if callback_url else None
+
+
+def ended_unattended(task: Any, values: dict[str, Any]) -> Delivery | None:
+    """The webhook of a task row that another gateway ended (`values`: its end columns), e.g. as abandoned."""
+    result = TaskResult(
+        task.id, values["status"], task.mode, error_code=values.get("error_code"),
+        error_message=values.get("error_message"), attempts=task.attempts or 0, created_at=task.created_at,
+        finished_at=values.get("finished_at"), model=task.model, image_size=task.image_size,
+        output_format=task.output_format,
+    )
+    return delivery_for(result, task.callback_url)

@@ -9,7 +9,8 @@ hold or fill the gateway: an attempt runs under one deadline (GATEWAY_WEBHOOK_TI
 asks for no compression, and reads only the reply's status, never its body (`gateway.bounded_http`).
 
 A delivery is a `webhook_outbox` row (its task, URL, payload, attempts so far, next attempt time and owner
-gateway) from the task's end until it is delivered or out of attempts: the owner delivers its own rows, a
+gateway), written in the same transaction as the task's end (gateway/dispatcher/ledger.py; so is the webhook of a
+task a takeover ends as abandoned), until it is delivered or out of attempts: the owner delivers its own rows, a
 restarted gateway or another replica those a dead one left (gateway/dispatcher/takeover.py). A delivery cut
 by a stop is sent again: a receiver may see one twice (X-Fleet-Task-Id tells).
 """
@@ -30,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.addresses import AddressRefused, checked_address, netloc
@@ -79,14 +80,6 @@ class Webhooks:
     def wake(self) -> None:
         """Look at the outbox now (a delivery was added, or rows were taken over)."""
         self._wake.set()
-
-    async def send(self, task_id: uuid.UUID, url: str, payload: dict[str, Any]) -> None:
-        """Writes the delivery to the outbox; it is sent in the background (the task's answer does not wait)."""
-        row = {"id": uuid.uuid4(), "task_id": task_id, "url": url, "payload": payload, "attempts": [],
-               "next_at": utcnow(), "owner": self._origin, "created_at": utcnow()}
-        async with self._transaction() as connection:
-            await connection.execute(insert(OUTBOX).values(**row))
-        self.wake()
 
     async def settled(self) -> None:
         """Returns once every attempt under way has ended (tests, shutdown)."""

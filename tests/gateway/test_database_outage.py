@@ -9,6 +9,7 @@ phantom task; while the database is down /health says so without the driver's wo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from gateway.app import Fleet
 from gateway.runtime.fake import FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import Pool, open_pool
+from tests.gateway.test_durable_tasks import SECRET, receiver
 from tests.pgserver import PostgresServer, postgres_server
 from tests.polling import await_until
 
@@ -159,3 +161,27 @@ async def test_health_answers_at_once_during_the_outage(pool: Pool, server: Post
         assert response.status_code == 503 and response.json() == {"status": "unhealthy", "database": "unavailable", "unwritten": 0}
     finally:
         await asyncio.to_thread(server.start)
+
+
+async def test_a_webhook_whose_task_ends_during_the_outage_is_delivered_when_postgres_is_back(
+    database: str, tmp_path: Path, server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The webhook's outbox row is written with the task's end, so it waits with it instead of being lost.
+    settings = {"webhook_secret": SECRET, "fetch_private_addresses": True, **LONG_LEASE}
+    async with open_pool(database, tmp_path, FakeRuntime(), instances=1, **settings) as pool:
+        pool.fake.generate_delay = 2.0
+        with receiver([]) as (url, received):
+            submitted = await pool.http.post("/tasks", json={"prompt": "钩子", "callback_url": url})
+            assert submitted.status_code == 202, submitted.text
+
+            async def running() -> bool:
+                return (await pool.http.get("/health")).json().get("active_tasks") == 1
+
+            await await_until(running, timeout=10, what="the task running")
+            await asyncio.to_thread(server.stop)
+            await await_until(lambda: pool.fleet.dispatcher.unwritten >= 1, timeout=10, what="the task's end kept")
+            await asyncio.to_thread(server.start)
+            await await_until(lambda: len(received) >= 1, timeout=30, what="the webhook after the restart")
+        told = json.loads(received[0]["body"])
+        assert (told["task_id"], told["status"]) == (submitted.json()["task_id"], "succeeded") and told["generated_images"]
+    assert tracebacks(caplog) == []

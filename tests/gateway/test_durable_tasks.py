@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +27,7 @@ from gateway.runtime.fake import TINY_PNG, FakeRuntime
 from tests.gateway.conftest import make_settings
 from tests.gateway.pool import DISPATCH_FAST, Pool, open_pool, serve
 from tests.polling import await_until
+from tests.ports import serving
 
 SECRET = "webhook-test-secret"
 
@@ -108,12 +108,8 @@ def receiver(statuses: list[int]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield f"http://127.0.0.1:{port}/hook", received
 
 
 async def test_a_callback_is_signed_retried_and_every_attempt_recorded(database_url: str, tmp_path: Path, fake: FakeRuntime) -> None:

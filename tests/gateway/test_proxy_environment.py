@@ -15,7 +15,6 @@ import contextlib
 import http.server
 import json
 import socketserver
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.gateway.pool import open_pool, serve
 from tests.hostile import hostile_server
 from tests.kube.apiserver import FakeApiServer
 from tests.polling import await_until
+from tests.ports import serving
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -52,12 +52,8 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield f"http://127.0.0.1:{port}", seen
 
 
 @pytest.fixture
@@ -142,12 +138,8 @@ def engine_stand_in() -> Iterator[tuple[str, list[str]]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Engine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"tcp://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield f"tcp://127.0.0.1:{port}", asked
 
 
 async def test_a_tcp_docker_engine_is_not_reached_through_an_environment_proxy(proxied: list[bytes]) -> None:

@@ -168,3 +168,22 @@ def test_a_webhook_pending_on_a_sigkilled_replica_is_delivered_by_the_other(post
                    what="both attempts recorded")
         attempts = callback_attempts(postgres_url, task_id)
         assert [(x["attempt"], x["status"], x["ok"]) for x in attempts] == [(1, 500, False), (2, 200, True)]
+
+
+def test_a_hooked_task_running_on_a_sigkilled_replica_ends_abandoned_and_its_webhook_says_so(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with shared_fake(delay=6.0) as fake, two_replicas(postgres_url, tmp_path, fake) as (a, b):
+        start_instances(a, 1)
+        with receiver([]) as (url, received), a.api() as api_a:
+            made = api_a.post("/tasks", json={"prompt": "cut short", "callback_url": url})
+            assert made.status_code == 202, made.text
+            task_id = made.json()["task_id"]
+            wait_until(lambda: bool(fake.generations()), timeout=10, what="the generation to start")
+            a.kill()  # mid-generation: nothing of this task reached the outbox on a
+            wait_until(lambda: len(received) >= 1, timeout=30, what="the survivor's webhook")
+            time.sleep(0.5)  # a second delivery would be a duplicate
+        assert len(received) == 1
+        told = json.loads(received[0]["body"])
+        assert (told["task_id"], told["status"], told["success"], told["error_code"]) == (task_id, "failed", False, "abandoned")
+        assert (task(b, task_id)["status"], task(b, task_id)["error_code"]) == ("failed", "abandoned")
