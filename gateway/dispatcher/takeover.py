@@ -4,8 +4,9 @@ Each gateway keeps a `gateway_beats` row fresh every GATEWAY_HEARTBEAT_INTERVAL 
 cleanly. A gateway is dead when its row is older than GATEWAY_HEARTBEAT_TIMEOUT or gone. A live gateway then, in
 one transaction: ends the dead one's running tasks (and its queued tasks whose inputs were not kept) as
 `abandoned` and frees their leases (writing the webhooks of those that have a callback URL), takes its queued
-asynchronous tasks (they become its own) and its pending webhooks. Every claim is `UPDATE ... WHERE owner IN (the dead) RETURNING`: two gateways claiming at once
-cannot both get a row (the second finds the owner changed), so no task runs twice. The instances of the
+asynchronous tasks (they become its own) and its pending webhooks. Every claim is `UPDATE ... WHERE owner IN
+(the dead) RETURNING`: two gateways claiming at once cannot both get a row (the second finds the owner changed),
+so no task runs twice. The instances of the
 abandoned tasks are freed as soon as they say they are idle (their generation may still be under way: leased
 at once, the next task would meet a busy instance), or unreachable, or their lease has expired.
 """
@@ -121,8 +122,8 @@ class Owners:
         return claimed
 
     async def _tell_ended(self, connection: AsyncConnection, ended: Sequence[Row[Any]], end_values: dict[str, Any]) -> int:
-        """Webhooks for the ended tasks that have a callback URL and no delivery yet (one the dead gateway wrote
-        with an end it reached first is its own, and goes instead). Returns how many were written."""
+        """Webhooks for the ended tasks that have a callback URL and no delivery yet (a gateway of an older version
+        wrote its webhook apart from the end, at times before it: that one goes instead). Returns how many."""
         deliveries = [d for d in (ended_unattended(row, end_values) for row in ended) if d is not None]
         if not deliveries:
             return 0
