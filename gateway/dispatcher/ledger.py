@@ -262,7 +262,6 @@ class Ledger:
         if end is not None:
             params.update(_end_params(end))
         cap = policy.cap_for(self.accounts.daily_caps, release.model, lease.daily_cap) if params["p_made"] else None
-        webhook = webhook if end is not None else None
         if self._postgres and not events and release.block is None and cap is None and webhook is None:
             async with self._single.connect() as connection:
                 await connection.execute(sql.RELEASE_AND_END if end is not None else sql.RELEASE_AND_REQUEUE, params)
@@ -374,8 +373,7 @@ class Ledger:
         await self.backlog.write(f"the end of task {task_id}", write)
 
     async def _end_task(self, task_id: uuid.UUID, end: TaskEnd, attempts: int | None, webhook: Delivery | None) -> None:
-        now = self.clock()
-        values = _ended(end, now)
+        values = _ended(end, self.clock())
         if attempts is not None:
             values["attempts"] = attempts
         unfinished = T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))

@@ -33,7 +33,7 @@ from gateway.dispatcher.metrics import DispatchMetrics
 from gateway.dispatcher.outcomes import Attempt
 from gateway.dispatcher.queue import ModelSpent, Waiter, WaitQueue
 from gateway.dispatcher.results import ResultStore
-from gateway.dispatcher.task_result import Delivery, TaskResult, delivery_for
+from gateway.dispatcher.task_result import Delivery, TaskResult, webhook_payload
 from gateway.errors import Exhausted, Unavailable
 from gateway.instance_client import InstanceCallError, InstanceClient
 
@@ -222,8 +222,9 @@ class TaskRun:
         return waiter
 
     def webhook(self, end: TaskEnd) -> Delivery | None:
-        """An asynchronous task's webhook, written with its end (None without a callback URL)."""
-        return delivery_for(self.result(end), self.meta.callback_url)
+        """An asynchronous task's webhook, written with its end (None without a callback URL: no payload is built)."""
+        url = self.meta.callback_url
+        return Delivery(self.task_id, url, webhook_payload(self.result(end))) if url else None
 
     def result(self, end: TaskEnd) -> TaskResult:
         attempt = self.progress.last

@@ -6,9 +6,9 @@ one transaction: ends the dead one's running tasks (and its queued tasks whose i
 `abandoned` and frees their leases (writing the webhooks of those that have a callback URL), takes its queued
 asynchronous tasks (they become its own) and its pending webhooks. Every claim is `UPDATE ... WHERE owner IN
 (the dead) RETURNING`: two gateways claiming at once cannot both get a row (the second finds the owner changed),
-so no task runs twice. The instances of the
-abandoned tasks are freed as soon as they say they are idle (their generation may still be under way: leased
-at once, the next task would meet a busy instance), or unreachable, or their lease has expired.
+so no task runs twice. The instances of the abandoned tasks are freed as soon as they say they are idle (their
+generation may still be under way: leased at once, the next task would meet a busy instance), or unreachable, or
+their lease has expired.
 """
 
 from __future__ import annotations

@@ -73,16 +73,14 @@ class Delivery:
                 "next_at": now, "owner": owner, "created_at": now}
 
 
-def delivery_for(result: TaskResult, callback_url: str | None) -> Delivery | None:
-    return Delivery(result.task_id, callback_url, webhook_payload(result)) if callback_url else None
-
-
 def ended_unattended(task: Any, values: dict[str, Any]) -> Delivery | None:
     """The webhook of a task row that another gateway ended (`values`: its end columns), e.g. as abandoned."""
+    if not task.callback_url:
+        return None
     result = TaskResult(
         task.id, values["status"], task.mode, error_code=values.get("error_code"),
         error_message=values.get("error_message"), attempts=task.attempts or 0, created_at=task.created_at,
         finished_at=values.get("finished_at"), model=task.model, image_size=task.image_size,
         output_format=task.output_format,
     )
-    return delivery_for(result, task.callback_url)
+    return Delivery(task.id, task.callback_url, webhook_payload(result))

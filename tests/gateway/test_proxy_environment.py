@@ -1,7 +1,7 @@
 """The gateway's HTTP clients ignore proxy environment variables (issue 21, point 8): with HTTP_PROXY, HTTPS_PROXY
 and ALL_PROXY naming a recording proxy, the calls to instances, webhooks, image fetches, the command line, a tcp://
-Docker engine and the Kubernetes API all go direct, and nothing reaches the proxy. A guard reads the code: every httpx client built in
-the gateway, the instance or the contract says `trust_env=False`, so a new one cannot slip in.
+Docker engine and the Kubernetes API all go direct, and nothing reaches the proxy. A guard reads the code: every
+httpx client built in the gateway, the instance or the contract says `trust_env=False`, so a new one cannot slip in.
 
 (The instance's browser reaches the internet through INSTANCE_PROXY, a Playwright launch option: no HTTP client
 of ours, and untouched by this.)
